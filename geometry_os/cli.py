@@ -1,0 +1,159 @@
+"""``geo-os``: the host's command line. Each system contributes its own group (``geo-os pixel-llm``)
+through the ``register_commands`` hook; the host is only loaded when such a group is used, and no
+plugin imports torch to print help.
+
+User errors (bad files, configs, flags, plugins) print one line on stderr and exit 1, no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from typing import Any
+
+import click
+
+from geometry_os import __version__
+from geometry_os.errors import GeometryOSError, one_line
+
+
+def system_command_name(system: str) -> str:
+    return system.replace("_", "-")
+
+
+class GeoOSGroup(click.Group):
+    """Root group: built-in commands plus one lazily built group per system in the registry."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *_system_names(ctx)])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is not None:
+            return command
+        for system in _system_names(ctx):
+            if system_command_name(system) == name:
+                return build_system_group(ctx, system)
+        return None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (GeometryOSError, OSError) as exc:
+            raise click.ClickException(one_line(exc)) from None
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            from pydantic import ValidationError
+
+            if isinstance(exc, ValidationError):
+                raise click.ClickException(one_line(exc)) from None
+            raise
+
+
+def _system_names(ctx: click.Context) -> list[str]:
+    """System names from the registry file alone (cheap: no plugin is imported)."""
+    from geometry_os.host import ENV_REGISTRY, default_registry_path, read_registry
+
+    root = ctx.find_root()
+    path = root.params.get("registry") or os.environ.get(ENV_REGISTRY) or default_registry_path()
+    try:
+        return list(read_registry(path).systems)
+    except GeometryOSError:
+        return []
+
+
+def get_cli_host(ctx: click.Context):
+    """The host for this invocation (created once, honouring ``--registry``); plugin warnings go to stderr."""
+    from geometry_os.host import Host, set_host
+
+    root = ctx.find_root()
+    host = root.meta.get("geometry_os.host")
+    if host is None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            host = Host(root.params.get("registry"))
+        for warning in caught:
+            click.echo(f"geo-os: warning: {warning.message}", err=True)
+        set_host(host)
+        root.meta["geometry_os.host"] = host
+    return host
+
+
+def build_system_group(ctx: click.Context, system_name: str) -> click.Group:
+    try:
+        host = get_cli_host(ctx)
+    except GeometryOSError as exc:
+        raise click.ClickException(one_line(exc)) from None
+    system = host.system(system_name)
+
+    @click.group(name=system_command_name(system_name), help=system.description or f"The {system_name} system.")
+    def group() -> None:
+        pass
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        system.add_commands(group)
+    for warning in caught:
+        click.echo(f"geo-os: warning: {warning.message}", err=True)
+    return group
+
+
+@click.group(cls=GeoOSGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--registry",
+    type=click.Path(dir_okay=False),
+    envvar="GEO_OS_REGISTRY",
+    help="Registry file to use instead of the installed registry.toml.",
+)
+@click.version_option(__version__, prog_name="geo-os")
+def cli(registry: str | None) -> None:
+    """Geometry OS: a host for plugin-built systems. Pixel LLM lives under `geo-os pixel-llm`."""
+
+
+def plugin_rows(plugins: list[Any], show_all: bool) -> list[dict[str, Any]]:
+    rows = [p.to_dict() for p in plugins if show_all or p.source != "builtin" or p.error]
+    return rows
+
+
+def print_plugins(plugins: list[Any], show_all: bool, as_json: bool) -> None:
+    rows = plugin_rows(plugins, show_all)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("No third-party plugins installed (use --all to list the built-in ones).")
+        return
+    for row in rows:
+        version = f" {row['version']}" if row["version"] else ""
+        dist = f" [{row['distribution']}{version}]" if row["distribution"] else ""
+        click.echo(f"{row['name']}{dist} ({row['source']}, {row['system']}): {row['status']}")
+        if row["error"]:
+            click.echo(f"    error: {row['error']}")
+        if row["components"]:
+            click.echo(f"    components: {', '.join(row['components'])}")
+        if row["hooks"]:
+            click.echo(f"    hooks: {', '.join(row['hooks'])}")
+
+
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--all", "show_all", is_flag=True, help="Include the built-in plugins.")
+@click.pass_context
+def plugins_command(ctx: click.Context, as_json: bool, show_all: bool) -> None:
+    """List plugins: source, distribution and version, hooks, components, failures."""
+    host = get_cli_host(ctx)
+    print_plugins(host.plugins, show_all, as_json)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    try:
+        cli.main(args=argv, prog_name="geo-os")
+    except KeyboardInterrupt:  # pragma: no cover
+        click.echo("geo-os: interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

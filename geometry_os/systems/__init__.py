@@ -1,0 +1,1 @@
+"""Systems hosted by Geometry OS."""

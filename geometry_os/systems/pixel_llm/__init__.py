@@ -1,0 +1,36 @@
+"""Pixel LLM: image captioning from a ViT encoder and a cross-attention decoder, built from plugins.
+
+Names are imported lazily so that ``import geometry_os.systems.pixel_llm`` (and ``geo-os --help``)
+does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "PixelLLM": ".model",
+    "create_pixel_llm": ".model",
+    "PixelLLMConfig": ".config",
+    "TrainerConfig": ".config",
+    "DatasetConfig": ".config",
+    "GenerationConfig": ".config",
+    "PRESETS": ".config",
+    "generate_caption": ".inference",
+    "beam_search_decode": ".inference",
+    "ImageTextDataset": ".data",
+    "create_dataloader": ".data",
+}
+
+__all__ = sorted([*_LAZY, "PixelLLMTrainer"])
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PixelLLMTrainer":  # the registry's default trainer plugin (``amp``)
+        from .components import get_component
+
+        return get_component("trainer").load()
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,92 @@
+"""System calls of pixel_llm, reached through ``host.call("pixel_llm.<name>", **params)``.
+
+Parameters are validated by a pydantic model; results are JSON-serialisable. Heavy imports happen
+inside the call, never at import time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from geometry_os.host import SystemCall
+
+from .config import StrictModel, load_config
+
+
+class InfoParams(StrictModel):
+    config: str | None = Field(None, description="model config file (TOML/JSON)")
+    preset: str | None = Field(None, description="preset to start from (default: small)")
+    overrides: list[str] = Field(default_factory=list, description="key=value overrides")
+
+
+def info(params: InfoParams, host: Any) -> dict[str, Any]:
+    """The resolved model config and its parameter count (built on the meta device: no memory used)."""
+    import torch
+
+    from .model import PixelLLM
+
+    preset = params.preset or (None if params.config else "small")
+    config = load_config(params.config, params.overrides, preset=preset)
+    with torch.device("meta"):
+        model = PixelLLM(config)
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    return {
+        "config": config.model_dict(),
+        "parameters": {"total": count(model), "encoder": count(model.encoder), "decoder": count(model.decoder)},
+    }
+
+
+class GenerationParams(StrictModel):
+    checkpoint: str = Field(description="checkpoint folder")
+    generation: dict[str, Any] = Field(default_factory=dict, description="GenerationConfig fields")
+    batch_size: int = Field(16, ge=1)
+    device: str = "cpu"
+
+
+class CaptionParams(GenerationParams):
+    images: list[str] = Field(min_length=1, description="image files, folders or glob patterns")
+
+
+class EvaluateParams(GenerationParams):
+    data: str = Field(description="caption file: seed JSON, COCO or JSON Lines")
+    image_root: str | None = None
+    max_images: int | None = Field(None, ge=1)
+
+
+def _load(params: GenerationParams) -> tuple[Any, Any, Any]:
+    from .generation_config import GenerationConfig
+    from .model import PixelLLM
+
+    generation = GenerationConfig(**params.generation)
+    model, tokenizer = PixelLLM.from_pretrained(params.checkpoint, map_location=params.device)
+    return model, tokenizer, generation
+
+
+def caption(params: CaptionParams, host: Any) -> list[dict[str, Any]]:
+    """One ``{image, caption, score, penalised_score}`` (or ``{image, error}``) per image."""
+    from .captioning import caption_images, expand_image_args
+
+    model, tokenizer, generation = _load(params)
+    paths = expand_image_args(params.images)
+    return [r.to_dict() for r in caption_images(model, tokenizer, paths, generation, params.batch_size)]
+
+
+def evaluate(params: EvaluateParams, host: Any) -> dict[str, Any]:
+    """Caption metrics (BLEU-1..4, ROUGE-L, CIDEr-D, exact match, diversity, seconds per image)."""
+    from .captioning import evaluate_dataset
+    from .data import ImageTextDataset
+
+    model, tokenizer, generation = _load(params)
+    references = ImageTextDataset(params.data, tokenizer=tokenizer, image_root=params.image_root).references
+    if params.max_images:
+        references = references[: params.max_images]
+    return evaluate_dataset(model, tokenizer, references, generation, params.batch_size)
+
+
+CALLS = [
+    SystemCall("pixel_llm.info", InfoParams, info, "Resolved model config and parameter count."),
+    SystemCall("pixel_llm.caption", CaptionParams, caption, "Caption image files with a checkpoint."),
+    SystemCall("pixel_llm.evaluate", EvaluateParams, evaluate, "Caption metrics of a checkpoint on a caption file."),
+]

@@ -1,0 +1,326 @@
+"""Pydantic configs, validated before anything is built. Unknown fields are errors (``extra="forbid"``).
+
+``PixelLLMConfig`` describes a model and names its encoder and decoder components; the shared sizes
+below are offered to those components, each taking the fields its own options model declares. It
+also holds a ``trainer`` section: trainer fields may be given flat (``PixelLLMConfig(learning_rate=1e-4)``),
+as the original description does, and are moved into ``trainer``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from geometry_os.errors import ComponentError, ConfigError, format_validation_error
+
+from .data_config import IMAGENET_MEAN, IMAGENET_STD, DatasetConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class TrainerConfig(StrictModel):
+    """How to train. Step-based intervals count optimizer steps."""
+
+    learning_rate: float = Field(1e-4, gt=0)
+    num_epochs: int = Field(10, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs)")
+    max_time_s: float | None = Field(None, gt=0, description="stop after this much training time (seconds)")
+    batch_size: int = Field(32, ge=1, description="used when the trainer builds its own data loader (CLI)")
+    num_workers: int = Field(0, ge=0)
+    use_amp: bool = True
+    amp_dtype: Literal["auto", "bfloat16", "float16"] = "auto"
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    weight_decay: float = Field(0.01, ge=0)
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.98, ge=0, lt=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    val_interval: int | None = Field(None, ge=1, description="validate every N steps (None: after each epoch)")
+    val_max_samples: int = Field(500, ge=1, description="images captioned for validation metrics")
+    checkpoint_interval: int | None = Field(None, ge=1, description="save every N steps (None: each epoch)")
+    save_total_limit: int | None = Field(None, ge=1, description="keep this many step checkpoints (+ latest, best)")
+    checkpoint_dir: str = "./checkpoints"
+    seed: int = 42
+    log_interval: int = Field(10, ge=1)
+    compile: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_nonfinite_steps: int = Field(5, ge=1, description="consecutive non-finite losses before giving up")
+
+
+TRAINER_FIELDS = frozenset(TrainerConfig.model_fields)
+
+# Shared sizes offered to the encoder / decoder component: component field -> PixelLLMConfig field.
+ENCODER_SHARED = {
+    "image_size": "image_size",
+    "patch_size": "patch_size",
+    "embed_dim": "vision_embed_dim",
+    "num_layers": "vision_num_layers",
+    "num_heads": "vision_num_heads",
+    "pos_embed": "vision_pos_embed",
+    "mlp_ratio": "mlp_ratio",
+    "dropout": "dropout",
+}
+DECODER_SHARED = {
+    "vocab_size": "vocab_size",
+    "embed_dim": "text_embed_dim",
+    "num_layers": "text_num_layers",
+    "num_heads": "text_num_heads",
+    "max_seq_len": "max_seq_len",
+    "cross_attention_dim": "cross_attention_dim",
+    "num_cross_attention_layers": "num_cross_attention_layers",
+    "mlp_ratio": "mlp_ratio",
+    "dropout": "dropout",
+    "tie_word_embeddings": "tie_word_embeddings",
+    "pad_token_id": "pad_token_id",
+}
+
+
+class PixelLLMConfig(StrictModel):
+    """A Pixel LLM model (and, in ``trainer``, how to train it)."""
+
+    image_size: int = Field(224, gt=0)
+    patch_size: int = Field(16, gt=0)
+    image_mean: tuple[float, float, float] = Field(IMAGENET_MEAN, description="normalisation the model expects")
+    image_std: tuple[float, float, float] = Field(IMAGENET_STD, description="normalisation the model expects")
+    vision_embed_dim: int = Field(768, gt=0)
+    vision_num_layers: int = Field(6, gt=0)
+    vision_num_heads: int | None = Field(None, gt=0, description="None: vision_embed_dim // 64")
+    vision_pos_embed: Literal["learned", "sincos"] = Field(
+        "learned", description="patch position embeddings: learned (interpolated) or fixed 2-D sin-cos"
+    )
+    vocab_size: int = Field(50000, ge=5)
+    text_embed_dim: int = Field(768, gt=0)
+    text_num_layers: int = Field(12, gt=0)
+    text_num_heads: int | None = Field(None, gt=0, description="None: text_embed_dim // 64")
+    max_seq_len: int = Field(512, ge=2)
+    cross_attention_dim: int | None = Field(None, gt=0, description="None: vision_embed_dim")
+    num_cross_attention_layers: int | None = Field(None, gt=0, description="None: every decoder layer")
+    mlp_ratio: float = Field(4.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    tie_word_embeddings: bool = True
+    pad_token_id: int = Field(0, ge=0)
+    bos_token_id: int = Field(1, ge=0)
+    eos_token_id: int = Field(2, ge=0)
+    encoder: str = "vit"
+    encoder_options: dict[str, Any] = Field(default_factory=dict)
+    decoder: str = "xattn"
+    decoder_options: dict[str, Any] = Field(default_factory=dict)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lift_trainer_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            flat = {k: data[k] for k in data if k in TRAINER_FIELDS and k not in cls.model_fields}
+            if flat:
+                data = {k: v for k, v in data.items() if k not in flat}
+                trainer = data.get("trainer") or {}
+                if isinstance(trainer, BaseModel):
+                    trainer = trainer.model_dump(exclude_unset=True)
+                data["trainer"] = {**trainer, **flat}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> "PixelLLMConfig":
+        if self.image_size % self.patch_size:
+            raise ValueError(f"patch_size={self.patch_size} must divide image_size={self.image_size}")
+        for dim_field, heads_field in (("vision_embed_dim", "vision_num_heads"), ("text_embed_dim", "text_num_heads")):
+            dim, heads = getattr(self, dim_field), self.heads(heads_field)
+            if dim % heads:
+                raise ValueError(f"{dim_field}={dim} must be divisible by {heads_field}={heads}")
+        if self.num_cross_attention_layers and self.num_cross_attention_layers > self.text_num_layers:
+            raise ValueError(
+                f"num_cross_attention_layers={self.num_cross_attention_layers} exceeds "
+                f"text_num_layers={self.text_num_layers}"
+            )
+        for token in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            if getattr(self, token) >= self.vocab_size:
+                raise ValueError(f"{token}={getattr(self, token)} must be below vocab_size={self.vocab_size}")
+        self.encoder_config()
+        self.decoder_config()
+        return self
+
+    def heads(self, field: str) -> int:
+        value = getattr(self, field)
+        if value is not None:
+            return value
+        dim = self.vision_embed_dim if field.startswith("vision") else self.text_embed_dim
+        return max(1, dim // 64)
+
+    # The options each component is built with (validated by the component's own model).
+    def encoder_config(self) -> BaseModel | None:
+        return self._component_options("encoder", self.encoder, ENCODER_SHARED, self.encoder_options)
+
+    def decoder_config(self) -> BaseModel | None:
+        return self._component_options("decoder", self.decoder, DECODER_SHARED, self.decoder_options)
+
+    def _component_options(
+        self, kind: str, name: str, shared: dict[str, str], explicit: dict[str, Any]
+    ) -> BaseModel | None:
+        from .components import get_component
+
+        try:
+            component = get_component(kind, name)
+        except ComponentError as exc:
+            raise ValueError(str(exc)) from None
+        declared = component.config_model.model_fields if component.config_model else {}
+        values = {key: self._shared_value(src) for key, src in shared.items() if key in declared}
+        values.update(explicit)
+        try:
+            return component.options(values)
+        except ConfigError as exc:
+            raise ValueError(f"{kind}_options: {exc}") from None
+
+    def _shared_value(self, name: str) -> Any:
+        if name in ("vision_num_heads", "text_num_heads"):
+            return self.heads(name)
+        if name == "cross_attention_dim":
+            return self.cross_attention_dim or self.vision_embed_dim
+        return getattr(self, name)
+
+    def model_dict(self) -> dict[str, Any]:
+        """The model part (no trainer section), as written to a checkpoint's config.json."""
+        return self.model_dump(mode="json", exclude={"trainer"})
+
+
+# Sizes of the named presets; ``create_pixel_llm(preset=...)`` and ``--preset`` use them.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        image_size=32, patch_size=8, vision_embed_dim=32, vision_num_layers=2, vision_num_heads=2,
+        text_embed_dim=32, text_num_layers=2, text_num_heads=2, max_seq_len=32, vocab_size=64,
+    ),
+    "small": dict(
+        image_size=64, patch_size=8, vision_embed_dim=192, vision_num_layers=4, vision_num_heads=3,
+        text_embed_dim=192, text_num_layers=4, text_num_heads=3, max_seq_len=64, vocab_size=1000,
+        vision_pos_embed="sincos",
+    ),
+    "base": dict(
+        image_size=224, patch_size=16, vision_embed_dim=768, vision_num_layers=6, vision_num_heads=12,
+        text_embed_dim=768, text_num_layers=12, text_num_heads=12, max_seq_len=512, vocab_size=50000,
+    ),
+}
+
+
+def preset_config(preset: str = "small", **overrides: Any) -> PixelLLMConfig:
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+    values = {**PRESETS[preset], **overrides}
+    try:
+        return PixelLLMConfig.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source=f"preset {preset!r}")) from None
+
+
+# ---- files and overrides ----------------------------------------------------------------------------
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A TOML or JSON file as a dict; errors name the file (and line/column for JSON)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: config file is not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}:{exc.lineno}:{exc.colno}: malformed JSON: {exc.msg}") from None
+    else:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a table/object, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["trainer.learning_rate=3e-4", "encoder=toy"]`` -> nested dict; values parsed as JSON when they can be."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+        node[parts[-1]] = value
+    return out
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), preset: str | None = None
+) -> PixelLLMConfig:
+    """Preset values, then the file, then ``--set`` overrides; one validation at the end."""
+    if preset and preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+    values: dict[str, Any] = dict(PRESETS[preset]) if preset else {}
+    source = str(path) if path else "config"
+    if path:
+        data = read_config_file(path)
+        data = {**data.pop("model", {}), **data} if isinstance(data.get("model"), dict) else data
+        values = deep_merge(values, data)
+    values = deep_merge(values, parse_overrides(overrides))
+    try:
+        return PixelLLMConfig.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source=source)) from None
+
+
+def __getattr__(name: str) -> Any:
+    # GenerationConfig builds on StrictModel from this module, so it is re-exported lazily.
+    if name == "GenerationConfig":
+        from .generation_config import GenerationConfig
+
+        return GenerationConfig
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+__all__ = [
+    "DatasetConfig",
+    "GenerationConfig",
+    "PRESETS",
+    "PixelLLMConfig",
+    "TrainerConfig",
+    "load_config",
+    "parse_overrides",
+    "preset_config",
+    "read_config_file",
+]

@@ -1,0 +1,133 @@
+"""PixelLLM: an image encoder and a text decoder, both components resolved through the plugin registry.
+
+The core never imports a plugin module: ``config.encoder`` / ``config.decoder`` name components and
+the running host builds them with their validated options.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .components import get_component
+from .config import PixelLLMConfig, preset_config
+
+
+@dataclass
+class PixelLLMOutput:
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+
+
+class PixelLLM(nn.Module):
+    """Image-to-text model: ``encoder(images) -> features``, ``decoder(ids, features) -> logits``."""
+
+    def __init__(self, config: PixelLLMConfig | None = None, **fields: Any) -> None:
+        super().__init__()
+        if config is None:
+            config = PixelLLMConfig(**fields)
+        elif fields:
+            config = config.model_copy(update=fields)
+            config = PixelLLMConfig.model_validate(config.model_dump())
+        self.config = config
+        self.encoder = get_component("encoder", config.encoder).build(config.encoder_config())
+        self.decoder = get_component("decoder", config.decoder).build(config.decoder_config())
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Image features (B, N, D) that the decoder cross-attends to."""
+        return self.encoder(images)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        label_smoothing: float = 0.0,
+    ) -> PixelLLMOutput:
+        """Logits for every position; with ``labels`` (aligned with ``input_ids``, -100 or padding
+        ignored) also the next-token cross-entropy loss."""
+        features = self.encode(images)
+        logits = self.decoder(input_ids, features, attention_mask)
+        loss = None
+        if labels is not None:
+            loss = self.loss(logits, labels, attention_mask, label_smoothing)
+        return PixelLLMOutput(logits=logits, loss=loss)
+
+    @staticmethod
+    def loss(
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        label_smoothing: float = 0.0,
+    ) -> torch.Tensor:
+        """Mean next-token cross-entropy: position t predicts label t+1."""
+        if attention_mask is not None:
+            labels = labels.masked_fill(attention_mask == 0, -100)
+        shifted = labels[:, 1:]
+        return F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.size(-1)).float(),
+            shifted.reshape(-1),
+            ignore_index=-100,
+            label_smoothing=label_smoothing,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        images: torch.Tensor,
+        max_length: int = 100,
+        temperature: float = 1.0,
+        do_sample: bool = False,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        num_beams: int = 1,
+        **kwargs: Any,
+    ) -> Any:
+        """Captions for ``images`` as token ids (B, T); see ``inference.generate_caption`` for every
+        option (``return_dict_in_generate=True`` returns scores and, with a tokenizer, text)."""
+        from .inference import GenerationConfig, generate_caption
+
+        config = GenerationConfig(
+            max_length=max_length,
+            temperature=temperature,
+            do_sample=do_sample,
+            top_k=top_k,
+            top_p=top_p,
+            num_beams=num_beams,
+            **{k: v for k, v in kwargs.items() if k in GenerationConfig.model_fields},
+        )
+        rest = {k: v for k, v in kwargs.items() if k not in GenerationConfig.model_fields}
+        return generate_caption(self, images, config=config, **rest)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # -- checkpoints (safetensors + JSON; nothing executes code on load)
+    def save_pretrained(self, path: str | Path, tokenizer: Any = None) -> Path:
+        from .checkpoint import save_pretrained
+
+        return save_pretrained(self, path, tokenizer=tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> tuple["PixelLLM", Any]:
+        """``(model, tokenizer)`` from a folder written by ``save_pretrained`` or the trainer."""
+        from .checkpoint import load_pretrained
+
+        return load_pretrained(path, map_location=map_location)
+
+
+def create_pixel_llm(vocab_size: int | None = None, preset: str = "small", **overrides: Any) -> PixelLLM:
+    """A PixelLLM from a named preset (``tiny``, ``small``, ``base``) with field overrides."""
+    if vocab_size is not None:
+        overrides["vocab_size"] = vocab_size
+    return PixelLLM(preset_config(preset, **overrides))

@@ -1,0 +1,98 @@
+"""What each kind of component must provide. Read with ``hookspecs.py``: together they are the contract.
+
+These are structural (``typing.Protocol``) types: a plugin need not inherit from them. Torch is only
+imported for type checking, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """``nn.Module``: images (B, 3, H, W) -> features (B, N, embed_dim).
+
+    ``patch_grid(height, width)`` gives the (rows, cols) of the N features, so that attention over
+    them can be drawn on the image; an encoder whose features are not a grid returns None.
+    """
+
+    embed_dim: int
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def patch_grid(self, height: int, width: int) -> tuple[int, int] | None: ...
+
+
+@runtime_checkable
+class DecoderCache(Protocol):
+    """Decoding state of a batch: self-attention K/V grow one step at a time, cross-attention K/V
+    are computed once per image. Rows can be selected (beam reorder, dropping finished rows) or
+    repeated (beams, return sequences) without re-encoding the image."""
+
+    @property
+    def length(self) -> int:
+        """Tokens already processed (the position of the next one)."""
+
+    @property
+    def batch_size(self) -> int: ...
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep rows ``index`` (LongTensor, any length <= batch, repeats allowed), in place."""
+
+    def expand(self, n: int) -> None:
+        """Repeat every row ``n`` times (``repeat_interleave``), in place."""
+
+
+@runtime_checkable
+class Decoder(Protocol):
+    """``nn.Module``: causal text decoder with cross-attention to encoder features."""
+
+    embed_dim: int
+    vocab_size: int
+    max_seq_len: int
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, T, vocab) for every position; ``attention_mask`` (B, T) is 1 for real tokens."""
+
+    def init_cache(self, encoder_hidden_states: torch.Tensor, max_length: int) -> DecoderCache:
+        """A cache for up to ``max_length`` tokens, with cross-attention K/V already computed."""
+
+    def step(
+        self, input_ids: torch.Tensor, cache: DecoderCache, output_attentions: bool = False
+    ) -> Any:
+        """Feed (B, T_new) tokens, extend the cache, return logits (B, vocab) of the last position.
+
+        With ``output_attentions`` returns ``(logits, cross_attentions)`` where cross_attentions is
+        (B, num_cross_layers, heads, N) for the last position.
+        """
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """Text <-> ids. Ids 0-3 are ``<pad> <bos> <eos> <unk>`` for every tokenizer."""
+
+    pad_token_id: int
+    bos_token_id: int
+    eos_token_id: int
+    unk_token_id: int
+
+    def __len__(self) -> int: ...
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
+
+    def save(self, path: str) -> None:
+        """Write one JSON file (atomically); ``load(path)`` is a classmethod that reads it back."""

@@ -1,0 +1,1 @@
+"""Default plugins of Geometry OS, installed as ``geometry_os.plugins``."""

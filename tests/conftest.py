@@ -1,0 +1,83 @@
+"""Shared fixtures: an isolated process-wide host, and third-party plugin distributions made on disk."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from geometry_os.host import set_host
+
+
+@pytest.fixture(autouse=True)
+def _isolated_host(monkeypatch):
+    """Every test starts from a fresh host built from the environment it sets."""
+    for var in ("GEO_OS_REGISTRY", "GEO_OS_DISABLE_PLUGINS", "GEO_OS_STRICT_PLUGINS"):
+        monkeypatch.delenv(var, raising=False)
+    previous = set_host(None)
+    yield
+    set_host(previous)
+
+
+def make_plugin_dist(root: Path, dist: str, version: str, module: str, source: str, ep_name: str | None = None) -> Path:
+    """A real installed distribution: ``module.py`` plus ``<dist>-<version>.dist-info`` with an entry point
+    in the ``geometry_os.plugins`` group. Put ``root`` on sys.path and importlib.metadata finds it."""
+    root.mkdir(parents=True, exist_ok=True)
+    sys.modules.pop(module, None)  # a module of that name from an earlier test must not be reused
+    (root / f"{module}.py").write_text(textwrap.dedent(source))
+    info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(f"[geometry_os.plugins]\n{ep_name or module} = {module}\n")
+    (info / "RECORD").write_text("")
+    return root
+
+
+TOY_PLUGIN = '''
+from pydantic import BaseModel, ConfigDict
+from geometry_os.systems.pixel_llm.hookspecs import hookimpl
+
+
+class ToyOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image_size: int = 32
+    embed_dim: int = 16
+    pool: int = 4
+
+
+def build_toy(opts):
+    import torch
+    from torch import nn
+
+    class ToyEncoder(nn.Module):
+        """Average-pools the image into a grid and projects each cell."""
+
+        def __init__(self):
+            super().__init__()
+            self.embed_dim = opts.embed_dim
+            self.proj = nn.Linear(3, opts.embed_dim)
+
+        def patch_grid(self, height, width):
+            return (opts.pool, opts.pool)
+
+        def forward(self, images):
+            cells = nn.functional.adaptive_avg_pool2d(images, opts.pool).flatten(2).transpose(1, 2)
+            return self.proj(cells)
+
+    return ToyEncoder()
+
+
+@hookimpl
+def register_encoders(register):
+    register("toy", build_toy, ToyOptions)
+'''
+
+
+@pytest.fixture
+def toy_plugin(tmp_path, monkeypatch):
+    root = make_plugin_dist(tmp_path / "site", "geo-toy-plugin", "1.2.3", "geo_toy_plugin", TOY_PLUGIN, "toy")
+    monkeypatch.syspath_prepend(str(root))
+    yield root
+    sys.modules.pop("geo_toy_plugin", None)

@@ -1,0 +1,111 @@
+"""The geo-os command line: plugin listing, components, info, and one-line user errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from geometry_os.cli import cli
+
+from conftest import make_plugin_dist
+
+
+def run(*args: str, env: dict[str, str] | None = None):
+    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+
+
+def assert_one_line_error(result, *needles: str) -> None:
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_plugins_lists_builtins_with_all_and_as_json():
+    result = run("plugins", "--all", "--json")
+    assert result.exit_code == 0
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert {"vit", "xattn", "simple_vocab", "decoding", "commands"} <= set(rows)
+    assert rows["vit"]["components"] == ["encoder:vit"] and rows["vit"]["status"] == "loaded"
+    assert "No third-party plugins" in run("plugins").output
+
+
+def test_plugins_shows_a_broken_plugin_and_exits_zero(tmp_path, monkeypatch):
+    root = make_plugin_dist(tmp_path, "geo-broken", "0.1", "geo_broken", "raise ImportError('no such lib')\n", "broken")
+    monkeypatch.syspath_prepend(str(root))
+    result = CliRunner().invoke(cli, ["plugins"])
+    assert result.exit_code == 0
+    assert "broken [geo-broken 0.1] (entry point, pixel_llm): failed" in result.output
+    assert "ImportError: no such lib" in result.output
+    strict = CliRunner().invoke(cli, ["plugins"], env={"GEO_OS_STRICT_PLUGINS": "1"})
+    assert_one_line_error(strict, "plugin 'broken'", "no such lib")
+
+
+def test_third_party_component_is_listed(toy_plugin):
+    result = run("pixel-llm", "components", "encoder")
+    assert result.exit_code == 0
+    assert "vit (default)  [plugin vit]" in result.output and "toy  [plugin toy]" in result.output
+
+
+def test_components_lists_every_kind_and_rejects_unknown_kind():
+    result = run("pixel-llm", "components", "--json")
+    kinds = {row["kind"] for row in json.loads(result.stdout)}
+    assert kinds == {"encoder", "decoder", "tokenizer", "dataset", "decoding_strategy", "trainer"}
+    bad = CliRunner().invoke(cli, ["pixel-llm", "components", "spaceship"])
+    assert bad.exit_code == 2 and "unknown kind 'spaceship'" in bad.output
+
+
+def test_info_shows_parameter_count():
+    result = run("pixel-llm", "info", "--preset", "small", "--json")
+    data = json.loads(result.stdout)
+    assert data["config"]["vision_embed_dim"] == 192
+    assert 3_000_000 < data["parameters"]["total"] < 6_000_000
+    text = run("pixel-llm", "info", "--preset", "tiny").output
+    assert "parameters:" in text and "encoder: vit  decoder: xattn" in text
+
+
+def test_config_errors_are_one_line_naming_the_field(tmp_path):
+    typo = tmp_path / "typo.toml"
+    typo.write_text("image_sise = 64\n")
+    assert_one_line_error(
+        CliRunner().invoke(cli, ["pixel-llm", "info", "--config", str(typo)]), "typo.toml", "image_sise"
+    )
+    assert_one_line_error(
+        CliRunner().invoke(cli, ["pixel-llm", "info", "--preset", "tiny", "--set", "patch_size=7"]),
+        "patch_size=7", "image_size=32",
+    )
+    assert_one_line_error(
+        CliRunner().invoke(cli, ["pixel-llm", "info", "--preset", "tiny", "--set", "vision_num_layers=-2"]),
+        "vision_num_layers", "-2",
+    )
+    assert_one_line_error(
+        CliRunner().invoke(cli, ["pixel-llm", "info", "--preset", "tiny", "--set", "encoder=nope"]),
+        "unknown encoder 'nope'", "vit",
+    )
+    assert_one_line_error(CliRunner().invoke(cli, ["pixel-llm", "info", "--config", str(tmp_path / "x.toml")]), "x.toml", "not found")
+    bad_json = tmp_path / "c.json"
+    bad_json.write_text('{"image_size": 64,}')
+    assert_one_line_error(CliRunner().invoke(cli, ["pixel-llm", "info", "--config", str(bad_json)]), "c.json:1:", "malformed JSON")
+    assert_one_line_error(CliRunner().invoke(cli, ["pixel-llm", "info", "--preset", "huge"]), "unknown preset 'huge'")
+
+
+def test_real_subprocess_help_is_fast_and_imports_no_torch():
+    code = (
+        "import sys; from geometry_os.cli import cli\n"
+        "try:\n    cli.main(['pixel-llm', '--help'], standalone_mode=False)\nfinally:\n"
+        "    print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "components" in out.stdout and out.stdout.strip().endswith("NO-TORCH")
+
+
+def test_geo_os_console_script_reports_user_error_without_traceback(tmp_path):
+    exe = subprocess.run([sys.executable, "-m", "geometry_os.cli", "pixel-llm", "info", "--set", "nope"],
+                         capture_output=True, text=True)
+    assert exe.returncode == 1 and "Traceback" not in exe.stderr
+    assert "expected key=value" in exe.stderr
