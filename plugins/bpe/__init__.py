@@ -1,0 +1,22 @@
+"""Plugin: the ``bpe`` tokenizer, byte-level BPE trained with HF ``tokenizers`` (see ``tokenizer.py``).
+
+Registering stays cheap: only pydantic and the hookspecs are imported here.
+"""
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from geometry_os.systems.pixel_llm.hookspecs import hookimpl
+
+
+class BPEOptions(BaseModel):
+    """Training options. Byte-level BPE always keeps its 256 byte tokens, so vocab_size is at least 260."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vocab_size: int = Field(1000, ge=260, description="target size, specials and the 256 bytes included")
+    min_frequency: int = Field(2, ge=1, description="a pair must be seen this often to be merged")
+
+
+@hookimpl
+def register_tokenizers(register):
+    register("bpe", "geometry_os.plugins.bpe.tokenizer:BPETokenizer", BPEOptions)

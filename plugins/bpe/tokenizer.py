@@ -1,0 +1,167 @@
+"""Byte-level BPE on HF ``tokenizers``: open vocabulary (no ``<unk>`` in practice), compact ids.
+
+Pipeline: normalise (NFKC, lowercase, collapse whitespace, strip) -> ByteLevel pre-tokenizer (with a
+prefix space, so a word has the same tokens at the start of a caption as inside it) -> BPE -> template
+``<bos> $A <eos>``. Specials have the fixed ids ``<pad>=0 <bos>=1 <eos>=2 <unk>=3``; text that spells a
+special token (``"<eos>"``) is encoded as ordinary bytes. Saved as the library's own tokenizer JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from geometry_os.systems.pixel_llm.protocols import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID
+
+
+def _atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Temporary file in the same folder + ``os.replace``: readers never see half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _as_id_list(ids: Any) -> list[int]:
+    seq = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+    if isinstance(seq, int) or any(isinstance(i, (list, tuple)) for i in seq):
+        raise ValueError("decode expects a 1-D sequence of ids; use batch_decode for a batch")
+    return [int(i) for i in seq]
+
+
+def _new_tokenizer() -> Tokenizer:
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.NFKC(), normalizers.Lowercase(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()]
+    )
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+class BPETokenizer:
+    """Same interface as ``SimpleVocabulary``: encode/decode/batch_decode/len/save/load/train."""
+
+    pad_token_id, bos_token_id, eos_token_id, unk_token_id = PAD_ID, BOS_ID, EOS_ID, UNK_ID
+    special_tokens = SPECIAL_TOKENS
+
+    def __init__(self, texts: Iterable[str] = (), vocab_size: int = 1000, min_frequency: int = 2):
+        if isinstance(texts, str):  # one caption, not an iterable of characters
+            texts = [texts]
+        tok = _new_tokenizer()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=list(SPECIAL_TOKENS),
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tok.train_from_iterator(texts, trainer=trainer)
+        tok.post_processor = processors.TemplateProcessing(
+            single="<bos> $A <eos>", special_tokens=[("<bos>", BOS_ID), ("<eos>", EOS_ID)]
+        )
+        self._attach(tok, source="trained tokenizer")
+
+    def _attach(self, tok: Tokenizer, source: Any) -> None:
+        for i, special in enumerate(SPECIAL_TOKENS):
+            if tok.token_to_id(special) != i:
+                raise ValueError(f"{source}: special token {special} must have id {i}, got {tok.token_to_id(special)}")
+        if tok.post_processor is None:
+            raise ValueError(f"{source}: no post-processor adding <bos>/<eos>")
+        tok.encode_special_tokens = True  # not saved in the JSON; "<eos>" typed in a caption is just text
+        self._tok = tok
+
+    def __getstate__(self) -> dict:
+        """Pickle (DataLoader workers) through the JSON, which keeps every setting but one: re-attached."""
+        return {"json": self._tok.to_str()}
+
+    def __setstate__(self, state: dict) -> None:
+        self._attach(Tokenizer.from_str(state["json"]), source="pickled tokenizer")
+
+    @classmethod
+    def train(cls, texts: Iterable[str], options: Any = None) -> "BPETokenizer":
+        """Train on captions; ``options`` is a ``BPEOptions``, a dict, or None (defaults)."""
+        if isinstance(options, dict):
+            from geometry_os.plugins.bpe import BPEOptions
+
+            options = BPEOptions(**options)
+        return cls(
+            texts,
+            vocab_size=getattr(options, "vocab_size", 1000),
+            min_frequency=getattr(options, "min_frequency", 2),
+        )
+
+    @property
+    def backend(self) -> Tokenizer:
+        """The underlying ``tokenizers.Tokenizer``."""
+        return self._tok
+
+    def __len__(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self)
+
+    def __repr__(self) -> str:
+        return f"BPETokenizer(size={len(self)})"
+
+    def token_to_id(self, token: str) -> int:
+        found = self._tok.token_to_id(token)
+        return UNK_ID if found is None else found
+
+    def id_to_token(self, index: int) -> str:
+        return self._tok.id_to_token(index)
+
+    def tokenize(self, text: str) -> list[str]:
+        return self._tok.encode(text, add_special_tokens=False).tokens
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
+        """Text of ``ids``; when skipping specials, stop at the first ``<eos>``."""
+        seq = _as_id_list(ids)
+        size = len(self)
+        for i in seq:
+            if not 0 <= i < size:
+                raise ValueError(f"token id {i} is out of range for a vocabulary of {size}")
+        if skip_special_tokens and EOS_ID in seq:
+            seq = seq[: seq.index(EOS_ID)]
+        return self._tok.decode(seq, skip_special_tokens=skip_special_tokens).strip()
+
+    def batch_decode(self, sequences: Any, skip_special_tokens: bool = True) -> list[str]:
+        rows = sequences.tolist() if hasattr(sequences, "tolist") else sequences
+        return [self.decode(row, skip_special_tokens) for row in rows]
+
+    def save(self, path: str | os.PathLike) -> None:
+        _atomic_write_text(path, self._tok.to_str(pretty=True))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "BPETokenizer":
+        """Read a tokenizer JSON written by ``save``; problems are one-line ValueErrors naming the file."""
+        text = Path(path).read_text(encoding="utf-8")
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{e.lineno}:{e.colno}: malformed tokenizer JSON: {e.msg}") from None
+        try:
+            tok = Tokenizer.from_str(text)
+        except Exception as e:  # the Rust library raises a bare Exception
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ValueError(f"{path}: not a valid tokenizers JSON: {reason}") from None
+        self = cls.__new__(cls)
+        self._attach(tok, source=path)
+        return self

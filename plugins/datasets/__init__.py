@@ -1,0 +1,44 @@
+"""Plugin: the ``captions`` and ``shapes`` datasets and the ``make-shapes`` / ``lint-data`` commands.
+
+Registering stays cheap: pydantic, the hookspecs and (for commands) click only; torch is imported by the
+factories and inside command bodies.
+"""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from geometry_os.systems.pixel_llm.data_config import DatasetConfig
+from geometry_os.systems.pixel_llm.hookspecs import hookimpl
+
+
+class CaptionsOptions(DatasetConfig):
+    """A caption file (JSON list, JSON Lines or COCO) plus every ``DatasetConfig`` field."""
+
+    data_path: str = Field(description="caption file: JSON list, .jsonl or COCO captions")
+    image_root: str | None = Field(None, description="folder that image paths are relative to (default: the file's)")
+
+
+class ShapesOptions(BaseModel):
+    """In-memory synthetic scenes (see ``shapes.py``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n: int = Field(1000, gt=0, description="number of scenes")
+    seed: int = Field(0, description="the same seed gives the same scenes")
+    image_size: int = Field(64, gt=0, description="pixels per side")
+    split: Literal["train", "val", "test"] = Field("train", description="splits never share a scene")
+
+
+@hookimpl
+def register_datasets(register):
+    register("captions", "geometry_os.plugins.datasets.factories:build_captions", CaptionsOptions)
+    register("shapes", "geometry_os.plugins.datasets.factories:build_shapes", ShapesOptions)
+
+
+@hookimpl
+def register_commands(cli):
+    from geometry_os.plugins.datasets.commands import lint_data, make_shapes
+
+    cli.add_command(make_shapes)
+    cli.add_command(lint_data)

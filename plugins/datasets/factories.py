@@ -1,0 +1,25 @@
+"""Factories of the registered datasets: ``factory(options, tokenizer=None) -> Dataset``.
+
+``tokenizer`` is a runtime argument (``Component.build(options, tokenizer=...)``): pass the training
+set's tokenizer to the validation set so that both use the same ids.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from geometry_os.plugins.datasets import CaptionsOptions, ShapesOptions
+from geometry_os.systems.pixel_llm.data_config import DatasetConfig
+
+
+def build_captions(options: CaptionsOptions, tokenizer: Any = None):
+    from geometry_os.systems.pixel_llm.data import ImageTextDataset
+
+    config = DatasetConfig(**options.model_dump(exclude={"data_path", "image_root"}))
+    return ImageTextDataset(options.data_path, tokenizer=tokenizer, config=config, image_root=options.image_root)
+
+
+def build_shapes(options: ShapesOptions, tokenizer: Any = None):
+    from geometry_os.plugins.datasets.shapes_dataset import ShapesDataset
+
+    return ShapesDataset(options.n, options.seed, options.image_size, options.split, tokenizer=tokenizer)

@@ -1,0 +1,180 @@
+"""``lint-data``: every problem of one or more caption files at once, as a report (dict or text).
+
+Errors (exit 1): unreadable files, bad entries, missing/corrupt/oversized images, and an image (same
+path or same bytes) used by two of the files, e.g. train and val. Warnings: duplicate entries (same
+image and caption) and identical image bytes under two paths in one file. Also: caption lengths
+(words, or tokens of ``--vocab``) and the out-of-vocabulary rate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from statistics import mean
+from typing import Any, Sequence
+
+from geometry_os.systems.pixel_llm.data import CaptionRecord, DataError, load_image, read_caption_file
+from geometry_os.systems.pixel_llm.data_config import DatasetConfig
+
+
+def load_vocab(path: str | os.PathLike) -> Any:
+    """A saved tokenizer: an HF tokenizers JSON (has "model") is ``bpe``, anything else ``simple``."""
+    from geometry_os.errors import GeometryOSError
+    from geometry_os.systems.pixel_llm.components import get_component
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}:{e.colno}: malformed JSON: {e.msg}") from None
+    name = "bpe" if isinstance(data, dict) and "model" in data else "simple"
+    try:
+        return get_component("tokenizer", name).load().load(path)
+    except GeometryOSError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def histogram(lengths: Sequence[int], bins: int = 8) -> dict[str, int]:
+    """Counts of lengths in about ``bins`` equal ranges, labelled "lo-hi"."""
+    if not lengths:
+        return {}
+    width = max(1, math.ceil(max(lengths) / bins))
+    counts: dict[str, int] = {}
+    for lo in range(1 if min(lengths) > 0 else 0, max(lengths) + 1, width):
+        hi = lo + width - 1
+        counts[str(lo) if width == 1 else f"{lo}-{hi}"] = sum(lo <= n <= hi for n in lengths)
+    return counts
+
+
+def _caption_stats(records: Sequence[CaptionRecord], tokenizer: Any) -> tuple[dict, dict | None]:
+    if tokenizer is None:
+        lengths = [len(r.caption.split()) for r in records]
+        return {"unit": "words", **_summary(lengths)}, None
+    ids = [tokenizer.encode(r.caption, add_special_tokens=False) for r in records]
+    lengths = [len(row) for row in ids]
+    unknown = sum(row.count(tokenizer.unk_token_id) for row in ids)
+    total = sum(lengths)
+    oov = {"rate": unknown / total if total else 0.0, "unknown": unknown, "total": total}
+    return {"unit": "tokens", **_summary(lengths)}, oov
+
+
+def _summary(lengths: list[int]) -> dict:
+    if not lengths:
+        return {"min": 0, "max": 0, "mean": 0.0, "histogram": {}}
+    return {"min": min(lengths), "max": max(lengths), "mean": round(mean(lengths), 2),
+            "histogram": histogram(lengths)}
+
+
+def _check_images(path: str, records: list[CaptionRecord], max_pixels: int, threads: int) -> list[tuple]:
+    """(record, error message or None, content digest or None) for the first record of each image."""
+    first: dict[str, CaptionRecord] = {}
+    for r in records:
+        first.setdefault(r.image, r)
+
+    def check(record: CaptionRecord) -> tuple:
+        try:
+            load_image(record.image, max_pixels, f"{record.image} ({path} {record.where})")
+            digest = hashlib.blake2b(Path(record.image).read_bytes(), digest_size=16).hexdigest()
+        except DataError as e:
+            return record, str(e), None
+        except OSError as e:
+            return record, f"{record.image} ({path} {record.where}): cannot read: {e.strerror}", None
+        return record, None, digest
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(check, first.values()))
+
+
+def lint_file(path: str, tokenizer: Any, image_root: Any, max_pixels: int, threads: int) -> tuple[dict, list]:
+    """The report of one file, and its (record, digest) pairs for the checks across files."""
+    report: dict[str, Any] = {"path": path, "entries": 0, "samples": 0, "images": 0, "errors": [], "warnings": []}
+    try:
+        records, skipped, _ = read_caption_file(path, image_root, on_error="skip")
+    except DataError as e:
+        report["errors"].append(str(e))
+        return report, []
+    report["errors"] += [message for _, message in skipped]
+    report["entries"] = len({r.where for r in records}) + len(skipped)
+    report["samples"] = len(records)
+    checked = _check_images(path, records, max_pixels, threads)
+    report["images"] = len(checked)
+    report["errors"] += [error for _, error, _ in checked if error]
+
+    seen: dict[tuple[str, str], str] = {}
+    for r in records:
+        key = (r.image, " ".join(r.caption.lower().split()))
+        if key in seen:
+            report["warnings"].append(f"{path}: {r.where}: duplicates {seen[key]} (same image and caption)")
+        seen.setdefault(key, r.where)
+    by_digest: dict[str, CaptionRecord] = {}
+    for r, _, digest in checked:
+        if digest in by_digest:
+            other = by_digest[digest]
+            report["warnings"].append(
+                f"{path}: {r.where} ({r.image}) has the same bytes as {other.where} ({other.image})"
+            )
+        elif digest:
+            by_digest[digest] = r
+    report["caption_lengths"], oov = _caption_stats(records, tokenizer)
+    if oov is not None:
+        report["oov"] = oov
+    return report, [(r, digest) for r, _, digest in checked]
+
+
+def lint_files(
+    paths: Sequence[str],
+    tokenizer: Any = None,
+    vocab_path: Any = None,
+    image_root: Any = None,
+    max_image_pixels: int = DatasetConfig().max_image_pixels,
+    threads: int = 4,
+) -> dict[str, Any]:
+    """Report on ``paths`` (each checked once): per file, then images shared across files."""
+    paths = list(dict.fromkeys(paths))
+    report: dict[str, Any] = {"files": [], "across_files": [], "vocab": str(vocab_path) if vocab_path else None}
+    by_path: dict[str, dict[str, CaptionRecord]] = {}  # real image path -> {caption file: record}
+    by_bytes: dict[str, dict[str, CaptionRecord]] = {}  # digest -> {caption file: record}
+    for path in paths:
+        file_report, images = lint_file(path, tokenizer, image_root, max_image_pixels, threads)
+        report["files"].append(file_report)
+        for record, digest in images:
+            by_path.setdefault(os.path.realpath(record.image), {}).setdefault(path, record)
+            if digest:
+                by_bytes.setdefault(digest, {}).setdefault(path, record)
+    shared = report["across_files"]
+    for owners in by_path.values():
+        if len(owners) > 1:
+            (a, ra), (b, rb) = list(owners.items())[:2]
+            shared.append(f"{ra.image} is used by {a} ({ra.where}) and {b} ({rb.where})")
+    for owners in by_bytes.values():
+        if len(owners) > 1 and len({os.path.realpath(r.image) for r in owners.values()}) > 1:
+            (a, ra), (b, rb) = list(owners.items())[:2]
+            shared.append(f"{a} ({ra.where}, {ra.image}) and {b} ({rb.where}, {rb.image}) have identical images")
+    report["errors"] = sum(len(f["errors"]) for f in report["files"]) + len(shared)
+    report["warnings"] = sum(len(f["warnings"]) for f in report["files"])
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as text: one block per file, then the problems across files and a total."""
+    lines = []
+    for f in report["files"]:
+        lines.append(f"{f['path']}: {f['entries']} entries, {f['samples']} captions, {f['images']} images")
+        lines += [f"  error: {e}" for e in f["errors"]]
+        lines += [f"  warning: {w}" for w in f["warnings"]]
+        if "caption_lengths" in f:
+            c = f["caption_lengths"]
+            bars = ", ".join(f"{k}: {v}" for k, v in c["histogram"].items())
+            lines.append(f"  caption length ({c['unit']}): min {c['min']}, mean {c['mean']}, max {c['max']}; {bars}")
+        if "oov" in f:
+            o = f["oov"]
+            lines.append(f"  out of vocabulary: {o['rate']:.2%} ({o['unknown']} of {o['total']} tokens)")
+    if report["across_files"]:
+        lines.append("across files:")
+        lines += [f"  error: {e}" for e in report["across_files"]]
+    e, w = report["errors"], report["warnings"]
+    lines.append(f"{e} error{'s' * (e != 1)}, {w} warning{'s' * (w != 1)}")
+    return "\n".join(lines)

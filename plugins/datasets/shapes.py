@@ -1,0 +1,207 @@
+"""Synthetic geometry scenes with exact captions: a dataset where success is measurable (exact match).
+
+A scene is 1-3 shapes on black, each one of 6 colours x 4 kinds x 2 sizes, laid out on a 64-unit grid
+(rendered at any size by scaling). The caption lists the shapes left to right by centre x::
+
+    caption  := object (relation object)*             objects sorted by centre x, ascending
+    object   := "a" size colour kind
+    size     := "small" | "large"                     10 or 18 grid units wide
+    colour   := "red" | "green" | "blue" | "yellow" | "purple" | "white"
+    kind     := "circle" | "square" | "triangle" | "diamond"
+    relation := "left of" | "above" | "below"         between each object and the next one
+
+Relation of A to the next object B (dx = B.cx - A.cx >= 0, dy = B.cy - A.cy, y grows downwards):
+"left of" if dx >= 2|dy|, "above" if dy >= 2dx, "below" if -dy >= 2dx. Scenes in between, scenes whose
+consecutive centres are less than 5 units apart in x (their order would hinge on a pixel), and
+overlapping shapes (boxes closer than 2 units) are never generated, so every caption is unambiguous.
+
+Splits: a scene belongs to the split its canonical layout hashes to (blake2b), so splits made with the
+same fractions never share a scene, whatever the seeds; within a split scenes are distinct. Captions
+may repeat across splits (there are few words), identical scenes may not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from PIL import Image, ImageDraw
+
+GRID = 64
+BORDER = 5  # free units at each edge: a mild random crop (augment) cannot cut a shape away
+GAP = 2  # boxes of two shapes are at least this far apart along some axis
+MIN_DX = 5  # consecutive centres differ by at least this much in x
+RATIO = 2.0  # the dominant axis of a relation is at least this many times the other
+SIZES = {"small": 10, "large": 18}
+COLOURS = {
+    "red": (230, 40, 40),
+    "green": (40, 200, 60),
+    "blue": (60, 110, 255),
+    "yellow": (240, 220, 40),
+    "purple": (170, 70, 230),
+    "white": (255, 255, 255),
+}
+KINDS = ("circle", "square", "triangle", "diamond")
+RELATIONS = ("left of", "above", "below")
+VOCABULARY = tuple(sorted({"a", *SIZES, *COLOURS, *KINDS, *" ".join(RELATIONS).split()}))
+DEFAULT_SPLITS: dict[str, float] = {"train": 0.8, "val": 0.1, "test": 0.1}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One shape; ``x, y`` is the top-left corner of its square box on the 64-unit grid."""
+
+    kind: str
+    colour: str
+    size: str
+    x: int
+    y: int
+
+    @property
+    def side(self) -> int:
+        return SIZES[self.size]
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        return self.x + self.side / 2, self.y + self.side / 2
+
+
+Scene = tuple[Shape, ...]  # sorted left to right by centre x
+
+
+def relation(a: Shape, b: Shape) -> str | None:
+    """How ``a`` relates to ``b`` (b to the right of a), or None when no relation is clear by ``RATIO``."""
+    dx = b.centre[0] - a.centre[0]
+    dy = b.centre[1] - a.centre[1]
+    if dx >= RATIO * abs(dy):
+        return "left of"
+    if abs(dy) >= RATIO * dx:
+        return "above" if dy > 0 else "below"
+    return None
+
+
+def _apart(a: Shape, b: Shape) -> bool:
+    gap_x = max(b.x - (a.x + a.side), a.x - (b.x + b.side))
+    gap_y = max(b.y - (a.y + a.side), a.y - (b.y + b.side))
+    return max(gap_x, gap_y) >= GAP
+
+
+def is_valid(scene: Scene) -> bool:
+    """Sorted, inside the border, non-overlapping, and every consecutive relation unambiguous."""
+    for i, a in enumerate(scene):
+        if min(a.x, a.y) < BORDER or max(a.x, a.y) + a.side > GRID - BORDER:
+            return False
+        if any(not _apart(a, b) for b in scene[i + 1 :]):
+            return False
+    for a, b in zip(scene, scene[1:]):
+        if b.centre[0] - a.centre[0] < MIN_DX or relation(a, b) is None:
+            return False
+    return True
+
+
+def _uniform(rng: random.Random, count: int) -> int:
+    """0..count-1 from ``rng.random()``: fast, and stable across Python versions (unlike ``randint``)."""
+    return int(rng.random() * count)
+
+
+def _layout(rng: random.Random, n: int, max_tries: int) -> list[tuple[int, int, str]]:
+    """Positions and sizes of a valid scene, left to right (plain tuples: this loop is the hot spot)."""
+    for _ in range(max_tries):
+        boxes: list[tuple[int, int, int]] = []
+        for _ in range(n):
+            side = SIZES["small"] if rng.random() < 0.5 else SIZES["large"]
+            span = GRID - 2 * BORDER - side + 1
+            x, y = BORDER + _uniform(rng, span), BORDER + _uniform(rng, span)
+            if any(max(x - bx - bs, bx - x - side, y - by - bs, by - y - side) < GAP for bx, by, bs in boxes):
+                break
+            boxes.append((x, y, side))
+        else:
+            boxes.sort(key=lambda b: 2 * b[0] + b[2])
+            for (ax, ay, a_side), (bx, by, b_side) in zip(boxes, boxes[1:]):
+                dx2, dy2 = 2 * bx + b_side - 2 * ax - a_side, abs(2 * by + b_side - 2 * ay - a_side)  # doubled
+                if dx2 < 2 * MIN_DX or RATIO * dy2 > dx2 > dy2 / RATIO:
+                    break
+            else:
+                return [(x, y, "small" if side == SIZES["small"] else "large") for x, y, side in boxes]
+    raise RuntimeError(f"no valid scene of {n} shapes in {max_tries} tries")
+
+
+def sample_scene(rng: random.Random, n_objects: int | None = None, max_tries: int = 100_000) -> Scene:
+    """A random valid scene of ``n_objects`` (default: uniform 1-3) shapes; uses only ``rng``.
+
+    The layout is drawn by rejection sampling (every valid layout of the drawn sizes equally likely),
+    then kinds and colours, uniformly and independently.
+    """
+    n = n_objects if n_objects is not None else 1 + _uniform(rng, 3)
+    colours = tuple(COLOURS)
+    return tuple(Shape(KINDS[_uniform(rng, 4)], colours[_uniform(rng, 6)], size, x, y)
+                 for x, y, size in _layout(rng, n, max_tries))
+
+
+def caption(scene: Scene) -> str:
+    """The caption of ``scene`` by the grammar in the module docstring."""
+    words = []
+    for i, shape in enumerate(scene):
+        if i:
+            words.append(relation(scene[i - 1], shape))
+        words.append(f"a {shape.size} {shape.colour} {shape.kind}")
+    return " ".join(words)
+
+
+def scene_key(scene: Scene) -> str:
+    """Canonical text of a scene: equal keys mean identical images."""
+    return ";".join(f"{s.kind},{s.colour},{s.size},{s.x},{s.y}" for s in scene)
+
+
+def split_of(scene: Scene, fractions: Mapping[str, float] = DEFAULT_SPLITS) -> str:
+    """The split a scene belongs to: its key's hash, as a number in [0, 1), picks a slice of ``fractions``."""
+    digest = hashlib.blake2b(scene_key(scene).encode(), digest_size=8).digest()
+    point = int.from_bytes(digest, "big") / 2**64 * sum(fractions.values())
+    for name, fraction in fractions.items():
+        point -= fraction
+        if point < 0:
+            return name
+    return name  # floating-point rounding at the very end
+
+
+def make_split(n: int, seed: int, split: str, fractions: Mapping[str, float] = DEFAULT_SPLITS) -> list[Scene]:
+    """``n`` distinct scenes of ``split``, the same for the same (n, seed, split, fractions)."""
+    if fractions.get(split, 0) <= 0:
+        raise ValueError(f"split {split!r} has no share in {dict(fractions)}")
+    rng = random.Random(f"geometry-os-shapes:{seed}:{split}")
+    scenes: list[Scene] = []
+    seen: set[str] = set()
+    for _ in range(1000 * n + 10_000):
+        if len(scenes) == n:
+            break
+        scene = sample_scene(rng)
+        key = scene_key(scene)
+        if key not in seen and split_of(scene, fractions) == split:
+            seen.add(key)
+            scenes.append(scene)
+    else:
+        raise RuntimeError(f"could not draw {n} distinct {split} scenes")
+    return scenes
+
+
+def render_scene(scene: Sequence[Shape], image_size: int = 64) -> Image.Image:
+    """Draw ``scene`` on black at ``image_size`` pixels (the 64-unit grid is scaled)."""
+    image = Image.new("RGB", (image_size, image_size))
+    draw = ImageDraw.Draw(image)
+    k = image_size / GRID
+    for s in scene:
+        x0, y0 = s.x * k, s.y * k
+        x1, y1 = (s.x + s.side) * k - 1, (s.y + s.side) * k - 1
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        fill = COLOURS[s.colour]
+        if s.kind == "circle":
+            draw.ellipse((x0, y0, x1, y1), fill=fill)
+        elif s.kind == "square":
+            draw.rectangle((x0, y0, x1, y1), fill=fill)
+        elif s.kind == "triangle":
+            draw.polygon([(x0, y1), (x1, y1), (cx, y0)], fill=fill)
+        else:
+            draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=fill)
+    return image

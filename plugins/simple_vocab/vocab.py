@@ -1,0 +1,190 @@
+"""A word-level vocabulary: small, readable, exact for closed vocabularies such as the synthetic scenes.
+
+Normalisation: NFKC, lowercase, then ``re.findall(r"\\w+|[^\\w\\s]")``: runs of word characters and
+single punctuation characters are the tokens, whitespace only separates them.
+Ids: ``<pad>=0 <bos>=1 <eos>=2 <unk>=3``, then words by frequency (descending), ties alphabetically,
+so the same captions always give the same ids. Saved as plain JSON (never pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import unicodedata
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from geometry_os.systems.pixel_llm.protocols import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID
+
+FORMAT = "geometry_os.simple_vocab"
+VERSION = 1
+_TOKEN_RE = re.compile(r"\w+|[^\w\s]")
+_NO_SPACE_BEFORE = set(".,!?;:)]}%")
+_NO_SPACE_AFTER = set("([{")
+
+
+def normalize(text: str) -> list[str]:
+    """The tokens of ``text``: NFKC, lowercase, words and single punctuation characters."""
+    return _TOKEN_RE.findall(unicodedata.normalize("NFKC", text).lower())
+
+
+def detokenize(tokens: Sequence[str]) -> str:
+    """Join tokens with spaces, except before closing and after opening punctuation ("a cat, a dog")."""
+    out: list[str] = []
+    for tok in tokens:
+        if out and tok not in _NO_SPACE_BEFORE and out[-1] not in _NO_SPACE_AFTER:
+            out.append(" ")
+        out.append(tok)
+    return "".join(out)
+
+
+def as_id_list(ids: Any) -> list[int]:
+    """Accept a list/tuple of ints or a 1-D tensor/array (anything with ``tolist``)."""
+    seq = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+    if isinstance(seq, int) or any(isinstance(i, (list, tuple)) for i in seq):
+        raise ValueError("decode expects a 1-D sequence of ids; use batch_decode for a batch")
+    return [int(i) for i in seq]
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write via a temporary file in the same folder and ``os.replace``: readers never see half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class SimpleVocabulary:
+    """Word-level tokenizer; ``encode`` gives ``[<bos>, words..., <eos>]``, unknown words map to ``<unk>``."""
+
+    pad_token_id, bos_token_id, eos_token_id, unk_token_id = PAD_ID, BOS_ID, EOS_ID, UNK_ID
+    special_tokens = SPECIAL_TOKENS
+
+    def __init__(self, texts: Iterable[str] = (), min_freq: int = 1, max_size: int | None = None):
+        if min_freq < 1:
+            raise ValueError(f"min_freq must be >= 1, got {min_freq}")
+        if max_size is not None and max_size < len(SPECIAL_TOKENS):
+            raise ValueError(f"max_size must be >= {len(SPECIAL_TOKENS)}, got {max_size}")
+        if isinstance(texts, str):  # one caption, not an iterable of characters
+            texts = [texts]
+        counts = Counter(tok for text in texts for tok in normalize(text))
+        for special in SPECIAL_TOKENS:
+            counts.pop(special, None)
+        words = sorted((w for w, c in counts.items() if c >= min_freq), key=lambda w: (-counts[w], w))
+        if max_size is not None:
+            words = words[: max_size - len(SPECIAL_TOKENS)]
+        self.min_freq, self.max_size = min_freq, max_size
+        self._set_tokens([*SPECIAL_TOKENS, *words])
+
+    def _set_tokens(self, tokens: list[str]) -> None:
+        self.itos: list[str] = tokens
+        self.stoi: dict[str, int] = {tok: i for i, tok in enumerate(tokens)}
+
+    @classmethod
+    def train(cls, texts: Iterable[str], options: Any = None) -> "SimpleVocabulary":
+        """Build from captions; ``options`` is a ``SimpleVocabularyOptions``, a dict, or None (defaults)."""
+        if isinstance(options, dict):
+            from geometry_os.plugins.simple_vocab import SimpleVocabularyOptions
+
+            options = SimpleVocabularyOptions(**options)
+        return cls(texts, min_freq=getattr(options, "min_freq", 1), max_size=getattr(options, "max_size", None))
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.itos)
+
+    def __repr__(self) -> str:
+        return f"SimpleVocabulary(size={len(self)})"
+
+    def token_to_id(self, token: str) -> int:
+        return self.stoi.get(token, UNK_ID)
+
+    def id_to_token(self, index: int) -> str:
+        return self.itos[index]
+
+    def tokenize(self, text: str) -> list[str]:
+        return normalize(text)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        ids = [self.stoi.get(tok, UNK_ID) for tok in normalize(text)]
+        return [BOS_ID, *ids, EOS_ID] if add_special_tokens else ids
+
+    def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
+        """Text of ``ids``; when skipping specials, stop at the first ``<eos>`` and drop pad/bos.
+
+        ``<unk>`` is kept in the text: it stands for a word the vocabulary cannot name.
+        """
+        seq = as_id_list(ids)
+        for i in seq:
+            if not 0 <= i < len(self.itos):
+                raise ValueError(f"token id {i} is out of range for a vocabulary of {len(self.itos)}")
+        if skip_special_tokens:
+            if EOS_ID in seq:
+                seq = seq[: seq.index(EOS_ID)]
+            seq = [i for i in seq if i not in (PAD_ID, BOS_ID)]
+        return detokenize([self.itos[i] for i in seq])
+
+    def batch_decode(self, sequences: Any, skip_special_tokens: bool = True) -> list[str]:
+        rows = sequences.tolist() if hasattr(sequences, "tolist") else sequences
+        return [self.decode(row, skip_special_tokens) for row in rows]
+
+    def save(self, path: str | os.PathLike) -> None:
+        data = {"format": FORMAT, "version": VERSION, "min_freq": self.min_freq, "max_size": self.max_size,
+                "tokens": self.itos}
+        atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "SimpleVocabulary":
+        """Read a file written by ``save``; any problem is a one-line ValueError naming the file."""
+        text = Path(path).read_text(encoding="utf-8")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{e.lineno}:{e.colno}: malformed vocabulary JSON: {e.msg}") from None
+        tokens = _check_vocab_json(data, path)
+        vocab = cls.__new__(cls)
+        vocab.min_freq, vocab.max_size = data.get("min_freq", 1), data.get("max_size")
+        vocab._set_tokens(tokens)
+        return vocab
+
+
+def _check_vocab_json(data: Any, path: Any) -> list[str]:
+    def fail(why: str) -> ValueError:
+        return ValueError(f"{path}: not a valid simple vocabulary: {why}")
+
+    if not isinstance(data, dict):
+        raise fail(f"expected a JSON object, got {type(data).__name__}")
+    if data.get("format") != FORMAT:
+        raise fail(f'"format" must be "{FORMAT}", got {data.get("format")!r}')
+    if data.get("version") != VERSION:
+        raise fail(f'unsupported "version" {data.get("version")!r} (expected {VERSION})')
+    unknown = set(data) - {"format", "version", "min_freq", "max_size", "tokens"}
+    if unknown:
+        raise fail(f"unknown key {sorted(unknown)[0]!r}")
+    tokens = data.get("tokens")
+    if not isinstance(tokens, list):
+        raise fail(f'"tokens" must be a list of strings, got {type(tokens).__name__}')
+    for i, tok in enumerate(tokens):
+        if not isinstance(tok, str) or not tok:
+            raise fail(f'"tokens"[{i}] must be a non-empty string, got {tok!r}')
+    if tuple(tokens[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+        raise fail(f"the first tokens must be {list(SPECIAL_TOKENS)}, got {tokens[: len(SPECIAL_TOKENS)]}")
+    seen: set[str] = set()
+    for i, tok in enumerate(tokens):
+        if tok in seen:
+            raise fail(f'duplicate token {tok!r} at "tokens"[{i}]')
+        seen.add(tok)
+    return tokens
