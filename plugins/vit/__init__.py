@@ -1,0 +1,58 @@
+"""The ``vit`` encoder plugin: options and registration only.
+
+Registering must stay cheap, so this module imports no torch; the model lives in ``model.py`` and is
+imported by the core only when an encoder is built (the factory is a lazy ``"module:attr"`` string).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from geometry_os.systems.pixel_llm.hookspecs import hookimpl
+
+
+class ViTOptions(BaseModel):
+    """Vision Transformer encoder: images (B, in_channels, H, W) -> patch features (B, N, embed_dim).
+
+    ``pos_embed``: ``"learned"`` (trained table, bicubically interpolated for other image sizes) or
+    ``"sincos"`` (fixed 2-D sin-cos, MAE style, computed for any grid; learns spatial layouts faster).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_size: int = Field(224, gt=0)
+    patch_size: int = Field(16, gt=0)
+    embed_dim: int = Field(768, gt=0)
+    num_layers: int = Field(6, gt=0)
+    num_heads: int = Field(12, gt=0)
+    mlp_ratio: float = Field(4.0, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    in_channels: int = Field(3, gt=0)
+    pos_embed: Literal["learned", "sincos"] = "learned"
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> "ViTOptions":
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"patch_size={self.patch_size} must divide image_size={self.image_size}"
+            )
+        if self.embed_dim % self.num_heads:
+            raise ValueError(
+                f"embed_dim={self.embed_dim} must be divisible by num_heads={self.num_heads}"
+            )
+        if self.pos_embed == "sincos" and self.embed_dim % 4:
+            raise ValueError(
+                f"embed_dim={self.embed_dim} must be divisible by 4 for pos_embed='sincos'"
+            )
+        if int(self.embed_dim * self.mlp_ratio) < 1:
+            raise ValueError(
+                f"mlp_ratio={self.mlp_ratio} gives an empty MLP for embed_dim={self.embed_dim}"
+            )
+        return self
+
+
+@hookimpl
+def register_encoders(register):
+    register("vit", "geometry_os.plugins.vit.model:VisionEncoder", ViTOptions)

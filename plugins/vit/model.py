@@ -1,0 +1,149 @@
+"""Vision Transformer encoder: images (B, C, H, W) -> patch features (B, N, D).
+
+There is no CLS token: the decoder cross-attends to every patch, and ``patch_grid`` maps the N
+features back onto the image so that attention can be drawn on it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from geometry_os.plugins.vit import ViTOptions
+
+
+def sincos_2d(dim: int, rows: int, cols: int) -> torch.Tensor:
+    """Fixed 2-D sin-cos position table (rows*cols, dim), as in MAE: the first half of the channels
+    encodes the column, the second half the row, each as [sin, cos] over dim/4 frequencies."""
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+
+    def axis(n: int) -> torch.Tensor:  # (n, dim/2)
+        angles = torch.arange(n, dtype=torch.float64)[:, None] * omega[None]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    col = axis(cols)[None, :, :].expand(rows, cols, dim // 2)
+    row = axis(rows)[:, None, :].expand(rows, cols, dim // 2)
+    return torch.cat([col, row], dim=-1).reshape(rows * cols, dim).float()
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: one fused qkv projection, SDPA (fused kernels), GELU MLP."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, int(dim * mlp_ratio))
+        self.fc2 = nn.Linear(int(dim * mlp_ratio), dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        qkv = self.qkv(self.norm1(x)).view(B, N, 3, self.heads, D // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, head_dim)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        x = x + self.drop(self.proj(y.transpose(1, 2).reshape(B, N, D)))
+        return x + self.drop(self.fc2(F.gelu(self.fc1(self.norm2(x)))))
+
+
+def _options(opts: ViTOptions | Mapping[str, Any] | None, overrides: dict[str, Any]) -> ViTOptions:
+    """Accept an options object, a mapping, or plain keywords; everything goes through validation."""
+    if opts is None:
+        return ViTOptions(**overrides)
+    if isinstance(opts, ViTOptions) and not overrides:
+        return opts
+    data = dict(opts) if isinstance(opts, Mapping) else opts.model_dump()
+    return ViTOptions(**{**data, **overrides})
+
+
+class VisionEncoder(nn.Module):
+    """ViT encoder. Build with ``VisionEncoder(ViTOptions(...))`` or ``VisionEncoder(image_size=...,
+    patch_size=..., ...)`` (keywords are validated through ``ViTOptions``).
+
+    Any image size whose sides are multiples of ``patch_size`` works: a learned position table is
+    bicubically resized to the patch grid, a sin-cos table is computed for it.
+    """
+
+    def __init__(self, opts: ViTOptions | Mapping[str, Any] | None = None, **kwargs: Any):
+        super().__init__()
+        self.config = cfg = _options(opts, kwargs)
+        self.embed_dim = cfg.embed_dim
+        self.patch_size = cfg.patch_size
+        self.grid = (cfg.image_size // cfg.patch_size, cfg.image_size // cfg.patch_size)
+        num_patches = self.grid[0] * self.grid[1]
+
+        self.patch_embed = nn.Conv2d(cfg.in_channels, cfg.embed_dim, cfg.patch_size, cfg.patch_size)
+        if cfg.pos_embed == "learned":
+            self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, cfg.embed_dim))
+        else:  # fixed: not saved in checkpoints, always recomputed
+            self.register_buffer("pos_embed", sincos_2d(cfg.embed_dim, *self.grid)[None], persistent=False)
+        # Position tables for other grids: (rows, cols) -> (stamp, table); see _position.
+        self._pos_cache: dict[tuple[int, int], tuple[tuple, torch.Tensor]] = {}
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(
+            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.num_layers)
+        )
+        self.norm = nn.LayerNorm(cfg.embed_dim)
+
+        self.apply(self._init_weights)
+        if cfg.pos_embed == "learned":
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Conv2d):  # like a Linear on flattened patches (MAE)
+            nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
+            nn.init.zeros_(m.bias)
+
+    def patch_grid(self, height: int, width: int) -> tuple[int, int]:
+        """(rows, cols) of the features for an image of this size (N = rows * cols, row-major)."""
+        return height // self.patch_size, width // self.patch_size
+
+    def _resize_table(self, rows: int, cols: int) -> torch.Tensor:
+        gh, gw = self.grid
+        table = self.pos_embed.reshape(1, gh, gw, -1).permute(0, 3, 1, 2).float()
+        table = F.interpolate(table, size=(rows, cols), mode="bicubic", align_corners=False)
+        return table.permute(0, 2, 3, 1).reshape(1, rows * cols, -1).to(self.pos_embed.dtype)
+
+    def _position(self, rows: int, cols: int) -> torch.Tensor:
+        """(1, rows*cols, D) position table for a patch grid.
+
+        Tables for other grids are cached per size. A learned table is resized afresh while it can
+        receive gradients (training), and the cache stamp includes the parameter's version counter,
+        so an optimizer step or ``load_state_dict`` never leaves a stale table behind.
+        """
+        if (rows, cols) == self.grid:
+            return self.pos_embed
+        learned = isinstance(self.pos_embed, nn.Parameter)
+        if torch.compiler.is_compiling() or (learned and torch.is_grad_enabled() and self.pos_embed.requires_grad):
+            return self._resize_table(rows, cols) if learned else self._sincos(rows, cols)
+        p = self.pos_embed
+        stamp = (p.device, p.dtype, p.data_ptr(), p._version if learned else 0)
+        hit = self._pos_cache.get((rows, cols))
+        if hit is None or hit[0] != stamp:
+            hit = (stamp, self._resize_table(rows, cols) if learned else self._sincos(rows, cols))
+            self._pos_cache[(rows, cols)] = hit
+        return hit[1]
+
+    def _sincos(self, rows: int, cols: int) -> torch.Tensor:
+        table = sincos_2d(self.embed_dim, rows, cols)[None]
+        return table.to(device=self.pos_embed.device, dtype=self.pos_embed.dtype)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(images)  # (B, D, rows, cols)
+        rows, cols = x.shape[-2:]
+        x = self.drop(x.flatten(2).transpose(1, 2) + self._position(rows, cols))
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
