@@ -51,6 +51,9 @@ class TrainerConfig(StrictModel):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     val_interval: int | None = Field(None, ge=1, description="validate every N steps (None: after each epoch)")
     val_max_samples: int = Field(500, ge=1, description="images captioned for validation metrics")
+    best_metric: str | None = Field(
+        None, description="validation metric that picks `best` (default: exact_match when captions are generated, else loss)"
+    )
     checkpoint_interval: int | None = Field(None, ge=1, description="save every N steps (None: each epoch)")
     save_total_limit: int | None = Field(None, ge=1, description="keep this many step checkpoints (+ latest, best)")
     checkpoint_dir: str = "./checkpoints"

@@ -1,0 +1,273 @@
+"""Checkpoint folders: ``model.safetensors`` + ``config.json`` (+ the tokenizer's JSON file).
+
+Nothing here unpickles: weights are safetensors, everything else JSON. Folders are written to a
+temporary sibling and renamed into place, so a crash never leaves a half-written checkpoint under the
+final name. Loading checks every file stays inside the folder, validates the config before building,
+and compares tensor shapes from the safetensors header with the model (built on the meta device)
+before any memory is allocated, so a forged or mismatched file is refused with a message that says
+which tensor or field is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+
+from geometry_os import __version__
+from geometry_os.errors import CheckpointError, ComponentError, ConfigError, format_validation_error
+
+from .components import get_component
+from .config import PixelLLMConfig
+
+FORMAT = "pixel-llm"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+TOKENIZER = "tokenizer.json"
+MAX_JSON_BYTES = 64 * 1024 * 1024
+
+
+# ---- atomic writes ----------------------------------------------------------------------------------
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write JSON to ``path`` via a temporary file + ``os.replace`` (never half-written)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class AtomicFolder:
+    """``with AtomicFolder(dest) as tmp:`` write files into ``tmp``; on success it becomes ``dest``.
+
+    An existing ``dest`` is moved aside first and deleted only after the new folder is in place; on
+    any error the temporary folder is removed and ``dest`` is left as it was.
+    """
+
+    def __init__(self, dest: str | Path) -> None:
+        self.dest = Path(dest)
+        self.tmp = self.dest.with_name(f".{self.dest.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+    def __enter__(self) -> Path:
+        self.dest.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir()
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        try:
+            for file in self.tmp.iterdir():
+                with open(file, "rb") as f:
+                    os.fsync(f.fileno())
+            fsync_dir(self.tmp)
+            old = None
+            if self.dest.exists():
+                old = self.dest.with_name(f".{self.dest.name}.old-{uuid.uuid4().hex[:8]}")
+                os.rename(self.dest, old)
+            os.rename(self.tmp, self.dest)
+            fsync_dir(self.dest.parent)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+
+
+# ---- save -------------------------------------------------------------------------------------------
+
+
+def tokenizer_component_name(tokenizer: Any) -> str:
+    """The registered tokenizer component whose class this tokenizer is."""
+    from geometry_os.host import get_host
+
+    registry = get_host().system("pixel_llm").components
+    for name in registry.names("tokenizer"):
+        try:
+            if registry.get("tokenizer", name).load() is type(tokenizer):
+                return name
+        except ComponentError:
+            continue
+    raise CheckpointError(
+        f"tokenizer of type {type(tokenizer).__name__} is not a registered tokenizer component; "
+        f"registered: {', '.join(registry.names('tokenizer'))}"
+    )
+
+
+def write_model_files(folder: Path, model: torch.nn.Module, tokenizer: Any = None) -> None:
+    """model.safetensors, config.json and tokenizer.json into ``folder`` (which must be fresh)."""
+    from safetensors.torch import save_model
+
+    config: PixelLLMConfig = model.config
+    tokenizer_entry = None
+    if tokenizer is not None:
+        tokenizer_entry = {"component": tokenizer_component_name(tokenizer), "file": TOKENIZER}
+        tokenizer.save(str(folder / TOKENIZER))
+    save_model(model, str(folder / WEIGHTS), metadata={"format": FORMAT})
+    write_json_atomic(
+        folder / CONFIG,
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "geometry_os_version": __version__,
+            "model": config.model_dict(),
+            "tokenizer": tokenizer_entry,
+        },
+    )
+
+
+def save_pretrained(model: torch.nn.Module, path: str | Path, tokenizer: Any = None) -> Path:
+    path = Path(path)
+    with AtomicFolder(path) as tmp:
+        write_model_files(tmp, model, tokenizer)
+    return path
+
+
+# ---- load -------------------------------------------------------------------------------------------
+
+
+def safe_file(folder: Path, name: str, required: bool = True) -> Path | None:
+    """``folder/name`` if it is a regular file inside ``folder`` (symlinks out of it are refused)."""
+    path = folder / name
+    if not path.exists() and not path.is_symlink():
+        if required:
+            raise CheckpointError(f"{folder}: missing {name}")
+        return None
+    resolved = path.resolve()
+    if folder.resolve() not in resolved.parents:
+        raise CheckpointError(f"{path}: points outside the checkpoint folder ({resolved}); refusing to read it")
+    if not resolved.is_file():
+        raise CheckpointError(f"{path}: not a regular file")
+    return path
+
+
+def read_json(path: Path) -> Any:
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise CheckpointError(f"{path}: file too large for a JSON config ({path.stat().st_size} bytes)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}:{exc.lineno}:{exc.colno}: malformed JSON: {exc.msg}") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: not UTF-8 text") from None
+
+
+def read_checkpoint_config(folder: Path) -> tuple[PixelLLMConfig, dict[str, Any]]:
+    config_path = safe_file(folder, CONFIG)
+    data = read_json(config_path)
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("model"), dict):
+        raise CheckpointError(f"{config_path}: not a Pixel LLM checkpoint config (expected format={FORMAT!r} and a 'model' object)")
+    if data.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{config_path}: format_version {data['format_version']} is newer than this version supports ({FORMAT_VERSION})")
+    try:
+        config = PixelLLMConfig.model_validate(data["model"])
+    except ValidationError as exc:
+        raise CheckpointError(format_validation_error(exc, source=str(config_path))) from None
+    return config, data
+
+
+def check_weights_header(path: Path, expected: dict[str, torch.Size]) -> None:
+    """Compare the safetensors header with the model's tensors before loading anything."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: invalid safetensors file: {' '.join(str(exc).split())}") from None
+    mismatched = [
+        f"{name} {shapes[name]} != {tuple(shape)}" for name, shape in expected.items()
+        if name in shapes and tuple(shapes[name]) != tuple(shape)
+    ]
+    if mismatched:
+        raise CheckpointError(f"{path}: tensor shapes do not match the config: {'; '.join(mismatched[:3])}")
+    unexpected = sorted(set(shapes) - set(expected))
+    if unexpected:
+        raise CheckpointError(f"{path}: unexpected tensors: {', '.join(unexpected[:5])}")
+
+
+def load_weights(model: torch.nn.Module, path: Path, device: str | torch.device = "cpu") -> None:
+    from safetensors.torch import load_model
+
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False, device=str(device))
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot load weights: {' '.join(str(exc).split())}") from None
+    # Tied weights are stored once; their aliases are legitimately "missing".
+    tied = {name for name, p in model.named_parameters(remove_duplicate=False)} - {n for n, _ in model.named_parameters()}
+    missing = [m for m in missing if m not in tied]
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: missing tensors {missing[:5]} / unexpected {unexpected[:5]}")
+
+
+def load_tokenizer(folder: Path, entry: Any) -> Any:
+    if entry is None:
+        return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("component"), str):
+        raise CheckpointError(f"{folder / CONFIG}: 'tokenizer' must be an object with 'component' and 'file'")
+    file = safe_file(folder, str(entry.get("file") or TOKENIZER))
+    if Path(str(entry.get("file") or TOKENIZER)).name != str(entry.get("file") or TOKENIZER):
+        raise CheckpointError(f"{folder / CONFIG}: tokenizer file must be a plain file name")
+    try:
+        cls = get_component("tokenizer", entry["component"]).load()
+    except ComponentError as exc:
+        raise CheckpointError(f"{folder / CONFIG}: {exc}") from None
+    try:
+        return cls.load(str(file))
+    except (ValueError, OSError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{file}: cannot load tokenizer: {' '.join(str(exc).split())}") from None
+
+
+def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Any, Any]:
+    """``(model, tokenizer)`` from a checkpoint folder; the model is in eval mode."""
+    from .model import PixelLLM
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: checkpoint folder not found")
+    config, data = read_checkpoint_config(folder)
+    weights = safe_file(folder, WEIGHTS)
+    try:
+        with torch.device("meta"):
+            skeleton = PixelLLM(config)
+    except (ConfigError, ComponentError) as exc:
+        raise CheckpointError(f"{folder / CONFIG}: {exc}") from None
+    expected = {name: t.shape for name, t in skeleton.state_dict().items()}
+    check_weights_header(weights, expected)
+    tokenizer = load_tokenizer(folder, data.get("tokenizer"))
+    if tokenizer is not None and len(tokenizer) > config.vocab_size:
+        raise CheckpointError(
+            f"{folder}: tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {config.vocab_size}"
+        )
+    model = PixelLLM(config)
+    load_weights(model, weights)
+    model.to(map_location)
+    model.eval()
+    return model, tokenizer

@@ -1,0 +1,20 @@
+"""Plugin: the ``amp`` trainer (``trainer.py``) and the ``geo-os pixel-llm train`` command (``cli.py``).
+
+Registering stays cheap: no torch here; the trainer class is a lazy ``"module:attr"`` factory and the
+command imports torch inside its body. The trainer's options are the core ``TrainerConfig`` (the
+``trainer`` section of a model config), so it registers no options model of its own.
+"""
+
+from geometry_os.systems.pixel_llm.hookspecs import hookimpl
+
+
+@hookimpl
+def register_trainers(register):
+    register("amp", "geometry_os.plugins.amp_trainer.trainer:PixelLLMTrainer", None)
+
+
+@hookimpl
+def register_commands(cli):
+    from geometry_os.plugins.amp_trainer.cli import train_command
+
+    cli.add_command(train_command)

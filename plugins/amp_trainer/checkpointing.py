@@ -1,0 +1,242 @@
+"""Trainer checkpoints: ``checkpoint_dir/step-00000100/`` plus ``latest`` (a JSON pointer) and ``best`` (a copy).
+
+A step folder is a ``save_pretrained`` folder (model.safetensors, config.json, tokenizer.json) plus
+``trainer_state.json`` (counters, data position, best metric, Python/NumPy RNG state as JSON) and
+``optimizer.pt`` (optimizer, scheduler, GradScaler and torch RNG tensors), which is only ever read
+with ``torch.load(weights_only=True)``: a forged file cannot run code. Every folder is written by
+``AtomicFolder``, and ``latest`` is replaced only once its folder is complete, so a crash at any
+moment leaves ``latest`` naming a loadable checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from geometry_os.errors import CheckpointError
+from geometry_os.systems.pixel_llm.checkpoint import (
+    CONFIG,
+    WEIGHTS,
+    AtomicFolder,
+    check_weights_header,
+    load_tokenizer,
+    load_weights,
+    read_checkpoint_config,
+    read_json,
+    safe_file,
+    write_json_atomic,
+    write_model_files,
+)
+
+STATE = "trainer_state.json"
+OPTIMIZER = "optimizer.pt"
+LATEST = "latest"
+BEST = "best"
+STATE_FORMAT = "pixel-llm-trainer-state"
+STEP_RE = re.compile(r"^step-(\d{8,})$")
+STALE_RE = re.compile(r"^\.(step-\d{8,}|best)\.(tmp|old)-[0-9a-f]{8}$")
+# Fields that may differ between a checkpoint and the model it is loaded into.
+RUNTIME_FIELDS = frozenset({"dropout"})
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def step_folders(checkpoint_dir: Path) -> list[tuple[int, Path]]:
+    """Complete step folders, oldest first (temporary ``.step-*.tmp-*`` folders are not listed)."""
+    if not checkpoint_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in checkpoint_dir.iterdir() if (m := STEP_RE.match(p.name)) and p.is_dir()]
+    return sorted(found)
+
+
+# ---- writing ------------------------------------------------------------------------------------------
+
+
+def write_checkpoint(
+    folder: Path, model: torch.nn.Module, tokenizer: Any, state: dict[str, Any], tensors: dict[str, Any]
+) -> None:
+    """One complete checkpoint folder, or nothing (the previous one, if any, stays)."""
+    with AtomicFolder(folder) as tmp:
+        write_model_files(tmp, model, tokenizer)
+        write_json_atomic(tmp / STATE, state)
+        torch.save(tensors, tmp / OPTIMIZER)
+
+
+def point_latest(checkpoint_dir: Path, name: str, step: int) -> None:
+    write_json_atomic(checkpoint_dir / LATEST, {"checkpoint": name, "step": step})
+
+
+def copy_as_best(checkpoint_dir: Path, folder: Path) -> Path:
+    """``checkpoint_dir/best``: hard links to ``folder``'s files (copies where links fail), placed atomically."""
+    with AtomicFolder(checkpoint_dir / BEST) as tmp:
+        for file in folder.iterdir():
+            try:
+                os.link(file, tmp / file.name)
+            except OSError:
+                shutil.copy2(file, tmp / file.name)
+    return checkpoint_dir / BEST
+
+
+def rotate(checkpoint_dir: Path, limit: int | None, keep: set[str]) -> list[Path]:
+    """Delete the oldest step folders beyond ``limit``, never one named in ``keep`` (latest, best)."""
+    if limit is None:
+        return []
+    folders = step_folders(checkpoint_dir)
+    newest = {p.name for _, p in folders[-limit:]}
+    doomed = [p for _, p in folders if p.name not in newest and p.name not in keep]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed
+
+
+def remove_stale(checkpoint_dir: Path) -> list[Path]:
+    """Temporary folders left by a crashed save (``.step-*.tmp-*``, ``.best.old-*``)."""
+    if not checkpoint_dir.is_dir():
+        return []
+    stale = [p for p in checkpoint_dir.iterdir() if STALE_RE.match(p.name) and p.is_dir()]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
+# ---- finding ------------------------------------------------------------------------------------------
+
+
+def read_latest(checkpoint_dir: Path) -> Path:
+    """The folder ``latest`` names; without a ``latest`` file, the newest complete step folder."""
+    pointer = checkpoint_dir / LATEST
+    if pointer.is_file():
+        data = read_json(pointer)
+        name = data.get("checkpoint") if isinstance(data, dict) else None
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise CheckpointError(f"{pointer}: expected {{\"checkpoint\": \"<folder name>\"}}")
+        folder = checkpoint_dir / name
+        if not (folder / CONFIG).is_file():
+            raise CheckpointError(f"{pointer}: names {name}, which is not a complete checkpoint")
+        return folder
+    folders = step_folders(checkpoint_dir)
+    if not folders:
+        raise CheckpointError(f"{checkpoint_dir}: no checkpoint to resume from (no 'latest' and no step-* folder)")
+    return folders[-1][1]
+
+
+def resolve_checkpoint(path: str | Path, checkpoint_dir: str | Path | None = None) -> Path:
+    """``"latest"`` (in ``checkpoint_dir``), a checkpoint folder, or a checkpoint_dir -> a checkpoint folder."""
+    if str(path) == LATEST:
+        if checkpoint_dir is None:
+            raise CheckpointError("'latest' needs a checkpoint_dir")
+        return read_latest(Path(checkpoint_dir))
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: checkpoint folder not found")
+    if (folder / CONFIG).is_file():
+        return folder
+    return read_latest(folder)
+
+
+# ---- reading ------------------------------------------------------------------------------------------
+
+
+def check_compatible(folder: Path, model: torch.nn.Module) -> dict[str, Any]:
+    """Refuse a checkpoint of another vocabulary or shape, naming the fields; returns config.json's data."""
+    config, data = read_checkpoint_config(folder)
+    ours, theirs = model.config.model_dict(), config.model_dict()
+    differ = [k for k in ours if k not in RUNTIME_FIELDS and ours[k] != theirs.get(k)]
+    if differ:
+        detail = ", ".join(f"{k}: checkpoint {theirs.get(k)!r} vs model {ours[k]!r}" for k in differ[:4])
+        raise CheckpointError(f"{folder}: checkpoint does not match the model ({detail})")
+    expected = {name: t.shape for name, t in model.state_dict().items()}
+    check_weights_header(safe_file(folder, WEIGHTS), expected)
+    return data
+
+
+def load_model(folder: Path, model: torch.nn.Module, tokenizer: Any) -> Any:
+    """Weights into ``model`` after the checks; returns the checkpoint's tokenizer (or None)."""
+    data = check_compatible(folder, model)
+    checkpoint_tokenizer = load_tokenizer(folder, data.get("tokenizer"))
+    if checkpoint_tokenizer is not None and tokenizer is not None and len(checkpoint_tokenizer) != len(tokenizer):
+        raise CheckpointError(
+            f"{folder}: the checkpoint's tokenizer has {len(checkpoint_tokenizer)} tokens, the trainer's {len(tokenizer)}"
+        )
+    if checkpoint_tokenizer is not None and len(checkpoint_tokenizer) > model.config.vocab_size:
+        raise CheckpointError(
+            f"{folder}: tokenizer has {len(checkpoint_tokenizer)} tokens but vocab_size is {model.config.vocab_size}"
+        )
+    load_weights(model, safe_file(folder, WEIGHTS), device=next(model.parameters()).device)
+    return checkpoint_tokenizer
+
+
+def read_state(folder: Path) -> dict[str, Any] | None:
+    """trainer_state.json, or None for a plain ``save_pretrained`` folder."""
+    path = safe_file(folder, STATE, required=False)
+    if path is None:
+        return None
+    state = read_json(path)
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{path}: not a trainer state (expected format={STATE_FORMAT!r})")
+    return state
+
+
+def read_tensors(folder: Path) -> dict[str, Any]:
+    """optimizer.pt through the weights-only unpickler: anything but tensors and plain containers is refused."""
+    path = safe_file(folder, OPTIMIZER)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise CheckpointError(f"{path}: refused to load (not a weights-only file): {reason}") from None
+    if not isinstance(data, dict) or "optimizer" not in data:
+        raise CheckpointError(f"{path}: expected a dict with an 'optimizer' entry")
+    return data
+
+
+# ---- random number generators ------------------------------------------------------------------------
+
+
+def rng_json() -> dict[str, Any]:
+    """Python's (and NumPy's, when installed) global RNG state as JSON lists."""
+    version, internal, gauss = random.getstate()
+    out: dict[str, Any] = {"python": [version, list(internal), gauss]}
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover
+        return out
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    out["numpy"] = [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+    return out
+
+
+def rng_tensors() -> dict[str, Any]:
+    out: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def restore_rng(json_state: dict[str, Any] | None, tensor_state: dict[str, Any] | None) -> None:
+    if json_state and "python" in json_state:
+        version, internal, gauss = json_state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if json_state and "numpy" in json_state:
+        try:
+            import numpy as np
+
+            name, keys, pos, has_gauss, cached = json_state["numpy"]
+            np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+        except ImportError:  # pragma: no cover
+            pass
+    if tensor_state and "torch" in tensor_state:
+        torch.set_rng_state(tensor_state["torch"])
+    if tensor_state and tensor_state.get("cuda") and torch.cuda.is_available():
+        states = tensor_state["cuda"]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)

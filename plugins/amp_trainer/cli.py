@@ -1,0 +1,172 @@
+"""``geo-os pixel-llm train``: model config from preset/file/--set, the ``trainer`` section for training.
+
+Data: ``--data FILE`` (JSON, JSON Lines or COCO captions; the tokenizer is trained on its captions), or
+by default the synthetic ``shapes`` scenes. ``--resume`` takes the model and tokenizer from the
+checkpoint. Runs the same under ``torchrun --nproc_per_node N`` (one process per device).
+Torch is imported inside the command, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import click
+
+from geometry_os.plugins.commands import config_file_option, preset_option, set_option
+
+
+@click.command("train")
+@config_file_option
+@preset_option
+@click.option("--data", "data_path", type=click.Path(dir_okay=False), help="Training captions (JSON, JSONL or COCO).")
+@click.option("--val-data", "val_path", type=click.Path(dir_okay=False), help="Validation captions.")
+@set_option
+@click.option("--resume", metavar="DIR|latest", help="Continue from a checkpoint folder, a checkpoint dir or 'latest'.")
+@click.option("--quiet", is_flag=True, help="No progress bar or log lines.")
+@click.option("--out", type=click.Path(file_okay=False), help="Checkpoint folder (overrides trainer.checkpoint_dir).")
+@click.option("--num-scenes", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Synthetic training scenes when no --data is given (validation: a tenth, at most 1000).")
+@click.pass_context
+def train_command(
+    ctx: click.Context,
+    config_path: str | None,
+    preset: str | None,
+    data_path: str | None,
+    val_path: str | None,
+    overrides: tuple[str, ...],
+    resume: str | None,
+    quiet: bool,
+    out: str | None,
+    num_scenes: int,
+) -> None:
+    """Train a Pixel LLM captioner; prints where the checkpoints are."""
+    from geometry_os.cli import get_cli_host
+    from geometry_os.systems.pixel_llm.config import PixelLLMConfig, load_config
+
+    get_cli_host(ctx)
+    if val_path and not data_path:
+        raise click.ClickException("--val-data needs --data (the synthetic set brings its own validation split)")
+    config = load_config(config_path, overrides, preset)
+    if out:
+        config.trainer.checkpoint_dir = out
+    import torch
+
+    from geometry_os.systems.pixel_llm.data import DataError
+
+    tokenizer, folder = None, None
+    if resume:
+        folder, model, tokenizer = _load_resume(config, resume)
+        # the data must fit the checkpoint's model (image size, sequence length), not the preset's
+        config = PixelLLMConfig.model_validate({**model.config.model_dict(), "trainer": config.trainer.model_dump()})
+    try:
+        train_set, val_set, tokenizer = _datasets(config, data_path, val_path, tokenizer, num_scenes)
+    except DataError as exc:
+        raise click.ClickException(" ".join(str(exc).split())) from None
+    if not resume:
+        config = _fit_vocabulary(config, tokenizer, quiet)
+        from geometry_os.systems.pixel_llm.model import PixelLLM
+
+        torch.manual_seed(config.trainer.seed)
+        model = PixelLLM(config)
+    trainer_cls = _trainer_class()
+    t = config.trainer
+    loader_options = dict(num_workers=t.num_workers, pad_token_id=config.pad_token_id, pin_memory=torch.cuda.is_available())
+    train_loader = trainer_cls.make_dataloader(train_set, t.batch_size, shuffle=True, seed=t.seed, **loader_options)
+    val_loader = None
+    if val_set is not None:
+        val_loader = trainer_cls.make_dataloader(val_set, t.batch_size, shuffle=False, **loader_options)
+    with _one_line_warnings():
+        trainer = trainer_cls(model, t, train_loader, val_loader, tokenizer=tokenizer, quiet=quiet)
+        if folder is not None:
+            trainer.load_checkpoint(folder)
+        summary = trainer.train()
+    if trainer.world.is_main:
+        _report(summary)
+
+
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Training warnings (collapsed captions, skipped steps) as ``geo-os: warning: ...`` lines."""
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
+        click.echo(f"geo-os: warning: {' '.join(str(message).split())}", err=True)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
+def _trainer_class() -> Any:
+    from geometry_os.systems.pixel_llm.components import get_component
+
+    return get_component("trainer").load()
+
+
+def _load_resume(config: Any, resume: str) -> tuple[Path, Any, Any]:
+    """The checkpoint folder, its model (config from the checkpoint) and its tokenizer."""
+    from geometry_os.plugins.amp_trainer.checkpointing import resolve_checkpoint
+    from geometry_os.systems.pixel_llm.checkpoint import load_pretrained
+
+    checkpoint_dir = Path(config.trainer.checkpoint_dir)
+    folder = resolve_checkpoint(resume, checkpoint_dir)
+    if resume != "latest" and folder.parent != checkpoint_dir and config.trainer.checkpoint_dir == "./checkpoints":
+        config.trainer.checkpoint_dir = str(folder.parent)  # keep writing next to the resumed checkpoints
+    model, tokenizer = load_pretrained(folder)
+    model.train()
+    return folder, model, tokenizer
+
+
+def _datasets(config: Any, data_path: str | None, val_path: str | None, tokenizer: Any, num_scenes: int):
+    """(train set, validation set or None, tokenizer)."""
+    if data_path is None:
+        from geometry_os.systems.pixel_llm.components import get_component
+
+        shapes = get_component("dataset", "shapes")
+        common = {"seed": config.trainer.seed, "image_size": config.image_size}
+        train_set = shapes.build({**common, "n": num_scenes, "split": "train"}, tokenizer=tokenizer)
+        val_n = max(1, min(1000, num_scenes // 10))
+        val_set = shapes.build({**common, "n": val_n, "split": "val"}, tokenizer=train_set.tokenizer)
+        return train_set, val_set, train_set.tokenizer
+    from geometry_os.systems.pixel_llm.data import ImageTextDataset, read_caption_file
+    from geometry_os.systems.pixel_llm.data_config import DatasetConfig
+
+    dataset_config = DatasetConfig(image_size=config.image_size, max_length=config.max_seq_len)
+    if tokenizer is None:
+        from geometry_os.systems.pixel_llm.components import get_component
+
+        records, _, _ = read_caption_file(data_path, on_error="skip")
+        tokenizer = get_component("tokenizer").load().train([r.caption for r in records], None)
+    train_set = ImageTextDataset(data_path, tokenizer=tokenizer, config=dataset_config)
+    val_set = ImageTextDataset(val_path, tokenizer=tokenizer, config=dataset_config) if val_path else None
+    return train_set, val_set, tokenizer
+
+
+def _fit_vocabulary(config: Any, tokenizer: Any, quiet: bool) -> Any:
+    """A new model gets exactly the tokenizer's vocabulary: a preset's size is only a guess, and ids the
+    tokenizer cannot decode would be wasted rows that greedy decoding can still pick."""
+    if tokenizer is None or len(tokenizer) == config.vocab_size:
+        return config
+    from geometry_os.systems.pixel_llm.config import PixelLLMConfig
+
+    if not quiet and os.environ.get("RANK", "0") == "0":
+        click.echo(f"vocab_size: {len(tokenizer)} (the tokenizer's size; the config said {config.vocab_size})", err=True)
+    return PixelLLMConfig.model_validate({**config.model_dump(), "vocab_size": len(tokenizer)})
+
+
+def _report(summary: dict[str, Any]) -> None:
+    from geometry_os.plugins.amp_trainer.checkpointing import BEST, LATEST, read_latest
+
+    checkpoint_dir = Path(summary["checkpoint_dir"])
+    latest = read_latest(checkpoint_dir).name
+    click.echo(f"trained {summary['global_step']} steps in {summary['train_time_s']:.0f} s")
+    click.echo(f"checkpoints: {checkpoint_dir.resolve()}")
+    click.echo(f"  {LATEST}: {checkpoint_dir / latest}")
+    if (checkpoint_dir / BEST).is_dir() and summary["best_metric"] is not None:
+        click.echo(f"  {BEST}: {checkpoint_dir / BEST} ({summary['best_checkpoint']}, metric {summary['best_metric']:.4f})")

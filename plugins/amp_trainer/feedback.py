@@ -1,0 +1,131 @@
+"""What the user sees: a progress bar, ``metrics.jsonl`` (every logged value), and ``curves.png``.
+
+Only the main process creates these. matplotlib is optional: without it there is no PNG.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "curves.png"
+CURVE_METRICS = ("exact_match", "bleu_4", "cider_d")
+
+
+class MetricsLog:
+    """Append-only JSON Lines log, flushed after every record; also kept in memory for the curves."""
+
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.path, self.enabled = path, enabled
+        self.history: list[dict[str, Any]] = []
+
+    def write(self, record: dict[str, Any]) -> None:
+        record = {k: _jsonable(v) for k, v in record.items()}
+        self.history.append(record)
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+
+    def resume_at(self, step: int) -> None:
+        """Keep the records up to ``step`` (those after it belong to the interrupted run's lost steps)."""
+        if not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by the crash
+                continue
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                kept.append(record)
+        self.history = kept
+        if self.enabled:
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+            os.replace(tmp, self.path)
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/inf
+    return value
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> bool:
+    """Training/validation loss and caption metrics against steps; False when matplotlib is missing."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return False
+    train = [(r["step"], r["loss"]) for r in history if isinstance(r.get("loss"), (int, float))]
+    val = [(r["step"], r["val_loss"]) for r in history if isinstance(r.get("val_loss"), (int, float))]
+    metrics = {m: [(r["step"], r[m]) for r in history if isinstance(r.get(m), (int, float))] for m in CURVE_METRICS}
+    metrics = {m: points for m, points in metrics.items() if points}
+    if not train and not val:
+        return False
+    figure = Figure(figsize=(10, 4) if metrics else (6, 4))
+    FigureCanvasAgg(figure)  # the Agg canvas, without touching pyplot's global backend
+    axes = figure.subplots(1, 2 if metrics else 1, squeeze=False)[0]
+    for points, label in ((train, "train loss"), (val, "val loss")):
+        if points:
+            axes[0].plot(*zip(*points), label=label, marker="o" if label == "val loss" else None)
+    axes[0].set(xlabel="step", ylabel="loss", title="loss")
+    axes[0].legend()
+    if metrics:
+        for name, points in metrics.items():
+            axes[1].plot(*zip(*points), label=name, marker="o")
+        axes[1].set(xlabel="step", title="validation captions")
+        axes[1].legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    figure.savefig(tmp, dpi=80)
+    os.replace(tmp, path)
+    return True
+
+
+class Progress:
+    """A tqdm bar on a terminal; plain log lines elsewhere (CI, torchrun); silent when ``quiet``."""
+
+    def __init__(self, total: int | None, initial: int, enabled: bool, quiet: bool) -> None:
+        self.quiet = quiet or not enabled
+        self.bar = None
+        if not self.quiet and sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr)
+        self.total = total
+
+    def step(self, postfix: dict[str, str]) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(postfix, refresh=False)
+
+    def line(self, text: str, *, always: bool = False) -> None:
+        """A log line (``always``: also under a progress bar, e.g. validation results)."""
+        if self.quiet:
+            return
+        if self.bar is not None:
+            if always:
+                self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+__all__ = ["CURVES_FILE", "METRICS_FILE", "MetricsLog", "Progress", "plot_curves"]

@@ -1,0 +1,122 @@
+"""The trainer's checkpoint methods: what is saved so that a resumed run continues bit for bit.
+
+Saved: weights, tokenizer, optimizer/scheduler/GradScaler state, every process's RNG state, the step,
+the epoch and the batch position in it, and the best metric. Restored data order: the trainer's
+sampler depends only on (seed, epoch) and restarts at the saved batch.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+from . import checkpointing as ckpt
+
+
+class CheckpointMixin:
+    """``save_checkpoint`` / ``load_checkpoint`` / ``resume`` of ``PixelLLMTrainer`` (which defines the attributes)."""
+
+    def save_checkpoint(self, name: str | None = None) -> Path:
+        """Write ``checkpoint_dir/<name>`` (default ``step-<global_step>``), point ``latest`` at it, copy it to
+        ``best`` when it is the best so far, and rotate old step folders. Every process must call it."""
+        name = name or ckpt.step_name(self.global_step)
+        folder = self.checkpoint_dir / name
+        rng_json = self.world.gather_objects(ckpt.rng_json())  # every process's RNG: dropout differs per rank
+        rng_tensors = self.world.gather_objects(ckpt.rng_tensors())
+        best = self._best_pending
+        best_checkpoint = name if best else self.best_checkpoint
+        self.world.barrier()
+        if self.world.is_main:
+            ckpt.write_checkpoint(folder, self.model, self.tokenizer, self._state(rng_json, best_checkpoint), {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": rng_tensors,
+            })
+            ckpt.point_latest(self.checkpoint_dir, name, self.global_step)
+            if best:
+                ckpt.copy_as_best(self.checkpoint_dir, folder)
+            keep = {name} | ({best_checkpoint} if best_checkpoint else set())
+            ckpt.rotate(self.checkpoint_dir, self.config.save_total_limit, keep)
+            self._plot()
+        self.best_checkpoint, self._best_pending = best_checkpoint, False
+        self._last_save_step = self.global_step
+        self.world.barrier()
+        return folder
+
+    def _state(self, rng_json: list[dict[str, Any]], best_checkpoint: str | None) -> dict[str, Any]:
+        sampler = self.sampler
+        return {
+            "format": ckpt.STATE_FORMAT,
+            "version": 1,
+            "global_step": self.global_step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "train_time_s": self.train_time_s,
+            "best_metric": self.best_metric,
+            "best_metric_name": self.best_metric_name,
+            "best_val_loss": self.best_val_loss,
+            "best_checkpoint": best_checkpoint,
+            "world_size": self.world.world_size,
+            "num_samples": sampler.num_samples if sampler is not None else None,
+            "batch_size": sampler.batch_size if sampler is not None else None,
+            "seed": self.config.seed,
+            "trainer_config": self.config.model_dump(mode="json"),
+            "rng": rng_json,
+        }
+
+    def load_checkpoint(self, path: str | Path) -> dict[str, Any] | None:
+        """Restore a checkpoint folder: weights (after vocabulary/shape checks), and when it is a trainer
+        checkpoint also optimizer, scheduler, scaler, RNG, counters and data position. Returns the state
+        (None for a ``save_pretrained`` folder, whose weights then start a fresh run)."""
+        folder = Path(path)
+        tokenizer = ckpt.load_model(folder, self.model, self.tokenizer)
+        if self.tokenizer is None:
+            self.tokenizer = tokenizer
+        state = ckpt.read_state(folder)
+        if state is None:
+            return None
+        tensors = ckpt.read_tensors(folder)
+        try:
+            self.optimizer.load_state_dict(tensors["optimizer"])
+            self.scheduler.load_state_dict(tensors["scheduler"])
+            if "scaler" in tensors and self.scaler.is_enabled():
+                self.scaler.load_state_dict(tensors["scaler"])
+        except (ValueError, KeyError, RuntimeError, TypeError) as exc:
+            reason = " ".join(str(exc).split())[:200]
+            raise ckpt.CheckpointError(f"{folder / ckpt.OPTIMIZER}: does not fit this model/optimizer: {reason}") from None
+        self._restore_counters(state, folder)
+        rng_json, rng_tensors = state.get("rng") or [None], tensors.get("rng") or [None]
+        rank = self.world.rank if len(rng_json) == self.world.world_size else 0
+        ckpt.restore_rng(rng_json[min(rank, len(rng_json) - 1)], rng_tensors[min(rank, len(rng_tensors) - 1)])
+        if self.world.is_main:
+            self.log.resume_at(self.global_step)
+        return state
+
+    def _restore_counters(self, state: dict[str, Any], folder: Path) -> None:
+        for key in ("global_step", "epoch", "batch_in_epoch", "train_time_s", "best_metric", "best_val_loss",
+                    "best_checkpoint"):
+            setattr(self, key, state.get(key, getattr(self, key)))
+        saved_metric = state.get("best_metric_name")
+        if saved_metric and not self.best_metric_name:
+            self.best_metric_name = saved_metric
+        elif saved_metric != self.best_metric_name:
+            self.best_metric = self.best_val_loss = None  # another metric picks the best from now on
+        self._started = True
+        self._last_save_step = self.global_step
+        sampler = self.sampler
+        same_order = sampler is not None and state.get("num_samples") == sampler.num_samples and (
+            state.get("batch_size") == sampler.batch_size and state.get("world_size") == self.world.world_size
+        )
+        if not same_order and self.batch_in_epoch:
+            warnings.warn(
+                f"{folder}: resuming mid-epoch with a different data order (dataset size, batch size or number of "
+                "processes changed, or the loader has its own sampler); the rest of this epoch will not match "
+                "the interrupted run",
+                stacklevel=3,
+            )
+
+    def resume(self, path: str | Path = "latest") -> dict[str, Any] | None:
+        """``load_checkpoint`` of ``"latest"`` (in checkpoint_dir), a checkpoint folder, or a checkpoint_dir."""
+        return self.load_checkpoint(ckpt.resolve_checkpoint(path, self.checkpoint_dir))

@@ -1,0 +1,385 @@
+"""``PixelLLMTrainer``: AdamW with warm-up and decay, mixed precision, gradient accumulation, exact resume,
+validation with caption metrics, rotating atomic checkpoints, and DDP under ``torchrun``.
+
+One optimizer step consumes ``gradient_accumulation_steps`` micro-batches on every process. The loss
+is normalised by the number of target tokens in the whole step (all micro-batches, all processes),
+so N processes with batch B compute the same update as one process with batch N*B, and accumulation
+equals a larger batch. Steps are counted in optimizer steps; ``batch_in_epoch`` counts micro-batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import random
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from geometry_os.errors import GeometryOSError
+from geometry_os.systems.pixel_llm.config import PixelLLMConfig, TrainerConfig
+
+from . import checkpointing as ckpt
+from .distributed import init_world, wrap_ddp
+from .feedback import CURVES_FILE, METRICS_FILE, MetricsLog, Progress, plot_curves
+from .optim import amp_dtype, lr_lambda, param_groups, resolve_device
+from .resumable import CheckpointMixin
+from .sampling import adapt_loader, epoch_seed, make_dataloader
+from .validation import count_targets, evaluate, generation_unavailable, warn_if_collapsed
+
+PLOT_INTERVAL_S = 30.0
+
+
+class TrainingError(GeometryOSError):
+    """Training cannot go on (the message says why and what to change)."""
+
+
+class NonFiniteLossError(TrainingError):
+    """Too many consecutive steps had a NaN/inf loss or gradient."""
+
+
+class PixelLLMTrainer(CheckpointMixin):
+    """Trains a ``PixelLLM``. ``config``: a ``TrainerConfig`` or a ``PixelLLMConfig`` (its ``trainer``).
+
+    Exact resume needs the data order to be the trainer's: loaders from ``make_dataloader`` (or plain
+    ``shuffle=True/False`` loaders, which are rebuilt around the trainer's sampler) resume at the next
+    batch; a loader with its own sampler is replayed from the epoch start instead.
+    ``best_metric``: the validation metric that picks ``best`` (default: ``exact_match`` when captions
+    can be generated, else ``val_loss``); names containing ``loss`` are minimised.
+    """
+
+    make_dataloader = staticmethod(make_dataloader)
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        config: TrainerConfig | PixelLLMConfig | None = None,
+        train_dataloader: Any = None,
+        val_dataloader: Any = None,
+        tokenizer: Any = None,
+        *,
+        quiet: bool = False,
+        best_metric: str | None = None,
+    ) -> None:
+        cfg = config.trainer if isinstance(config, PixelLLMConfig) else (config or TrainerConfig())
+        if train_dataloader is None:
+            raise TrainingError("PixelLLMTrainer needs a train_dataloader")
+        self.config, self.quiet = cfg, quiet
+        self.best_metric_name = best_metric or getattr(cfg, "best_metric", None)
+        self.device = resolve_device(cfg.device)
+        self.world = init_world(self.device.type)
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", self.world.local_rank)
+        self.model = model.to(self.device)
+        dataset_tokenizer = getattr(getattr(train_dataloader, "dataset", None), "tokenizer", None)
+        self.tokenizer = tokenizer if tokenizer is not None else dataset_tokenizer
+        self.train_dataloader, self.sampler = adapt_loader(train_dataloader, cfg.seed, self.world)
+        self.val_dataloader = val_dataloader
+        if val_dataloader is not None and self.world.enabled:
+            self.val_dataloader, _ = adapt_loader(val_dataloader, cfg.seed, self.world, training=False)
+        self.amp_dtype = amp_dtype(cfg, self.device)
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, cfg.weight_decay), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2)
+        )
+        self.steps_per_epoch = self._steps_per_epoch()
+        self.total_steps = cfg.max_steps or cfg.num_epochs * self.steps_per_epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, self.total_steps))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.train_model = wrap_ddp(self.model, self.world, self.device)
+        if cfg.compile:
+            self.train_model = torch.compile(self.train_model)
+        self.checkpoint_dir = Path(cfg.checkpoint_dir)
+        self.log = MetricsLog(self.checkpoint_dir / METRICS_FILE, enabled=self.world.is_main)
+        # progress: counters saved in trainer_state.json
+        self.global_step = self.epoch = self.batch_in_epoch = 0
+        self.train_time_s = 0.0
+        self.best_metric: float | None = None
+        self.best_val_loss: float | None = None  # breaks ties of best_metric
+        self.best_checkpoint: str | None = None
+        self.nonfinite_streak = 0
+        self._started = False
+        self._best_pending = False
+        self._time_up = False
+        self._last_plot = -math.inf
+        self._last_val_step = self._last_save_step = -1
+        self._session_start: float | None = None  # perf_counter() at train_time_s == 0
+        self._progress: Progress | None = None
+        self._log_mark = (time.perf_counter(), 0)  # time, images since the last log line
+
+    # ---- setup -------------------------------------------------------------------------------------------
+
+    def _steps_per_epoch(self) -> int:
+        if self.sampler is not None:
+            batches = self.sampler.num_batches
+        else:
+            try:
+                batches = len(self.train_dataloader)
+            except TypeError:
+                if self.config.max_steps is None:
+                    raise TrainingError("the training data has no length: set trainer.max_steps") from None
+                return 1
+        if batches < 1:
+            raise TrainingError("the training DataLoader yields no batches (dataset smaller than batch_size with drop_last?)")
+        return math.ceil(batches / self.config.gradient_accumulation_steps)
+
+    def _seed(self) -> None:
+        seed = self.config.seed + self.world.rank  # distinct dropout masks per process
+        random.seed(seed)
+        torch.manual_seed(seed)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    # ---- training loop -----------------------------------------------------------------------------------
+
+    def train(self) -> dict[str, Any]:
+        """Train until ``max_steps``, ``num_epochs`` or ``max_time_s``; returns a summary."""
+        cfg = self.config
+        if self.world.is_main:
+            ckpt.remove_stale(self.checkpoint_dir)
+        self._time_up = cfg.max_time_s is not None and self.train_time_s >= cfg.max_time_s
+        self._session_start = time.perf_counter() - self.train_time_s
+        self._log_mark = (time.perf_counter(), 0)
+        self._progress = Progress(self.total_steps, self.global_step, self.world.is_main, self.quiet)
+        if cfg.use_amp and self.amp_dtype is None:
+            self._progress.line("use_amp: this CPU has no native bf16, training in fp32 (amp_dtype='bfloat16' forces it)")
+        try:
+            while not self._finished():
+                self.train_epoch()
+            improved = False
+            if self.val_dataloader is not None and self._last_val_step != self.global_step:
+                improved = self._validate_and_track()
+            if improved or self._last_save_step != self.global_step:
+                self.save_checkpoint()
+            self.train_time_s = time.perf_counter() - self._session_start
+        finally:
+            self._progress.close()
+            self._progress = None
+        self._plot(force=True)
+        return {
+            "global_step": self.global_step,
+            "epoch": self.epoch,
+            "train_time_s": self.train_time_s,
+            "best_metric": self.best_metric,
+            "best_checkpoint": self.best_checkpoint,
+            "checkpoint_dir": str(self.checkpoint_dir),
+            "stopped_by_time": cfg.max_time_s is not None and self.train_time_s >= cfg.max_time_s,
+        }
+
+    def _finished(self) -> bool:
+        cfg = self.config
+        if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
+            return True
+        if self._time_up:
+            return True
+        return cfg.max_steps is None and self.epoch >= cfg.num_epochs
+
+    def train_epoch(self) -> dict[str, float]:
+        """Train the rest of the current epoch (or until a stop condition); returns its mean loss."""
+        if not self._started:
+            self._seed()
+            self._started = True
+        if self._session_start is None:  # called directly rather than from train()
+            self._session_start = time.perf_counter() - self.train_time_s
+        accumulation = self.config.gradient_accumulation_steps
+        batches = self._epoch_batches()
+        losses: list[float] = []
+        while not self._finished():
+            window = list(itertools.islice(batches, accumulation))
+            if not window:  # the data ran out: the epoch is over
+                if not self.batch_in_epoch:
+                    raise TrainingError(f"epoch {self.epoch}: the training DataLoader yielded no batches")
+                self._end_epoch()
+                self._after_step(epoch_end=True)
+                break
+            loss = self._optimizer_step(window)
+            self.batch_in_epoch += len(window)
+            if loss is None:  # skipped (non-finite)
+                continue
+            losses.append(loss)
+            epoch_end = self.sampler is not None and self.batch_in_epoch >= self.sampler.num_batches
+            if epoch_end:
+                self._end_epoch()
+            self._after_step(epoch_end)
+            if epoch_end:
+                break
+        return {"loss": sum(losses) / len(losses) if losses else float("nan"), "steps": len(losses)}
+
+    def _epoch_batches(self) -> Iterator[dict[str, Any]]:
+        """This epoch's batches from ``batch_in_epoch`` on; the trainer's sampler skips without loading."""
+        if self.sampler is not None:
+            self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
+            if getattr(self.train_dataloader, "generator", None) is not None:
+                self.train_dataloader.generator.manual_seed(epoch_seed(self.config.seed, self.epoch))
+            return iter(self.train_dataloader)
+        sampler = getattr(self.train_dataloader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.epoch)
+        return itertools.islice(iter(self.train_dataloader), self.batch_in_epoch, None)
+
+    def _end_epoch(self) -> None:
+        self.epoch += 1
+        self.batch_in_epoch = 0
+
+    def _optimizer_step(self, window: list[dict[str, Any]]) -> float | None:
+        """Forward/backward every micro-batch of one step, then clip and step; None when skipped."""
+        cfg, world = self.config, self.world
+        tokens = [count_targets(b) for b in window]  # on the CPU batches: no device sync
+        total = float(sum(tokens))
+        if world.enabled:
+            total = world.all_reduce_sum(torch.tensor(total, device=self.device)).item()
+        self.train_model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        images = 0
+        for i, (batch, n) in enumerate(zip(window, tokens)):
+            batch = self._to_device(batch)
+            images += batch["images"].shape[0]
+            last = i == len(window) - 1
+            sync = contextlib.nullcontext() if last or not world.enabled else self.train_model.no_sync()
+            with sync:
+                with self._autocast():
+                    out = self.train_model(
+                        batch["images"], batch["input_ids"], batch.get("attention_mask"), batch["labels"],
+                        label_smoothing=cfg.label_smoothing,
+                    )
+                local = out.loss.float() * n
+                self.scaler.scale(local * world.world_size / max(total, 1.0)).backward()
+            loss_sum += local.detach()
+        elapsed = time.perf_counter() - self._session_start
+        over_time = cfg.max_time_s is not None and elapsed >= cfg.max_time_s
+        flags = torch.stack([loss_sum, (~torch.isfinite(loss_sum)).float(), torch.tensor(float(over_time), device=self.device)])
+        global_loss, nonfinite, out_of_time = world.all_reduce_sum(flags).tolist()
+        self.train_time_s = elapsed
+        self._time_up = out_of_time > 0  # any process out of time stops all of them together
+        if nonfinite > 0:
+            return self._skip_step(f"non-finite loss ({global_loss})")
+        lr = self.scheduler.get_last_lr()[0]
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = None
+        if cfg.max_grad_norm is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm).item()
+            if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
+                return self._skip_step(f"non-finite gradient norm ({grad_norm})")
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if scale is not None and self.scaler.get_scale() < scale:  # fp16 overflow: the scaler skipped the step
+            return None
+        self.scheduler.step()
+        self.nonfinite_streak = 0
+        self.global_step += 1
+        loss = global_loss / max(total, 1.0)
+        self._log_step(loss, lr, grad_norm, images * world.world_size)
+        return loss
+
+    def _skip_step(self, why: str) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.nonfinite_streak += 1
+        limit = self.config.max_nonfinite_steps
+        message = f"step {self.global_step + 1}: {why}; step skipped ({self.nonfinite_streak}/{limit} in a row)"
+        if self.world.is_main:
+            self.log.write({"step": self.global_step, "event": "nonfinite", "reason": why})
+        if self.nonfinite_streak >= limit:
+            raise NonFiniteLossError(
+                f"{limit} consecutive steps had a non-finite loss or gradient ({why}); lower trainer.learning_rate, "
+                "check the data, or set trainer.use_amp=false"
+            )
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        return None
+
+    def _log_step(self, loss: float, lr: float, grad_norm: float | None, images: int) -> None:
+        now = time.perf_counter()
+        mark_time, mark_images = self._log_mark
+        images_total = mark_images + images
+        rate = images_total / max(now - mark_time, 1e-9)
+        if self._progress is not None:
+            self._progress.step({"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "img/s": f"{rate:.0f}"})
+        if self.global_step % self.config.log_interval and self.global_step != self.total_steps:
+            self._log_mark = (mark_time, images_total)
+            return
+        self._log_mark = (now, 0)
+        record = {"step": self.global_step, "epoch": self.epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                  "images_per_s": rate, "train_time_s": self.train_time_s}
+        self.log.write(record)
+        if self._progress is not None:
+            self._progress.line(f"step {self.global_step}/{self.total_steps}  loss {loss:.4f}  lr {lr:.2e}  {rate:.0f} img/s")
+
+    def _after_step(self, epoch_end: bool) -> None:
+        """Validate and save on their step intervals, or at the end of an epoch when no interval is set."""
+        cfg, step = self.config, self.global_step
+        validate = self.val_dataloader is not None and self._last_val_step != step and (
+            (cfg.val_interval is not None and step % cfg.val_interval == 0) or (epoch_end and cfg.val_interval is None)
+        )
+        save = (cfg.checkpoint_interval is not None and step % cfg.checkpoint_interval == 0) or (
+            epoch_end and cfg.checkpoint_interval is None
+        )
+        started = time.perf_counter()
+        improved = self._validate_and_track() if validate else False
+        if improved or (save and self._last_save_step != step):
+            self.save_checkpoint()
+        mark_time, mark_images = self._log_mark  # images/s counts training time only
+        self._log_mark = (mark_time + time.perf_counter() - started, mark_images)
+
+    def _plot(self, force: bool = False) -> None:
+        """Redraw curves.png at most every PLOT_INTERVAL_S seconds (drawing costs a few hundred ms)."""
+        now = time.perf_counter()
+        if self.world.is_main and (force or now - self._last_plot >= PLOT_INTERVAL_S):
+            plot_curves(self.log.history, self.checkpoint_dir / CURVES_FILE)
+            self._last_plot = now
+
+    # ---- validation --------------------------------------------------------------------------------------
+
+    def validate(self) -> dict[str, float]:
+        """Validation loss and, when a tokenizer and the greedy decoder are available, caption metrics."""
+        if self.val_dataloader is None:
+            return {}
+        return evaluate(
+            self.model, self.val_dataloader, to_device=self._to_device, autocast=self._autocast, world=self.world,
+            tokenizer=self.tokenizer, max_samples=self.config.val_max_samples,
+        )
+
+    def _metric_name(self, metrics: dict[str, Any]) -> str:
+        if self.best_metric_name:
+            if self.best_metric_name not in metrics:
+                raise TrainingError(f"best metric {self.best_metric_name!r} is not computed; have: {', '.join(metrics)}")
+            return self.best_metric_name
+        return "exact_match" if "exact_match" in metrics else "val_loss"
+
+    def _validate_and_track(self) -> bool:
+        """Validate, log, and remember whether this step is the best so far."""
+        metrics = self.validate()
+        self._last_val_step = self.global_step
+        if self.world.is_main:
+            self.log.write({"step": self.global_step, "epoch": self.epoch, **metrics})
+            warn_if_collapsed(metrics)
+            if self._progress is not None:
+                shown = {k: metrics[k] for k in ("val_loss", "exact_match", "bleu_4", "distinct_1") if k in metrics}
+                text = "  ".join(f"{k} {v:.4f}" for k, v in shown.items())
+                self._progress.line(f"validation at step {self.global_step}: {text}", always=True)
+        name = self._metric_name(metrics)
+        value = metrics[name]
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        # Lower is better for losses; ties (exact match stuck at 0 early on) go to the lower validation loss.
+        sign = -1.0 if "loss" in name else 1.0
+        candidate = (sign * value, -metrics.get("val_loss", math.inf))
+        best_loss = math.inf if self.best_val_loss is None else self.best_val_loss
+        if self.best_metric is None or candidate > (sign * self.best_metric, -best_loss):
+            self.best_metric, self.best_metric_name, self._best_pending = float(value), name, True
+            self.best_val_loss = metrics.get("val_loss")
+            return True
+        return False
+
+    @property
+    def generation_available(self) -> bool:
+        return generation_unavailable(self.tokenizer) is None
