@@ -1,0 +1,89 @@
+"""Caption generation: ``generate_caption`` encodes the images once and hands the features to a
+decoding strategy (a ``decoding_strategy`` component, looked up by name through the host, so the
+core imports no plugin). Strategies return a ``GenerationOutput``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+
+from .components import get_component
+from .generation_config import GenerationConfig
+
+__all__ = ["GenerationConfig", "GenerationOutput", "beam_search_decode", "generate_caption"]
+
+
+@dataclass
+class GenerationOutput:
+    """What a strategy produced for B images × ``num_return_sequences`` (rows grouped by image).
+
+    ``sequences``: (rows, T) from ``<bos>``, ``<pad>`` after ``<eos>``, T the longest caption.
+    ``sequence_scores``: sum of the generated tokens' log-probs (``<eos>`` included).
+    ``scores_penalised``: ``sequence_scores / length ** length_penalty``, length = tokens after
+    ``<bos>`` (what beam search ranks by). ``token_scores`` (rows, T-1): each token's log-prob
+    (0 at padding), with ``output_scores``. ``cross_attentions``: one (rows, cross layers, heads, N)
+    tensor per generated position (zeros after ``<eos>``), with ``output_attentions``.
+    ``texts``: decoded captions when a tokenizer was given.
+    """
+
+    sequences: torch.Tensor
+    sequence_scores: torch.Tensor | None = None
+    scores_penalised: torch.Tensor | None = None
+    token_scores: torch.Tensor | None = None
+    cross_attentions: list[torch.Tensor] | None = None
+    texts: list[str] | None = field(default=None)
+
+
+def _resolve_config(config: GenerationConfig | Mapping[str, Any] | None, overrides: dict[str, Any]) -> GenerationConfig:
+    """``config`` with keyword overrides (HF style), validated together. Always re-validated: a
+    ``model_copy(update=...)`` skips pydantic's checks, and a contradiction must not reach a strategy."""
+    if isinstance(config, GenerationConfig):
+        config = config.model_dump()
+    return GenerationConfig.model_validate({**(config or {}), **overrides})
+
+
+def generate_caption(
+    model: Any,
+    images: torch.Tensor,
+    config: GenerationConfig | Mapping[str, Any] | None = None,
+    tokenizer: Any = None,
+    generator: torch.Generator | None = None,
+    **overrides: Any,
+) -> torch.Tensor | GenerationOutput:
+    """Caption ``images`` (B, 3, H, W), or one image (3, H, W).
+
+    Returns the token ids (B * num_return_sequences, T), or a ``GenerationOutput`` when
+    ``return_dict_in_generate``. Keyword ``overrides`` replace fields of ``config``. Sampling is
+    reproducible with ``seed`` (in the config) or a ``torch.Generator`` on the model's device.
+    The model is put in eval mode for the call and its training flag restored afterwards.
+    """
+    config = _resolve_config(config, overrides)
+    strategy = get_component("decoding_strategy", config.strategy_name).build()
+    if images.dim() == 3:
+        images = images.unsqueeze(0)
+    device = model.device
+    dtype = next(model.parameters()).dtype
+    images = images.to(device=device, dtype=dtype if images.is_floating_point() else None)
+    if generator is None and config.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(config.seed)
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            features = model.encode(images)  # once: strategies expand the decoder cache, not images
+            out = strategy.decode(model, features, config, generator=generator)
+    finally:
+        model.train(was_training)
+
+    if tokenizer is not None:
+        out.texts = [tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in out.sequences]
+    return out if config.return_dict_in_generate else out.sequences
+
+
+def beam_search_decode(model: Any, images: torch.Tensor, num_beams: int = 5, **kwargs: Any) -> Any:
+    """Beam-search captions; ``kwargs`` are ``generate_caption`` arguments / config fields."""
+    return generate_caption(model, images, num_beams=num_beams, **kwargs)
