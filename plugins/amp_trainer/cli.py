@@ -45,12 +45,31 @@ def train_command(
 ) -> None:
     """Train a Pixel LLM captioner; prints where the checkpoints are."""
     from geometry_os.cli import get_cli_host
-    from geometry_os.systems.pixel_llm.config import PixelLLMConfig, load_config
 
     get_cli_host(ctx)
+    summary = run_training(config_path, preset, data_path, val_path, overrides, resume, quiet, out, num_scenes)
+    if summary is not None:
+        _report(summary)
+
+
+def run_training(
+    config_path: str | None = None,
+    preset: str | None = None,
+    data_path: str | None = None,
+    val_path: str | None = None,
+    overrides: tuple[str, ...] | list[str] = (),
+    resume: str | None = None,
+    quiet: bool = False,
+    out: str | None = None,
+    num_scenes: int = 10_000,
+) -> dict[str, Any] | None:
+    """What ``train`` does, callable from Python (the ``pixel_llm.train`` system call, the demo).
+    Returns the trainer's summary on the main process, None on other ranks."""
+    from geometry_os.systems.pixel_llm.config import PixelLLMConfig, load_config
+
     if val_path and not data_path:
         raise click.ClickException("--val-data needs --data (the synthetic set brings its own validation split)")
-    config = load_config(config_path, overrides, preset)
+    config = load_config(config_path, list(overrides), preset)
     if out:
         config.trainer.checkpoint_dir = out
     import torch
@@ -84,8 +103,7 @@ def train_command(
         if folder is not None:
             trainer.load_checkpoint(folder)
         summary = trainer.train()
-    if trainer.world.is_main:
-        _report(summary)
+    return summary if trainer.world.is_main else None
 
 
 @contextlib.contextmanager

@@ -54,6 +54,14 @@ class PixelLLMTrainer(CheckpointMixin):
 
     make_dataloader = staticmethod(make_dataloader)
 
+    @staticmethod
+    def run(**options: Any) -> dict[str, Any] | None:
+        """Everything ``geo-os pixel-llm train`` does (config, data, model, training), from Python:
+        the ``pixel_llm.train`` system call and the demo use it. Options: see ``cli.run_training``."""
+        from .cli import run_training
+
+        return run_training(**options)
+
     def __init__(
         self,
         model: torch.nn.Module,

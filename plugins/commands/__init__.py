@@ -24,8 +24,10 @@ set_option = click.option(
 @hookimpl
 def register_commands(cli: click.Group) -> None:
     from .caption import caption_command, eval_command, explain_command
+    from .demo import demo_command
 
-    for command in (plugins_command, components_command, info_command, caption_command, eval_command, explain_command):
+    for command in (plugins_command, components_command, info_command, caption_command, eval_command,
+                    explain_command, demo_command):
         cli.add_command(command)
 
 

@@ -77,6 +77,11 @@ class SimpleVocabulary:
             raise ValueError(f"max_size must be >= {len(SPECIAL_TOKENS)}, got {max_size}")
         if isinstance(texts, str):  # one caption, not an iterable of characters
             texts = [texts]
+        # ``...`` stands for "more captions" in examples (``["caption 1", "caption 2", ...]``): skipped.
+        texts = [text for text in texts if text is not Ellipsis]
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{i}] must be a string, got {type(text).__name__}")
         counts = Counter(tok for text in texts for tok in normalize(text))
         for special in SPECIAL_TOKENS:
             counts.pop(special, None)

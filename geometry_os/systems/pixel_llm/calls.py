@@ -6,6 +6,7 @@ inside the call, never at import time.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import Field
@@ -85,8 +86,38 @@ def evaluate(params: EvaluateParams, host: Any) -> dict[str, Any]:
     return evaluate_dataset(model, tokenizer, references, generation, params.batch_size)
 
 
+class TrainParams(StrictModel):
+    config: str | None = Field(None, description="config file (TOML/JSON)")
+    preset: str | None = Field(None, description="preset to start from")
+    overrides: list[str] = Field(default_factory=list, description="key=value overrides")
+    data: str | None = Field(None, description="training caption file (default: synthetic shapes)")
+    val_data: str | None = None
+    out: str | None = Field(None, description="checkpoint folder")
+    resume: str | None = Field(None, description="checkpoint folder or 'latest'")
+    num_scenes: int = Field(10_000, ge=1, description="synthetic scenes when no data is given")
+    trainer: str | None = Field(None, description="trainer component (default: the registry's)")
+
+
+def train(params: TrainParams, host: Any) -> dict[str, Any]:
+    """Train like ``geo-os pixel-llm train`` (quietly); returns the trainer's summary."""
+    from geometry_os.errors import ComponentError
+
+    from .components import get_component
+
+    trainer = get_component("trainer", params.trainer)
+    run = getattr(trainer.load(), "run", None)
+    if run is None:
+        raise ComponentError(f"{trainer.label} has no run() entry point, so it cannot serve pixel_llm.train")
+    summary = run(
+        config_path=params.config, preset=params.preset, data_path=params.data, val_path=params.val_data,
+        overrides=params.overrides, resume=params.resume, quiet=True, out=params.out, num_scenes=params.num_scenes,
+    )
+    return json.loads(json.dumps(summary or {}, default=str))
+
+
 CALLS = [
     SystemCall("pixel_llm.info", InfoParams, info, "Resolved model config and parameter count."),
     SystemCall("pixel_llm.caption", CaptionParams, caption, "Caption image files with a checkpoint."),
     SystemCall("pixel_llm.evaluate", EvaluateParams, evaluate, "Caption metrics of a checkpoint on a caption file."),
+    SystemCall("pixel_llm.train", TrainParams, train, "Train a model (as geo-os pixel-llm train) and summarise."),
 ]

@@ -1,0 +1,134 @@
+"""Captioning and evaluation on image files: what the ``caption`` / ``eval`` commands and the
+``pixel_llm.caption`` / ``pixel_llm.evaluate`` system calls run.
+
+Images are streamed in batches (memory stays bounded however many there are), each preprocessed
+exactly as in training (the model config's image size, mean and std).
+"""
+
+from __future__ import annotations
+
+import glob
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from geometry_os.errors import GeometryOSError
+
+from .data import DataError, build_transform, load_image
+from .data_config import DatasetConfig
+from .generation_config import GenerationConfig
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def expand_image_args(args: Sequence[str]) -> list[Path]:
+    """IMAGE, DIR (its images, sorted) or GLOB arguments -> image paths, in argument order."""
+    paths: list[Path] = []
+    for arg in args:
+        path = Path(arg)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise GeometryOSError(f"{arg}: no images in this folder ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            paths.extend(found)
+        elif any(ch in arg for ch in "*?["):
+            found = sorted(Path(p) for p in glob.glob(arg, recursive=True) if Path(p).is_file())
+            if not found:
+                raise GeometryOSError(f"{arg}: no file matches this pattern")
+            paths.extend(found)
+        else:
+            if not path.exists():
+                raise GeometryOSError(f"{arg}: no such file")
+            paths.append(path)
+    return paths
+
+
+def preprocessing_config(model: Any) -> DatasetConfig:
+    """Resize and normalise exactly as the model was trained (its config records size, mean, std)."""
+    c = model.config
+    return DatasetConfig(image_size=c.image_size, mean=c.image_mean, std=c.image_std)
+
+
+@dataclass
+class CaptionResult:
+    image: str
+    caption: str | None
+    score: float | None = None  # sum of token log-probs
+    penalised_score: float | None = None  # length-penalised, as beam search ranks
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None or k == "caption"}
+
+
+def _batches(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def caption_images(
+    model: Any,
+    tokenizer: Any,
+    paths: Sequence[Path],
+    generation: GenerationConfig | None = None,
+    batch_size: int = 16,
+) -> Iterator[CaptionResult]:
+    """Yield one result per image, in order; an unreadable image gives a result with ``error``."""
+    from .inference import generate_caption
+
+    config = preprocessing_config(model)
+    transform = build_transform(config)
+    generation = generation or GenerationConfig()
+    device = model.device
+    for batch in _batches(list(paths), batch_size):
+        tensors, ok, results = [], [], []
+        for path in batch:
+            try:
+                tensors.append(transform(load_image(str(path), config.max_image_pixels, draft_size=config.image_size)))
+                ok.append(len(results))
+                results.append(CaptionResult(str(path), None))
+            except DataError as exc:
+                results.append(CaptionResult(str(path), None, error=str(exc)))
+        if tensors:
+            out = generate_caption(
+                model, torch.stack(tensors).to(device), config=generation, tokenizer=tokenizer,
+                return_dict_in_generate=True,
+            )
+            per_image = generation.num_return_sequences
+            for slot, i in enumerate(ok):
+                j = slot * per_image  # the best of this image's returned sequences
+                results[i].caption = out.texts[j]
+                results[i].score = float(out.sequence_scores[j])
+                results[i].penalised_score = float(out.scores_penalised[j])
+        yield from results
+
+
+def evaluate_dataset(
+    model: Any,
+    tokenizer: Any,
+    references: Sequence[tuple[str, list[str]]],
+    generation: GenerationConfig | None = None,
+    batch_size: int = 16,
+    idf_corpus: Sequence[Sequence[str]] | None = None,
+) -> dict[str, Any]:
+    """Caption every image once and score against its references; adds seconds per image."""
+    from .metrics import caption_metrics
+
+    paths = [Path(image) for image, _ in references]
+    start = time.perf_counter()
+    results = list(caption_images(model, tokenizer, paths, generation, batch_size))
+    elapsed = time.perf_counter() - start
+    bad = [r for r in results if r.error]
+    if bad:
+        raise DataError(f"{len(bad)} image(s) could not be read, first: {bad[0].error}")
+    metrics: dict[str, Any] = caption_metrics([r.caption or "" for r in results], [refs for _, refs in references], idf_corpus)
+    metrics["seconds_per_image"] = elapsed / max(len(results), 1)
+    metrics["examples"] = [
+        {"image": r.image, "prediction": r.caption, "references": refs}
+        for r, (_, refs) in zip(results[:5], references[:5])
+    ]
+    return metrics
+

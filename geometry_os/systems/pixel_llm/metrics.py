@@ -1,0 +1,110 @@
+"""Caption metrics without Java: BLEU-1..4, ROUGE-L and CIDEr-D from pycocoevalcap's pure-Python
+scorers, exact match, and diversity statistics.
+
+Tokenisation (applied to candidates and references alike, instead of the Java PTB tokenizer):
+lowercase, every character that is not a letter, digit, whitespace or apostrophe becomes a space,
+then split on whitespace. ``"A Red, circle!"`` -> ``["a", "red", "circle"]``.
+
+CIDEr-D's idf comes from the evaluated references by default (as in coco-caption); pass
+``idf_corpus`` (a list of reference lists, e.g. the training captions) to take it from elsewhere.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Sequence
+
+_NON_WORD = re.compile(r"[^\w\s']+")
+
+
+def tokenize(text: str) -> list[str]:
+    return _NON_WORD.sub(" ", text.lower()).replace("_", " ").split()
+
+
+def normalize(text: str) -> str:
+    return " ".join(tokenize(text))
+
+
+def _cider_scorer(idf_corpus: Sequence[Sequence[str]] | None):
+    import numpy as np
+    from pycocoevalcap.cider.cider_scorer import CiderScorer, cook_refs
+
+    if idf_corpus is None:
+        return CiderScorer(n=4, sigma=6.0)
+
+    class CorpusIdfCiderScorer(CiderScorer):
+        """CIDEr-D whose document frequencies come from ``idf_corpus`` instead of the evaluated refs."""
+
+        def __init__(self) -> None:
+            self._corpus = [cook_refs([normalize(r) for r in refs]) for refs in idf_corpus]
+            super().__init__(n=4, sigma=6.0)
+
+        ref_len = property(lambda self: np.log(float(len(self._corpus))), lambda self, value: None)
+
+        def compute_doc_freq(self) -> None:
+            for refs in self._corpus:
+                for ngram in {ngram for ref in refs for ngram in ref}:
+                    self.document_frequency[ngram] += 1
+
+        def compute_score(self, option=None, verbose=0):
+            self.compute_doc_freq()
+            scores = self.compute_cider()
+            return float(np.mean(scores)), np.array(scores)
+
+    return CorpusIdfCiderScorer()
+
+
+def cider_d(
+    predictions: Sequence[str], references: Sequence[Sequence[str]], idf_corpus: Sequence[Sequence[str]] | None = None
+) -> float:
+    scorer = _cider_scorer(idf_corpus)
+    for prediction, refs in zip(predictions, references):
+        scorer += (normalize(prediction), [normalize(r) for r in refs])
+    score, _ = scorer.compute_score()
+    return float(score)
+
+
+def diversity(predictions: Sequence[str]) -> dict[str, float]:
+    """distinct-1/2 (unique n-grams / all n-grams over every caption) and collapse statistics."""
+    out: dict[str, float] = {}
+    tokens = [tokenize(p) for p in predictions]
+    for n in (1, 2):
+        grams = [tuple(t[i : i + n]) for t in tokens for i in range(len(t) - n + 1)]
+        out[f"distinct_{n}"] = len(set(grams)) / len(grams) if grams else 0.0
+    counts = Counter(normalize(p) for p in predictions)
+    total = max(len(predictions), 1)
+    out["identical_fraction"] = 1.0 - len(counts) / total if predictions else 0.0
+    out["most_common_fraction"] = counts.most_common(1)[0][1] / total if predictions else 0.0
+    return out
+
+
+def caption_metrics(
+    predictions: Sequence[str],
+    references: Sequence[Sequence[str]],
+    idf_corpus: Sequence[Sequence[str]] | None = None,
+) -> dict[str, float]:
+    """Corpus-level metrics for one prediction per image against that image's references."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} reference lists")
+    if not predictions:
+        raise ValueError("no predictions to score")
+    if any(len(refs) == 0 for refs in references):
+        raise ValueError("every image needs at least one reference caption")
+    res = {i: [normalize(p) or "<empty>"] for i, p in enumerate(predictions)}
+    gts = {i: [normalize(r) for r in refs] for i, refs in enumerate(references)}
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    rouge, _ = Rouge().compute_score(gts, res)
+    exact = sum(normalize(p) in {normalize(r) for r in refs} for p, refs in zip(predictions, references))
+    metrics = {
+        "exact_match": exact / len(predictions),
+        **{f"bleu_{n + 1}": float(bleu[n]) for n in range(4)},
+        "rouge_l": float(rouge),
+        "cider_d": cider_d(predictions, references, idf_corpus),
+    }
+    metrics.update(diversity(predictions))
+    metrics["num_images"] = float(len(predictions))
+    return metrics

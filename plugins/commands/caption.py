@@ -1,0 +1,173 @@
+"""``caption`` and ``eval``: use a trained checkpoint on image files. Torch is imported inside the
+command bodies only."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+import click
+
+STRATEGY_HELP = "Decoding strategy (a registered decoding_strategy: greedy, sample, beam, ...)."
+
+
+def generation_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The decoding flags shared by caption and eval (HF generate argument names)."""
+    options = [
+        click.option("--strategy", default=None, help=STRATEGY_HELP),
+        click.option("--num-beams", type=int, default=None, help="Beams for beam search (implies --strategy beam)."),
+        click.option("--max-length", type=int, default=None, help="Longest caption in tokens (with <bos>)."),
+        click.option("--temperature", type=float, default=None, help="Sampling temperature."),
+        click.option("--top-k", type=int, default=None, help="Sample from the k most likely tokens."),
+        click.option("--top-p", type=float, default=None, help="Nucleus sampling probability mass."),
+        click.option("--length-penalty", type=float, default=None, help="Beam score = logprob / length**penalty."),
+        click.option("--no-repeat-ngram-size", type=int, default=None, help="Never repeat an n-gram of this size."),
+        click.option("--seed", type=int, default=None, help="Seed for sampling."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True),
+        click.option("--checkpoint", "checkpoint", required=True, type=click.Path(), help="Checkpoint folder."),
+        click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ..."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def generation_config(params: dict[str, Any]) -> Any:
+    """A validated GenerationConfig from the flags that were given."""
+    from geometry_os.systems.pixel_llm.generation_config import GenerationConfig
+
+    fields = {
+        name: params[name]
+        for name in ("strategy", "num_beams", "max_length", "temperature", "top_k", "top_p", "length_penalty",
+                     "no_repeat_ngram_size", "seed")
+        if params.get(name) is not None
+    }
+    if fields.get("strategy") == "sample":
+        fields["do_sample"] = True
+    if fields.get("strategy") == "beam" and "num_beams" not in fields:
+        fields["num_beams"] = 5
+    return GenerationConfig(**fields)
+
+
+def load_checkpoint(path: str, device: str) -> tuple[Any, Any]:
+    from geometry_os.errors import CheckpointError
+    from geometry_os.systems.pixel_llm.model import PixelLLM
+
+    model, tokenizer = PixelLLM.from_pretrained(path, map_location=device)
+    if tokenizer is None:
+        raise CheckpointError(f"{path}: this checkpoint has no tokenizer, so captions cannot be turned into text")
+    return model, tokenizer
+
+
+@click.command("caption")
+@click.argument("images", nargs=-1, required=True)
+@generation_options
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of {image, caption, score, ...}.")
+def caption_command(images: tuple[str, ...], as_json: bool, **params: Any) -> None:
+    """Caption IMAGES (files, folders or glob patterns) with a trained checkpoint.
+
+    Unreadable images are reported on stderr (one line each) and skipped; the exit code is then 1.
+    """
+    from geometry_os.systems.pixel_llm.captioning import caption_images, expand_image_args
+
+    generation = generation_config(params)
+    paths = expand_image_args(images)
+    model, tokenizer = load_checkpoint(params["checkpoint"], params["device"])
+    failures = 0
+    first = True
+    if as_json:
+        click.echo("[")
+    for result in caption_images(model, tokenizer, paths, generation, params["batch_size"]):
+        if result.error:
+            failures += 1
+            click.echo(f"geo-os: error: {result.error}", err=True)
+            continue
+        if as_json:
+            click.echo(("" if first else ",\n") + "  " + json.dumps(result.to_dict()), nl=False)
+            first = False
+        else:
+            click.echo(f"{result.image}\t{result.caption}")
+    if as_json:
+        click.echo("\n]")
+    if failures:
+        raise SystemExit(1)
+
+
+@click.command("eval")
+@click.option("--data", required=True, type=click.Path(), help="Caption file (seed JSON, COCO or JSONL).")
+@click.option("--image-root", type=click.Path(), default=None, help="Folder relative image paths start from.")
+@click.option("--max-images", type=click.IntRange(min=1), default=None, help="Evaluate the first N images only.")
+@click.option("--sweep", is_flag=True, help="Compare greedy, beam and sampling settings in one table.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@generation_options
+def eval_command(data: str, image_root: str | None, max_images: int | None, sweep: bool, as_json: bool, **params: Any) -> None:
+    """Caption every image of a caption file and report BLEU-1..4, ROUGE-L, CIDEr-D, exact match."""
+    from geometry_os.systems.pixel_llm.captioning import evaluate_dataset
+    from geometry_os.systems.pixel_llm.data import ImageTextDataset
+
+    model, tokenizer = load_checkpoint(params["checkpoint"], params["device"])
+    references = ImageTextDataset(data, tokenizer=tokenizer, image_root=image_root).references
+    references = references[:max_images] if max_images else references
+    if sweep:
+        settings = sweep_settings(params)
+    else:
+        settings = [("chosen", generation_config(params))]
+    rows = []
+    for name, generation in settings:
+        metrics = evaluate_dataset(model, tokenizer, references, generation, params["batch_size"])
+        rows.append({"setting": name, **metrics})
+    if as_json:
+        click.echo(json.dumps(rows if sweep else rows[0], indent=2))
+        return
+    print_metrics_table(rows)
+
+
+def sweep_settings(params: dict[str, Any]) -> list[tuple[str, Any]]:
+    from geometry_os.systems.pixel_llm.generation_config import GenerationConfig
+
+    common = {"max_length": params["max_length"]} if params.get("max_length") else {}
+    seed = params.get("seed") if params.get("seed") is not None else 0
+    return [
+        ("greedy", GenerationConfig(**common)),
+        ("beam-5", GenerationConfig(num_beams=5, **common)),
+        ("beam-5 lp=0", GenerationConfig(num_beams=5, length_penalty=0.0, **common)),
+        ("beam-5 no-repeat-3", GenerationConfig(num_beams=5, no_repeat_ngram_size=3, **common)),
+        ("top-p 0.9 T=0.7", GenerationConfig(do_sample=True, top_p=0.9, temperature=0.7, seed=seed, **common)),
+        ("top-p 0.9 T=1.0", GenerationConfig(do_sample=True, top_p=0.9, temperature=1.0, seed=seed, **common)),
+    ]
+
+
+COLUMNS = [
+    ("exact_match", "exact"), ("bleu_4", "BLEU-4"), ("cider_d", "CIDEr-D"), ("rouge_l", "ROUGE-L"),
+    ("distinct_1", "dist-1"), ("distinct_2", "dist-2"), ("identical_fraction", "identical"),
+    ("seconds_per_image", "s/img"),
+]
+
+
+def print_metrics_table(rows: list[dict[str, Any]]) -> None:
+    width = max(len("setting"), *(len(r["setting"]) for r in rows))
+    click.echo(f"{'setting':<{width}}  " + "  ".join(f"{title:>9}" for _, title in COLUMNS))
+    for row in rows:
+        cells = "  ".join(f"{row[key]:>9.4f}" for key, _ in COLUMNS)
+        click.echo(f"{row['setting']:<{width}}  {cells}")
+    click.echo(f"images: {int(rows[0]['num_images'])}")
+
+
+@click.command("explain")
+@click.argument("image", type=click.Path())
+@click.option("--checkpoint", required=True, type=click.Path(), help="Checkpoint folder.")
+@click.option("--out", default="attn.png", show_default=True, type=click.Path(), help="PNG to write.")
+@click.option("--max-length", type=click.IntRange(min=2), default=None, help="Longest caption in tokens.")
+@click.option("--device", default="cpu", show_default=True)
+def explain_command(image: str, checkpoint: str, out: str, max_length: int | None, device: str) -> None:
+    """Caption IMAGE and draw, per generated word, where the decoder's cross-attention looked
+    (averaged over heads and layers) as a heatmap over the image."""
+    from geometry_os.systems.pixel_llm.explain import explain_image, render_panels
+    from geometry_os.systems.pixel_llm.generation_config import GenerationConfig
+
+    model, tokenizer = load_checkpoint(checkpoint, device)
+    generation = GenerationConfig(max_length=max_length) if max_length else GenerationConfig()
+    explanation = explain_image(model, tokenizer, image, generation)
+    path = render_panels(explanation, out)
+    click.echo(explanation.caption)
+    click.echo(f"wrote {path} ({len(explanation.words)} panels)")
