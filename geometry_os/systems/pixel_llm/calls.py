@@ -14,6 +14,7 @@ from pydantic import Field
 from geometry_os.host import SystemCall
 
 from .config import StrictModel, load_config
+from .generation_config import GenerationConfig
 
 
 class InfoParams(StrictModel):
@@ -41,7 +42,7 @@ def info(params: InfoParams, host: Any) -> dict[str, Any]:
 
 class GenerationParams(StrictModel):
     checkpoint: str = Field(description="checkpoint folder")
-    generation: dict[str, Any] = Field(default_factory=dict, description="GenerationConfig fields")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig, description="GenerationConfig fields")
     batch_size: int = Field(16, ge=1)
     device: str = "cpu"
 
@@ -57,10 +58,9 @@ class EvaluateParams(GenerationParams):
 
 
 def _load(params: GenerationParams) -> tuple[Any, Any, Any]:
-    from .generation_config import GenerationConfig
     from .model import PixelLLM
 
-    generation = GenerationConfig(**params.generation)
+    generation = params.generation
     model, tokenizer = PixelLLM.from_pretrained(params.checkpoint, map_location=params.device)
     return model, tokenizer, generation
 
