@@ -27,7 +27,7 @@ class GeoOSGroup(click.Group):
     """Root group: built-in commands plus one lazily built group per system in the registry."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted([*super().list_commands(ctx), *_system_names(ctx)])
+        return sorted([*super().list_commands(ctx), *map(system_command_name, _system_names(ctx))])
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         command = super().get_command(ctx, name)

@@ -99,3 +99,13 @@ def test_seed_shell_commands_run_as_documented():
                             cwd=folder, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "3 passed" in result.stdout
+
+
+def test_reference_docs_are_current():
+    """docs/configuration.md and docs/cli.md are generated from the code and must match it."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "gen_reference_docs.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

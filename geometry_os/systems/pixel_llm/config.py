@@ -32,23 +32,28 @@ class StrictModel(BaseModel):
 class TrainerConfig(StrictModel):
     """How to train. Step-based intervals count optimizer steps."""
 
-    learning_rate: float = Field(1e-4, gt=0)
-    num_epochs: int = Field(10, ge=1)
+    learning_rate: float = Field(1e-4, gt=0, description="peak AdamW learning rate")
+    num_epochs: int = Field(10, ge=1, description="passes over the training data")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs)")
     max_time_s: float | None = Field(None, gt=0, description="stop after this much training time (seconds)")
     batch_size: int = Field(32, ge=1, description="used when the trainer builds its own data loader (CLI)")
-    num_workers: int = Field(0, ge=0)
-    use_amp: bool = True
-    amp_dtype: Literal["auto", "bfloat16", "float16"] = "auto"
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    max_grad_norm: float | None = Field(1.0, gt=0)
-    warmup_steps: int = Field(100, ge=0)
-    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    min_lr_ratio: float = Field(0.0, ge=0, le=1)
-    weight_decay: float = Field(0.01, ge=0)
-    adam_beta1: float = Field(0.9, ge=0, lt=1)
-    adam_beta2: float = Field(0.98, ge=0, lt=1)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    num_workers: int = Field(0, ge=0, description="data-loader worker processes")
+    use_amp: bool = Field(True, description="mixed precision (see amp_dtype)")
+    amp_dtype: Literal["auto", "bfloat16", "float16"] = Field("auto", description="auto: bf16 on CUDA when supported else fp16 + GradScaler; on CPU bf16 only where native")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping (None: off)")
+    warmup_steps: int = Field(100, ge=0, description="linear warm-up steps")
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="decay after warm-up")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="final LR as a fraction of the peak")
+    lr_decay_over: Literal["steps", "time"] = Field(
+        "steps",
+        description="decay the LR over the planned steps, or over max_time_s of training time (a time-budgeted run; "
+        "resume continues the schedule from the saved training time but is not bit-exact)",
+    )
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (weight matrices only)")
+    adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1")
+    adam_beta2: float = Field(0.98, ge=0, lt=1, description="AdamW beta2")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
     val_interval: int | None = Field(None, ge=1, description="validate every N steps (None: after each epoch)")
     val_max_samples: int = Field(500, ge=1, description="images captioned for validation metrics")
     best_metric: str | None = Field(
@@ -56,11 +61,16 @@ class TrainerConfig(StrictModel):
     )
     checkpoint_interval: int | None = Field(None, ge=1, description="save every N steps (None: each epoch)")
     save_total_limit: int | None = Field(None, ge=1, description="keep this many step checkpoints (+ latest, best)")
-    checkpoint_dir: str = "./checkpoints"
-    seed: int = 42
-    log_interval: int = Field(10, ge=1)
-    compile: bool = False
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    checkpoint_dir: str = Field("./checkpoints", description="where step-N/, latest, best and metrics.jsonl go")
+    seed: int = Field(42, description="model init, data order and sampling")
+    log_interval: int = Field(10, ge=1, description="steps between metrics.jsonl records")
+    compile: bool = Field(False, description="torch.compile the model (pays off on long GPU runs)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available")
+    synthetic_shape_weights: tuple[float, float, float] | None = Field(
+        None,
+        description="synthetic set only: relative frequencies of 1/2/3-shape training scenes (None: uniform); "
+        "validation stays uniform",
+    )
     max_nonfinite_steps: int = Field(5, ge=1, description="consecutive non-finite losses before giving up")
 
 
@@ -95,34 +105,34 @@ DECODER_SHARED = {
 class PixelLLMConfig(StrictModel):
     """A Pixel LLM model (and, in ``trainer``, how to train it)."""
 
-    image_size: int = Field(224, gt=0)
-    patch_size: int = Field(16, gt=0)
+    image_size: int = Field(224, gt=0, description="input images are resized to image_size x image_size")
+    patch_size: int = Field(16, gt=0, description="ViT patch side in pixels; must divide image_size")
     image_mean: tuple[float, float, float] = Field(IMAGENET_MEAN, description="normalisation the model expects")
     image_std: tuple[float, float, float] = Field(IMAGENET_STD, description="normalisation the model expects")
-    vision_embed_dim: int = Field(768, gt=0)
-    vision_num_layers: int = Field(6, gt=0)
+    vision_embed_dim: int = Field(768, gt=0, description="encoder width")
+    vision_num_layers: int = Field(6, gt=0, description="encoder transformer blocks")
     vision_num_heads: int | None = Field(None, gt=0, description="None: vision_embed_dim // 64")
     vision_pos_embed: Literal["learned", "sincos"] = Field(
         "learned", description="patch position embeddings: learned (interpolated) or fixed 2-D sin-cos"
     )
-    vocab_size: int = Field(50000, ge=5)
-    text_embed_dim: int = Field(768, gt=0)
-    text_num_layers: int = Field(12, gt=0)
+    vocab_size: int = Field(50000, ge=5, description="token embedding rows (the tokenizer's size when trained by the CLI)")
+    text_embed_dim: int = Field(768, gt=0, description="decoder width")
+    text_num_layers: int = Field(12, gt=0, description="decoder transformer blocks")
     text_num_heads: int | None = Field(None, gt=0, description="None: text_embed_dim // 64")
-    max_seq_len: int = Field(512, ge=2)
+    max_seq_len: int = Field(512, ge=2, description="longest caption in tokens, <bos> and <eos> included")
     cross_attention_dim: int | None = Field(None, gt=0, description="None: vision_embed_dim")
     num_cross_attention_layers: int | None = Field(None, gt=0, description="None: every decoder layer")
-    mlp_ratio: float = Field(4.0, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    tie_word_embeddings: bool = True
-    pad_token_id: int = Field(0, ge=0)
-    bos_token_id: int = Field(1, ge=0)
-    eos_token_id: int = Field(2, ge=0)
-    encoder: str = "vit"
-    encoder_options: dict[str, Any] = Field(default_factory=dict)
-    decoder: str = "xattn"
-    decoder_options: dict[str, Any] = Field(default_factory=dict)
-    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    mlp_ratio: float = Field(4.0, gt=0, description="FFN width / model width")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout in attention and FFN outputs")
+    tie_word_embeddings: bool = Field(True, description="LM head shares the token embedding")
+    pad_token_id: int = Field(0, ge=0, description="<pad> id (every tokenizer uses 0)")
+    bos_token_id: int = Field(1, ge=0, description="<bos> id")
+    eos_token_id: int = Field(2, ge=0, description="<eos> id")
+    encoder: str = Field("vit", description="encoder component (geo-os pixel-llm components encoder)")
+    encoder_options: dict[str, Any] = Field(default_factory=dict, description="the encoder's own options")
+    decoder: str = Field("xattn", description="decoder component")
+    decoder_options: dict[str, Any] = Field(default_factory=dict, description="the decoder's own options")
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="how to train (see below)")
 
     @model_validator(mode="before")
     @classmethod
