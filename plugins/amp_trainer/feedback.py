@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from geometry_os.fileio import atomic_save, atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
@@ -48,9 +49,7 @@ class MetricsLog:
                 kept.append(record)
         self.history = kept
         if self.enabled:
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-            os.replace(tmp, self.path)
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def _jsonable(value: Any) -> Any:
@@ -89,9 +88,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> bool:
         axes[1].legend()
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(tmp, dpi=80)
-    os.replace(tmp, path)
+    atomic_save(path, lambda tmp: figure.savefig(tmp, dpi=80))
     return True
 
 

@@ -10,28 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from geometry_os.fileio import atomic_write_text
 from geometry_os.systems.pixel_llm.protocols import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID
-
-
-def _atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Temporary file in the same folder + ``os.replace``: readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _as_id_list(ids: Any) -> list[int]:
@@ -147,7 +132,7 @@ class BPETokenizer:
         return [self.decode(row, skip_special_tokens) for row in rows]
 
     def save(self, path: str | os.PathLike) -> None:
-        _atomic_write_text(path, self._tok.to_str(pretty=True))
+        atomic_write_text(path, self._tok.to_str(pretty=True))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "BPETokenizer":

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from geometry_os.fileio import atomic_write_text
 from geometry_os.systems.pixel_llm.protocols import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID
 
 FORMAT = "geometry_os.simple_vocab"
@@ -47,21 +47,6 @@ def as_id_list(ids: Any) -> list[int]:
     if isinstance(seq, int) or any(isinstance(i, (list, tuple)) for i in seq):
         raise ValueError("decode expects a 1-D sequence of ids; use batch_decode for a batch")
     return [int(i) for i in seq]
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write via a temporary file in the same folder and ``os.replace``: readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class SimpleVocabulary:

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from geometry_os import __version__
 from geometry_os.errors import CheckpointError, ComponentError, ConfigError, format_validation_error
+from geometry_os.fileio import write_json_atomic
 
 from .components import get_component
 from .config import PixelLLMConfig
@@ -46,21 +47,6 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write JSON to ``path`` via a temporary file + ``os.replace`` (never half-written)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class AtomicFolder:

@@ -16,6 +16,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from geometry_os.errors import GeometryOSError
+from geometry_os.fileio import atomic_save
 
 from .captioning import preprocessing_config
 from .data import build_transform, load_image
@@ -70,9 +71,6 @@ def _heat(value: float) -> tuple[int, int, int]:
 
 def render_panels(explanation: Explanation, out: str | Path) -> Path:
     """A PNG with the caption on top and one panel per word; written atomically."""
-    import os
-    import uuid
-
     words = explanation.words or ["(empty caption)"]
     cols = min(len(words), 6)
     rows = (len(words) + cols - 1) // cols
@@ -95,10 +93,4 @@ def render_panels(explanation: Explanation, out: str | Path) -> Path:
         draw.text((x + 4, y + PANEL + 3), word, fill="black", font=font)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}.png")
-    try:
-        canvas.save(tmp, format="PNG")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return atomic_save(out, lambda tmp: canvas.save(tmp, format="PNG"))
