@@ -160,6 +160,7 @@ class BeamSearchDecoding:
                 pool.add(images, beam_scores / float(t) ** lp, beam_scores, t + 1, running.grouped(n))
                 break
 
+            kept = None  # positions of the images still running (None: all)
             if pool.filled:  # an image may be done only once it has finished captions
                 done = self._is_done(pool, images, beam_scores[:, 0], t, max_len, config)
                 if bool(done.any()):  # finished images leave the batch
@@ -169,7 +170,11 @@ class BeamSearchDecoding:
                     images, beam_scores = images[alive], beam_scores[alive]
                     row_alive = alive.repeat_interleave(K)
                     rows, running = rows[row_alive], running.take(row_alive)
-            cache.reorder(rows)
+                    kept = alive.nonzero().squeeze(1)
+            if hasattr(cache, "reorder_groups"):  # K rows per image, each from its own image's rows
+                cache.reorder_groups(rows, kept)
+            else:
+                cache.reorder(rows)
 
     @staticmethod
     def _is_done(

@@ -7,7 +7,9 @@ Speed notes. Training: every attention is ``F.scaled_dot_product_attention`` (fu
 ``is_causal`` instead of a mask tensor whenever the padding allows it; projections are fused (qkv,
 cross kv). Generation: cross-attention K/V are computed once per image, self-attention K/V are
 written in place into preallocated buffers, the LM head sees only the last position, and ``step``
-calls functional ops directly (at one token per step, per-op overhead is most of the cost on CPU).
+calls functional ops directly (at one token per step, per-op overhead is most of the cost on CPU);
+cross K/V stay per image, the queries of its rows (beams) folded into one attention (see ``KVCache``).
+bf16 autocast on a CPU that only emulates bf16: see ``linear``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,45 @@ import torch.nn.functional as F
 from geometry_os.plugins.xattn import XAttnOptions
 
 
+def _native_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
+        return False
+
+
+# CPUs without AVX512-BF16/AMX emulate bf16 GEMMs, ~7x slower than upcasting to fp32 (measured, AVX2).
+EMULATED_BF16 = not _native_bf16()
+
+
+def _upcast_bf16(x: torch.Tensor) -> bool:
+    """Whether autocast asks for bf16 on a CPU that only emulates it (then see ``linear``)."""
+    return (EMULATED_BF16 and x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+
+
+def _bf16(*ts: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """Round to bf16 (as autocast would), then compute in fp32."""
+    return [None if t is None else t.to(torch.bfloat16).float() for t in ts]
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear``. Under bf16 autocast on a CPU that emulates bf16, the same product -- bf16-rounded
+    operands, fp32 accumulation, bf16 result -- is computed by the fp32 GEMM instead (7x faster there)."""
+    if not _upcast_bf16(x):
+        return F.linear(x, weight, bias)
+    with torch.autocast("cpu", enabled=False):
+        return F.linear(*_bf16(x, weight, bias)).to(torch.bfloat16)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    """``F.scaled_dot_product_attention``, with the same emulated-bf16 treatment as ``linear``."""
+    if not _upcast_bf16(q):
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+    with torch.autocast("cpu", enabled=False):
+        return F.scaled_dot_product_attention(*_bf16(q, k, v), **kwargs).to(torch.bfloat16)
+
+
 def _linear(m: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """``m(x)`` without ``nn.Module.__call__`` (used by ``step``)."""
     return F.linear(x, m.weight, m.bias)
@@ -34,21 +75,25 @@ def _norm(m: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
 class KVCache:
     """Decoding state of a batch (see ``protocols.DecoderCache``).
 
-    ``self_kv``: (layers, 2, B, heads, max_length, head_dim), preallocated; positions < ``length``
-    are filled. ``cross_kv``: (cross layers, 2, B, heads, N, head_dim), computed once per image.
+    ``self_kv``: (layers, 2, rows, heads, max_length, head_dim), preallocated; positions < ``length``
+    are filled. ``cross_kv``: (cross layers, 2, images, heads, N, head_dim), computed once per image
+    and kept per image: rows ``i * group .. (i + 1) * group - 1`` belong to image ``i``, and their
+    queries are folded into one attention over that image's keys (beams and returned sequences never
+    copy the image's K/V). An arbitrary ``reorder`` gives every row its own copy (``group`` = 1).
     """
 
     def __init__(self, self_kv: torch.Tensor, cross_kv: torch.Tensor, max_length: int):
         self.self_kv = self_kv
         self.cross_kv = cross_kv
         self.max_length = max_length
+        self.group = self_kv.shape[2] // cross_kv.shape[2]
         self._length = 0
         self._views()
 
     def _views(self) -> None:
         """Per-layer views (no copies), so that a step does no indexing of its own."""
-        self.layers = list(self.self_kv.unbind(0))  # each (2, B, heads, max_length, head_dim)
-        self.cross = [tuple(kv.unbind(0)) for kv in self.cross_kv]  # each (k, v): (B, heads, N, head_dim)
+        self.layers = list(self.self_kv.unbind(0))  # each (2, rows, heads, max_length, head_dim)
+        self.cross = [tuple(kv.unbind(0)) for kv in self.cross_kv]  # each (k, v): (images, heads, N, head_dim)
 
     @property
     def length(self) -> int:
@@ -58,10 +103,9 @@ class KVCache:
     def batch_size(self) -> int:
         return self.self_kv.shape[2]
 
-    def reorder(self, index: torch.Tensor) -> None:
-        """Keep rows ``index`` (repeats allowed), in place. Only filled positions are copied, and a
-        shorter index keeps using the front of the same buffer."""
-        index = torch.as_tensor(index, dtype=torch.long, device=self.self_kv.device)
+    def _select_rows(self, index: torch.Tensor) -> None:
+        """Self-attention rows ``index``, in place; only filled positions are copied, and a shorter
+        index keeps using the front of the same buffer."""
         n, t = index.numel(), self._length
         kept = self.self_kv[:, :, :, :, :t].index_select(2, index)
         if n > self.batch_size:
@@ -71,7 +115,27 @@ class KVCache:
         else:
             self.self_kv = self.self_kv[:, :, :n]
         self.self_kv[:, :, :, :, :t] = kept
-        self.cross_kv = self.cross_kv.index_select(2, index)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep rows ``index`` (repeats allowed), in place."""
+        index = torch.as_tensor(index, dtype=torch.long, device=self.self_kv.device)
+        self._select_rows(index)
+        if self.group > 1 or self.cross_kv.shape[2] != index.numel():  # each row its own image copy
+            self.cross_kv = self.cross_kv.index_select(2, index // self.group)
+        else:
+            self.cross_kv = self.cross_kv.index_select(2, index)
+        self.group = 1
+        self._views()
+
+    def reorder_groups(self, index: torch.Tensor, images: torch.Tensor | None = None) -> None:
+        """``reorder`` for beam search, where the caller guarantees that the new rows are ``group``
+        rows for each kept image, each taken from that image's rows: ``images`` are the kept images'
+        positions (None: all of them). Image K/V are only narrowed to the kept images, never copied
+        per row."""
+        index = torch.as_tensor(index, dtype=torch.long, device=self.self_kv.device)
+        self._select_rows(index)
+        if images is not None:
+            self.cross_kv = self.cross_kv.index_select(2, images)
         self._views()
 
     def expand(self, n: int) -> None:
@@ -86,7 +150,7 @@ class KVCache:
         grown = self.self_kv.new_empty(shape)
         grown[:, :, :, :, :t] = self.self_kv[:, :, :, :, :t].repeat_interleave(n, dim=2)
         self.self_kv = grown
-        self.cross_kv = self.cross_kv.repeat_interleave(n, dim=2)
+        self.group *= n
         self._views()
 
 
@@ -118,7 +182,8 @@ class DecoderBlock(nn.Module):
 
     def cross_kv(self, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
         """(2, B, heads, N, head_dim) cross-attention keys and values."""
-        return self._heads(self.kv_x(encoder_hidden_states), encoder_hidden_states.shape[0], 2)
+        kv = linear(encoder_hidden_states, self.kv_x.weight, self.kv_x.bias)
+        return self._heads(kv, encoder_hidden_states.shape[0], 2)
 
     def forward(
         self,
@@ -129,15 +194,16 @@ class DecoderBlock(nn.Module):
     ) -> torch.Tensor:
         B, T, D = x.shape
         p = self.dropout if self.training else 0.0
-        q, k, v = self._heads(self.qkv(self.norm1(x)), B, 3).unbind(0)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)
-        x = x + self.drop(self.proj(y.transpose(1, 2).reshape(B, T, D)))
+        q, k, v = self._heads(linear(self.norm1(x), self.qkv.weight, self.qkv.bias), B, 3).unbind(0)
+        y = attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)
+        x = x + self.drop(linear(y.transpose(1, 2).reshape(B, T, D), self.proj.weight, self.proj.bias))
         if self.has_cross:
-            q = self._heads(self.q_x(self.norm_x(x)), B, 1)[0]
+            q = self._heads(linear(self.norm_x(x), self.q_x.weight, self.q_x.bias), B, 1)[0]
             k, v = self.cross_kv(encoder_hidden_states).unbind(0)
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
-            x = x + self.drop(self.proj_x(y.transpose(1, 2).reshape(B, T, D)))
-        return x + self.drop(self.fc2(F.gelu(self.fc1(self.norm2(x)), approximate="tanh")))
+            y = attention(q, k, v, dropout_p=p)
+            x = x + self.drop(linear(y.transpose(1, 2).reshape(B, T, D), self.proj_x.weight, self.proj_x.bias))
+        h = F.gelu(linear(self.norm2(x), self.fc1.weight, self.fc1.bias), approximate="tanh")
+        return x + self.drop(linear(h, self.fc2.weight, self.fc2.bias))
 
     def step(
         self,
@@ -163,13 +229,16 @@ class DecoderBlock(nn.Module):
         x = x + _linear(self.proj, y.transpose(1, 2).reshape(x.shape))
         attn = None
         if cross_kv is not None:
-            k, v = cross_kv
-            q = self._heads(_linear(self.q_x, _norm(self.norm_x, x)), B, 1)[0]
+            k, v = cross_kv  # (images, heads, N, head_dim): the rows of an image share them
+            images = k.shape[0]
+            # queries of all rows (and positions) of an image folded into one attention over its keys
+            q = _linear(self.q_x, _norm(self.norm_x, x)).view(images, -1, self.heads, self.head_dim).transpose(1, 2)
             q = q if q.dtype == k.dtype else q.to(k.dtype)
             if output_attentions:  # slow path: explicit softmax so the weights can be returned
                 w = torch.softmax(q.float() @ k.float().transpose(-1, -2) / math.sqrt(self.head_dim), dim=-1)
                 y = w.to(v.dtype) @ v
-                attn = w[:, :, -1]
+                T = x.shape[0] // B
+                attn = w.view(images, self.heads, B // images, T, -1)[:, :, :, -1].transpose(1, 2).flatten(0, 1)
             else:
                 y = F.scaled_dot_product_attention(q, k, v)
             x = x + _linear(self.proj_x, y.transpose(1, 2).reshape(x.shape))
@@ -241,7 +310,9 @@ class LanguageDecoder(nn.Module):
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         x = _norm(self.norm, x)
-        return F.linear(x, self.wte.weight) if self.lm_head is None else self.lm_head(x)
+        if self.lm_head is None:
+            return linear(x, self.wte.weight)
+        return linear(x, self.lm_head.weight, self.lm_head.bias)
 
     @staticmethod
     def _self_attention_mask(attention_mask: torch.Tensor | None, T: int) -> torch.Tensor | None:

@@ -1,0 +1,349 @@
+"""One entry point for the performance comparison: Pixel LLM vs HuggingFace ``VisionEncoderDecoderModel``
+(ViT + GPT-2 with cross-attention, SDPA) built at identical sizes with random weights (no download).
+
+Both models run in the same process, alternately, several repeats; the tables give medians, the
+min-max spread and ours/HF. Sections:
+
+- ``train``: images/s of a full training step (forward, loss, backward, AdamW ``fused=True`` for both,
+  HF Trainer's default on torch >= 2.8), fp32 and bf16 autocast, 24-token captions; FLOPs per step
+  counted with ``torch.utils.flop_counter`` and MFU against this machine's measured matmul peak.
+- ``generate``: captions/s, exactly 24 new tokens (``<eos>`` banned in both), greedy and beam-5
+  (``bench_generate.run_case``).
+- ``memory``: peak RSS of a training run, each model in its own subprocess.
+
+    python benchmarks/run.py                                  # small + base, everything (~15 min, 2 CPU cores)
+    python benchmarks/run.py --presets small --only train     # one section
+    python benchmarks/run.py --quick                          # tiny preset, a few iterations (smoke test)
+
+Writes JSON (``--out``) and the Markdown table between the markers in ``docs/performance.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_generate import CASES as GENERATE_CASES  # noqa: E402
+from bench_generate import run_case  # noqa: E402
+from hf_reference import build_hf_model  # noqa: E402
+
+from geometry_os.systems.pixel_llm import create_pixel_llm  # noqa: E402
+from geometry_os.systems.pixel_llm.config import PRESETS  # noqa: E402
+
+CAPTION_TOKENS = 24
+TRAIN_BATCH = {"tiny": 8, "small": 32, "base": 8}
+# (steps per timed repeat, repeats) per (preset, dtype): base bf16 is emulated on CPUs without
+# AVX512-BF16/AMX and runs many times slower than fp32, so it gets the fewest iterations.
+TRAIN_STEPS = {("tiny", "fp32"): 3, ("tiny", "bf16"): 2, ("small", "fp32"): 6, ("small", "bf16"): 1,
+               ("base", "fp32"): 1, ("base", "bf16"): 1}
+MARK_BEGIN, MARK_END = "<!-- benchmarks/run.py: begin -->", "<!-- benchmarks/run.py: end -->"
+DOC = HERE.parent / "docs" / "performance.md"
+
+
+# ---- models and one training step -----------------------------------------------------------------
+
+
+def build_models(preset: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    torch.manual_seed(0)
+    ours = create_pixel_llm(preset=preset)
+    torch.manual_seed(0)
+    hf = build_hf_model(PRESETS[preset])
+    return ours, hf
+
+
+def make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+    """AdamW as both trainers build it (fused kernel; HF Trainer's default ``adamw_torch_fused``)."""
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=True)
+
+
+def train_step_fn(model: torch.nn.Module, which: str, batch: int, size: int, vocab: int,
+                  amp: torch.dtype | None) -> Callable[[], float]:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, size, size, generator=g)
+    ids = torch.randint(3, vocab, (batch, CAPTION_TOKENS), generator=g)
+    ids[:, 0] = 1
+    opt = make_optimizer(model)
+    model.train()
+
+    def step() -> float:
+        with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+            if which == "ours":
+                loss = model(images, ids, labels=ids).loss
+            else:  # HF shifts labels right into decoder_input_ids: the same 24 positions
+                loss = model(pixel_values=images, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss)
+
+    return step
+
+
+def count_flops(step: Callable[[], float]) -> float:
+    """FLOPs of one training step (matmuls, attention; forward + backward), by torch's counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return float(counter.get_total_flops())
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 1.5) -> float:
+    """Achieved FLOP/s of a large square matmul: this machine's practical peak for ``dtype``."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    rates = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(rates) < 3:
+        t = time.perf_counter()
+        a @ b
+        rates.append(2 * n**3 / (time.perf_counter() - t))
+    return max(rates)
+
+
+def summarise(values: list[float]) -> dict[str, float]:
+    values = sorted(values)
+    return {"median": statistics.median(values), "min": values[0], "max": values[-1]}
+
+
+def bench_train(preset: str, dtype: str, repeats: int, quick: bool, peaks: dict[str, float]) -> dict:
+    amp = torch.bfloat16 if dtype == "bf16" else None
+    cfg = PRESETS[preset]
+    batch = TRAIN_BATCH[preset]
+    ours, hf = build_models(preset)
+    steps = {name: train_step_fn(m, name, batch, cfg["image_size"], cfg["vocab_size"], amp)
+             for name, m in (("ours", ours), ("hf", hf))}
+    n = TRAIN_STEPS[(preset, dtype)]
+    rates: dict[str, list[float]] = {"ours": [], "hf": []}
+    flops = {}
+    for name, fn in steps.items():  # the counted step is also the warm-up
+        t = time.perf_counter()
+        flops[name] = count_flops(fn)
+        if repeats == 0:  # slowest cases (emulated bf16 at base): the counted step is the only one
+            rates[name].append(batch / (time.perf_counter() - t))
+    if preset != "base" and dtype == "fp32":  # one more warm-up where steps are short
+        for fn in steps.values():
+            fn()
+    for _ in range(repeats):  # alternate, so drifts hit both alike
+        for name, fn in steps.items():
+            t = time.perf_counter()
+            for _ in range(n):
+                fn()
+            rates[name].append(n * batch / (time.perf_counter() - t))
+    out: dict[str, Any] = {"preset": preset, "dtype": dtype, "batch": batch, "caption_tokens": CAPTION_TOKENS,
+                           "steps_per_repeat": n, "repeats": max(repeats, 1)}
+    for name in rates:
+        s = summarise(rates[name])
+        achieved = flops[name] / batch * s["median"]
+        out[name] = {"images_per_s": s["median"], "min": s["min"], "max": s["max"], "all": rates[name],
+                     "flops_per_step": flops[name], "achieved_flops": achieved,
+                     "mfu": achieved / peaks[dtype]}
+    out["ratio"] = out["ours"]["images_per_s"] / out["hf"]["images_per_s"]
+    return out
+
+
+# ---- generation ------------------------------------------------------------------------------------
+
+
+def bench_generate(preset: str, repeats: int) -> list[dict]:
+    ours, hf = build_models(preset)
+    ours, hf = ours.eval(), hf.eval()
+    results = []
+    for decoding, batch in GENERATE_CASES[preset]:
+        results.append(run_case(ours, hf, preset, decoding, batch, repeats, torch.device("cpu"), torch.float32))
+        r = results[-1]
+        print(f"  generate {preset:5s} {decoding:6s} b{batch:<2d} ours {r['ours']['captions_per_s']:8.1f} "
+              f"hf {r['hf']['captions_per_s']:8.1f} captions/s  ours/HF {r['ratio']:.2f}", flush=True)
+    return results
+
+
+# ---- memory: each model trains in its own process ------------------------------------------------
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS (VmHWM; unlike ``ru_maxrss`` it is not inherited across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_child(which: str, preset: str, steps: int) -> None:
+    """Runs in a subprocess: ``steps`` fp32 training steps, prints peak RSS (MiB) as JSON."""
+    rss0 = peak_rss_mib()
+    if which == "ours":
+        torch.manual_seed(0)
+        model = create_pixel_llm(preset=preset)
+    else:
+        model = build_hf_model(PRESETS[preset])
+    cfg = PRESETS[preset]
+    step = train_step_fn(model, which, TRAIN_BATCH[preset], cfg["image_size"], cfg["vocab_size"], None)
+    for _ in range(steps):
+        step()
+    peak = peak_rss_mib()
+    print(json.dumps({"peak_rss_mib": peak, "rss_before_model_mib": rss0}))
+
+
+def bench_memory(preset: str, steps: int) -> dict:
+    out: dict[str, Any] = {"preset": preset, "batch": TRAIN_BATCH[preset], "steps": steps}
+    for which in ("ours", "hf"):
+        proc = subprocess.run([sys.executable, __file__, "--memory-child", which, "--presets", preset,
+                               "--repeats", str(steps), "--threads", str(torch.get_num_threads())],
+                              capture_output=True, text=True, check=True)
+        out[which] = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["ratio"] = out["ours"]["peak_rss_mib"] / out["hf"]["peak_rss_mib"]
+    return out
+
+
+# ---- report ----------------------------------------------------------------------------------------
+
+
+def spread(d: dict, key: str) -> str:
+    return f"{d[key]:.3g} ({d['min']:.3g}-{d['max']:.3g})"
+
+
+def markdown(results: dict) -> str:
+    meta = results["meta"]
+    lines = [f"Machine: {meta['machine']}; load average before / after: {meta['load_before']} / "
+             f"{meta['load_after']}; torch {meta['torch']}, transformers {meta['transformers']}; "
+             f"median of {meta['repeats']} alternating repeats (min-max).",
+             f"Reproduce: `{meta['command']}`", ""]
+    if results.get("peaks"):
+        p = results["peaks"]
+        lines += [f"Measured matmul peak: fp32 (2048^3) {p['fp32'] / 1e9:.0f} GFLOP/s, "
+                  f"bf16 (1024^3, emulated) {p['bf16'] / 1e9:.1f} GFLOP/s.", ""]
+    if results.get("train"):
+        lines += ["| training | batch | ours images/s | HF images/s | ours/HF | MFU ours | MFU HF |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in results["train"]:
+            o, h = r["ours"], r["hf"]
+            mfu = [f"{100 * d['mfu']:.1f}%" for d in (o, h)]
+            if r["dtype"] == "bf16":  # against an emulated bf16 peak the figure says little: add fp32's
+                mfu = [f"{m} ({100 * d['achieved_flops'] / results['peaks']['fp32']:.0f}% of fp32 peak)"
+                       for m, d in zip(mfu, (o, h))]
+            lines.append(f"| {r['preset']} {r['dtype']} | {r['batch']} | {spread(o, 'images_per_s')} | "
+                         f"{spread(h, 'images_per_s')} | **{r['ratio']:.2f}x** | {mfu[0]} | {mfu[1]} |")
+        lines.append("")
+    if results.get("generate"):
+        lines += ["| generation (24 new tokens, fp32) | batch | ours captions/s | HF captions/s | ours/HF |",
+                  "|---|---|---|---|---|"]
+        for r in results["generate"]:
+            o, h = r["ours"], r["hf"]
+            lines.append(f"| {r['preset']} {r['decoding']} | {r['batch']} | {spread(o, 'captions_per_s')} | "
+                         f"{spread(h, 'captions_per_s')} | **{r['ratio']:.2f}x** |")
+        lines.append("")
+    if results.get("memory"):
+        lines += ["| peak RSS, fp32 training (own process) | batch | ours MiB | HF MiB | ours/HF |",
+                  "|---|---|---|---|---|"]
+        for r in results["memory"]:
+            lines.append(f"| {r['preset']} | {r['batch']} | {r['ours']['peak_rss_mib']:.0f} | "
+                         f"{r['hf']['peak_rss_mib']:.0f} | **{r['ratio']:.2f}x** |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_doc(table: str, path: Path = DOC) -> None:
+    text = path.read_text() if path.exists() else f"# Performance\n\n{MARK_BEGIN}\n{MARK_END}\n"
+    if MARK_BEGIN not in text:
+        text += f"\n{MARK_BEGIN}\n{MARK_END}\n"
+    head, rest = text.split(MARK_BEGIN, 1)
+    tail = rest.split(MARK_END, 1)[1]
+    path.write_text(f"{head}{MARK_BEGIN}\n{table}\n{MARK_END}{tail}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--presets", default=None, help="comma-separated: tiny,small,base (default small,base)")
+    parser.add_argument("--only", choices=["train", "generate", "memory"], action="append",
+                        help="run only these sections (repeatable)")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--quick", action="store_true", help="tiny preset, a few iterations (smoke test)")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
+    parser.add_argument("--doc", type=Path, default=None,
+                        help=f"Markdown file to update between markers (default {DOC.relative_to(HERE.parent)}; "
+                             "--quick writes none unless given)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (on a machine shared with other jobs, 1 is far steadier)")
+    parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    presets = (args.presets or ("tiny" if args.quick else "small,base")).split(",")
+
+    if args.memory_child:
+        memory_child(args.memory_child, presets[0], args.repeats or 3)
+        return 0
+
+    import transformers
+
+    sections = args.only or ["train", "generate", "memory"]
+    repeats = args.repeats or (2 if args.quick else 5)
+    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    results: dict[str, Any] = {"train": [], "generate": [], "memory": [], "peaks": {}}
+    started = time.perf_counter()
+    if "train" in sections:
+        n = 512 if args.quick else 2048
+        results["peaks"] = {"fp32": matmul_peak(torch.float32, n), "bf16": matmul_peak(torch.bfloat16, n // 2, 0.0)}
+        print(f"matmul peak: fp32 {results['peaks']['fp32'] / 1e9:.0f} GFLOP/s, "
+              f"bf16 {results['peaks']['bf16'] / 1e9:.0f} GFLOP/s", flush=True)
+        for preset in presets:
+            for dtype in ("fp32", "bf16"):
+                reps = 0 if preset == "base" and dtype == "bf16" and not args.quick else repeats
+                r = bench_train(preset, dtype, reps, args.quick, results["peaks"])
+                results["train"].append(r)
+                print(f"  train {preset:5s} {dtype} b{r['batch']:<2d} ours {r['ours']['images_per_s']:8.1f} "
+                      f"hf {r['hf']['images_per_s']:8.1f} images/s  ours/HF {r['ratio']:.2f}  "
+                      f"MFU {100 * r['ours']['mfu']:.1f}% / {100 * r['hf']['mfu']:.1f}%", flush=True)
+    if "train" in sections:  # a busy machine can depress one measurement: peak = the better of two
+        n = 512 if args.quick else 2048
+        results["peaks"]["fp32"] = max(results["peaks"]["fp32"], matmul_peak(torch.float32, n))
+        for r in results["train"]:
+            for name in ("ours", "hf"):
+                r[name]["mfu"] = r[name]["achieved_flops"] / results["peaks"][r["dtype"]]
+    if "generate" in sections:
+        for preset in presets:
+            results["generate"] += bench_generate(preset, repeats if not args.quick else 2)
+    if "memory" in sections:
+        for preset in presets:
+            r = bench_memory(preset, 2 if args.quick or preset == "base" else 5)
+            results["memory"].append(r)
+            print(f"  memory {preset:5s} ours {r['ours']['peak_rss_mib']:.0f} MiB  hf {r['hf']['peak_rss_mib']:.0f} MiB"
+                  f"  ours/HF {r['ratio']:.2f}", flush=True)
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    results["meta"] = {
+        "machine": f"{cpu}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
+                   f"cpu capability {torch.backends.cpu.get_cpu_capability()}",
+        "load_before": load_before, "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+        "repeats": repeats, "seconds": round(time.perf_counter() - started, 1),
+        "command": "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+    table = markdown(results)
+    print("\n" + table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    doc = args.doc if args.doc is not None else (None if args.quick else DOC)
+    if doc is not None:
+        write_doc(table, doc)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,51 @@
+"""Smoke tests for the benchmark scripts: they run end to end on tiny sizes and write their JSON.
+No timing is asserted (the machine may be busy); the numbers live in docs/performance.md."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+
+pytest.importorskip("transformers")  # the HF reference model
+
+
+def run(script: str, *args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def test_run_quick_writes_json_and_doc_table(tmp_path):
+    out, doc = tmp_path / "latest.json", tmp_path / "performance.md"
+    doc.write_text("# Performance\n\nprose before\n\n<!-- benchmarks/run.py: begin -->\nold\n"
+                   "<!-- benchmarks/run.py: end -->\n\nprose after\n")
+    run("run.py", "--quick", "--threads", "1", "--out", str(out), "--doc", str(doc))
+    results = json.loads(out.read_text())
+    assert {r["dtype"] for r in results["train"]} == {"fp32", "bf16"}
+    assert all(r["ours"]["images_per_s"] > 0 and r["hf"]["images_per_s"] > 0 for r in results["train"])
+    assert {(r["decoding"], r["batch"]) for r in results["generate"]} >= {("greedy", 1), ("beam5", 1)}
+    assert all(r["ours"]["peak_rss_mib"] > 0 for r in results["memory"])
+    text = doc.read_text()
+    assert "prose before" in text and "prose after" in text and "old" not in text
+    assert "| tiny fp32 |" in text
+
+
+def test_bench_generate_quick(tmp_path):
+    out = tmp_path / "gen.json"
+    run("bench_generate.py", "--quick", "--threads", "1", "--repeats", "1", "--out", str(out))
+    assert json.loads(out.read_text())["results"]
+
+
+def test_bench_data_tiny(tmp_path):
+    out = tmp_path / "data.json"
+    run("bench_data.py", "--n", "64", "--workers", "0", "--out", str(out))
+    names = [r["name"] for r in json.loads(out.read_text())["results"]]
+    assert any("PNG files" in n for n in names)
