@@ -148,7 +148,8 @@ def _datasets(config: Any, data_path: str | None, val_path: str | None, tokenize
 
         shapes = get_component("dataset", "shapes")
         common = {"seed": config.trainer.seed, "image_size": config.image_size}
-        train_set = shapes.build({**common, "n": num_scenes, "split": "train"}, tokenizer=tokenizer)
+        mix = config.trainer.synthetic_shape_weights
+        train_set = shapes.build({**common, "n": num_scenes, "split": "train", "shape_weights": mix}, tokenizer=tokenizer)
         val_n = max(1, min(1000, num_scenes // 10))
         val_set = shapes.build({**common, "n": val_n, "split": "val"}, tokenizer=train_set.tokenizer)
         return train_set, val_set, train_set.tokenizer

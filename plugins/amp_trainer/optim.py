@@ -37,23 +37,36 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def lr_lambda(config: TrainerConfig, total_steps: int) -> Callable[[int], float]:
+def lr_lambda(
+    config: TrainerConfig, total_steps: int, elapsed_s: Callable[[], float] | None = None
+) -> Callable[[int], float]:
     """Multiplier of the base learning rate after ``step`` optimizer steps: linear warm-up, then decay.
 
     Warm-up starts at 1/warmup (not 0) so the first step already learns; the decay reaches
-    ``min_lr_ratio`` at ``total_steps``.
+    ``min_lr_ratio`` at ``total_steps``. With ``lr_decay_over="time"`` the decay's progress is the
+    training time ``elapsed_s()`` over ``max_time_s`` instead (the multiplier is the smaller of the
+    warm-up ramp and the decay), so a wall-clock budget ends at ``min_lr_ratio`` whatever the speed.
     """
     warmup, kind, floor = config.warmup_steps, config.lr_scheduler, config.min_lr_ratio
     decay_steps = max(1, total_steps - warmup)
+    by_time = config.lr_decay_over == "time"
+    if by_time and (config.max_time_s is None or elapsed_s is None):
+        raise ConfigError("trainer.lr_decay_over='time' needs trainer.max_time_s (the budget to decay over)")
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
+    def decay(progress: float) -> float:
         if kind == "constant":
             return 1.0
-        progress = min(1.0, (step - warmup) / decay_steps)
+        progress = min(1.0, max(0.0, progress))
         shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
         return floor + (1.0 - floor) * shape
+
+    def factor(step: int) -> float:
+        if by_time:
+            ramp = (step + 1) / warmup if step < warmup else 1.0
+            return min(ramp, decay(elapsed_s() / config.max_time_s))
+        if step < warmup:
+            return (step + 1) / warmup
+        return decay((step - warmup) / decay_steps)
 
     return factor
 

@@ -90,12 +90,16 @@ class PixelLLMTrainer(CheckpointMixin):
         if val_dataloader is not None and self.world.enabled:
             self.val_dataloader, _ = adapt_loader(val_dataloader, cfg.seed, self.world, training=False)
         self.amp_dtype = amp_dtype(cfg, self.device)
-        self.optimizer = torch.optim.AdamW(
-            param_groups(self.model, cfg.weight_decay), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2)
+        self.optimizer = torch.optim.AdamW(  # fused: one kernel for all parameters (CPU and CUDA)
+            param_groups(self.model, cfg.weight_decay), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+            fused=self.device.type in ("cpu", "cuda"),
         )
         self.steps_per_epoch = self._steps_per_epoch()
         self.total_steps = cfg.max_steps or cfg.num_epochs * self.steps_per_epoch
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, self.total_steps))
+        self.train_time_s = 0.0  # read by a schedule that decays over max_time_s
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(cfg, self.total_steps, elapsed_s=lambda: self.train_time_s)
+        )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.train_model = wrap_ddp(self.model, self.world, self.device)
         if cfg.compile:
@@ -264,9 +268,11 @@ class PixelLLMTrainer(CheckpointMixin):
             loss_sum += local.detach()
         elapsed = time.perf_counter() - self._session_start
         over_time = cfg.max_time_s is not None and elapsed >= cfg.max_time_s
-        flags = torch.stack([loss_sum, (~torch.isfinite(loss_sum)).float(), torch.tensor(float(over_time), device=self.device)])
-        global_loss, nonfinite, out_of_time = world.all_reduce_sum(flags).tolist()
-        self.train_time_s = elapsed
+        flags = torch.stack([loss_sum, (~torch.isfinite(loss_sum)).float(), torch.tensor(float(over_time), device=self.device),
+                             torch.tensor(elapsed, device=self.device)])
+        global_loss, nonfinite, out_of_time, elapsed_sum = world.all_reduce_sum(flags).tolist()
+        # one clock for all processes, so that a time-based LR schedule gives every replica the same LR
+        self.train_time_s = elapsed_sum / world.world_size if world.enabled else elapsed
         self._time_up = out_of_time > 0  # any process out of time stops all of them together
         if nonfinite > 0:
             return self._skip_step(f"non-finite loss ({global_loss})")

@@ -28,6 +28,9 @@ class ShapesOptions(BaseModel):
     seed: int = Field(0, description="the same seed gives the same scenes")
     image_size: int = Field(64, gt=0, description="pixels per side")
     split: Literal["train", "val", "test"] = Field("train", description="splits never share a scene")
+    shape_weights: tuple[float, float, float] | None = Field(
+        None, description="relative frequencies of 1/2/3-shape scenes (None: uniform); a training curriculum"
+    )
 
 
 @hookimpl

@@ -22,4 +22,5 @@ def build_captions(options: CaptionsOptions, tokenizer: Any = None):
 def build_shapes(options: ShapesOptions, tokenizer: Any = None):
     from geometry_os.plugins.datasets.shapes_dataset import ShapesDataset
 
-    return ShapesDataset(options.n, options.seed, options.image_size, options.split, tokenizer=tokenizer)
+    return ShapesDataset(options.n, options.seed, options.image_size, options.split, tokenizer=tokenizer,
+                         shape_weights=options.shape_weights)

@@ -166,17 +166,44 @@ def split_of(scene: Scene, fractions: Mapping[str, float] = DEFAULT_SPLITS) -> s
     return name  # floating-point rounding at the very end
 
 
-def make_split(n: int, seed: int, split: str, fractions: Mapping[str, float] = DEFAULT_SPLITS) -> list[Scene]:
-    """``n`` distinct scenes of ``split``, the same for the same (n, seed, split, fractions)."""
+def _count_drawer(weights: Sequence[float] | None):
+    """None (uniform 1-3 shapes, as ``sample_scene`` draws) or a drawer of a shape count by ``weights``."""
+    if weights is None:
+        return None
+    if len(weights) != 3 or any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"shape-count weights must be 3 non-negative numbers (1, 2, 3 shapes), got {list(weights)}")
+    total = float(sum(weights))
+    bounds = [sum(weights[: k + 1]) / total for k in range(3)]
+
+    def draw(rng: random.Random) -> int:
+        u = rng.random()
+        return 1 + next((k for k, b in enumerate(bounds) if u < b and weights[k] > 0), 2)
+
+    return draw
+
+
+def make_split(
+    n: int,
+    seed: int,
+    split: str,
+    fractions: Mapping[str, float] = DEFAULT_SPLITS,
+    shape_weights: Sequence[float] | None = None,
+) -> list[Scene]:
+    """``n`` distinct scenes of ``split``, the same for the same (n, seed, split, fractions, shape_weights).
+
+    ``shape_weights``: relative frequencies of 1-, 2- and 3-shape scenes (a training curriculum that
+    shows more multi-object scenes); None draws 1-3 uniformly. Captions follow the same grammar.
+    """
     if fractions.get(split, 0) <= 0:
         raise ValueError(f"split {split!r} has no share in {dict(fractions)}")
+    draw_count = _count_drawer(shape_weights)
     rng = random.Random(f"geometry-os-shapes:{seed}:{split}")
     scenes: list[Scene] = []
     seen: set[str] = set()
     for _ in range(1000 * n + 10_000):
         if len(scenes) == n:
             break
-        scene = sample_scene(rng)
+        scene = sample_scene(rng, draw_count(rng) if draw_count else None)
         key = scene_key(scene)
         if key not in seen and split_of(scene, fractions) == split:
             seen.add(key)

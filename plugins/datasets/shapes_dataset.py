@@ -6,7 +6,7 @@ seed: same pixels, same normalisation (the ``DatasetConfig`` defaults), same key
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -26,14 +26,15 @@ class ShapesDataset(CaptionedImages):
     """``n`` distinct scenes of ``split`` for ``seed``; ``image_path`` is ``shapes://<split>/<index>``.
 
     ``tokenizer``: as for ``ImageTextDataset``; None uses the grammar's vocabulary (``default_tokenizer``).
+    ``shape_weights``: relative frequencies of 1/2/3-shape scenes (None: uniform), see ``make_split``.
     Memory: n x 3 x image_size^2 bytes (30 000 scenes at 64 px: 369 MB).
     """
 
     def __init__(self, n: int, seed: int = 0, image_size: int = 64, split: str = "train", tokenizer: Any = None,
-                 max_length: int = DatasetConfig().max_length):
+                 max_length: int = DatasetConfig().max_length, shape_weights: Sequence[float] | None = None):
         self.config = DatasetConfig(image_size=image_size, max_length=max_length)
         self.seed, self.split = seed, split
-        self.scenes = make_split(n, seed, split)
+        self.scenes = make_split(n, seed, split, shape_weights=shape_weights)
         self.records = [
             CaptionRecord(f"shapes://{split}/{i:06d}", caption(scene), f"scene {i}", i)
             for i, scene in enumerate(self.scenes)
