@@ -41,6 +41,12 @@ class GeoOSGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # a bad flag or argument: one line too, with where to find the usage
+            if exc.ctx is None:
+                raise
+            one = click.UsageError(f"{exc.format_message()} (see '{exc.ctx.command_path} -h')")
+            one.exit_code = exc.exit_code
+            raise one from None
         except (GeometryOSError, OSError) as exc:
             raise click.ClickException(one_line(exc)) from None
         except ValueError as exc:  # pydantic's ValidationError is a ValueError

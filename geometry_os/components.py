@@ -42,7 +42,7 @@ class Component:
                         obj = getattr(obj, part)
                 except Exception as exc:  # a plugin's import error, named
                     raise ComponentError(
-                        f"{self.label}: cannot load factory {self.factory!r}: {type(exc).__name__}: {exc}"
+                        f"{self.label}: cannot load factory {self.factory!r}: {type(exc).__name__}: {_first_line(exc)}"
                     ) from exc
                 if not callable(obj):
                     raise ComponentError(f"{self.label}: factory {self.factory!r} is not callable")
@@ -74,7 +74,7 @@ class Component:
         except (ComponentError, ConfigError):
             raise
         except Exception as exc:
-            raise ComponentError(f"{self.label} failed to build: {type(exc).__name__}: {exc}") from exc
+            raise ComponentError(f"{self.label} failed to build: {type(exc).__name__}: {_first_line(exc)}") from exc
 
 
 class ComponentRegistry:
@@ -112,7 +112,7 @@ class ComponentRegistry:
         try:
             return table[name]
         except KeyError:
-            raise ComponentError(f"unknown {kind} {name!r}; registered {kind}s: {_listing(table)}") from None
+            raise ComponentError(f"unknown {kind} {name!r}; registered {_plural(kind)}: {_listing(table)}") from None
 
     def __iter__(self) -> Iterator[Component]:
         for table in self._by_kind.values():
@@ -123,6 +123,15 @@ class ComponentRegistry:
             return self._by_kind[kind]
         except KeyError:
             raise ComponentError(f"unknown component kind {kind!r}; kinds: {', '.join(self.kinds)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's first non-empty line (torch appends C++ stack traces to some messages)."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+
+
+def _plural(kind: str) -> str:
+    return kind[:-1] + "ies" if kind.endswith("y") else kind + "s"
 
 
 def _listing(table: dict[str, Component]) -> str:

@@ -84,6 +84,8 @@ def read_registry(path: str | os.PathLike[str]) -> RegistryFile:
         raise RegistryError(f"{path}: cannot read registry: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise RegistryError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:
+        raise RegistryError(f"{path}: invalid TOML: nested too deeply") from None
     try:
         registry = RegistryFile.model_validate(data)
     except ValidationError as exc:
@@ -171,7 +173,7 @@ class System:
                 raise
             info.hooks = sorted(impl.name for impl in self.pm.get_hookcallers(plugin) or ())
             self._collect_components(info, plugin)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() in a plugin's import must not end the host either
             info.error = _reason(exc)
             if self.pm.has_plugin(info.name):
                 self.pm.unregister(name=info.name)
@@ -208,7 +210,7 @@ class System:
         for impl in reversed(self.pm.hook.register_commands.get_hookimpls()):
             try:
                 impl.function(cli=cli)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 info = self.plugins.get(impl.plugin_name)
                 reason = _reason(exc)
                 if info is not None:

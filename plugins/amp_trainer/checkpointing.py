@@ -11,10 +11,10 @@ moment leaves ``latest`` naming a loadable checkpoint.
 from __future__ import annotations
 
 import os
-import pickle
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -183,20 +183,53 @@ def read_state(folder: Path) -> dict[str, Any] | None:
     state = read_json(path)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path}: not a trainer state (expected format={STATE_FORMAT!r})")
+    _check_state_types(state, path)
     return state
+
+
+def _check_state_types(state: dict[str, Any], path: Path) -> None:
+    """The fields the trainer restores have the types it computes with (else a one-line error, not a crash)."""
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    checks = {
+        "global_step": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a non-negative integer"),
+        "epoch": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a non-negative integer"),
+        "batch_in_epoch": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a non-negative integer"),
+        "train_time_s": (lambda v: number(v) and v >= 0, "a non-negative number"),
+        "best_metric": (lambda v: v is None or number(v), "a number or null"),
+        "best_val_loss": (lambda v: v is None or number(v), "a number or null"),
+        "best_metric_name": (lambda v: v is None or isinstance(v, str), "a string or null"),
+        "best_checkpoint": (lambda v: v is None or isinstance(v, str), "a string or null"),
+        "rng": (lambda v: v is None or (isinstance(v, list) and all(r is None or isinstance(r, dict) for r in v)),
+                "a list of objects"),
+    }
+    for key, (ok, what) in checks.items():
+        if key in state and not ok(state[key]):
+            raise CheckpointError(f"{path}: {key!r} must be {what}, got {str(state[key])[:60]!r}")
 
 
 def read_tensors(folder: Path) -> dict[str, Any]:
     """optimizer.pt through the weights-only unpickler: anything but tensors and plain containers is refused."""
     path = safe_file(folder, OPTIMIZER)
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as exc:
-        reason = " ".join(str(exc).split())[:200]
-        raise CheckpointError(f"{path}: refused to load (not a weights-only file): {reason}") from None
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of the file it is refusing
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # the weights-only unpickler runs no code: any failure means a bad file
+        raise CheckpointError(f"{path}: refused to load (not a weights-only file): {_unpickler_reason(exc)}") from None
     if not isinstance(data, dict) or "optimizer" not in data:
         raise CheckpointError(f"{path}: expected a dict with an 'optimizer' entry")
     return data
+
+
+def _unpickler_reason(exc: BaseException) -> str:
+    """The informative part of torch's weights-only error (not its advice to load with weights_only=False)."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [line.replace("WeightsUnpickler error:", "").strip() for line in str(exc).splitlines()]
+    useful = " ".join(line for line in lines if line and not line.startswith(boilerplate))
+    return useful[:200] or ("empty or truncated file" if isinstance(exc, EOFError) else type(exc).__name__)
 
 
 # ---- random number generators ------------------------------------------------------------------------

@@ -89,7 +89,13 @@ class CheckpointMixin:
         self._restore_counters(state, folder)
         rng_json, rng_tensors = state.get("rng") or [None], tensors.get("rng") or [None]
         rank = self.world.rank if len(rng_json) == self.world.world_size else 0
-        ckpt.restore_rng(rng_json[min(rank, len(rng_json) - 1)], rng_tensors[min(rank, len(rng_tensors) - 1)])
+        try:
+            ckpt.restore_rng(rng_json[min(rank, len(rng_json) - 1)], rng_tensors[min(rank, len(rng_tensors) - 1)])
+        except (ValueError, TypeError, IndexError, KeyError, OverflowError, RuntimeError) as exc:
+            reason = " ".join(str(exc).split())[:200]
+            raise ckpt.CheckpointError(
+                f"{folder / ckpt.STATE}: invalid RNG state (or the 'rng' tensors of {ckpt.OPTIMIZER}): {reason}"
+            ) from None
         if self.world.is_main:
             self.log.resume_at(self.global_step)
         return state

@@ -142,6 +142,8 @@ class BPETokenizer:
             json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{e.lineno}:{e.colno}: malformed tokenizer JSON: {e.msg}") from None
+        except RecursionError:
+            raise ValueError(f"{path}: malformed tokenizer JSON: nested too deeply") from None
         try:
             tok = Tokenizer.from_str(text)
         except Exception as e:  # the Rust library raises a bare Exception

@@ -49,10 +49,24 @@ def generation_config(params: dict[str, Any]) -> Any:
     return GenerationConfig(**fields)
 
 
+def check_device(device: str) -> None:
+    """``--device`` names a device this machine has (else one line, not torch's traceback)."""
+    import torch
+
+    from geometry_os.errors import ConfigError
+
+    try:
+        torch.empty(0, device=device)
+    except Exception as exc:  # RuntimeError (no such type / no driver), NotImplementedError, AssertionError
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ConfigError(f"--device {device!r}: {reason}") from None
+
+
 def load_checkpoint(path: str, device: str) -> tuple[Any, Any]:
     from geometry_os.errors import CheckpointError
     from geometry_os.systems.pixel_llm.model import PixelLLM
 
+    check_device(device)
     model, tokenizer = PixelLLM.from_pretrained(path, map_location=device)
     if tokenizer is None:
         raise CheckpointError(f"{path}: this checkpoint has no tokenizer, so captions cannot be turned into text")

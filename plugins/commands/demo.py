@@ -21,11 +21,12 @@ FULL = {
     "preset": "small",
     "num_scenes": 30_000,
     "eval_scenes": 500,
-    "overrides": [
+    "overrides": [  # configs/shapes_small.toml, with the time budget leaving room for evaluation
         "trainer.learning_rate=0.001",
-        "trainer.batch_size=64",
-        "trainer.warmup_steps=100",
+        "trainer.batch_size=32",
+        "trainer.warmup_steps=20",
         "trainer.max_time_s=540",
+        'trainer.lr_decay_over="time"',
         "trainer.num_epochs=1000",
         "trainer.use_amp=false",
         "trainer.val_max_samples=200",

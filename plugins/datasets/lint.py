@@ -30,6 +30,8 @@ def load_vocab(path: str | os.PathLike) -> Any:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{e.lineno}:{e.colno}: malformed JSON: {e.msg}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: malformed JSON: nested too deeply") from None
     name = "bpe" if isinstance(data, dict) and "model" in data else "simple"
     try:
         return get_component("tokenizer", name).load().load(path)

@@ -144,6 +144,8 @@ class SimpleVocabulary:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{e.lineno}:{e.colno}: malformed vocabulary JSON: {e.msg}") from None
+        except RecursionError:
+            raise ValueError(f"{path}: malformed vocabulary JSON: nested too deeply") from None
         tokens = _check_vocab_json(data, path)
         vocab = cls.__new__(cls)
         vocab.min_freq, vocab.max_size = data.get("min_freq", 1), data.get("max_size")

@@ -25,7 +25,7 @@ class ViTOptions(BaseModel):
     image_size: int = Field(224, gt=0)
     patch_size: int = Field(16, gt=0)
     embed_dim: int = Field(768, gt=0)
-    num_layers: int = Field(6, gt=0)
+    num_layers: int = Field(6, gt=0, le=256)  # bounded like PixelLLMConfig.vision_num_layers
     num_heads: int = Field(12, gt=0)
     mlp_ratio: float = Field(4.0, gt=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)

@@ -161,6 +161,8 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}:{exc.lineno}:{exc.colno}: malformed JSON: {exc.msg}") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: malformed JSON: nested too deeply") from None
     except UnicodeDecodeError:
         raise CheckpointError(f"{path}: not UTF-8 text") from None
 
@@ -179,8 +181,20 @@ def read_checkpoint_config(folder: Path) -> tuple[PixelLLMConfig, dict[str, Any]
     return config, data
 
 
-def check_weights_header(path: Path, expected: dict[str, torch.Size]) -> None:
-    """Compare the safetensors header with the model's tensors before loading anything."""
+def alias_groups(module: torch.nn.Module) -> list[list[str]]:
+    """The state-dict names of each tensor of ``module`` (tied weights have several, and are saved once)."""
+    state = module.state_dict(keep_vars=True)
+    groups: dict[int, list[str]] = {}
+    for name, tensor in state.items():
+        groups.setdefault(id(tensor), []).append(name)
+    return list(groups.values())
+
+
+def check_weights_header(
+    path: Path, expected: dict[str, torch.Size], required: list[list[str]] | None = None
+) -> None:
+    """Compare the safetensors header with the model's tensors before loading anything; with ``required``
+    (``alias_groups`` of the model) a tensor the model needs but the file lacks is refused too."""
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -197,6 +211,10 @@ def check_weights_header(path: Path, expected: dict[str, torch.Size]) -> None:
     unexpected = sorted(set(shapes) - set(expected))
     if unexpected:
         raise CheckpointError(f"{path}: unexpected tensors: {', '.join(unexpected[:5])}")
+    absent = [names[0] for names in required or () if not any(name in shapes for name in names)]
+    if absent:
+        more = f" (and {len(absent) - 5} more)" if len(absent) > 5 else ""
+        raise CheckpointError(f"{path}: tensors the config needs are missing: {', '.join(absent[:5])}{more}")
 
 
 def load_weights(model: torch.nn.Module, path: Path, device: str | torch.device = "cpu") -> None:
@@ -225,6 +243,8 @@ def load_tokenizer(folder: Path, entry: Any) -> Any:
         cls = get_component("tokenizer", entry["component"]).load()
     except ComponentError as exc:
         raise CheckpointError(f"{folder / CONFIG}: {exc}") from None
+    if file.stat().st_size > MAX_JSON_BYTES:  # tokenizers read the whole file: refuse a huge one unread
+        raise CheckpointError(f"{file}: file too large for a tokenizer ({file.stat().st_size} bytes)")
     try:
         return cls.load(str(file))
     except (ValueError, OSError, KeyError, TypeError) as exc:
@@ -246,7 +266,7 @@ def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu") 
     except (ConfigError, ComponentError) as exc:
         raise CheckpointError(f"{folder / CONFIG}: {exc}") from None
     expected = {name: t.shape for name, t in skeleton.state_dict().items()}
-    check_weights_header(weights, expected)
+    check_weights_header(weights, expected, alias_groups(skeleton))  # before any memory is allocated
     tokenizer = load_tokenizer(folder, data.get("tokenizer"))
     if tokenizer is not None and len(tokenizer) > config.vocab_size:
         raise CheckpointError(

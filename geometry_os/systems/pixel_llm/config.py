@@ -76,6 +76,10 @@ class TrainerConfig(StrictModel):
 
 TRAINER_FIELDS = frozenset(TrainerConfig.model_fields)
 
+# Layers per stack. Far above any captioner, and it bounds what a hostile config.json can make the loader
+# build (even on the meta device every layer is Python objects: 10**7 layers would take hours and gigabytes).
+MAX_LAYERS = 256
+
 # Shared sizes offered to the encoder / decoder component: component field -> PixelLLMConfig field.
 ENCODER_SHARED = {
     "image_size": "image_size",
@@ -110,14 +114,14 @@ class PixelLLMConfig(StrictModel):
     image_mean: tuple[float, float, float] = Field(IMAGENET_MEAN, description="normalisation the model expects")
     image_std: tuple[float, float, float] = Field(IMAGENET_STD, description="normalisation the model expects")
     vision_embed_dim: int = Field(768, gt=0, description="encoder width")
-    vision_num_layers: int = Field(6, gt=0, description="encoder transformer blocks")
+    vision_num_layers: int = Field(6, gt=0, le=MAX_LAYERS, description="encoder transformer blocks")
     vision_num_heads: int | None = Field(None, gt=0, description="None: vision_embed_dim // 64")
     vision_pos_embed: Literal["learned", "sincos"] = Field(
         "learned", description="patch position embeddings: learned (interpolated) or fixed 2-D sin-cos"
     )
     vocab_size: int = Field(50000, ge=5, description="token embedding rows (the tokenizer's size when trained by the CLI)")
     text_embed_dim: int = Field(768, gt=0, description="decoder width")
-    text_num_layers: int = Field(12, gt=0, description="decoder transformer blocks")
+    text_num_layers: int = Field(12, gt=0, le=MAX_LAYERS, description="decoder transformer blocks")
     text_num_heads: int | None = Field(None, gt=0, description="None: text_embed_dim // 64")
     max_seq_len: int = Field(512, ge=2, description="longest caption in tokens, <bos> and <eos> included")
     cross_attention_dim: int | None = Field(None, gt=0, description="None: vision_embed_dim")
@@ -139,11 +143,11 @@ class PixelLLMConfig(StrictModel):
     def _lift_trainer_fields(cls, data: Any) -> Any:
         if isinstance(data, dict):
             flat = {k: data[k] for k in data if k in TRAINER_FIELDS and k not in cls.model_fields}
-            if flat:
+            trainer = data.get("trainer") or {}
+            if isinstance(trainer, BaseModel):
+                trainer = trainer.model_dump(exclude_unset=True)
+            if flat and isinstance(trainer, dict):  # else the field's own validation names the bad "trainer"
                 data = {k: v for k, v in data.items() if k not in flat}
-                trainer = data.get("trainer") or {}
-                if isinstance(trainer, BaseModel):
-                    trainer = trainer.model_dump(exclude_unset=True)
                 data["trainer"] = {**trainer, **flat}
         return data
 
@@ -257,11 +261,15 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}:{exc.lineno}:{exc.colno}: malformed JSON: {exc.msg}") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: malformed JSON: nested too deeply") from None
     else:
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: invalid TOML: nested too deeply") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a table/object, got {type(data).__name__}")
     return data
@@ -277,7 +285,7 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
             raise ConfigError(f"--set {item!r}: expected key=value")
         try:
             value = json.loads(raw)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             value = raw
         node = out
         parts = key.split(".")

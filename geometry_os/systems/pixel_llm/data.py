@@ -146,6 +146,8 @@ class _Reader:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{self.name}:{e.lineno}:{e.colno}: malformed JSON: {e.msg}") from None
+        except RecursionError:
+            raise DataError(f"{self.name}: malformed JSON: nested too deeply") from None
         if isinstance(data, list):
             self.read_list(data)
         elif isinstance(data, dict) and "images" in data and "annotations" in data:
@@ -174,6 +176,9 @@ class _Reader:
                 image, captions = _parse_entry(json.loads(line))
             except json.JSONDecodeError as e:
                 self.bad(n, f":{n}:{e.colno}", f"malformed JSON: {e.msg}")
+                continue
+            except RecursionError:
+                self.bad(n, f": line {n}", "malformed JSON: nested too deeply")
                 continue
             except _Bad as e:
                 self.bad(n, f": line {n}", str(e))

@@ -10,6 +10,8 @@ from typing import Any, Mapping
 
 import torch
 
+from geometry_os.errors import ComponentError, GeometryOSError
+
 from .components import get_component
 from .generation_config import GenerationConfig
 
@@ -61,7 +63,12 @@ def generate_caption(
     The model is put in eval mode for the call and its training flag restored afterwards.
     """
     config = _resolve_config(config, overrides)
-    strategy = get_component("decoding_strategy", config.strategy_name).build()
+    component = get_component("decoding_strategy", config.strategy_name)
+    strategy = component.build()
+    if not callable(getattr(strategy, "decode", None)):
+        raise ComponentError(
+            f"{component.label} factory returned {type(strategy).__name__}, expected an object with a decode() method"
+        )
     if images.dim() == 3:
         images = images.unsqueeze(0)
     device = model.device
@@ -75,9 +82,17 @@ def generate_caption(
     try:
         with torch.inference_mode():
             features = model.encode(images)  # once: strategies expand the decoder cache, not images
-            out = strategy.decode(model, features, config, generator=generator)
+            try:
+                out = strategy.decode(model, features, config, generator=generator)
+            except GeometryOSError:
+                raise
+            except Exception as exc:  # a plugin's bug: name it (the cause keeps the traceback)
+                first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+                raise ComponentError(f"{component.label} failed while decoding: {type(exc).__name__}: {first}") from exc
     finally:
         model.train(was_training)
+    if not isinstance(getattr(out, "sequences", None), torch.Tensor):
+        raise ComponentError(f"{component.label} returned {type(out).__name__} from decode(), expected a GenerationOutput")
 
     if tokenizer is not None:
         out.texts = [tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in out.sequences]

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from geometry_os.errors import ComponentError
+
 from .components import get_component
 from .config import PixelLLMConfig, preset_config
 
@@ -35,8 +37,8 @@ class PixelLLM(nn.Module):
             config = config.model_copy(update=fields)
             config = PixelLLMConfig.model_validate(config.model_dump())
         self.config = config
-        self.encoder = get_component("encoder", config.encoder).build(config.encoder_config())
-        self.decoder = get_component("decoder", config.decoder).build(config.decoder_config())
+        self.encoder = _build_module("encoder", config.encoder, config.encoder_config())
+        self.decoder = _build_module("decoder", config.decoder, config.decoder_config())
 
     @property
     def device(self) -> torch.device:
@@ -124,6 +126,15 @@ class PixelLLM(nn.Module):
         from .checkpoint import load_pretrained
 
         return load_pretrained(path, map_location=map_location)
+
+
+def _build_module(kind: str, name: str, options: Any) -> nn.Module:
+    """Build a component that becomes a submodule; a plugin returning anything else is named at once."""
+    component = get_component(kind, name)
+    module = component.build(options)
+    if not isinstance(module, nn.Module):
+        raise ComponentError(f"{component.label} factory returned {type(module).__name__}, expected a torch.nn.Module")
+    return module
 
 
 def create_pixel_llm(vocab_size: int | None = None, preset: str = "small", **overrides: Any) -> PixelLLM:
