@@ -13,45 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from geometry_os.plugins.vit import ViTOptions
-
-
-def _native_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
-        return False
-
-
-# CPUs without AVX512-BF16/AMX emulate bf16 GEMMs/convolutions, ~7x slower than upcasting (measured, AVX2).
-EMULATED_BF16 = not _native_bf16()
-
-
-def _upcast_bf16(x: torch.Tensor) -> bool:
-    """Whether autocast asks for bf16 on a CPU that only emulates it (then see ``linear``)."""
-    return (EMULATED_BF16 and x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-            and torch.get_autocast_dtype("cpu") == torch.bfloat16)
-
-
-def _bf16(*ts: torch.Tensor | None) -> list[torch.Tensor | None]:
-    """Round to bf16 (as autocast would), then compute in fp32."""
-    return [None if t is None else t.to(torch.bfloat16).float() for t in ts]
-
-
-def linear(x: torch.Tensor, m: nn.Linear) -> torch.Tensor:
-    """``m(x)``. Under bf16 autocast on a CPU that emulates bf16, the same product -- bf16-rounded
-    operands, fp32 accumulation, bf16 result -- is computed by the fp32 GEMM instead (7x faster there)."""
-    if not _upcast_bf16(x):
-        return F.linear(x, m.weight, m.bias)
-    with torch.autocast("cpu", enabled=False):
-        return F.linear(*_bf16(x, m.weight, m.bias)).to(torch.bfloat16)
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-    """``F.scaled_dot_product_attention``, with the same emulated-bf16 treatment as ``linear``."""
-    if not _upcast_bf16(q):
-        return F.scaled_dot_product_attention(q, k, v, **kwargs)
-    with torch.autocast("cpu", enabled=False):
-        return F.scaled_dot_product_attention(*_bf16(q, k, v), **kwargs).to(torch.bfloat16)
+from geometry_os.systems.pixel_llm.cpu_bf16 import attention, bf16_rounded, linear, upcast_bf16
 
 
 def sincos_2d(dim: int, rows: int, cols: int) -> torch.Tensor:
@@ -86,11 +48,11 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, D = x.shape
-        qkv = linear(self.norm1(x), self.qkv).view(B, N, 3, self.heads, D // self.heads)
+        qkv = linear(self.norm1(x), self.qkv.weight, self.qkv.bias).view(B, N, 3, self.heads, D // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, head_dim)
         y = attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        x = x + self.drop(linear(y.transpose(1, 2).reshape(B, N, D), self.proj))
-        return x + self.drop(linear(F.gelu(linear(self.norm2(x), self.fc1)), self.fc2))
+        x = x + self.drop(linear(y.transpose(1, 2).reshape(B, N, D), self.proj.weight, self.proj.bias))
+        return x + self.drop(linear(F.gelu(linear(self.norm2(x), self.fc1.weight, self.fc1.bias)), self.fc2.weight, self.fc2.bias))
 
 
 def _options(opts: ViTOptions | Mapping[str, Any] | None, overrides: dict[str, Any]) -> ViTOptions:
@@ -180,9 +142,9 @@ class VisionEncoder(nn.Module):
         return table.to(device=self.pos_embed.device, dtype=self.pos_embed.dtype)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if _upcast_bf16(images):  # see linear
+        if upcast_bf16(images):  # see cpu_bf16
             with torch.autocast("cpu", enabled=False):
-                x = F.conv2d(*_bf16(images, self.patch_embed.weight, self.patch_embed.bias),
+                x = F.conv2d(*bf16_rounded(images, self.patch_embed.weight, self.patch_embed.bias),
                              stride=self.patch_size).to(torch.bfloat16)
         else:
             x = self.patch_embed(images)  # (B, D, rows, cols)

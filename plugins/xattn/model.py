@@ -9,7 +9,7 @@ cross kv). Generation: cross-attention K/V are computed once per image, self-att
 written in place into preallocated buffers, the LM head sees only the last position, and ``step``
 calls functional ops directly (at one token per step, per-op overhead is most of the cost on CPU);
 cross K/V stay per image, the queries of its rows (beams) folded into one attention (see ``KVCache``).
-bf16 autocast on a CPU that only emulates bf16: see ``linear``.
+bf16 autocast on a CPU that only emulates bf16: see ``geometry_os.systems.pixel_llm.cpu_bf16``.
 """
 
 from __future__ import annotations
@@ -22,45 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from geometry_os.plugins.xattn import XAttnOptions
-
-
-def _native_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
-        return False
-
-
-# CPUs without AVX512-BF16/AMX emulate bf16 GEMMs, ~7x slower than upcasting to fp32 (measured, AVX2).
-EMULATED_BF16 = not _native_bf16()
-
-
-def _upcast_bf16(x: torch.Tensor) -> bool:
-    """Whether autocast asks for bf16 on a CPU that only emulates it (then see ``linear``)."""
-    return (EMULATED_BF16 and x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-            and torch.get_autocast_dtype("cpu") == torch.bfloat16)
-
-
-def _bf16(*ts: torch.Tensor | None) -> list[torch.Tensor | None]:
-    """Round to bf16 (as autocast would), then compute in fp32."""
-    return [None if t is None else t.to(torch.bfloat16).float() for t in ts]
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear``. Under bf16 autocast on a CPU that emulates bf16, the same product -- bf16-rounded
-    operands, fp32 accumulation, bf16 result -- is computed by the fp32 GEMM instead (7x faster there)."""
-    if not _upcast_bf16(x):
-        return F.linear(x, weight, bias)
-    with torch.autocast("cpu", enabled=False):
-        return F.linear(*_bf16(x, weight, bias)).to(torch.bfloat16)
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-    """``F.scaled_dot_product_attention``, with the same emulated-bf16 treatment as ``linear``."""
-    if not _upcast_bf16(q):
-        return F.scaled_dot_product_attention(q, k, v, **kwargs)
-    with torch.autocast("cpu", enabled=False):
-        return F.scaled_dot_product_attention(*_bf16(q, k, v), **kwargs).to(torch.bfloat16)
+from geometry_os.systems.pixel_llm.cpu_bf16 import attention, linear
 
 
 def _linear(m: nn.Linear, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,51 @@
+"""bf16 autocast on CPUs that only emulate bf16 (no AVX512-BF16/AMX, e.g. AVX2).
+
+There, bf16 GEMMs, attention and convolutions are ~6-7x slower than fp32 ones (measured, see
+docs/performance.md). Under bf16 autocast the helpers below compute the same product -- operands rounded
+to bf16 as autocast would, fp32 accumulation, a bf16 result -- with the fp32 kernels instead. On GPUs
+and CPUs with native bf16 they are the plain functional ops. Model plugins use them for their matmuls.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+def _native_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
+        return False
+
+
+EMULATED_BF16 = not _native_bf16()
+
+
+def upcast_bf16(x: torch.Tensor) -> bool:
+    """Whether autocast asks for bf16 on a CPU that only emulates it."""
+    return (EMULATED_BF16 and x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+
+
+def bf16_rounded(*ts: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """Round to bf16 (as autocast would), keep fp32 storage for the fp32 kernels."""
+    return [None if t is None else t.to(torch.bfloat16).float() for t in ts]
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear``, with the emulated-bf16 treatment above."""
+    if not upcast_bf16(x):
+        return F.linear(x, weight, bias)
+    with torch.autocast("cpu", enabled=False):
+        return F.linear(*bf16_rounded(x, weight, bias)).to(torch.bfloat16)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    """``F.scaled_dot_product_attention``, with the emulated-bf16 treatment above."""
+    if not upcast_bf16(q):
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+    with torch.autocast("cpu", enabled=False):
+        return F.scaled_dot_product_attention(*bf16_rounded(q, k, v), **kwargs).to(torch.bfloat16)
