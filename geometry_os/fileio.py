@@ -13,6 +13,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+def parse_json(text: str, source: object, error: type[Exception] = ValueError, what: str = "JSON") -> Any:
+    """``json.loads`` whose failures are one-line ``error``s naming ``source`` (and line:column)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{source}:{e.lineno}:{e.colno}: malformed {what}: {e.msg}") from None
+    except RecursionError:
+        raise error(f"{source}: malformed {what}: nested too deeply") from None
+
+
 def atomic_save(path: str | os.PathLike[str], save: Callable[[Path], None]) -> Path:
     """Call ``save(tmp_path)`` (tmp keeps ``path``'s suffix, for writers that look at it), then move it into place."""
     path = Path(path)

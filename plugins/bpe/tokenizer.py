@@ -8,14 +8,13 @@ special token (``"<eos>"``) is encoded as ordinary bytes. Saved as the library's
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from geometry_os.fileio import atomic_write_text
+from geometry_os.fileio import atomic_write_text, parse_json
 from geometry_os.systems.pixel_llm.protocols import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID
 
 
@@ -138,12 +137,7 @@ class BPETokenizer:
     def load(cls, path: str | os.PathLike) -> "BPETokenizer":
         """Read a tokenizer JSON written by ``save``; problems are one-line ValueErrors naming the file."""
         text = Path(path).read_text(encoding="utf-8")
-        try:
-            json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{e.lineno}:{e.colno}: malformed tokenizer JSON: {e.msg}") from None
-        except RecursionError:
-            raise ValueError(f"{path}: malformed tokenizer JSON: nested too deeply") from None
+        parse_json(text, path, what="tokenizer JSON")
         try:
             tok = Tokenizer.from_str(text)
         except Exception as e:  # the Rust library raises a bare Exception

@@ -9,7 +9,6 @@ image and caption) and identical image bytes under two paths in one file. Also: 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +16,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any, Sequence
 
+from geometry_os.fileio import parse_json
 from geometry_os.systems.pixel_llm.data import CaptionRecord, DataError, load_image, read_caption_file
 from geometry_os.systems.pixel_llm.data_config import DatasetConfig
 
@@ -26,12 +26,7 @@ def load_vocab(path: str | os.PathLike) -> Any:
     from geometry_os.errors import GeometryOSError
     from geometry_os.systems.pixel_llm.components import get_component
 
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}:{e.colno}: malformed JSON: {e.msg}") from None
-    except RecursionError:
-        raise ValueError(f"{path}: malformed JSON: nested too deeply") from None
+    data = parse_json(Path(path).read_text(encoding="utf-8"), path)
     name = "bpe" if isinstance(data, dict) and "model" in data else "simple"
     try:
         return get_component("tokenizer", name).load().load(path)

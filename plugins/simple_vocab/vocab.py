@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from geometry_os.fileio import atomic_write_text
+from geometry_os.fileio import atomic_write_text, parse_json
 from geometry_os.systems.pixel_llm.protocols import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID
 
 FORMAT = "geometry_os.simple_vocab"
@@ -140,12 +140,7 @@ class SimpleVocabulary:
     def load(cls, path: str | os.PathLike) -> "SimpleVocabulary":
         """Read a file written by ``save``; any problem is a one-line ValueError naming the file."""
         text = Path(path).read_text(encoding="utf-8")
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{e.lineno}:{e.colno}: malformed vocabulary JSON: {e.msg}") from None
-        except RecursionError:
-            raise ValueError(f"{path}: malformed vocabulary JSON: nested too deeply") from None
+        data = parse_json(text, path, what="vocabulary JSON")
         tokens = _check_vocab_json(data, path)
         vocab = cls.__new__(cls)
         vocab.min_freq, vocab.max_size = data.get("min_freq", 1), data.get("max_size")

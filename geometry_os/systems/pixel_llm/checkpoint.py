@@ -10,7 +10,6 @@ which tensor or field is wrong.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import uuid
@@ -22,7 +21,7 @@ from pydantic import ValidationError
 
 from geometry_os import __version__
 from geometry_os.errors import CheckpointError, ComponentError, ConfigError, format_validation_error
-from geometry_os.fileio import write_json_atomic
+from geometry_os.fileio import parse_json, write_json_atomic
 
 from .components import get_component
 from .config import PixelLLMConfig
@@ -158,11 +157,7 @@ def read_json(path: Path) -> Any:
     if path.stat().st_size > MAX_JSON_BYTES:
         raise CheckpointError(f"{path}: file too large for a JSON config ({path.stat().st_size} bytes)")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}:{exc.lineno}:{exc.colno}: malformed JSON: {exc.msg}") from None
-    except RecursionError:
-        raise CheckpointError(f"{path}: malformed JSON: nested too deeply") from None
+        return parse_json(path.read_text(encoding="utf-8"), path, CheckpointError)
     except UnicodeDecodeError:
         raise CheckpointError(f"{path}: not UTF-8 text") from None
 

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from geometry_os.errors import ComponentError, ConfigError, format_validation_error
+from geometry_os.fileio import parse_json
 
 from .data_config import IMAGENET_MEAN, IMAGENET_STD, DatasetConfig
 
@@ -257,12 +258,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
     if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}:{exc.lineno}:{exc.colno}: malformed JSON: {exc.msg}") from None
-        except RecursionError:
-            raise ConfigError(f"{path}: malformed JSON: nested too deeply") from None
+        data = parse_json(text, path, ConfigError)
     else:
         try:
             data = tomllib.loads(text)

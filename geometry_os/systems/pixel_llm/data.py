@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from geometry_os.errors import GeometryOSError
+from geometry_os.fileio import parse_json
 from geometry_os.systems.pixel_llm.data_config import DatasetConfig
 from geometry_os.systems.pixel_llm.protocols import EOS_ID, PAD_ID
 
@@ -142,12 +143,7 @@ class _Reader:
         if self.name.endswith(".jsonl"):
             self.read_jsonl(text)
             return
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{self.name}:{e.lineno}:{e.colno}: malformed JSON: {e.msg}") from None
-        except RecursionError:
-            raise DataError(f"{self.name}: malformed JSON: nested too deeply") from None
+        data = parse_json(text, self.name, DataError)
         if isinstance(data, list):
             self.read_list(data)
         elif isinstance(data, dict) and "images" in data and "annotations" in data:
