@@ -6,9 +6,9 @@ factories and inside command bodies.
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
 
-from geometry_os.systems.pixel_llm.data_config import DatasetConfig
+from geometry_os.systems.pixel_llm.data_config import IMAGENET_MEAN, IMAGENET_STD, DatasetConfig
 from geometry_os.systems.pixel_llm.hookspecs import hookimpl
 
 
@@ -31,6 +31,8 @@ class ShapesOptions(BaseModel):
     shape_weights: tuple[float, float, float] | None = Field(
         None, description="relative frequencies of 1/2/3-shape scenes (None: uniform); a training curriculum"
     )
+    mean: tuple[float, float, float] = Field(IMAGENET_MEAN, description="per-channel mean for normalising")
+    std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = Field(IMAGENET_STD, description="per-channel std")
 
 
 @hookimpl

@@ -1,7 +1,7 @@
 """In-memory synthetic scenes (``shapes.py``), pre-rendered once into a uint8 tensor for fast training.
 
 Items are exactly those of ``ImageTextDataset`` on the PNGs written by ``make-shapes`` for the same
-seed: same pixels, same normalisation (the ``DatasetConfig`` defaults), same keys.
+seed: same pixels, same normalisation (``mean``/``std``, the ``DatasetConfig`` defaults unless given), same keys.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ class ShapesDataset(CaptionedImages):
     """
 
     def __init__(self, n: int, seed: int = 0, image_size: int = 64, split: str = "train", tokenizer: Any = None,
-                 max_length: int = DatasetConfig().max_length, shape_weights: Sequence[float] | None = None):
-        self.config = DatasetConfig(image_size=image_size, max_length=max_length)
+                 max_length: int = DatasetConfig().max_length, shape_weights: Sequence[float] | None = None,
+                 mean: Sequence[float] = DatasetConfig().mean, std: Sequence[float] = DatasetConfig().std):
+        self.config = DatasetConfig(image_size=image_size, max_length=max_length, mean=tuple(mean), std=tuple(std))
         self.seed, self.split = seed, split
         self.scenes = make_split(n, seed, split, shape_weights=shape_weights)
         self.records = [

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
 
 from geometry_os.errors import ComponentError, ConfigError, format_validation_error
 from geometry_os.fileio import parse_json
@@ -113,7 +113,7 @@ class PixelLLMConfig(StrictModel):
     image_size: int = Field(224, gt=0, description="input images are resized to image_size x image_size")
     patch_size: int = Field(16, gt=0, description="ViT patch side in pixels; must divide image_size")
     image_mean: tuple[float, float, float] = Field(IMAGENET_MEAN, description="normalisation the model expects")
-    image_std: tuple[float, float, float] = Field(IMAGENET_STD, description="normalisation the model expects")
+    image_std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = Field(IMAGENET_STD, description="normalisation the model expects")
     vision_embed_dim: int = Field(768, gt=0, description="encoder width")
     vision_num_layers: int = Field(6, gt=0, le=MAX_LAYERS, description="encoder transformer blocks")
     vision_num_heads: int | None = Field(None, gt=0, description="None: vision_embed_dim // 64")
