@@ -55,6 +55,8 @@ def test_plugin_modules_do_not_import_torch(tmp_path):
         (dict(embed_dim=30, num_heads=4), "embed_dim=30"),
         (dict(embed_dim=34, num_heads=2, pos_embed="sincos"), "embed_dim=34"),
         (dict(pos_embed="rope"), "pos_embed"),
+        (dict(stem="resnet"), "stem"),
+        (dict(image_size=36, patch_size=12, stem="conv"), "power-of-two patch_size"),
         (dict(dropout=1.5), "dropout"),
         (dict(num_layer=2), "num_layer"),  # typo: extra fields are forbidden
     ],
@@ -91,6 +93,50 @@ def test_other_image_sizes(pos_embed):
     with torch.no_grad():
         out = enc(torch.randn(2, 3, 48, 64))
     assert out.shape == (2, 6 * 8, 32) and torch.isfinite(out).all()
+
+
+def test_conv_stem_keeps_the_patch_grid_and_sees_across_patch_borders():
+    enc = make(stem="conv", pos_embed="sincos")
+    widths = [m.out_channels for m in enc.patch_embed if isinstance(m, torch.nn.Conv2d)]
+    assert widths == [32, 32, 32, 32]  # log2(8) = 3 stride-2 convs (32, 64, 128, capped at embed_dim 32), 1x1
+    assert [m.out_channels for m in make(stem="conv", embed_dim=192, num_heads=3).patch_embed
+            if isinstance(m, torch.nn.Conv2d)] == [32, 64, 128, 192]
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in enc.patch_embed)
+    with torch.no_grad():
+        out = enc(torch.randn(2, 3, 48, 64))
+        assert out.shape == (2, 6 * 8, 32) and enc.patch_grid(48, 64) == (6, 8)
+        # A pixel change inside patch (0, 0) reaches patch (0, 1)'s feature through the 3x3 convs;
+        # a patchify conv keeps patches independent until attention.
+        image = torch.zeros(1, 3, 32, 32)
+        poked = image.clone()
+        poked[..., 3, 7] = 5.0  # last column of patch (0, 0)
+        for stem, reaches in (("conv", True), ("patch", False)):
+            e = make(stem=stem, num_layers=1)
+            delta = (e.patch_embed(poked) - e.patch_embed(image))[0, :, 0, 1].abs().max()
+            assert bool(delta > 1e-6) is reaches, stem
+
+
+def test_conv_stem_trains_and_round_trips(tmp_path):
+    enc = make(stem="conv").train()
+    enc(torch.randn(4, 3, 32, 32)).square().mean().backward()
+    grads = [p.grad for p in enc.patch_embed.parameters()]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+    state = enc.state_dict()
+    assert "patch_embed.1.running_mean" in state  # BatchNorm statistics are saved with the weights
+    again = make(stem="conv")
+    again.load_state_dict(state)
+    images = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(again.eval()(images), enc.eval()(images))
+
+
+@pytest.mark.parametrize("pos_embed", ["learned", "sincos"])
+def test_output_pos_adds_the_position_table_to_the_features(pos_embed):
+    plain, with_pos = make(pos_embed=pos_embed), make(pos_embed=pos_embed, output_pos=True)
+    with_pos.load_state_dict(plain.state_dict())
+    images = torch.randn(2, 3, 48, 64)  # another grid than the table's: the resized / recomputed one
+    with torch.no_grad():
+        difference = with_pos(images) - plain(images)
+        torch.testing.assert_close(difference, plain._position(6, 8).expand(2, -1, -1))
 
 
 def test_learned_table_is_interpolated_and_cached():
@@ -134,8 +180,9 @@ def test_sincos_table_is_fixed_mae_style():
     torch.testing.assert_close(enc._position(6, 8)[0], sincos_2d(32, 6, 8))
 
 
-def test_bf16_autocast_forward_on_cpu():
-    enc = make()
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_bf16_autocast_forward_on_cpu(stem):
+    enc = make(stem=stem)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = enc(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, 16, 32) and torch.isfinite(out.float()).all()

@@ -31,6 +31,27 @@ def sincos_2d(dim: int, rows: int, cols: int) -> torch.Tensor:
     return torch.cat([col, row], dim=-1).reshape(rows * cols, dim).float()
 
 
+class ConvStem(nn.Sequential):
+    """Early convolutions (Xiao et al., 2021, "Early Convolutions Help Transformers See Better"):
+    log2(patch) stride-2 3x3 conv-BatchNorm-ReLU layers (widths 32, 64, ..., at most ``dim``), then a
+    1x1 conv to ``dim``. Maps (B, C, H, W) to the same (B, dim, H/patch, W/patch) grid as a patchify
+    conv, but sees shapes across patch borders. PyTorch's default initialisation (as measured)."""
+
+    def __init__(self, in_channels: int, dim: int, patch_size: int):
+        layers: list[nn.Module] = []
+        width = in_channels
+        for i in range(patch_size.bit_length() - 1):
+            out = min(dim, 32 * 2**i)
+            layers += [nn.Conv2d(width, out, 3, 2, 1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            width = out
+        super().__init__(*layers, nn.Conv2d(width, dim, 1))
+
+    def reset_parameters(self) -> None:
+        for m in self.modules():
+            if m is not self and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: one fused qkv projection, SDPA (fused kernels), GELU MLP."""
 
@@ -81,7 +102,10 @@ class VisionEncoder(nn.Module):
         self.grid = (cfg.image_size // cfg.patch_size, cfg.image_size // cfg.patch_size)
         num_patches = self.grid[0] * self.grid[1]
 
-        self.patch_embed = nn.Conv2d(cfg.in_channels, cfg.embed_dim, cfg.patch_size, cfg.patch_size)
+        if cfg.stem == "conv":
+            self.patch_embed: nn.Module = ConvStem(cfg.in_channels, cfg.embed_dim, cfg.patch_size)
+        else:
+            self.patch_embed = nn.Conv2d(cfg.in_channels, cfg.embed_dim, cfg.patch_size, cfg.patch_size)
         if cfg.pos_embed == "learned":
             self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, cfg.embed_dim))
         else:  # fixed: not saved in checkpoints, always recomputed
@@ -95,6 +119,8 @@ class VisionEncoder(nn.Module):
         self.norm = nn.LayerNorm(cfg.embed_dim)
 
         self.apply(self._init_weights)
+        if isinstance(self.patch_embed, ConvStem):
+            self.patch_embed.reset_parameters()
         if cfg.pos_embed == "learned":
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
@@ -103,7 +129,7 @@ class VisionEncoder(nn.Module):
         if isinstance(m, nn.Linear):
             nn.init.trunc_normal_(m.weight, std=0.02)
             nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Conv2d):  # like a Linear on flattened patches (MAE)
+        elif isinstance(m, nn.Conv2d) and m.kernel_size == m.stride:  # patchify: a Linear on patches (MAE)
             nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
             nn.init.zeros_(m.bias)
 
@@ -142,14 +168,19 @@ class VisionEncoder(nn.Module):
         return table.to(device=self.pos_embed.device, dtype=self.pos_embed.dtype)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if upcast_bf16(images):  # see cpu_bf16
+        if upcast_bf16(images) and isinstance(self.patch_embed, ConvStem):  # small convs: fp32 (see cpu_bf16)
+            with torch.autocast("cpu", enabled=False):
+                x = self.patch_embed(images.float()).to(torch.bfloat16)
+        elif upcast_bf16(images):  # see cpu_bf16
             with torch.autocast("cpu", enabled=False):
                 x = F.conv2d(*bf16_rounded(images, self.patch_embed.weight, self.patch_embed.bias),
                              stride=self.patch_size).to(torch.bfloat16)
         else:
             x = self.patch_embed(images)  # (B, D, rows, cols)
         rows, cols = x.shape[-2:]
-        x = self.drop(x.flatten(2).transpose(1, 2) + self._position(rows, cols))
+        position = self._position(rows, cols)
+        x = self.drop(x.flatten(2).transpose(1, 2) + position)
         for block in self.blocks:
             x = block(x)
-        return self.norm(x)
+        x = self.norm(x)
+        return x + position if self.config.output_pos else x
