@@ -64,10 +64,12 @@ class LoadSampler:
 # ---- evaluation ----------------------------------------------------------------------------------------
 
 
-def test_scenes(n: int, seed: int, image_size: int) -> Any:
+def test_scenes(n: int, seed: int, config: Any) -> Any:
+    """Held-out scenes at the model's image size and normalisation (``config``: the model's config)."""
     from geometry_os.systems.pixel_llm.components import get_component
 
-    return get_component("dataset", "shapes").build({"n": n, "seed": seed, "split": "test", "image_size": image_size})
+    return get_component("dataset", "shapes").build({"n": n, "seed": seed, "split": "test", "image_size": config.image_size,
+                                                     "mean": config.image_mean, "std": config.image_std})
 
 
 def score(predictions: list[str], test_set: Any) -> dict[str, Any]:
@@ -96,8 +98,8 @@ def images_of(test_set: Any) -> Any:
     return torch.stack([test_set[i]["image"] for i in range(len(test_set))])
 
 
-def evaluate_checkpoint(folder: Path, test_set: Any, batch_size: int = 100) -> dict[str, Any]:
-    """Greedy captions of every test scene by the checkpoint in ``folder``."""
+def evaluate_checkpoint(folder: Path, n: int, seed: int, batch_size: int = 100) -> dict[str, Any]:
+    """Greedy captions of ``n`` test scenes by the checkpoint in ``folder``."""
     from geometry_os.systems.pixel_llm.inference import GenerationConfig, generate_caption
     from geometry_os.systems.pixel_llm.model import PixelLLM
 
@@ -106,6 +108,7 @@ def evaluate_checkpoint(folder: Path, test_set: Any, batch_size: int = 100) -> d
     c = model.config
     generation = GenerationConfig(max_length=c.max_seq_len, bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id,
                                   pad_token_id=c.pad_token_id, strategy="greedy", return_dict_in_generate=True)
+    test_set = test_scenes(n, seed, c)
     images = images_of(test_set)
     predictions: list[str] = []
     for start in range(0, len(images), batch_size):
@@ -160,13 +163,12 @@ def run_ours(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         subprocess.run(command, check=True)
     result: dict[str, Any] = {"command": " ".join(command), "wall_s": round(time.perf_counter() - start, 1),
                               "load_average": load.summary(), **training_summary(run_dir)}
-    test_set = test_scenes(args.eval_n, args.eval_seed, 64)
     for name in ("best", "latest"):
         folder = run_dir / name
         if name == "latest":
             folder = run_dir / json.loads((run_dir / "latest").read_text())["checkpoint"]
         if folder.is_dir():
-            result[f"test_{name}"] = evaluate_checkpoint(folder, test_set)
+            result[f"test_{name}"] = evaluate_checkpoint(folder, args.eval_n, args.eval_seed)
     return result
 
 
@@ -190,7 +192,8 @@ def run_hf(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     t = config.trainer
     start = time.perf_counter()
     train_set = get_component("dataset", "shapes").build(
-        {"n": args.num_scenes, "seed": t.seed, "split": "train", "image_size": config.image_size})
+        {"n": args.num_scenes, "seed": t.seed, "split": "train", "image_size": config.image_size,
+         "mean": config.image_mean, "std": config.image_std})
     tokenizer = train_set.tokenizer
     data_s = time.perf_counter() - start
     torch.manual_seed(t.seed)
@@ -232,7 +235,7 @@ def run_hf(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     log.write(json.dumps({"step": step, "epoch": epoch, "loss": loss.item(), "lr": lr, "train_time_s": clock["t"]}) + "\n")
     log.close()
     model.eval()
-    test_set = test_scenes(args.eval_n, args.eval_seed, config.image_size)
+    test_set = test_scenes(args.eval_n, args.eval_seed, config)
     images = images_of(test_set)
     predictions: list[str] = []
     with torch.inference_mode():
@@ -268,7 +271,7 @@ def plot(results: list[str], out: str) -> None:
         label = f"{name}, seed {result['seed']}: {100 * head.get('exact_match', 0):.1f} % exact"
         ax.plot([r["train_time_s"] for r in rows], [r["loss"] for r in rows], label=label, lw=1.2)
     ax.set_yscale("log")
-    ax.set_xlabel("training time (s), 2 shared CPU cores")
+    ax.set_xlabel("training time (s), 2 CPU cores")
     ax.set_ylabel("training loss (token CE)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

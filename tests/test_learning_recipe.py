@@ -82,3 +82,50 @@ def test_cli_uses_the_mix_for_training_scenes_only(tmp_path):
     assert result.exit_code == 0, result.output
     state = json.loads((out / "step-00000002" / "trainer_state.json").read_text())
     assert state["trainer_config"]["synthetic_shape_weights"] == [0, 0, 1]
+
+
+def test_recommended_config_picks_the_conv_stem_and_unit_pixels():
+    config = load_config(ROOT / "configs" / "shapes_small.toml", (), "small")
+    assert config.encoder_config().stem == "conv"
+    assert config.image_mean == (0.0, 0.0, 0.0) and config.image_std == (1.0, 1.0, 1.0)
+    assert (config.vision_embed_dim, config.vision_num_layers, config.text_num_layers) == (192, 4, 4)  # the preset's
+
+
+def test_training_and_captioning_normalise_images_as_the_model_config_says(tmp_path):
+    """The model config's image_mean/std reach the training scenes, a caption file's images and the
+    checkpoint, so that captioning later sees the pixels the model was trained on."""
+    import torch
+
+    from geometry_os.plugins.amp_trainer.cli import _datasets
+    from geometry_os.systems.pixel_llm.captioning import preprocessing_config
+    from geometry_os.systems.pixel_llm.model import PixelLLM
+
+    unit = ["image_mean=[0,0,0]", "image_std=[1,1,1]"]
+    config = load_config(None, unit, "tiny")
+    train_set, val_set, _ = _datasets(config, None, None, None, 20)
+    for dataset in (train_set, val_set):
+        images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+        assert images.min() == 0.0 and images.max() == 1.0  # black background, white shapes: pixels / 255
+    default_set, _, _ = _datasets(load_config(None, [], "tiny"), None, None, None, 20)
+    assert default_set[0]["image"].min() < -1.5  # ImageNet normalisation: black is about -2
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, [
+        "pixel-llm", "train", "--preset", "tiny", "--num-scenes", "30", "--quiet", "--out", str(out),
+        "--set", "trainer.max_steps=1", "--set", "trainer.batch_size=8", "--set", "trainer.use_amp=false",
+        *[arg for item in unit for arg in ("--set", item)]], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    model, _ = PixelLLM.from_pretrained(out / "step-00000001")
+    assert preprocessing_config(model).mean == (0.0, 0.0, 0.0) and preprocessing_config(model).std == (1.0, 1.0, 1.0)
+
+
+def test_demo_trains_with_the_recommended_recipe():
+    from geometry_os.plugins.commands.demo import FULL
+
+    demo = load_config(None, FULL["overrides"], FULL["preset"])
+    recipe = load_config(ROOT / "configs" / "shapes_small.toml", (), "small")
+    assert demo.model_dict() == recipe.model_dict()
+    same = ("learning_rate", "batch_size", "warmup_steps", "lr_scheduler", "lr_decay_over", "weight_decay",
+            "adam_beta1", "adam_beta2", "max_grad_norm", "use_amp")
+    assert {k: getattr(demo.trainer, k) for k in same} == {k: getattr(recipe.trainer, k) for k in same}
+    assert demo.trainer.max_time_s <= recipe.trainer.max_time_s  # the demo leaves room for its evaluation

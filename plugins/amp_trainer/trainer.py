@@ -161,7 +161,9 @@ class PixelLLMTrainer(CheckpointMixin):
         self._time_up = cfg.max_time_s is not None and self.train_time_s >= cfg.max_time_s
         self._session_start = time.perf_counter() - self.train_time_s
         self._log_mark = (time.perf_counter(), 0)
-        self._progress = Progress(self.total_steps, self.global_step, self.world.is_main, self.quiet)
+        # With a time budget the step count is not what ends the run: no step total on the bar then.
+        timed = cfg.max_time_s is not None
+        self._progress = Progress(None if timed else self.total_steps, self.global_step, self.world.is_main, self.quiet)
         if cfg.use_amp and self.amp_dtype is None:
             self._progress.line("use_amp: this CPU has no native bf16, training in fp32 (amp_dtype='bfloat16' forces it)")
         try:
@@ -326,7 +328,9 @@ class PixelLLMTrainer(CheckpointMixin):
                   "images_per_s": rate, "train_time_s": self.train_time_s}
         self.log.write(record)
         if self._progress is not None:
-            self._progress.line(f"step {self.global_step}/{self.total_steps}  loss {loss:.4f}  lr {lr:.2e}  {rate:.0f} img/s")
+            budget, step = self.config.max_time_s, self.global_step
+            where = f"{step}/{self.total_steps}" if budget is None else f"{step} ({self.train_time_s:.0f}/{budget:.0f} s)"
+            self._progress.line(f"step {where}  loss {loss:.4f}  lr {lr:.2e}  {rate:.0f} img/s")
 
     def _after_step(self, epoch_end: bool) -> None:
         """Validate and save on their step intervals, or at the end of an epoch when no interval is set."""

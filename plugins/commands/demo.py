@@ -22,6 +22,9 @@ FULL = {
     "num_scenes": 30_000,
     "eval_scenes": 500,
     "overrides": [  # configs/shapes_small.toml, with the time budget leaving room for evaluation
+        "image_mean=[0,0,0]",
+        "image_std=[1,1,1]",
+        "encoder_options.stem=conv",
         "trainer.learning_rate=0.001",
         "trainer.batch_size=32",
         "trainer.warmup_steps=20",
@@ -93,7 +96,8 @@ def evaluate_by_shapes(model: Any, tokenizer: Any, n: int, seed: int) -> tuple[d
     from geometry_os.systems.pixel_llm.metrics import caption_metrics, normalize
 
     test = get_component("dataset", "shapes").build(
-        {"n": n, "seed": seed, "split": "test", "image_size": model.config.image_size}, tokenizer=tokenizer
+        {"n": n, "seed": seed, "split": "test", "image_size": model.config.image_size,
+         "mean": model.config.image_mean, "std": model.config.image_std}, tokenizer=tokenizer
     )
     predictions: list[str] = []
     for start in range(0, len(test), 64):
