@@ -18,7 +18,7 @@ import torch
 
 from geometry_os.systems.pixel_llm.inference import GenerationConfig, GenerationOutput
 
-from .common import NEG_INF, assemble_output, generation_length, log_softmax, needs_prefix, process_logits
+from .common import NEG_INF, assemble_output, generation_length, log_softmax, needs_prefix, process_logits, survivors
 
 
 class _History:
@@ -162,15 +162,13 @@ class BeamSearchDecoding:
 
             kept = None  # positions of the images still running (None: all)
             if pool.filled:  # an image may be done only once it has finished captions
-                done = self._is_done(pool, images, beam_scores[:, 0], t, max_len, config)
-                if bool(done.any()):  # finished images leave the batch
-                    alive = ~done
-                    if not bool(alive.any()):
+                kept = survivors(self._is_done(pool, images, beam_scores[:, 0], t, max_len, config))
+                if kept is not None:  # finished images leave the batch
+                    if kept.numel() == 0:
                         break
-                    images, beam_scores = images[alive], beam_scores[alive]
-                    row_alive = alive.repeat_interleave(K)
-                    rows, running = rows[row_alive], running.take(row_alive)
-                    kept = alive.nonzero().squeeze(1)
+                    images, beam_scores = images[kept], beam_scores[kept]
+                    kept_rows = (kept[:, None] * K + torch.arange(K, device=device)).view(-1)  # K beams each
+                    rows, running = rows[kept_rows], running.take(kept_rows)
             if hasattr(cache, "reorder_groups"):  # K rows per image, each from its own image's rows
                 cache.reorder_groups(rows, kept)
             else:

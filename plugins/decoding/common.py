@@ -93,6 +93,14 @@ def length_penalised(sum_logprobs: torch.Tensor, generated: torch.Tensor | int, 
     return sum_logprobs / generated.clamp(min=1).to(sum_logprobs.dtype) ** penalty
 
 
+def survivors(done: torch.Tensor) -> torch.Tensor | None:
+    """Positions of the rows that are not ``done``, or None when no row is done (nothing to drop).
+    Empty means every row is done. Costs a host sync (two when some row is done)."""
+    if not bool(done.any()):
+        return None
+    return (~done).nonzero().squeeze(1)
+
+
 def caption_lengths(sequences: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     """Tokens per row up to and including the first ``<eos>`` after ``<bos>`` (all, if none)."""
     is_eos = sequences[:, 1:] == eos_token_id

@@ -12,7 +12,7 @@ import torch
 
 from geometry_os.systems.pixel_llm.inference import GenerationConfig, GenerationOutput
 
-from .common import assemble_output, generation_length, log_softmax, needs_prefix, process_logits
+from .common import assemble_output, generation_length, log_softmax, needs_prefix, process_logits, survivors
 
 
 class GreedyDecoding:
@@ -63,9 +63,8 @@ class GreedyDecoding:
                     full[active] = attn
                     attentions.append(full.float())
                 if t >= config.min_length:  # <eos> is banned before: nothing can finish (no host sync)
-                    finished = chosen == config.eos_token_id
-                    if bool(finished.any()):  # drop finished rows from the batch
-                        keep = (~finished).nonzero().squeeze(1)
+                    keep = survivors(chosen == config.eos_token_id)
+                    if keep is not None:  # drop finished rows from the batch
                         if keep.numel() == 0:
                             break
                         cache.reorder(keep)
