@@ -116,6 +116,11 @@ def test_conv_stem_keeps_the_patch_grid_and_sees_across_patch_borders():
             assert bool(delta > 1e-6) is reaches, stem
 
 
+def test_conv_stem_refuses_sides_that_are_not_multiples_of_the_patch():
+    with pytest.raises(ValueError, match="multiples of patch_size=8"):
+        make(stem="conv")(torch.randn(1, 3, 36, 32))
+
+
 def test_conv_stem_trains_and_round_trips(tmp_path):
     enc = make(stem="conv").train()
     enc(torch.randn(4, 3, 32, 32)).square().mean().backward()

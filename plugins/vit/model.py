@@ -129,7 +129,8 @@ class VisionEncoder(nn.Module):
         if isinstance(m, nn.Linear):
             nn.init.trunc_normal_(m.weight, std=0.02)
             nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Conv2d) and m.kernel_size == m.stride:  # patchify: a Linear on patches (MAE)
+        elif isinstance(m, nn.Conv2d) and m.kernel_size == m.stride:  # patchify: a Linear on patches (MAE);
+            # also the conv stem's final 1x1 conv, which ConvStem.reset_parameters re-initialises after
             nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
             nn.init.zeros_(m.bias)
 
@@ -168,6 +169,11 @@ class VisionEncoder(nn.Module):
         return table.to(device=self.pos_embed.device, dtype=self.pos_embed.dtype)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.patch_embed, ConvStem) and (images.shape[-2] % self.patch_size or images.shape[-1] % self.patch_size):
+            # padded stride-2 convs round up where a patchify conv drops the remainder: the grid would
+            # no longer be patch_grid()
+            raise ValueError(f"stem='conv' needs image sides that are multiples of patch_size={self.patch_size}, "
+                             f"got {tuple(images.shape[-2:])}")
         if upcast_bf16(images) and isinstance(self.patch_embed, ConvStem):  # small convs: fp32 (see cpu_bf16)
             with torch.autocast("cpu", enabled=False):
                 x = self.patch_embed(images.float()).to(torch.bfloat16)
