@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 
 from pydantic import BaseModel, ValidationError
 
-from geometry_os.errors import ComponentError, ConfigError, format_validation_error
+from geometry_os.errors import ComponentError, ConfigError, first_line, format_validation_error
 
 
 @dataclass
@@ -42,7 +42,7 @@ class Component:
                         obj = getattr(obj, part)
                 except Exception as exc:  # a plugin's import error, named
                     raise ComponentError(
-                        f"{self.label}: cannot load factory {self.factory!r}: {type(exc).__name__}: {_first_line(exc)}"
+                        f"{self.label}: cannot load factory {self.factory!r}: {type(exc).__name__}: {first_line(exc)}"
                     ) from exc
                 if not callable(obj):
                     raise ComponentError(f"{self.label}: factory {self.factory!r} is not callable")
@@ -74,7 +74,7 @@ class Component:
         except (ComponentError, ConfigError):
             raise
         except Exception as exc:
-            raise ComponentError(f"{self.label} failed to build: {type(exc).__name__}: {_first_line(exc)}") from exc
+            raise ComponentError(f"{self.label} failed to build: {type(exc).__name__}: {first_line(exc)}") from exc
 
 
 class ComponentRegistry:
@@ -123,11 +123,6 @@ class ComponentRegistry:
             return self._by_kind[kind]
         except KeyError:
             raise ComponentError(f"unknown component kind {kind!r}; kinds: {', '.join(self.kinds)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    """An exception's first non-empty line (torch appends C++ stack traces to some messages)."""
-    return next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
 
 
 def _plural(kind: str) -> str:

@@ -30,6 +30,11 @@ class CheckpointError(GeometryOSError, ValueError):
     """A checkpoint is missing, incomplete, mismatched or unsafe."""
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's first non-empty line (torch appends C++ stack traces and advice to some messages)."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+
+
 def one_line(exc: BaseException) -> str:
     """Collapse an exception message to one line (pydantic errors get a compact form)."""
     from pydantic import ValidationError

@@ -53,13 +53,12 @@ def check_device(device: str) -> None:
     """``--device`` names a device this machine has (else one line, not torch's traceback)."""
     import torch
 
-    from geometry_os.errors import ConfigError
+    from geometry_os.errors import ConfigError, first_line
 
     try:
         torch.empty(0, device=device)
     except Exception as exc:  # RuntimeError (no such type / no driver), NotImplementedError, AssertionError
-        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise ConfigError(f"--device {device!r}: {reason}") from None
+        raise ConfigError(f"--device {device!r}: {first_line(exc) or type(exc).__name__}") from None
 
 
 def load_checkpoint(path: str, device: str) -> tuple[Any, Any]:

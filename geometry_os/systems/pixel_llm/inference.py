@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 import torch
 
-from geometry_os.errors import ComponentError, GeometryOSError
+from geometry_os.errors import ComponentError, GeometryOSError, first_line
 
 from .components import get_component
 from .generation_config import GenerationConfig
@@ -87,8 +87,9 @@ def generate_caption(
             except GeometryOSError:
                 raise
             except Exception as exc:  # a plugin's bug: name it (the cause keeps the traceback)
-                first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
-                raise ComponentError(f"{component.label} failed while decoding: {type(exc).__name__}: {first}") from exc
+                raise ComponentError(
+                    f"{component.label} failed while decoding: {type(exc).__name__}: {first_line(exc)}"
+                ) from exc
     finally:
         model.train(was_training)
     if not isinstance(getattr(out, "sequences", None), torch.Tensor):
