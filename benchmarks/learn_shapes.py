@@ -68,8 +68,7 @@ def test_scenes(n: int, seed: int, config: Any) -> Any:
     """Held-out scenes at the model's image size and normalisation (``config``: the model's config)."""
     from geometry_os.systems.pixel_llm.components import get_component
 
-    return get_component("dataset", "shapes").build({"n": n, "seed": seed, "split": "test", "image_size": config.image_size,
-                                                     "mean": config.image_mean, "std": config.image_std})
+    return get_component("dataset", "shapes").build({"n": n, "seed": seed, "split": "test", **config.image_options()})
 
 
 def score(predictions: list[str], test_set: Any) -> dict[str, Any]:
@@ -192,8 +191,7 @@ def run_hf(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     t = config.trainer
     start = time.perf_counter()
     train_set = get_component("dataset", "shapes").build(
-        {"n": args.num_scenes, "seed": t.seed, "split": "train", "image_size": config.image_size,
-         "mean": config.image_mean, "std": config.image_std})
+        {"n": args.num_scenes, "seed": t.seed, "split": "train", **config.image_options()})
     tokenizer = train_set.tokenizer
     data_s = time.perf_counter() - start
     torch.manual_seed(t.seed)

@@ -147,8 +147,7 @@ def _datasets(config: Any, data_path: str | None, val_path: str | None, tokenize
         from geometry_os.systems.pixel_llm.components import get_component
 
         shapes = get_component("dataset", "shapes")
-        common = {"seed": config.trainer.seed, "image_size": config.image_size,
-                  "mean": config.image_mean, "std": config.image_std}
+        common = {"seed": config.trainer.seed, **config.image_options()}
         mix = config.trainer.synthetic_shape_weights
         train_set = shapes.build({**common, "n": num_scenes, "split": "train", "shape_weights": mix}, tokenizer=tokenizer)
         val_n = max(1, min(1000, num_scenes // 10))
@@ -157,8 +156,7 @@ def _datasets(config: Any, data_path: str | None, val_path: str | None, tokenize
     from geometry_os.systems.pixel_llm.data import ImageTextDataset, read_caption_file
     from geometry_os.systems.pixel_llm.data_config import DatasetConfig
 
-    dataset_config = DatasetConfig(image_size=config.image_size, max_length=config.max_seq_len,
-                                   mean=config.image_mean, std=config.image_std)  # what captioning will use
+    dataset_config = DatasetConfig(max_length=config.max_seq_len, **config.image_options())  # as captioning
     if tokenizer is None:
         from geometry_os.systems.pixel_llm.components import get_component
 

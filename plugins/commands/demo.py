@@ -96,8 +96,7 @@ def evaluate_by_shapes(model: Any, tokenizer: Any, n: int, seed: int) -> tuple[d
     from geometry_os.systems.pixel_llm.metrics import caption_metrics, normalize
 
     test = get_component("dataset", "shapes").build(
-        {"n": n, "seed": seed, "split": "test", "image_size": model.config.image_size,
-         "mean": model.config.image_mean, "std": model.config.image_std}, tokenizer=tokenizer
+        {"n": n, "seed": seed, "split": "test", **model.config.image_options()}, tokenizer=tokenizer
     )
     predictions: list[str] = []
     for start in range(0, len(test), 64):

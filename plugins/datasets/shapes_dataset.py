@@ -12,7 +12,7 @@ import torch
 
 from geometry_os.plugins.datasets.shapes import VOCABULARY, caption, make_split, render_scene
 from geometry_os.systems.pixel_llm.data import CaptionedImages, CaptionRecord, CaptionTokens, resolve_tokenizer
-from geometry_os.systems.pixel_llm.data_config import DatasetConfig
+from geometry_os.systems.pixel_llm.data_config import IMAGENET_MEAN, IMAGENET_STD, DatasetConfig
 
 
 def default_tokenizer() -> Any:
@@ -32,7 +32,7 @@ class ShapesDataset(CaptionedImages):
 
     def __init__(self, n: int, seed: int = 0, image_size: int = 64, split: str = "train", tokenizer: Any = None,
                  max_length: int = DatasetConfig().max_length, shape_weights: Sequence[float] | None = None,
-                 mean: Sequence[float] = DatasetConfig().mean, std: Sequence[float] = DatasetConfig().std):
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
         self.config = DatasetConfig(image_size=image_size, max_length=max_length, mean=tuple(mean), std=tuple(std))
         self.seed, self.split = seed, split
         self.scenes = make_split(n, seed, split, shape_weights=shape_weights)

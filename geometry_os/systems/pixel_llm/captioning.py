@@ -48,8 +48,7 @@ def expand_image_args(args: Sequence[str]) -> list[Path]:
 
 def preprocessing_config(model: Any) -> DatasetConfig:
     """Resize and normalise exactly as the model was trained (its config records size, mean, std)."""
-    c = model.config
-    return DatasetConfig(image_size=c.image_size, mean=c.image_mean, std=c.image_std)
+    return DatasetConfig(**model.config.image_options())
 
 
 @dataclass

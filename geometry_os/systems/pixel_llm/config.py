@@ -210,6 +210,11 @@ class PixelLLMConfig(StrictModel):
             return self.cross_attention_dim or self.vision_embed_dim
         return getattr(self, name)
 
+    def image_options(self) -> dict[str, Any]:
+        """Size and normalisation of the images this model expects: ``DatasetConfig`` / ``shapes`` options,
+        the same for training, evaluation and captioning."""
+        return {"image_size": self.image_size, "mean": self.image_mean, "std": self.image_std}
+
     def model_dict(self) -> dict[str, Any]:
         """The model part (no trainer section), as written to a checkpoint's config.json."""
         return self.model_dump(mode="json", exclude={"trainer"})
