@@ -193,10 +193,11 @@ def _check_state_types(state: dict[str, Any], path: Path) -> None:
     def number(value: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
 
+    count = (lambda v: number(v) and isinstance(v, int) and v >= 0, "a non-negative integer")
     checks = {
-        "global_step": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a non-negative integer"),
-        "epoch": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a non-negative integer"),
-        "batch_in_epoch": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a non-negative integer"),
+        "global_step": count,
+        "epoch": count,
+        "batch_in_epoch": count,
         "train_time_s": (lambda v: number(v) and v >= 0, "a non-negative number"),
         "best_metric": (lambda v: v is None or number(v), "a number or null"),
         "best_val_loss": (lambda v: v is None or number(v), "a number or null"),

@@ -162,8 +162,8 @@ class PixelLLMTrainer(CheckpointMixin):
         self._session_start = time.perf_counter() - self.train_time_s
         self._log_mark = (time.perf_counter(), 0)
         # A time budget without max_steps ends the run long before the epochs' step count: no total then.
-        open_ended = cfg.max_time_s is not None and cfg.max_steps is None
-        self._progress = Progress(None if open_ended else self.total_steps, self.global_step, self.world.is_main, self.quiet)
+        self._shown_total = None if cfg.max_time_s is not None and cfg.max_steps is None else self.total_steps
+        self._progress = Progress(self._shown_total, self.global_step, self.world.is_main, self.quiet)
         if cfg.use_amp and self.amp_dtype is None:
             self._progress.line("use_amp: this CPU has no native bf16, training in fp32 (amp_dtype='bfloat16' forces it)")
         try:
@@ -328,8 +328,8 @@ class PixelLLMTrainer(CheckpointMixin):
                   "images_per_s": rate, "train_time_s": self.train_time_s}
         self.log.write(record)
         if self._progress is not None:
-            budget, step = self.config.max_time_s, self.global_step
-            where = f"{step}" if budget is not None and self.config.max_steps is None else f"{step}/{self.total_steps}"
+            budget, total = self.config.max_time_s, self._shown_total
+            where = f"{self.global_step}" + (f"/{total}" if total is not None else "")
             if budget is not None:
                 where += f" ({self.train_time_s:.0f}/{budget:.0f} s)"
             self._progress.line(f"step {where}  loss {loss:.4f}  lr {lr:.2e}  {rate:.0f} img/s")

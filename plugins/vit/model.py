@@ -168,21 +168,23 @@ class VisionEncoder(nn.Module):
         table = sincos_2d(self.embed_dim, rows, cols)[None]
         return table.to(device=self.pos_embed.device, dtype=self.pos_embed.dtype)
 
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The stem: (B, C, H, W) -> (B, D, rows, cols)."""
+        if not upcast_bf16(images):
+            return self.patch_embed(images)
+        with torch.autocast("cpu", enabled=False):  # emulated bf16, see cpu_bf16
+            if isinstance(self.patch_embed, ConvStem):  # small convs: plain fp32
+                return self.patch_embed(images.float()).to(torch.bfloat16)
+            weight, bias = self.patch_embed.weight, self.patch_embed.bias
+            return F.conv2d(*bf16_rounded(images, weight, bias), stride=self.patch_size).to(torch.bfloat16)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if isinstance(self.patch_embed, ConvStem) and (images.shape[-2] % self.patch_size or images.shape[-1] % self.patch_size):
             # padded stride-2 convs round up where a patchify conv drops the remainder: the grid would
             # no longer be patch_grid()
             raise ValueError(f"stem='conv' needs image sides that are multiples of patch_size={self.patch_size}, "
                              f"got {tuple(images.shape[-2:])}")
-        if upcast_bf16(images) and isinstance(self.patch_embed, ConvStem):  # small convs: fp32 (see cpu_bf16)
-            with torch.autocast("cpu", enabled=False):
-                x = self.patch_embed(images.float()).to(torch.bfloat16)
-        elif upcast_bf16(images):  # see cpu_bf16
-            with torch.autocast("cpu", enabled=False):
-                x = F.conv2d(*bf16_rounded(images, self.patch_embed.weight, self.patch_embed.bias),
-                             stride=self.patch_size).to(torch.bfloat16)
-        else:
-            x = self.patch_embed(images)  # (B, D, rows, cols)
+        x = self._embed(images)
         rows, cols = x.shape[-2:]
         position = self._position(rows, cols)
         x = self.drop(x.flatten(2).transpose(1, 2) + position)
