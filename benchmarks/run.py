@@ -216,6 +216,14 @@ def spread(d: dict, key: str) -> str:
     return f"{d[key]:.3g} ({d['min']:.3g}-{d['max']:.3g})"
 
 
+def table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    """A Markdown table and a blank line after it; nothing for no rows."""
+    if not rows:
+        return []
+    body = ["| " + " | ".join(str(c) for c in row) + " |" for row in [header, *rows]]
+    return [body[0], "|" + "---|" * len(header), *body[1:], ""]
+
+
 def markdown(results: dict) -> str:
     meta = results["meta"]
     lines = [f"Machine: {meta['machine']}; load average before / after: {meta['load_before']} / "
@@ -226,33 +234,25 @@ def markdown(results: dict) -> str:
         p = results["peaks"]
         lines += [f"Measured matmul peak: fp32 (2048^3) {p['fp32'] / 1e9:.0f} GFLOP/s, "
                   f"bf16 (1024^3, emulated) {p['bf16'] / 1e9:.1f} GFLOP/s.", ""]
-    if results.get("train"):
-        lines += ["| training | batch | ours images/s | HF images/s | ours/HF | MFU ours | MFU HF |",
-                  "|---|---|---|---|---|---|---|"]
-        for r in results["train"]:
-            o, h = r["ours"], r["hf"]
-            mfu = [f"{100 * d['mfu']:.1f}%" for d in (o, h)]
-            if r["dtype"] == "bf16":  # against an emulated bf16 peak the figure says little: add fp32's
-                mfu = [f"{m} ({100 * d['achieved_flops'] / results['peaks']['fp32']:.0f}% of fp32 peak)"
-                       for m, d in zip(mfu, (o, h))]
-            lines.append(f"| {r['preset']} {r['dtype']} | {r['batch']} | {spread(o, 'images_per_s')} | "
-                         f"{spread(h, 'images_per_s')} | **{r['ratio']:.2f}x** | {mfu[0]} | {mfu[1]} |")
-        lines.append("")
-    if results.get("generate"):
-        lines += ["| generation (24 new tokens, fp32) | batch | ours captions/s | HF captions/s | ours/HF |",
-                  "|---|---|---|---|---|"]
-        for r in results["generate"]:
-            o, h = r["ours"], r["hf"]
-            lines.append(f"| {r['preset']} {r['decoding']} | {r['batch']} | {spread(o, 'captions_per_s')} | "
-                         f"{spread(h, 'captions_per_s')} | **{r['ratio']:.2f}x** |")
-        lines.append("")
-    if results.get("memory"):
-        lines += ["| peak RSS, fp32 training (own process) | batch | ours MiB | HF MiB | ours/HF |",
-                  "|---|---|---|---|---|"]
-        for r in results["memory"]:
-            lines.append(f"| {r['preset']} | {r['batch']} | {r['ours']['peak_rss_mib']:.0f} | "
-                         f"{r['hf']['peak_rss_mib']:.0f} | **{r['ratio']:.2f}x** |")
-        lines.append("")
+    def ratio(r: dict) -> str:
+        return f"**{r['ratio']:.2f}x**"
+
+    def mfu(r: dict) -> list[str]:
+        cells = [f"{100 * r[n]['mfu']:.1f}%" for n in ("ours", "hf")]
+        if r["dtype"] == "bf16":  # against an emulated bf16 peak the figure says little: add fp32's
+            cells = [f"{c} ({100 * r[n]['achieved_flops'] / results['peaks']['fp32']:.0f}% of fp32 peak)"
+                     for c, n in zip(cells, ("ours", "hf"))]
+        return cells
+
+    lines += table(["training", "batch", "ours images/s", "HF images/s", "ours/HF", "MFU ours", "MFU HF"],
+                   [[f"{r['preset']} {r['dtype']}", r["batch"], spread(r["ours"], "images_per_s"),
+                     spread(r["hf"], "images_per_s"), ratio(r), *mfu(r)] for r in results.get("train", [])])
+    lines += table(["generation (24 new tokens, fp32)", "batch", "ours captions/s", "HF captions/s", "ours/HF"],
+                   [[f"{r['preset']} {r['decoding']}", r["batch"], spread(r["ours"], "captions_per_s"),
+                     spread(r["hf"], "captions_per_s"), ratio(r)] for r in results.get("generate", [])])
+    lines += table(["peak RSS, fp32 training (own process)", "batch", "ours MiB", "HF MiB", "ours/HF"],
+                   [[r["preset"], r["batch"], f"{r['ours']['peak_rss_mib']:.0f}", f"{r['hf']['peak_rss_mib']:.0f}",
+                     ratio(r)] for r in results.get("memory", [])])
     return "\n".join(lines)
 
 
