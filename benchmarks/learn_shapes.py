@@ -73,17 +73,15 @@ def test_scenes(n: int, seed: int, config: Any) -> Any:
 
 def score(predictions: list[str], test_set: Any) -> dict[str, Any]:
     """Exact match overall and per number of shapes, plus a few wrong captions to look at."""
+    from geometry_os.plugins.datasets.shapes import exact_match_by_shapes
     from geometry_os.systems.pixel_llm.metrics import caption_metrics, normalize
 
     references = [[c] for c in test_set.captions]
     metrics = caption_metrics(predictions, references)
     out: dict[str, Any] = {"exact_match": metrics["exact_match"], "bleu_4": metrics["bleu_4"], "n": len(predictions)}
-    counts = [len(scene) for scene in test_set.scenes]
-    for k in sorted(set(counts)):
-        rows = [i for i, c in enumerate(counts) if c == k]
-        hits = sum(normalize(predictions[i]) == normalize(test_set.captions[i]) for i in rows)
-        out[f"exact_match_{k}_shapes"] = hits / len(rows)
-        out[f"n_{k}_shapes"] = len(rows)
+    for k, (em, n) in exact_match_by_shapes(predictions, test_set.captions).items():
+        out[f"exact_match_{k}_shapes"] = em
+        out[f"n_{k}_shapes"] = n
     out["errors"] = [
         {"prediction": p, "reference": r}
         for p, r in zip(predictions, test_set.captions) if normalize(p) != normalize(r)

@@ -265,3 +265,18 @@ def test_commands_on_the_geo_os_cli(made):
     result = CliRunner().invoke(root, ["pixel-llm", "lint-data", str(made / "test.json")])
     assert result.exit_code == 0, result.output
     assert "make-shapes" in CliRunner().invoke(root, ["pixel-llm", "--help"]).output
+
+
+def test_exact_match_by_shapes_groups_by_the_true_captions_shape_count():
+    from geometry_os.plugins.datasets.shapes import caption, exact_match_by_shapes, make_split
+
+    scenes = make_split(60, 5, "test")
+    truths = [caption(s) for s in scenes]
+    assert all(t.split().count("a") == len(s) for t, s in zip(truths, scenes))  # one "a" per shape
+    wrong = {i for i, s in enumerate(scenes) if len(s) == 2}
+    wrong = set(sorted(wrong)[:2])
+    predictions = [("a large red circle" if i in wrong else t.upper() + " ") for i, t in enumerate(truths)]
+    counts = {k: sum(len(s) == k for s in scenes) for k in (1, 2, 3)}
+    assert exact_match_by_shapes(predictions, truths) == {
+        1: (1.0, counts[1]), 2: ((counts[2] - 2) / counts[2], counts[2]), 3: (1.0, counts[3])
+    }

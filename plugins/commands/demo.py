@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +92,8 @@ def evaluate_by_shapes(model: Any, tokenizer: Any, n: int, seed: int) -> tuple[d
 
     from geometry_os.systems.pixel_llm.components import get_component
     from geometry_os.systems.pixel_llm.inference import generate_caption
-    from geometry_os.systems.pixel_llm.metrics import caption_metrics, normalize
+    from geometry_os.plugins.datasets.shapes import exact_match_by_shapes
+    from geometry_os.systems.pixel_llm.metrics import caption_metrics
 
     test = get_component("dataset", "shapes").build(
         {"n": n, "seed": seed, "split": "test", **model.config.image_options()}, tokenizer=tokenizer
@@ -106,10 +106,7 @@ def evaluate_by_shapes(model: Any, tokenizer: Any, n: int, seed: int) -> tuple[d
         ]
     truths = test.captions
     metrics = caption_metrics(predictions, [[t] for t in truths])
-    by_count: dict[int, list[bool]] = defaultdict(list)
-    for prediction, truth in zip(predictions, truths):
-        by_count[truth.split().count("a")].append(normalize(prediction) == normalize(truth))
-    metrics["exact_match_by_shapes"] = {k: sum(v) / len(v) for k, v in sorted(by_count.items())}
+    metrics["exact_match_by_shapes"] = {k: em for k, (em, _) in exact_match_by_shapes(predictions, truths).items()}
     return metrics, test, predictions
 
 

@@ -150,6 +150,17 @@ def caption(scene: Scene) -> str:
     return " ".join(words)
 
 
+def exact_match_by_shapes(predictions: Sequence[str], captions: Sequence[str]) -> dict[int, tuple[float, int]]:
+    """{number of shapes: (exact match, scenes)} of predicted against true captions (normalised as the
+    metrics do); a true caption names one shape per "a"."""
+    from geometry_os.systems.pixel_llm.metrics import normalize
+
+    hits: dict[int, list[bool]] = {}
+    for prediction, caption in zip(predictions, captions):
+        hits.setdefault(caption.split().count("a"), []).append(normalize(prediction) == normalize(caption))
+    return {k: (sum(v) / len(v), len(v)) for k, v in sorted(hits.items())}
+
+
 def scene_key(scene: Scene) -> str:
     """Canonical text of a scene: equal keys mean identical images."""
     return ";".join(f"{s.kind},{s.colour},{s.size},{s.x},{s.y}" for s in scene)
