@@ -21,6 +21,18 @@ def _isolated_host(monkeypatch):
     set_host(previous)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread: the machine has two cores and some suites run child processes alongside
+    (modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_plugin_dist(root: Path, dist: str, version: str, module: str, source: str, ep_name: str | None = None) -> Path:
     """A real installed distribution: ``module.py`` plus ``<dist>-<version>.dist-info`` with an entry point
     in the ``geometry_os.plugins`` group. Put ``root`` on sys.path and importlib.metadata finds it."""

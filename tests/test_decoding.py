@@ -31,16 +31,8 @@ PAD, BOS, EOS = 0, 1, 2
 SEEDS = [0, 1, 2]
 MAX_SEQ = 16
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is fastest, and immune to other processes on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny models: one thread (tests/conftest.py) is fastest, and immune to other processes on a busy machine
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("one_torch_thread")]
 
 
 # ---- tiny models -----------------------------------------------------------------------------------

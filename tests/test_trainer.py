@@ -33,12 +33,7 @@ from geometry_os.systems.pixel_llm.config import TrainerConfig
 from geometry_os.systems.pixel_llm.data import create_dataloader
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 _SHAPES: dict[tuple, object] = {}

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import pytest
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -98,17 +97,6 @@ class Measured:
 
 def run_measured(args: Sequence[str], timeout: float = 300, **kwargs) -> Completed:
     return Measured(args, **kwargs).wait(timeout)
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: the machine has two cores and the suite runs child processes alongside."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ---- assertions -----------------------------------------------------------------------------------

@@ -13,8 +13,9 @@ import pytest
 
 from bad_input_cases import CASES, Workspace, check, outcome_of, run_in_process, start_subprocess
 from render_table import DOC, table_ids
-from reliability_support import one_torch_thread  # noqa: F401  (autouse)
 from reliability_support import write_exif_rotated, write_scene
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -23,10 +23,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from reliability_support import one_torch_thread  # noqa: F401  (autouse)
 from reliability_support import HERE, child_env, geo_os_command
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 SEED = 20251128  # kill plan
 MAX_STEPS = 80

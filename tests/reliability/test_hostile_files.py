@@ -18,7 +18,6 @@ from click.testing import CliRunner
 
 from geometry_os.cli import cli
 from geometry_os.errors import CheckpointError
-from reliability_support import one_torch_thread  # noqa: F401  (autouse)
 from reliability_support import (
     Measured,
     assert_one_line,
@@ -30,6 +29,8 @@ from reliability_support import (
     safetensors_bytes,
     write_scene,
 )
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 FILES = ("model.safetensors", "config.json", "tokenizer.json", "trainer_state.json", "optimizer.pt")
 # Which files each reader opens: the others it must leave alone (and then succeed).

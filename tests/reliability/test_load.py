@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from reliability_support import one_torch_thread  # noqa: F401  (autouse)
 from reliability_support import Measured, child_env, geo_os_command, make_checkpoint
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 N_IMAGES = 1000
 BATCH = 32

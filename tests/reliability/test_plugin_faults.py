@@ -16,8 +16,9 @@ from conftest import make_plugin_dist
 from geometry_os.cli import cli
 from geometry_os.errors import ComponentError, GeometryOSError
 from geometry_os.host import Host, PluginLoadWarning, set_host
-from reliability_support import one_torch_thread  # noqa: F401  (autouse)
 from reliability_support import assert_one_line
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 HEADER = """
 from pydantic import BaseModel, ConfigDict
