@@ -26,11 +26,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hf_reference import build_hf_model  # noqa: E402
 
+from geometry_os.fileio import write_json_atomic  # noqa: E402
 from geometry_os.systems.pixel_llm import create_pixel_llm  # noqa: E402
 from geometry_os.systems.pixel_llm.config import PRESETS  # noqa: E402
 from geometry_os.systems.pixel_llm.inference import GenerationConfig, generate_caption  # noqa: E402
 
 NEW_TOKENS = 24
+# Cheap cases repeat beyond ``repeats`` until each model has run this long (capped): on a noisy
+# machine a median of 3 short runs moves by 20 %, a median of 20 settles.
+MIN_SECONDS = 5.0
+MAX_REPEATS = 40
 # (preset, decoding, batch) cases; greedy at batch 1 and a large batch, beam-5 at batch 1 and 8
 CASES = {
     "tiny": [("greedy", 1), ("greedy", 32), ("beam5", 1), ("beam5", 8)],
@@ -52,7 +57,13 @@ def timed(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[float, 
     return time.perf_counter() - start, out
 
 
-def run_case(ours: Any, hf: Any, preset: str, decoding: str, batch: int, repeats: int, device, dtype) -> dict:
+def summarise(values: list[float]) -> dict[str, float]:
+    values = sorted(values)
+    return {"median": statistics.median(values), "min": values[0], "max": values[-1]}
+
+
+def run_case(ours: Any, hf: Any, preset: str, decoding: str, batch: int, repeats: int, device, dtype,
+             min_seconds: float = MIN_SECONDS) -> dict:
     size = PRESETS[preset]["image_size"]
     images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
     beams = 5 if decoding == "beam5" else 1
@@ -72,18 +83,19 @@ def run_case(ours: Any, hf: Any, preset: str, decoding: str, batch: int, repeats
         _, out = timed(fn, device)
         assert out.shape == (batch, NEW_TOKENS + 1), f"{fn.__name__} gave {tuple(out.shape)}"
     times: dict[str, list[float]] = {"ours": [], "hf": []}
-    for _ in range(repeats):  # alternate, so drifts (clocks, other load) hit both alike
+
+    def more() -> bool:
+        n = len(times["ours"])
+        return n < repeats or (n < MAX_REPEATS and min(map(sum, times.values())) < min_seconds)
+
+    while more():  # alternate, so drifts (clocks, other load) hit both alike
         times["ours"].append(timed(run_ours, device)[0])
         times["hf"].append(timed(run_hf, device)[0])
-    result: dict[str, Any] = {"preset": preset, "decoding": decoding, "batch": batch, "new_tokens": NEW_TOKENS}
+    result: dict[str, Any] = {"preset": preset, "decoding": decoding, "batch": batch, "new_tokens": NEW_TOKENS,
+                              "repeats": len(times["ours"])}
     for name, ts in times.items():
-        rates = sorted(batch / t for t in ts)
-        result[name] = {
-            "captions_per_s": statistics.median(rates),
-            "min": rates[0],
-            "max": rates[-1],
-            "seconds": ts,
-        }
+        s = summarise([batch / t for t in ts])
+        result[name] = {"captions_per_s": s["median"], "min": s["min"], "max": s["max"], "seconds": ts}
     result["ratio"] = result["ours"]["captions_per_s"] / result["hf"]["captions_per_s"]
     return result
 
@@ -172,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         ours = create_pixel_llm(preset=preset).to(device, dtype).eval()
         hf = build_hf_model(PRESETS[preset]).to(device, dtype).eval()
         for decoding, batch in CASES[preset]:
-            res = run_case(ours, hf, preset, decoding, batch, repeats, device, dtype)
+            res = run_case(ours, hf, preset, decoding, batch, repeats, device, dtype, 0.0 if args.quick else MIN_SECONDS)
             results.append(res)
             print(f"  {preset:5s} {decoding:6s} batch {batch:2d}: ours {res['ours']['captions_per_s']:9.1f}  "
                   f"hf {res['hf']['captions_per_s']:9.1f} captions/s  ratio {res['ratio']:.2f}", flush=True)
@@ -189,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
-    print(f"\ncaption generation, {NEW_TOKENS} new tokens, {args.dtype}, {name}, median of {repeats} (min-max)")
+    print(f"\ncaption generation, {NEW_TOKENS} new tokens, {args.dtype}, {name}, median of >= {repeats} (min-max)")
     print(f"| preset | decoding | batch | ours captions/s | HF captions/s | ours/HF |")
     print(f"|---|---|---|---|---|---|")
     for r in results:
@@ -203,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             "device": name, "dtype": args.dtype, "repeats": repeats, "torch": torch.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(),
         }
-        args.out.write_text(json.dumps({"meta": meta, "results": results, "breakdown": breakdowns}, indent=2))
+        write_json_atomic(args.out, {"meta": meta, "results": results, "breakdown": breakdowns})
     return 0
 
 

@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -38,9 +37,10 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_generate import CASES as GENERATE_CASES  # noqa: E402
-from bench_generate import run_case  # noqa: E402
+from bench_generate import MIN_SECONDS, run_case, summarise  # noqa: E402
 from hf_reference import build_hf_model  # noqa: E402
 
+from geometry_os.fileio import atomic_write_text, write_json_atomic  # noqa: E402
 from geometry_os.systems.pixel_llm import create_pixel_llm  # noqa: E402
 from geometry_os.systems.pixel_llm.config import PRESETS  # noqa: E402
 
@@ -115,11 +115,6 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 1.5) -> floa
     return max(rates)
 
 
-def summarise(values: list[float]) -> dict[str, float]:
-    values = sorted(values)
-    return {"median": statistics.median(values), "min": values[0], "max": values[-1]}
-
-
 def bench_train(preset: str, dtype: str, repeats: int, quick: bool, peaks: dict[str, float]) -> dict:
     amp = torch.bfloat16 if dtype == "bf16" else None
     cfg = PRESETS[preset]
@@ -159,12 +154,13 @@ def bench_train(preset: str, dtype: str, repeats: int, quick: bool, peaks: dict[
 # ---- generation ------------------------------------------------------------------------------------
 
 
-def bench_generate(preset: str, repeats: int) -> list[dict]:
+def bench_generate(preset: str, repeats: int, min_seconds: float) -> list[dict]:
     ours, hf = build_models(preset)
     ours, hf = ours.eval(), hf.eval()
     results = []
     for decoding, batch in GENERATE_CASES[preset]:
-        results.append(run_case(ours, hf, preset, decoding, batch, repeats, torch.device("cpu"), torch.float32))
+        results.append(run_case(ours, hf, preset, decoding, batch, repeats, torch.device("cpu"), torch.float32,
+                                min_seconds))
         r = results[-1]
         print(f"  generate {preset:5s} {decoding:6s} b{batch:<2d} ours {r['ours']['captions_per_s']:8.1f} "
               f"hf {r['hf']['captions_per_s']:8.1f} captions/s  ours/HF {r['ratio']:.2f}", flush=True)
@@ -228,7 +224,8 @@ def markdown(results: dict) -> str:
     meta = results["meta"]
     lines = [f"Machine: {meta['machine']}; load average before / after: {meta['load_before']} / "
              f"{meta['load_after']}; torch {meta['torch']}, transformers {meta['transformers']}; "
-             f"median of {meta['repeats']} alternating repeats (min-max).",
+             f"median of {meta['repeats']} alternating repeats (min-max; generation: of the runs in its "
+             f"column, cheap cases repeat until each model has run {MIN_SECONDS:g} s).",
              f"Reproduce: `{meta['command']}`", ""]
     if results.get("peaks"):
         p = results["peaks"]
@@ -247,9 +244,11 @@ def markdown(results: dict) -> str:
     lines += table(["training", "batch", "ours images/s", "HF images/s", "ours/HF", "MFU ours", "MFU HF"],
                    [[f"{r['preset']} {r['dtype']}", r["batch"], spread(r["ours"], "images_per_s"),
                      spread(r["hf"], "images_per_s"), ratio(r), *mfu(r)] for r in results.get("train", [])])
-    lines += table(["generation (24 new tokens, fp32)", "batch", "ours captions/s", "HF captions/s", "ours/HF"],
-                   [[f"{r['preset']} {r['decoding']}", r["batch"], spread(r["ours"], "captions_per_s"),
-                     spread(r["hf"], "captions_per_s"), ratio(r)] for r in results.get("generate", [])])
+    lines += table(["generation (24 new tokens, fp32)", "batch", "runs", "ours captions/s", "HF captions/s",
+                    "ours/HF"],
+                   [[f"{r['preset']} {r['decoding']}", r["batch"], r.get("repeats", meta["repeats"]),
+                     spread(r["ours"], "captions_per_s"), spread(r["hf"], "captions_per_s"), ratio(r)]
+                    for r in results.get("generate", [])])
     lines += table(["peak RSS, fp32 training (own process)", "batch", "ours MiB", "HF MiB", "ours/HF"],
                    [[r["preset"], r["batch"], f"{r['ours']['peak_rss_mib']:.0f}", f"{r['hf']['peak_rss_mib']:.0f}",
                      ratio(r)] for r in results.get("memory", [])])
@@ -262,7 +261,7 @@ def write_doc(table: str, path: Path = DOC) -> None:
         text += f"\n{MARK_BEGIN}\n{MARK_END}\n"
     head, rest = text.split(MARK_BEGIN, 1)
     tail = rest.split(MARK_END, 1)[1]
-    path.write_text(f"{head}{MARK_BEGIN}\n{table}\n{MARK_END}{tail}")
+    atomic_write_text(path, f"{head}{MARK_BEGIN}\n{table}\n{MARK_END}{tail}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -317,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
                 r[name]["mfu"] = r[name]["achieved_flops"] / results["peaks"][r["dtype"]]
     if "generate" in sections:
         for preset in presets:
-            results["generate"] += bench_generate(preset, repeats if not args.quick else 2)
+            min_seconds = 0.0 if args.quick else MIN_SECONDS
+            results["generate"] += bench_generate(preset, 2 if args.quick else repeats, min_seconds)
     if "memory" in sections:
         for preset in presets:
             r = bench_memory(preset, 2 if args.quick or preset == "base" else 5)
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(results)
     print("\n" + table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json_atomic(args.out, results)
     doc = args.doc if args.doc is not None else (None if args.quick else DOC)
     if doc is not None:
         write_doc(table, doc)

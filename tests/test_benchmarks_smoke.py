@@ -41,7 +41,25 @@ def test_run_quick_writes_json_and_doc_table(tmp_path):
 def test_bench_generate_quick(tmp_path):
     out = tmp_path / "gen.json"
     run("bench_generate.py", "--quick", "--threads", "1", "--repeats", "1", "--out", str(out))
-    assert json.loads(out.read_text())["results"]
+    results = json.loads(out.read_text())["results"]
+    assert results and all(r["repeats"] == 1 for r in results)  # --quick: no extra runs
+
+
+def test_run_case_repeats_cheap_cases_until_each_model_ran_min_seconds(monkeypatch):
+    import torch
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import bench_generate
+    from run import build_models
+
+    ours, hf = build_models("tiny")
+    r = bench_generate.run_case(ours.eval(), hf.eval(), "tiny", "greedy", 1, 2, torch.device("cpu"),
+                                torch.float32, min_seconds=0.3)
+    runs = r["repeats"]
+    assert runs >= 2 and len(r["ours"]["seconds"]) == len(r["hf"]["seconds"]) == runs
+    ran = min(sum(r[name]["seconds"]) for name in ("ours", "hf"))
+    assert ran >= 0.3 or runs == bench_generate.MAX_REPEATS
+    assert r["ours"]["min"] <= r["ours"]["captions_per_s"] <= r["ours"]["max"]
 
 
 def test_bench_data_tiny(tmp_path):
