@@ -1,0 +1,64 @@
+"""geometry_os.fileio: atomic writes keep what a plain write would give (contents, permissions) and
+leave nothing behind when the writer fails; malformed JSON errors name the source and position."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from geometry_os.fileio import atomic_save, atomic_write_text, parse_json, write_json_atomic
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_new_file_gets_the_umask_default_not_owner_only(tmp_path, umask_022):
+    plain, atomic = tmp_path / "plain.txt", tmp_path / "atomic.txt"
+    plain.write_text("x")
+    atomic_write_text(atomic, "x")
+    assert mode(atomic) == mode(plain) == 0o644
+
+
+def test_replacing_a_file_keeps_its_mode(tmp_path, umask_022):
+    path = tmp_path / "data.json"
+    path.write_text("{}")
+    os.chmod(path, 0o640)
+    write_json_atomic(path, {"a": 1})
+    assert mode(path) == 0o640
+    assert parse_json(path.read_text(), path) == {"a": 1}
+
+
+def test_failed_save_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "model.bin"
+    path.write_bytes(b"old")
+
+    def broken(tmp):
+        tmp.write_bytes(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_save(path, broken)
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.bin"]
+
+
+def test_save_sees_a_temporary_with_the_target_suffix(tmp_path):
+    seen = []
+    atomic_save(tmp_path / "weights.safetensors", lambda tmp: (seen.append(tmp), tmp.write_bytes(b"w")))
+    assert seen[0].suffix == ".safetensors" and seen[0].parent == tmp_path and seen[0].name.startswith(".")
+    assert (tmp_path / "weights.safetensors").read_bytes() == b"w"
+
+
+def test_malformed_json_names_source_line_and_column():
+    with pytest.raises(ValueError, match=r"^captions\.json:2:8: malformed JSON: "):
+        parse_json('{\n  "a": oops}', "captions.json")
