@@ -12,7 +12,6 @@ one process, several repeats; the table gives median captions/s (min-max spread)
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -86,7 +85,7 @@ def run_case(ours: Any, hf: Any, preset: str, decoding: str, batch: int, repeats
 
     def more() -> bool:
         n = len(times["ours"])
-        return n < repeats or (n < MAX_REPEATS and min(map(sum, times.values())) < min_seconds)
+        return n < max(repeats, 1) or (n < MAX_REPEATS and min(map(sum, times.values())) < min_seconds)
 
     while more():  # alternate, so drifts (clocks, other load) hit both alike
         times["ours"].append(timed(run_ours, device)[0])
@@ -202,11 +201,12 @@ def main(argv: list[str] | None = None) -> int:
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
     print(f"\ncaption generation, {NEW_TOKENS} new tokens, {args.dtype}, {name}, median of >= {repeats} (min-max)")
-    print(f"| preset | decoding | batch | ours captions/s | HF captions/s | ours/HF |")
-    print(f"|---|---|---|---|---|---|")
+    print("| preset | decoding | batch | runs | ours captions/s | HF captions/s | ours/HF |")
+    print("|---|---|---|---|---|---|---|")
     for r in results:
         o, h = r["ours"], r["hf"]
-        print(f"| {r['preset']} | {r['decoding']} | {r['batch']} | {o['captions_per_s']:.1f} ({o['min']:.1f}-{o['max']:.1f}) "
+        print(f"| {r['preset']} | {r['decoding']} | {r['batch']} | {r['repeats']} "
+              f"| {o['captions_per_s']:.1f} ({o['min']:.1f}-{o['max']:.1f}) "
               f"| {h['captions_per_s']:.1f} ({h['min']:.1f}-{h['max']:.1f}) | {r['ratio']:.2f}x |")
     if args.out:
         import transformers

@@ -37,7 +37,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_generate import CASES as GENERATE_CASES  # noqa: E402
-from bench_generate import MIN_SECONDS, run_case, summarise  # noqa: E402
+from bench_generate import MAX_REPEATS, MIN_SECONDS, run_case, summarise  # noqa: E402
 from hf_reference import build_hf_model  # noqa: E402
 
 from geometry_os.fileio import atomic_write_text, write_json_atomic  # noqa: E402
@@ -225,7 +225,8 @@ def markdown(results: dict) -> str:
     lines = [f"Machine: {meta['machine']}; load average before / after: {meta['load_before']} / "
              f"{meta['load_after']}; torch {meta['torch']}, transformers {meta['transformers']}; "
              f"median of {meta['repeats']} alternating repeats (min-max; generation: of the runs in its "
-             f"column, cheap cases repeat until each model has run {MIN_SECONDS:g} s).",
+             f"column, cheap cases repeating until each model has run {meta.get('generate_min_seconds', 0):g} s "
+             f"or {meta.get('generate_max_repeats', meta['repeats'])} runs).",
              f"Reproduce: `{meta['command']}`", ""]
     if results.get("peaks"):
         p = results["peaks"]
@@ -314,9 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         for r in results["train"]:
             for name in ("ours", "hf"):
                 r[name]["mfu"] = r[name]["achieved_flops"] / results["peaks"][r["dtype"]]
+    min_seconds = 0.0 if args.quick else MIN_SECONDS
     if "generate" in sections:
         for preset in presets:
-            min_seconds = 0.0 if args.quick else MIN_SECONDS
             results["generate"] += bench_generate(preset, 2 if args.quick else repeats, min_seconds)
     if "memory" in sections:
         for preset in presets:
@@ -332,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
                    f"cpu capability {torch.backends.cpu.get_cpu_capability()}",
         "load_before": load_before, "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
-        "repeats": repeats, "seconds": round(time.perf_counter() - started, 1),
+        "repeats": repeats, "generate_min_seconds": min_seconds, "generate_max_repeats": MAX_REPEATS,
+        "seconds": round(time.perf_counter() - started, 1),
         "command": "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     table = markdown(results)

@@ -45,21 +45,33 @@ def test_bench_generate_quick(tmp_path):
     assert results and all(r["repeats"] == 1 for r in results)  # --quick: no extra runs
 
 
-def test_run_case_repeats_cheap_cases_until_each_model_ran_min_seconds(monkeypatch):
+@pytest.fixture
+def bench_generate_module(monkeypatch):
+    """bench_generate imported in-process, with ``timed`` replaced by a fake clock (0.1 s a call) that
+    records which model ran: ``run_case``'s repeat rule, without models or real timing."""
     import torch
 
     monkeypatch.syspath_prepend(str(BENCH))
     import bench_generate
-    from run import build_models
 
-    ours, hf = build_models("tiny")
-    r = bench_generate.run_case(ours.eval(), hf.eval(), "tiny", "greedy", 1, 2, torch.device("cpu"),
-                                torch.float32, min_seconds=0.3)
-    runs = r["repeats"]
-    assert runs >= 2 and len(r["ours"]["seconds"]) == len(r["hf"]["seconds"]) == runs
-    ran = min(sum(r[name]["seconds"]) for name in ("ours", "hf"))
-    assert ran >= 0.3 or runs == bench_generate.MAX_REPEATS
-    assert r["ours"]["min"] <= r["ours"]["captions_per_s"] <= r["ours"]["max"]
+    calls: list[str] = []
+
+    def fake_timed(fn, device):
+        calls.append(fn.__name__)
+        return 0.1, torch.zeros(1, bench_generate.NEW_TOKENS + 1)
+
+    monkeypatch.setattr(bench_generate, "timed", fake_timed)
+    return bench_generate, calls
+
+
+@pytest.mark.parametrize("repeats, min_seconds, runs", [(2, 0.0, 2), (2, 0.35, 4), (5, 0.2, 5), (2, 1e9, None)])
+def test_run_case_repeats_until_each_model_ran_min_seconds(bench_generate_module, repeats, min_seconds, runs):
+    bench_generate, calls = bench_generate_module
+    runs = bench_generate.MAX_REPEATS if runs is None else runs
+    r = bench_generate.run_case(None, None, "tiny", "greedy", 1, repeats, "cpu", None, min_seconds=min_seconds)
+    assert r["repeats"] == runs and len(r["ours"]["seconds"]) == len(r["hf"]["seconds"]) == runs
+    assert calls == ["run_ours", "run_hf"] * (2 + runs)  # two warm-up pairs, then alternating
+    assert r["ours"]["captions_per_s"] == pytest.approx(10.0) and r["ratio"] == pytest.approx(1.0)
 
 
 def test_bench_data_tiny(tmp_path):
