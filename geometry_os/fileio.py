@@ -22,6 +22,8 @@ def parse_json(text: str, source: object, error: type[Exception] = ValueError, w
         raise error(f"{source}:{e.lineno}:{e.colno}: malformed {what}: {e.msg}") from None
     except RecursionError:
         raise error(f"{source}: malformed {what}: nested too deeply") from None
+    except ValueError as e:  # e.g. an integer beyond Python's digit limit
+        raise error(f"{source}: malformed {what}: {' '.join(str(e).split())}") from None
 
 
 def atomic_save(path: str | os.PathLike[str], save: Callable[[Path], None]) -> Path:

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from geometry_os.cli import cli
@@ -58,6 +59,22 @@ def test_components_lists_every_kind_and_rejects_unknown_kind():
     assert kinds == {"encoder", "decoder", "tokenizer", "dataset", "decoding_strategy", "trainer"}
     bad = CliRunner().invoke(cli, ["pixel-llm", "components", "spaceship"])
     assert bad.exit_code == 2 and "unknown kind 'spaceship'" in bad.output
+    for plural, member in (("decoding_strategies", "greedy"), ("encoders", "vit")):  # as error messages name them
+        result = run("pixel-llm", "components", plural, "--json")
+        assert member in {row["name"] for row in json.loads(result.stdout)}
+
+
+def test_an_existing_file_with_glob_characters_is_a_file_not_a_pattern(tmp_path):
+    from geometry_os.errors import GeometryOSError
+    from geometry_os.systems.pixel_llm.captioning import expand_image_args
+
+    image = tmp_path / "IMG [1].png"
+    image.write_bytes(b"")
+    assert expand_image_args([str(image)]) == [image]
+    (tmp_path / "a1.png").write_bytes(b"")
+    assert expand_image_args([str(tmp_path / "a[0-9].png")]) == [tmp_path / "a1.png"]  # patterns still work
+    with pytest.raises(GeometryOSError, match="no file matches"):
+        expand_image_args([str(tmp_path / "IMG [2].png")])
 
 
 def test_info_shows_parameter_count():

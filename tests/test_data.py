@@ -284,6 +284,15 @@ def test_skip_malformed_jsonl_lines(folder):
     assert ds.captions == ["a", "b"] and ds.skipped[0][0] == 2 and "d.jsonl:2:2: malformed JSON" in ds.skipped[0][1]
 
 
+def test_jsonl_records_end_at_newlines_only(folder):
+    """U+2028/U+2029/U+0085 are legal inside JSON strings (json.dumps(ensure_ascii=False) writes them raw)."""
+    rows = [{"image": "images/red.png", "caption": "a\u2028b"}, {"image": "images/blue.png", "caption": "c\u0085d"}]
+    text = "\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n"
+    assert "\u2028" in text
+    ds = dataset(write(folder / "u.jsonl", text), config=DatasetConfig(image_size=8))
+    assert ds.captions == ["a\u2028b", "c\u0085d"]
+
+
 def test_skip_whole_file_problems_still_raise(tmp_path):
     with pytest.raises(DataError, match="malformed JSON"):
         dataset(write(tmp_path / "c.json", "[{"), config=DatasetConfig(on_error="skip"))

@@ -62,3 +62,8 @@ def test_save_sees_a_temporary_with_the_target_suffix(tmp_path):
 def test_malformed_json_names_source_line_and_column():
     with pytest.raises(ValueError, match=r"^captions\.json:2:8: malformed JSON: "):
         parse_json('{\n  "a": oops}', "captions.json")
+
+
+def test_an_integer_beyond_the_digit_limit_is_malformed_json_not_a_crash():
+    with pytest.raises(ValueError, match=r"^config\.json: malformed JSON: .*digits"):
+        parse_json('{"n": ' + "9" * 5000 + "}", "config.json")

@@ -54,7 +54,8 @@ def components_command(ctx: click.Context, kind: str | None, as_json: bool) -> N
     registry = get_cli_host(ctx).system("pixel_llm").components
     kinds = list(registry.kinds)
     if kind is not None:
-        kind = kind.rstrip("s") if kind.rstrip("s") in kinds else kind
+        plurals = {k[:-1] + "ies" if k.endswith("y") else k + "s": k for k in kinds}
+        kind = plurals.get(kind, kind)
         if kind not in kinds:
             raise click.BadParameter(f"unknown kind {kind!r}; kinds: {', '.join(kinds)}", param_hint="KIND")
         kinds = [kind]

@@ -237,6 +237,19 @@ def spoil_config(folder: Path, fields: dict) -> None:
     path.write_text(json.dumps(data))
 
 
+@pytest.mark.parametrize("text, needle", [
+    ('{"format": "pixel-llm", "format_version": "1", "model": {}}', "format_version must be an integer"),
+    ('{"format": "pixel-llm", "format_version": null, "model": {}}', "format_version must be an integer"),
+    ('{"format": "pixel-llm", "format_version": ' + "9" * 5000 + ', "model": {}}', "malformed JSON"),
+])
+def test_malformed_config_header_is_refused_in_one_line(text, needle, case_dir, workspace, tmp_path):
+    folder = case_dir()
+    (folder / "config.json").write_text(text)
+    for reader in ("from_pretrained", "caption_cli"):
+        refused, message = read_with(reader, folder, workspace, tmp_path)
+        assert_refused(refused, message, "config.json", needle)
+
+
 @pytest.mark.parametrize("case", sorted(ABSURD))
 def test_absurd_config_is_refused_before_the_model_is_allocated(case, case_dir, workspace, tmp_path, monkeypatch):
     """Refused with a message naming config.json or the weights file, and no real (non-meta) model built."""

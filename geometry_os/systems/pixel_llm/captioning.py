@@ -34,7 +34,7 @@ def expand_image_args(args: Sequence[str]) -> list[Path]:
             if not found:
                 raise GeometryOSError(f"{arg}: no images in this folder ({', '.join(sorted(IMAGE_SUFFIXES))})")
             paths.extend(found)
-        elif any(ch in arg for ch in "*?["):
+        elif any(ch in arg for ch in "*?[") and not path.is_file():  # "IMG [1].png" is a file, not a pattern
             found = sorted(Path(p) for p in glob.glob(arg, recursive=True) if Path(p).is_file())
             if not found:
                 raise GeometryOSError(f"{arg}: no file matches this pattern")

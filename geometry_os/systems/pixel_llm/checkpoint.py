@@ -167,7 +167,10 @@ def read_checkpoint_config(folder: Path) -> tuple[PixelLLMConfig, dict[str, Any]
     data = read_json(config_path)
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("model"), dict):
         raise CheckpointError(f"{config_path}: not a Pixel LLM checkpoint config (expected format={FORMAT!r} and a 'model' object)")
-    if data.get("format_version", 0) > FORMAT_VERSION:
+    version = data.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{config_path}: format_version must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
         raise CheckpointError(f"{config_path}: format_version {data['format_version']} is newer than this version supports ({FORMAT_VERSION})")
     try:
         config = PixelLLMConfig.model_validate(data["model"])

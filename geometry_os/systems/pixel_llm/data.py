@@ -165,7 +165,7 @@ class _Reader:
             self.add(image, captions, f"entry {i}", i)
 
     def read_jsonl(self, text: str) -> None:
-        for n, line in enumerate(text.splitlines(), start=1):
+        for n, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 may sit inside a string
             if not line.strip():
                 continue
             try:
