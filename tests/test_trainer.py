@@ -509,3 +509,13 @@ def test_caption_scores_without_pycocoevalcap(monkeypatch):
     monkeypatch.setitem(sys.modules, "pycocoevalcap.bleu.bleu", None)
     metrics = score(["a red square", "a red square"], [["A red square."], ["a blue circle"]])
     assert metrics["exact_match"] == 0.5 and metrics["most_common_fraction"] == 1.0 and "bleu_4" not in metrics
+
+
+def test_fp32_checkpoint_resumes_into_an_fp16_run(tmp_path):
+    """A run without fp16 saves an empty GradScaler state; resuming it with fp16 keeps a fresh scaler."""
+    make_trainer(tmp_path, max_steps=1).train()
+    fp16 = make_trainer(tmp_path, max_steps=2, use_amp=True, amp_dtype="float16")
+    assert fp16.scaler.is_enabled()
+    scale = fp16.scaler.get_scale()
+    state = fp16.resume("latest")
+    assert state["global_step"] == 1 and fp16.global_step == 1 and fp16.scaler.get_scale() == scale

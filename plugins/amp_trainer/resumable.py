@@ -81,7 +81,7 @@ class CheckpointMixin:
         try:
             self.optimizer.load_state_dict(tensors["optimizer"])
             self.scheduler.load_state_dict(tensors["scheduler"])
-            if "scaler" in tensors and self.scaler.is_enabled():
+            if tensors.get("scaler") and self.scaler.is_enabled():  # {}: saved by a run without fp16
                 self.scaler.load_state_dict(tensors["scaler"])
         except (ValueError, KeyError, RuntimeError, TypeError) as exc:
             reason = " ".join(str(exc).split())[:200]

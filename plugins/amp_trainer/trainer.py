@@ -186,7 +186,7 @@ class PixelLLMTrainer(CheckpointMixin):
             "best_metric": self.best_metric,
             "best_checkpoint": self.best_checkpoint,
             "checkpoint_dir": str(self.checkpoint_dir),
-            "stopped_by_time": cfg.max_time_s is not None and self.train_time_s >= cfg.max_time_s,
+            "stopped_by_time": self._time_up,
         }
 
     def _finished(self) -> bool:
