@@ -9,6 +9,7 @@ import json
 import math
 import os
 import pickle
+import re
 import subprocess
 import sys
 import textwrap
@@ -194,6 +195,27 @@ def test_checkpoints_round_trip_to_identical_logits(tmp_path):
     assert state["global_step"] == 2 and state["epoch"] == 0 and state["batch_in_epoch"] == 2
     assert isinstance(state["rng"][0]["python"][1], list)
     torch.load(folder / "optimizer.pt", weights_only=True)
+
+
+def test_save_pretrained_replaces_a_checkpoint_but_never_deletes_other_files(tmp_path):
+    vocab = get_component("tokenizer", "simple").load().train(["a red square", "a blue circle"])
+    model = tiny_model(len(vocab))
+    folder = model.save_pretrained(tmp_path / "model", tokenizer=vocab)
+    first = (folder / "model.safetensors").read_bytes()
+    torch.nn.init.zeros_(model.decoder.norm.weight)
+    model.save_pretrained(folder, tokenizer=vocab)  # a checkpoint folder: replaced as a whole
+    assert (folder / "model.safetensors").read_bytes() != first
+    assert {p.name for p in folder.iterdir()} == {"model.safetensors", "config.json", "tokenizer.json"}
+    run = tmp_path / "run"
+    (run / "step-00000002").mkdir(parents=True)
+    (run / "notes.txt").write_text("mine")
+    (tmp_path / "file").write_text("mine")
+    for dest, needle in ((run, "holds other files (notes.txt, step-00000002)"), (tmp_path / "file", "not a folder")):
+        with pytest.raises(CheckpointError, match=re.escape(needle)):
+            model.save_pretrained(dest, tokenizer=vocab)
+    assert (run / "notes.txt").read_text() == "mine" and (run / "step-00000002").is_dir()
+    assert (tmp_path / "file").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "model", "run"]  # no temporary left
 
 
 @pytest.mark.parametrize(

@@ -65,7 +65,7 @@ def write_checkpoint(
     folder: Path, model: torch.nn.Module, tokenizer: Any, state: dict[str, Any], tensors: dict[str, Any]
 ) -> None:
     """One complete checkpoint folder, or nothing (the previous one, if any, stays)."""
-    with AtomicFolder(folder) as tmp:
+    with AtomicFolder(folder, replaces=None) as tmp:  # step-N: the trainer's own folder
         write_model_files(tmp, model, tokenizer)
         write_json_atomic(tmp / STATE, state)
         torch.save(tensors, tmp / OPTIMIZER)
@@ -77,7 +77,7 @@ def point_latest(checkpoint_dir: Path, name: str, step: int) -> None:
 
 def copy_as_best(checkpoint_dir: Path, folder: Path) -> Path:
     """``checkpoint_dir/best``: hard links to ``folder``'s files (copies where links fail), placed atomically."""
-    with AtomicFolder(checkpoint_dir / BEST) as tmp:
+    with AtomicFolder(checkpoint_dir / BEST, replaces=None) as tmp:
         for file in folder.iterdir():
             try:
                 os.link(file, tmp / file.name)

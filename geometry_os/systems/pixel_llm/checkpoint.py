@@ -14,7 +14,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import torch
 from pydantic import ValidationError
@@ -52,14 +52,26 @@ class AtomicFolder:
     """``with AtomicFolder(dest) as tmp:`` write files into ``tmp``; on success it becomes ``dest``.
 
     An existing ``dest`` is moved aside first and deleted only after the new folder is in place; on
-    any error the temporary folder is removed and ``dest`` is left as it was.
+    any error the temporary folder is removed and ``dest`` is left as it was. ``replaces``: the file
+    names an existing ``dest`` may hold (None: any, for folders only the trainer writes); a folder with
+    anything else in it is refused before anything is written, so no file of the user's is deleted.
     """
 
-    def __init__(self, dest: str | Path) -> None:
+    def __init__(self, dest: str | Path, replaces: Collection[str] | None = (WEIGHTS, CONFIG, TOKENIZER)) -> None:
         self.dest = Path(dest)
+        self.replaces = replaces
         self.tmp = self.dest.with_name(f".{self.dest.name}.tmp-{uuid.uuid4().hex[:8]}")
 
     def __enter__(self) -> Path:
+        if self.dest.exists() or self.dest.is_symlink():
+            if not self.dest.is_dir() or self.dest.is_symlink():
+                raise CheckpointError(f"{self.dest}: exists and is not a folder; save to a new or empty folder")
+            if self.replaces is not None:
+                others = sorted(p.name for p in self.dest.iterdir() if p.name not in self.replaces or not p.is_file())
+                if others:
+                    shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+                    raise CheckpointError(f"{self.dest}: refusing to replace a folder that holds other files "
+                                          f"({shown}); save to a new or empty folder")
         self.dest.parent.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir()
         return self.tmp
