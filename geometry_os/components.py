@@ -83,6 +83,7 @@ class ComponentRegistry:
     def __init__(self, kinds: dict[str, str], defaults: dict[str, str] | None = None) -> None:
         self.kinds = dict(kinds)  # kind -> the hook that registers it
         self._by_kind: dict[str, dict[str, Component]] = {kind: {} for kind in kinds}
+        self._shadowed: dict[tuple[str, str], list[Component]] = {}  # what overrides replaced, oldest first
         self.defaults = dict(defaults or {})
 
     def add(self, component: Component, override: bool = False) -> None:
@@ -94,12 +95,21 @@ class ComponentRegistry:
                 f"{component.kind} '{component.name}' is registered by both plugin '{existing.plugin}' "
                 f"and plugin '{component.plugin}'; the later one must pass override=True to replace it"
             )
+        if existing is not None:
+            self._shadowed.setdefault((component.kind, component.name), []).append(existing)
         self._by_kind[component.kind][component.name] = component
 
     def remove_plugin(self, plugin: str) -> None:
-        for table in self._by_kind.values():
+        """Drop a plugin's components; a component it had overridden comes back (a plugin that fails
+        after ``override=True`` must not leave the host without the built-in it replaced)."""
+        for kind, table in self._by_kind.items():
             for name in [n for n, c in table.items() if c.plugin == plugin]:
                 del table[name]
+                earlier = [c for c in self._shadowed.pop((kind, name), []) if c.plugin != plugin]
+                if earlier:
+                    table[name] = earlier.pop()
+                    if earlier:
+                        self._shadowed[(kind, name)] = earlier
 
     def names(self, kind: str) -> list[str]:
         return list(self._table(kind))

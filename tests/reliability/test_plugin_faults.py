@@ -89,6 +89,12 @@ def register_encoders(register):
     register("mine", lambda options: None, Options)
     register("vit", lambda options: None, Options)  # taken by the built-in vit plugin
 """,
+    "override": HEADER + """
+@hookimpl
+def register_encoders(register):
+    register("vit", lambda options: None, Options, override=True)  # replaces the built-in...
+    raise ValueError("boom after overriding")  # ...then fails: the built-in must come back
+""",
     "commands": """
 from geometry_os.systems.pixel_llm.hookspecs import hookimpl
 
@@ -135,6 +141,7 @@ def assert_defaults_still_work() -> None:
     ("exit", "SystemExit: 3"),
     ("register", "ValueError: boom while registering"),
     ("duplicate", "encoder 'vit' is registered by both plugin 'vit' and plugin 'fault_duplicate'"),
+    ("override", "ValueError: boom after overriding"),
 ])
 def test_plugin_failing_to_load_is_named_and_rolled_back(kind, reason, tmp_path, monkeypatch):
     name = install(tmp_path, monkeypatch, kind)
