@@ -484,6 +484,20 @@ def test_cli_train_on_caption_files_then_resume(tmp_path):
     result = invoke(*args, "--resume", "latest", "--set", "trainer.max_steps=5", "--set", "trainer.batch_size=4")
     assert result.exit_code == 0, result.output
     assert "trained 5 steps" in result.output
+    # the README's resume command, from another folder: the run's data and settings, only max_steps changed
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    cwd = os.getcwd()
+    os.chdir(elsewhere)
+    try:
+        result = invoke("--out", str(out), "--resume", "latest", "--quiet", "--set", "trainer.max_steps=7")
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 0 and "trained 7 steps" in result.output and "does not record" not in result.output
+    state = json.loads((out / "step-00000007" / "trainer_state.json").read_text())
+    saved = state["trainer_config"]
+    assert saved["data"] == saved["val_data"] == str(captions.resolve()) and saved["max_steps"] == 7
+    assert saved["batch_size"] == 4 and not saved["use_amp"] and state["num_samples"] == 8  # the 8 captions
 
 
 def test_cli_train_defaults_to_synthetic_shapes_with_a_config_file(tmp_path):
@@ -541,3 +555,20 @@ def test_fp32_checkpoint_resumes_into_an_fp16_run(tmp_path):
     scale = fp16.scaler.get_scale()
     state = fp16.resume("latest")
     assert state["global_step"] == 1 and fp16.global_step == 1 and fp16.scaler.get_scale() == scale
+
+
+def test_resumed_settings_are_the_runs_own_under_what_is_set_now(tmp_path, capsys):
+    from geometry_os.plugins.amp_trainer.cli import _resumed_trainer_settings
+
+    folder = tmp_path / "runs" / "step-00000004"
+    folder.mkdir(parents=True)
+    saved = TrainerConfig(batch_size=4, seed=7, max_steps=4, checkpoint_dir="/somewhere/else").model_dump(mode="json")
+    old = {k: v for k, v in saved.items() if k not in ("data", "val_data", "num_scenes")}  # an older version's
+    for trainer_config, warned in ((saved, False), (old, True)):
+        (folder / "trainer_state.json").write_text(json.dumps(
+            {"format": ckpt.STATE_FORMAT, "global_step": 4, "trainer_config": {**trainer_config, "retired": 1}}))
+        now = TrainerConfig.model_validate({"max_steps": 9})  # as from --set trainer.max_steps=9
+        merged = TrainerConfig.model_validate(_resumed_trainer_settings(folder, now))
+        assert (merged.batch_size, merged.seed, merged.max_steps) == (4, 7, 9)  # unknown "retired" dropped
+        assert merged.checkpoint_dir == str(tmp_path / "runs")  # next to the resumed checkpoint
+        assert ("does not record the run's training data" in capsys.readouterr().err) == warned

@@ -1,8 +1,10 @@
 """``geo-os pixel-llm train``: model config from preset/file/--set, the ``trainer`` section for training.
 
 Data: ``--data FILE`` (JSON, JSON Lines or COCO captions; the tokenizer is trained on its captions), or
-by default the synthetic ``shapes`` scenes. ``--resume`` takes the model and tokenizer from the
-checkpoint. Runs the same under ``torchrun --nproc_per_node N`` (one process per device).
+by default the synthetic ``shapes`` scenes; both are ``trainer`` settings too (``data``, ``val_data``,
+``num_scenes``). ``--resume`` takes the model and tokenizer from the checkpoint and the trainer settings,
+data included, from the run it continues; a config file, ``--set`` and the flags still override them.
+Runs the same under ``torchrun --nproc_per_node N`` (one process per device).
 Torch is imported inside the command, so ``--help`` stays fast.
 """
 
@@ -28,8 +30,9 @@ from geometry_os.plugins.commands import config_file_option, preset_option, set_
 @click.option("--resume", metavar="DIR|latest", help="Continue from a checkpoint folder, a checkpoint dir or 'latest'.")
 @click.option("--quiet", is_flag=True, help="No progress bar or log lines.")
 @click.option("--out", type=click.Path(file_okay=False), help="Checkpoint folder (overrides trainer.checkpoint_dir).")
-@click.option("--num-scenes", type=click.IntRange(min=1), default=10_000, show_default=True,
-              help="Synthetic training scenes when no --data is given (validation: a tenth, at most 1000).")
+@click.option("--num-scenes", type=click.IntRange(min=1), default=None,
+              help="Synthetic training scenes when no --data is given (validation: a tenth, at most 1000) "
+                   "[default: 10000].")
 @click.pass_context
 def train_command(
     ctx: click.Context,
@@ -41,7 +44,7 @@ def train_command(
     resume: str | None,
     quiet: bool,
     out: str | None,
-    num_scenes: int,
+    num_scenes: int | None,
 ) -> None:
     """Train a Pixel LLM captioner; prints where the checkpoints are."""
     from geometry_os.cli import get_cli_host
@@ -61,17 +64,17 @@ def run_training(
     resume: str | None = None,
     quiet: bool = False,
     out: str | None = None,
-    num_scenes: int = 10_000,
+    num_scenes: int | None = None,
 ) -> dict[str, Any] | None:
     """What ``train`` does, callable from Python (the ``pixel_llm.train`` system call, the demo).
     Returns the trainer's summary on the main process, None on other ranks."""
     from geometry_os.systems.pixel_llm.config import PixelLLMConfig, load_config
 
-    if val_path and not data_path:
-        raise click.ClickException("--val-data needs --data (the synthetic set brings its own validation split)")
     config = load_config(config_path, list(overrides), preset)
-    if out:
-        config.trainer.checkpoint_dir = out
+    flags = {"checkpoint_dir": out, "data": data_path, "val_data": val_path, "num_scenes": num_scenes}
+    for field, value in flags.items():  # assignment marks the field as set, like the file and --set
+        if value is not None:
+            setattr(config.trainer, field, value)
     import torch
 
     from geometry_os.systems.pixel_llm.data import DataError
@@ -79,10 +82,18 @@ def run_training(
     tokenizer, folder = None, None
     if resume:
         folder, model, tokenizer = _load_resume(config, resume)
-        # the data must fit the checkpoint's model (image size, sequence length), not the preset's
-        config = PixelLLMConfig.model_validate({**model.config.model_dict(), "trainer": config.trainer.model_dump()})
+        # the model (and so image size, sequence length) from the checkpoint; the run's own trainer settings
+        # and data, under whatever the config file, --set or the flags say now
+        trainer = _resumed_trainer_settings(folder, config.trainer)
+        config = PixelLLMConfig.model_validate({**model.config.model_dict(), "trainer": trainer})
+    t = config.trainer
+    for field in ("data", "val_data"):  # saved with the run as absolute paths: a resume from elsewhere finds them
+        if getattr(t, field):
+            setattr(t, field, str(Path(getattr(t, field)).resolve()))
+    if t.val_data and not t.data:
+        raise click.ClickException("--val-data needs --data (the synthetic set brings its own validation split)")
     try:
-        train_set, val_set, tokenizer = _datasets(config, data_path, val_path, tokenizer, num_scenes)
+        train_set, val_set, tokenizer = _datasets(config, tokenizer)
     except DataError as exc:
         raise click.ClickException(" ".join(str(exc).split())) from None
     if not resume:
@@ -132,17 +143,31 @@ def _load_resume(config: Any, resume: str) -> tuple[Path, Any, Any]:
     from geometry_os.plugins.amp_trainer.checkpointing import resolve_checkpoint
     from geometry_os.systems.pixel_llm.checkpoint import load_pretrained
 
-    checkpoint_dir = Path(config.trainer.checkpoint_dir)
-    folder = resolve_checkpoint(resume, checkpoint_dir)
-    if resume != "latest" and folder.parent != checkpoint_dir and config.trainer.checkpoint_dir == "./checkpoints":
-        config.trainer.checkpoint_dir = str(folder.parent)  # keep writing next to the resumed checkpoints
+    folder = resolve_checkpoint(resume, Path(config.trainer.checkpoint_dir))
     model, tokenizer = load_pretrained(folder)
     model.train()
     return folder, model, tokenizer
 
 
-def _datasets(config: Any, data_path: str | None, val_path: str | None, tokenizer: Any, num_scenes: int):
-    """(train set, validation set or None, tokenizer)."""
+def _resumed_trainer_settings(folder: Path, current: Any) -> dict[str, Any]:
+    """The resumed run's saved trainer settings, overridden by the fields set now (config file, --set,
+    flags). It keeps writing next to the checkpoint it resumes unless told otherwise."""
+    from geometry_os.plugins.amp_trainer.checkpointing import STATE, read_state
+
+    state = read_state(folder) or {}
+    saved = state.get("trainer_config")
+    saved = {k: v for k, v in saved.items() if k in type(current).model_fields} if isinstance(saved, dict) else {}
+    if state and "data" not in saved and current.data is None and os.environ.get("RANK", "0") == "0":
+        click.echo(f"geo-os: warning: {folder / STATE} does not record the run's training data (written by an "
+                   "older version); without --data this resume trains on the synthetic shapes scenes", err=True)
+    saved["checkpoint_dir"] = str(folder.parent)
+    return {**saved, **current.model_dump(include=current.model_fields_set)}
+
+
+def _datasets(config: Any, tokenizer: Any):
+    """(train set, validation set or None, tokenizer) from ``config.trainer``'s data settings."""
+    t = config.trainer
+    data_path, val_path, num_scenes = t.data, t.val_data, t.num_scenes
     if data_path is None:
         from geometry_os.systems.pixel_llm.components import get_component
 

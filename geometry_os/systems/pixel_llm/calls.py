@@ -94,7 +94,7 @@ class TrainParams(StrictModel):
     val_data: str | None = None
     out: str | None = Field(None, description="checkpoint folder")
     resume: str | None = Field(None, description="checkpoint folder or 'latest'")
-    num_scenes: int = Field(10_000, ge=1, description="synthetic scenes when no data is given")
+    num_scenes: int | None = Field(None, ge=1, description="synthetic scenes when no data is given (default 10000)")
     trainer: str | None = Field(None, description="trainer component (default: the registry's)")
 
 

@@ -73,6 +73,10 @@ class TrainerConfig(StrictModel):
         "validation stays uniform",
     )
     max_nonfinite_steps: int = Field(5, ge=1, description="consecutive non-finite losses before giving up")
+    # what `geo-os pixel-llm train` trains on (saved with the run, so `--resume` continues on the same data)
+    data: str | None = Field(None, description="`train` command: training captions (JSON, JSONL or COCO); None: the synthetic shapes scenes")
+    val_data: str | None = Field(None, description="`train` command: validation captions (needs `data`)")
+    num_scenes: int = Field(10_000, ge=1, description="`train` command without `data`: synthetic training scenes (validation: a tenth, at most 1000)")
 
 
 TRAINER_FIELDS = frozenset(TrainerConfig.model_fields)
