@@ -27,13 +27,13 @@ class GeoOSGroup(click.Group):
     """Root group: built-in commands plus one lazily built group per system in the registry."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted([*super().list_commands(ctx), *map(system_command_name, _system_names(ctx))])
+        return sorted([*super().list_commands(ctx), *map(system_command_name, _system_names(ctx, quiet=True))])
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         command = super().get_command(ctx, name)
         if command is not None:
             return command
-        for system in _system_names(ctx):
+        for system in _system_names(ctx, quiet=False):  # a bad registry is named, not "No such command"
             if system_command_name(system) == name:
                 return build_system_group(ctx, system)
         return None
@@ -57,16 +57,19 @@ class GeoOSGroup(click.Group):
             raise
 
 
-def _system_names(ctx: click.Context) -> list[str]:
-    """System names from the registry file alone (cheap: no plugin is imported)."""
+def _system_names(ctx: click.Context, quiet: bool) -> list[str]:
+    """System names from the registry file alone (cheap: no plugin is imported). An unreadable registry
+    gives none when only listing (help still works), else a one-line error naming the file."""
     from geometry_os.host import ENV_REGISTRY, default_registry_path, read_registry
 
     root = ctx.find_root()
     path = root.params.get("registry") or os.environ.get(ENV_REGISTRY) or default_registry_path()
     try:
         return list(read_registry(path).systems)
-    except GeometryOSError:
-        return []
+    except GeometryOSError as exc:
+        if quiet:
+            return []
+        raise click.ClickException(one_line(exc)) from None
 
 
 def get_cli_host(ctx: click.Context):

@@ -126,3 +126,15 @@ def test_geo_os_console_script_reports_user_error_without_traceback(tmp_path):
                          capture_output=True, text=True)
     assert exe.returncode == 1 and "Traceback" not in exe.stderr
     assert "expected key=value" in exe.stderr
+
+
+def test_a_bad_registry_is_named_not_reported_as_a_missing_command(tmp_path):
+    bad = tmp_path / "registry.toml"
+    bad.write_text("[systems\n")
+    for registry, needle in ((tmp_path / "typo.toml", "typo.toml: registry file not found"),
+                             (bad, "registry.toml: invalid TOML")):
+        result = CliRunner().invoke(cli, ["--registry", str(registry), "pixel-llm", "info"])
+        assert result.exit_code == 1 and needle in result.output and "No such command" not in result.output
+        assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, result.output
+        listing = CliRunner().invoke(cli, ["--registry", str(registry), "-h"])  # help still works
+        assert listing.exit_code == 0 and "plugins" in listing.output
