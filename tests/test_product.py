@@ -180,3 +180,14 @@ def test_demo_quick_writes_its_report(tmp_path):
     for name in ("attention.png", "metrics.json", "images/example-0.png"):
         assert (tmp_path / "demo" / name).is_file()
     assert "report:" in result.stdout
+    before = report
+    again = CliRunner().invoke(cli, ["pixel-llm", "demo", "--quick", "--out", str(tmp_path / "demo"), "--quiet"])
+    assert again.exit_code == 1 and "already holds checkpoints, report.md, metrics.json" in again.output
+    assert (tmp_path / "demo" / "report.md").read_text() == before  # nothing overwritten
+
+
+def test_demo_refuses_an_out_folder_with_its_file_names_before_training(tmp_path):
+    (tmp_path / "report.md").write_text("my notes")
+    result = CliRunner().invoke(cli, ["pixel-llm", "demo", "--quick", "--out", str(tmp_path), "--quiet"])
+    assert result.exit_code == 1 and "already holds report.md" in result.output and "Traceback" not in result.output
+    assert (tmp_path / "report.md").read_text() == "my notes" and not (tmp_path / "checkpoints").exists()

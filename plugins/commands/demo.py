@@ -15,6 +15,8 @@ from typing import Any
 
 import click
 
+from geometry_os.fileio import atomic_write_text
+
 # Training recipes for the synthetic scenes (see docs/learning.md for how they were chosen).
 FULL = {
     "preset": "small",
@@ -56,11 +58,12 @@ QUICK = {
     ],
 }
 EXAMPLES = 6
+OUTPUTS = ("checkpoints", "report.md", "metrics.json", "curves.png", "attention.png", "images")  # what --out gets
 
 
 @click.command("demo")
 @click.option("--out", default="pixel-llm-demo", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for the checkpoints and the report.")
+              help="Folder for the checkpoints and the report (refused if it already holds either).")
 @click.option("--quick", is_flag=True, help="A tiny model for about a minute: the same path, end to end.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -71,10 +74,11 @@ def demo_command(out: str, quick: bool, seed: int, quiet: bool) -> None:
 
     recipe = QUICK if quick else FULL
     out_dir = Path(out)
+    taken = [name for name in OUTPUTS if (out_dir / name).exists()]
+    if taken:  # never overwrite: --out may be a folder of the user's
+        raise click.ClickException(f"{out_dir} already holds {', '.join(taken)}: choose another --out or remove them")
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = out_dir / "checkpoints"
-    if checkpoints.exists():
-        raise click.ClickException(f"{checkpoints} already exists: choose another --out or remove it")
     click.echo(f"training the {recipe['preset']} preset on {recipe['num_scenes']} synthetic scenes ...")
     start = time.perf_counter()
     summary = get_component("trainer").load().run(
@@ -135,7 +139,7 @@ def write_report(out_dir: Path, checkpoints: Path, recipe: dict[str, Any], seed:
     if curve.is_file():
         shutil.copyfile(curve, out_dir / "curves.png")
 
-    (out_dir / "metrics.json").write_text(json.dumps({"metrics": metrics, "summary": summary}, indent=2, default=str))
+    atomic_write_text(out_dir / "metrics.json", json.dumps({"metrics": metrics, "summary": summary}, indent=2, default=str))
     per_shapes = ", ".join(f"{k} shape{'s' if k > 1 else ''}: {v:.1%}" for k, v in metrics["exact_match_by_shapes"].items())
     lines = [
         "# Pixel LLM demo",
@@ -163,5 +167,5 @@ def write_report(out_dir: Path, checkpoints: Path, recipe: dict[str, Any], seed:
     lines += [f"Checkpoint: `{best}` — caption your own images with "
               f"`geo-os pixel-llm caption IMAGE --checkpoint {best}`.", ""]
     report = out_dir / "report.md"
-    report.write_text("\n".join(lines))
+    atomic_write_text(report, "\n".join(lines))
     return report
