@@ -179,6 +179,13 @@ def test_make_shapes_custom_splits_and_overwrite(cli, tmp_path):
     assert result.exit_code == 0, result.output
     assert len(json.loads((out / "a.json").read_text())) == 6 and (out / "mine.txt").read_text() == "keep me"
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging folder left behind
+    # only the splits being written are replaced: an earlier split's images stay, so its captions still resolve
+    (out / "images" / "mine.png").write_bytes(b"mine")
+    result = CliRunner().invoke(cli, [*args[:-1], "c=1.0", "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["a", "b", "c", "mine.png"]
+    for split in ("a", "b", "c"):
+        assert all((out / e["image"]).is_file() for e in json.loads((out / f"{split}.json").read_text()))
 
 
 @pytest.mark.parametrize(

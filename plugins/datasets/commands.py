@@ -78,10 +78,16 @@ def _write_dataset(staging: Path, counts: dict[str, int], seed: int, image_size:
 
 
 def _commit(staging: Path, out: Path, names: list[str]) -> None:
-    """Move the finished outputs into OUT, images first, so caption files never point at missing images."""
+    """Move the finished outputs into OUT, images first, so caption files never point at missing images.
+    Images are replaced one split folder at a time: other folders under ``images/`` stay."""
     trash = staging / ".old"
     trash.mkdir()
-    for name in sorted(names, key=lambda n: n != "images"):
+    if "images" in names:
+        (out / "images").mkdir(exist_ok=True)
+        (trash / "images").mkdir()
+        names = [f"images/{split.name}" for split in sorted((staging / "images").iterdir())] + [
+            n for n in names if n != "images"]
+    for name in names:
         if (out / name).exists():
             os.replace(out / name, trash / name)
         os.replace(staging / name, out / name)
