@@ -238,6 +238,19 @@ def test_resume_equals_uninterrupted(tmp_path, loader, at):
     assert max((a[k]["exp_avg_sq"] - b[k]["exp_avg_sq"]).abs().max().item() for k in a) <= 1e-9
 
 
+def test_resume_applies_a_changed_learning_rate_betas_and_weight_decay(tmp_path):
+    make_trainer(tmp_path, max_steps=3, warmup_steps=1, lr_scheduler="constant").train()
+    changed = make_trainer(tmp_path, max_steps=4, warmup_steps=1, lr_scheduler="constant", learning_rate=1e-5,
+                           adam_beta2=0.9, weight_decay=0.5)
+    changed.resume("latest")
+    decay, no_decay = changed.optimizer.param_groups
+    assert decay["lr"] == no_decay["lr"] == 1e-5 and changed.scheduler.base_lrs == [1e-5, 1e-5]
+    assert decay["betas"] == no_decay["betas"] == (0.9, 0.9)
+    assert decay["weight_decay"] == 0.5 and no_decay["weight_decay"] == 0.0
+    changed.train()
+    assert changed.scheduler.get_last_lr() == [1e-5, 1e-5]
+
+
 def test_resume_latest_continues_a_stopped_run(tmp_path):
     first = make_trainer(tmp_path, max_steps=3)
     first.train()

@@ -87,6 +87,7 @@ class CheckpointMixin:
             reason = " ".join(str(exc).split())[:200]
             raise ckpt.CheckpointError(f"{folder / ckpt.OPTIMIZER}: does not fit this model/optimizer: {reason}") from None
         self._restore_counters(state, folder)
+        self._apply_optimizer_settings()  # after the counters: a time-based schedule reads train_time_s
         rng_json, rng_tensors = state.get("rng") or [None], tensors.get("rng") or [None]
         rank = self.world.rank if len(rng_json) == self.world.world_size else 0
         try:
@@ -99,6 +100,18 @@ class CheckpointMixin:
         if self.world.is_main:
             self.log.resume_at(self.global_step)
         return state
+
+    def _apply_optimizer_settings(self) -> None:
+        """The loaded optimizer and schedule carry the saved run's learning rate, betas and weight decay;
+        this run's config wins (the same values unless changed, so an exact resume stays exact)."""
+        cfg, scheduler = self.config, self.scheduler
+        scheduler.base_lrs = [cfg.learning_rate] * len(self.optimizer.param_groups)
+        for i, group in enumerate(self.optimizer.param_groups):
+            group["initial_lr"] = cfg.learning_rate
+            group["lr"] = cfg.learning_rate * scheduler.lr_lambdas[i](scheduler.last_epoch)
+            group["betas"] = (cfg.adam_beta1, cfg.adam_beta2)
+            if i == 0:  # param_groups(): the decaying weight matrices come first, the rest never decay
+                group["weight_decay"] = cfg.weight_decay
 
     def _restore_counters(self, state: dict[str, Any], folder: Path) -> None:
         for key in ("global_step", "epoch", "batch_in_epoch", "train_time_s", "best_metric", "best_val_loss",
