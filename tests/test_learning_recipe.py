@@ -100,13 +100,13 @@ def test_training_and_captioning_normalise_images_as_the_model_config_says(tmp_p
     from geometry_os.systems.pixel_llm.captioning import preprocessing_config
     from geometry_os.systems.pixel_llm.model import PixelLLM
 
-    unit = ["image_mean=[0,0,0]", "image_std=[1,1,1]"]
+    unit = ["image_mean=[0,0,0]", "image_std=[1,1,1]", "trainer.num_scenes=20"]
     config = load_config(None, unit, "tiny")
-    train_set, val_set, _ = _datasets(config, None, None, None, 20)
+    train_set, val_set, _ = _datasets(config, None)
     for dataset in (train_set, val_set):
         images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
         assert images.min() == 0.0 and images.max() == 1.0  # black background, white shapes: pixels / 255
-    default_set, _, _ = _datasets(load_config(None, [], "tiny"), None, None, None, 20)
+    default_set, _, _ = _datasets(load_config(None, ["trainer.num_scenes=20"], "tiny"), None)
     assert default_set[0]["image"].min() < -1.5  # ImageNet normalisation: black is about -2
 
     out = tmp_path / "run"

@@ -26,7 +26,7 @@ from geometry_os.errors import CheckpointError, GeometryOSError
 from geometry_os.plugins.amp_trainer import checkpointing as ckpt
 from geometry_os.plugins.amp_trainer.optim import amp_dtype, cpu_has_fast_bf16, lr_lambda, param_groups
 from geometry_os.plugins.amp_trainer.sampling import EpochBatchSampler
-from geometry_os.plugins.amp_trainer.trainer import NonFiniteLossError, PixelLLMTrainer
+from geometry_os.plugins.amp_trainer.trainer import NonFiniteLossError, PixelLLMTrainer, TrainingError
 from geometry_os.plugins.amp_trainer.validation import CaptionCollapseWarning
 from geometry_os.systems.pixel_llm import PixelLLM, create_pixel_llm
 from geometry_os.systems.pixel_llm.components import get_component
@@ -249,6 +249,20 @@ def test_resume_applies_a_changed_learning_rate_betas_and_weight_decay(tmp_path)
     assert decay["weight_decay"] == 0.5 and no_decay["weight_decay"] == 0.0
     changed.train()
     assert changed.scheduler.get_last_lr() == [1e-5, 1e-5]
+
+
+def test_a_fresh_run_never_takes_over_an_existing_runs_folder(tmp_path):
+    first = make_trainer(tmp_path, max_steps=2, val=True)
+    first.train()
+    before = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    latest = (tmp_path / "ckpt" / "latest").read_text()
+    with pytest.raises(TrainingError, match="already holds a training run; resume it"):
+        make_trainer(tmp_path, max_steps=4, val=True).train()
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == before
+    assert (tmp_path / "ckpt" / "latest").read_text() == latest
+    resumed = make_trainer(tmp_path, max_steps=4, val=True)
+    resumed.resume("latest")
+    assert resumed.train()["global_step"] == 4
 
 
 def test_resume_latest_continues_a_stopped_run(tmp_path):
@@ -532,6 +546,11 @@ def test_cli_user_errors_are_one_line(tmp_path):
     assert_one_line_error(invoke("--preset", "tiny", "--data", str(captions), "--resume", "latest", "--out",
                                  str(tmp_path / "empty")), "no checkpoint")
     assert_one_line_error(invoke("--preset", "tiny", "--val-data", str(captions)), "--val-data needs --data")
+    run = tmp_path / "run"
+    (run / "step-00000004").mkdir(parents=True)
+    assert_one_line_error(invoke("--preset", "tiny", "--data", str(captions), "--out", str(run), "--quiet",
+                                 "--set", "trainer.max_steps=1", "--set", "trainer.batch_size=4"),
+                          "already holds a training run")
 
 
 def test_max_time_stops_and_saves(tmp_path):

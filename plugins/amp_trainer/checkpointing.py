@@ -71,6 +71,13 @@ def write_checkpoint(
         torch.save(tensors, tmp / OPTIMIZER)
 
 
+def holds_run(checkpoint_dir: Path) -> bool:
+    """Whether a training run already wrote here (its ``latest`` pointer or a step folder)."""
+    if not checkpoint_dir.is_dir():
+        return False
+    return (checkpoint_dir / LATEST).exists() or any(STEP_RE.match(p.name) for p in checkpoint_dir.iterdir())
+
+
 def point_latest(checkpoint_dir: Path, name: str, step: int) -> None:
     write_json_atomic(checkpoint_dir / LATEST, {"checkpoint": name, "step": step})
 

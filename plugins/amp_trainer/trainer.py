@@ -156,6 +156,11 @@ class PixelLLMTrainer(CheckpointMixin):
     def train(self) -> dict[str, Any]:
         """Train until ``max_steps``, ``num_epochs`` or ``max_time_s``; returns a summary."""
         cfg = self.config
+        if not self._started and ckpt.holds_run(self.checkpoint_dir):  # a fresh run would take over its best/latest
+            raise TrainingError(
+                f"{self.checkpoint_dir} already holds a training run; resume it (train --resume latest, "
+                "trainer.resume()) or train into another checkpoint_dir (--out)"
+            )
         if self.world.is_main:
             ckpt.remove_stale(self.checkpoint_dir)
         self._time_up = cfg.max_time_s is not None and self.train_time_s >= cfg.max_time_s
