@@ -434,6 +434,8 @@ def test_processors_follow_hf():
     config = GenerationConfig(min_length=4)
     assert process_logits(logits.clone(), prefix, 3, config)[0, EOS] == -math.inf
     assert process_logits(logits.clone(), prefix, 4, config)[0, EOS] == 0.5
+    config = GenerationConfig(suppress_tokens=[0, 3, 99])  # 99: beyond the vocabulary, ignored
+    assert process_logits(logits.clone(), prefix, 3, config).tolist() == [[-math.inf, -1.0, 0.5, -math.inf]]
     # temperature before top-p: at T=0.5 the top token alone passes 0.8, at T=1 it would not
     warped = warp_logits(torch.tensor([[2.0, 1.0, 0.0]]), GenerationConfig(temperature=0.5, top_p=0.8))
     assert torch.isfinite(warped).tolist() == [[True, False, False]]
@@ -507,3 +509,18 @@ def test_invalid_overrides_and_unknown_strategy():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         GenerationConfig(strategy="beam", num_beams=1)  # explicit strategy, HF-style beam of one
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_a_tokenizer_smaller_than_the_vocabulary_only_gets_ids_it_can_decode(num_beams):
+    """A model whose vocab_size exceeds its tokenizer never emits the ids the tokenizer lacks."""
+    from geometry_os.systems.pixel_llm.components import get_component
+
+    vocab = get_component("tokenizer", "simple").load().train(["a red square", "a blue circle"])
+    model = make_model(0, vocab=64)  # random weights: the extra ids are as likely as any
+    images = make_images(0, 4)
+    unrestricted = generate_caption(model, images, max_length=12, num_beams=num_beams)
+    assert int(unrestricted.max()) >= len(vocab)  # without the tokenizer they do come up
+    out = generate_caption(model, images, max_length=12, num_beams=num_beams, tokenizer=vocab,
+                           return_dict_in_generate=True)
+    assert int(out.sequences.max()) < len(vocab) and len(out.texts) == 4

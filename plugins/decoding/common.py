@@ -30,6 +30,8 @@ def process_logits(
 ) -> torch.Tensor:
     """Penalties and bans for the token after ``prefix`` (rows, ``length`` tokens); in place, float32."""
     logits = logits.float()
+    if config.suppress_tokens:
+        logits[:, [t for t in config.suppress_tokens if 0 <= t < logits.shape[-1]]] = NEG_INF
     if config.repetition_penalty != 1.0:
         logits = repetition_penalty(logits, prefix, config.repetition_penalty)
     if length < config.min_length:

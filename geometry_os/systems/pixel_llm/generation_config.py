@@ -36,6 +36,9 @@ class GenerationConfig(StrictModel):
     early_stopping: bool | Literal["never"] = False
     no_repeat_ngram_size: int = Field(0, ge=0)
     repetition_penalty: float = Field(1.0, gt=0)
+    suppress_tokens: list[int] | None = Field(
+        None, description="token ids never generated (generate_caption adds the ids its tokenizer cannot decode)"
+    )
     bos_token_id: int = Field(1, ge=0)
     eos_token_id: int = Field(2, ge=0)
     pad_token_id: int = Field(0, ge=0)

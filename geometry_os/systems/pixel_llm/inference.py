@@ -63,6 +63,11 @@ def generate_caption(
     The model is put in eval mode for the call and its training flag restored afterwards.
     """
     config = _resolve_config(config, overrides)
+    vocab_size = getattr(model.config, "vocab_size", None)
+    known = len(tokenizer) if hasattr(tokenizer, "__len__") else None  # a decode()-only tokenizer: unknown
+    if known is not None and vocab_size is not None and known < vocab_size:  # ids it could not decode
+        extra = range(known, vocab_size)
+        config = _resolve_config(config, {"suppress_tokens": sorted({*(config.suppress_tokens or ()), *extra})})
     component = get_component("decoding_strategy", config.strategy_name)
     strategy = component.build()
     if not callable(getattr(strategy, "decode", None)):
