@@ -604,3 +604,27 @@ def test_resumed_settings_are_the_runs_own_under_what_is_set_now(tmp_path, capsy
         assert (merged.batch_size, merged.seed, merged.max_steps) == (4, 7, 9)  # unknown "retired" dropped
         assert merged.checkpoint_dir == str(tmp_path / "runs")  # next to the resumed checkpoint
         assert ("does not record the run's training data" in capsys.readouterr().err) == warned
+
+
+def test_fp16_steps_that_always_overflow_stop_the_run(tmp_path):
+    """The GradScaler skips a step whose gradients are not finite; a run where every step overflows
+    must stop with a clear error instead of skipping steps forever."""
+    from geometry_os.plugins.amp_trainer.trainer import FP16_CALIBRATION_STEPS
+
+    trainer = make_trainer(tmp_path, max_steps=5, use_amp=True, amp_dtype="float16", max_nonfinite_steps=2)
+    assert trainer.scaler.is_enabled()
+    next(trainer.model.parameters()).register_hook(lambda grad: grad * math.inf)
+    with pytest.raises(NonFiniteLossError, match=f"{FP16_CALIBRATION_STEPS + 2} consecutive fp16 steps"):
+        trainer.train()
+    assert trainer.global_step == 0 and trainer.overflow_streak == FP16_CALIBRATION_STEPS + 2
+    events = [json.loads(line) for line in (tmp_path / "ckpt" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(e.get("event") == "fp16_overflow" for e in events) == FP16_CALIBRATION_STEPS + 2
+
+
+def test_an_uncomputed_best_metric_falls_back_to_val_loss_instead_of_ending_the_run(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=2, val=True, checkpoint_interval=1, val_interval=1,
+                           best_metric="cider_typo")
+    with pytest.warns(RuntimeWarning, match="'cider_typo' is not computed .* picked by val_loss instead"):
+        summary = trainer.train()
+    assert summary["global_step"] == 2 and trainer.best_metric_name == "val_loss"
+    assert summary["best_checkpoint"] is not None and (tmp_path / "ckpt" / "best").is_dir()

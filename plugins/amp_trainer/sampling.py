@@ -169,6 +169,8 @@ def adapt_loader(
         loader.batch_sampler.set_world(world)
         if training:
             loader.batch_sampler.seed = seed
+        else:  # validation counts every sample once: no padding duplicates across processes
+            loader.batch_sampler.pad = False
         return loader, loader.batch_sampler
     if isinstance(loader.dataset, IterableDataset) or loader.batch_sampler is None:
         if world.enabled and training:

@@ -34,6 +34,9 @@ from .validation import count_targets, evaluate, generation_unavailable, warn_if
 PLOT_INTERVAL_S = 30.0
 
 
+FP16_CALIBRATION_STEPS = 24  # GradScaler halvings from its initial 2**16 that still count as calibration
+
+
 class TrainingError(GeometryOSError):
     """Training cannot go on (the message says why and what to change)."""
 
@@ -113,6 +116,7 @@ class PixelLLMTrainer(CheckpointMixin):
         self.best_val_loss: float | None = None  # breaks ties of best_metric
         self.best_checkpoint: str | None = None
         self.nonfinite_streak = 0
+        self.overflow_streak = 0  # fp16 steps the GradScaler skipped in a row
         self._started = False
         self._best_pending = False
         self._time_up = False
@@ -295,13 +299,28 @@ class PixelLLMTrainer(CheckpointMixin):
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         if scale is not None and self.scaler.get_scale() < scale:  # fp16 overflow: the scaler skipped the step
-            return None
+            return self._overflowed(scale)
         self.scheduler.step()
-        self.nonfinite_streak = 0
+        self.nonfinite_streak = self.overflow_streak = 0
         self.global_step += 1
         loss = global_loss / max(total, 1.0)
         self._log_step(loss, lr, grad_norm, images * world.world_size)
         return loss
+
+    def _overflowed(self, scale: float) -> None:
+        """An fp16 step the GradScaler skipped. A few in a row are its calibration (the scale halves each
+        time, from 2**16); many more mean gradients that are not finite at any scale, which must stop the run
+        rather than loop on skipped steps."""
+        self.overflow_streak += 1
+        if self.world.is_main:
+            self.log.write({"step": self.global_step, "event": "fp16_overflow", "scale": self.scaler.get_scale()})
+        limit = FP16_CALIBRATION_STEPS + self.config.max_nonfinite_steps
+        if self.overflow_streak >= limit:
+            raise NonFiniteLossError(
+                f"{limit} consecutive fp16 steps had non-finite gradients (GradScaler scale down to "
+                f"{self.scaler.get_scale():g}); lower trainer.learning_rate, use amp_dtype='bfloat16' or use_amp=false"
+            )
+        return None
 
     def _skip_step(self, why: str) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -375,8 +394,11 @@ class PixelLLMTrainer(CheckpointMixin):
 
     def _metric_name(self, metrics: dict[str, Any]) -> str:
         if self.best_metric_name:
-            if self.best_metric_name not in metrics:
-                raise TrainingError(f"best metric {self.best_metric_name!r} is not computed; have: {', '.join(metrics)}")
+            if self.best_metric_name not in metrics:  # a typo must not end a long run before its next save
+                warnings.warn(f"best metric {self.best_metric_name!r} is not computed (have: {', '.join(metrics)}); "
+                              "'best' is picked by val_loss instead", RuntimeWarning, stacklevel=3)
+                self.best_metric_name, self.best_metric = "val_loss", None
+                return "val_loss"
             return self.best_metric_name
         return "exact_match" if "exact_match" in metrics else "val_loss"
 
