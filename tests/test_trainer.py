@@ -628,3 +628,22 @@ def test_an_uncomputed_best_metric_falls_back_to_val_loss_instead_of_ending_the_
         summary = trainer.train()
     assert summary["global_step"] == 2 and trainer.best_metric_name == "val_loss"
     assert summary["best_checkpoint"] is not None and (tmp_path / "ckpt" / "best").is_dir()
+
+
+@pytest.mark.parametrize("own_loader", [True, False])
+def test_validation_shards_count_every_sample_once(own_loader):
+    """Under DDP each validation sample is scored by exactly one process: no padding duplicates, whether
+    the loader came from make_dataloader or is a plain DataLoader."""
+    from torch.utils.data import DataLoader
+
+    from geometry_os.plugins.amp_trainer.distributed import World
+    from geometry_os.plugins.amp_trainer.sampling import adapt_loader
+
+    seen = []
+    for rank in range(3):
+        data = list(range(10))
+        loader = (PixelLLMTrainer.make_dataloader(data, 4, shuffle=False, collate_fn=list) if own_loader
+                  else DataLoader(data, batch_size=4, collate_fn=list))
+        adapted, _ = adapt_loader(loader, 0, World(rank, 3), training=False)
+        seen += [i for batch in adapted for i in batch]
+    assert sorted(seen) == list(range(10))
