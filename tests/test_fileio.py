@@ -67,3 +67,10 @@ def test_malformed_json_names_source_line_and_column():
 def test_an_integer_beyond_the_digit_limit_is_malformed_json_not_a_crash():
     with pytest.raises(ValueError, match=r"^config\.json: malformed JSON: .*digits"):
         parse_json('{"n": ' + "9" * 5000 + "}", "config.json")
+
+
+def test_errors_name_the_target_not_the_hidden_temporary(tmp_path):
+    missing = tmp_path / "no-such-folder" / "out.json"
+    with pytest.raises(FileNotFoundError) as info:
+        write_json_atomic(missing, {})
+    assert info.value.filename == str(missing) and ".tmp" not in str(info.value)

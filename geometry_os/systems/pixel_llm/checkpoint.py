@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from geometry_os import __version__
 from geometry_os.errors import CheckpointError, ComponentError, ConfigError, format_validation_error
-from geometry_os.fileio import parse_json, write_json_atomic
+from geometry_os.fileio import fsync_dir, parse_json, write_json_atomic
 
 from .components import get_component
 from .config import PixelLLMConfig
@@ -35,17 +35,6 @@ MAX_JSON_BYTES = 64 * 1024 * 1024
 
 
 # ---- atomic writes ----------------------------------------------------------------------------------
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class AtomicFolder:
