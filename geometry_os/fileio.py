@@ -26,6 +26,14 @@ def parse_json(text: str, source: object, error: type[Exception] = ValueError, w
         raise error(f"{source}: malformed {what}: {' '.join(str(e).split())}") from None
 
 
+def read_utf8(path: str | os.PathLike[str], error: type[Exception] = ValueError) -> str:
+    """A text file's contents; a file that is not UTF-8 is a one-line ``error`` naming it."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+
+
 def atomic_save(path: str | os.PathLike[str], save: Callable[[Path], None]) -> Path:
     """Call ``save(tmp_path)`` (tmp keeps ``path``'s suffix, for writers that look at it), then move it into place.
 

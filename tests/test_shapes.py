@@ -264,6 +264,9 @@ def test_lint_bad_vocab_is_one_line(cli, made, tmp_path):
     (tmp_path / "v.json").write_text("{")
     result = CliRunner().invoke(cli, ["lint-data", str(made / "train.json"), "--vocab", str(tmp_path / "v.json")])
     assert result.exit_code == 1 and "v.json:1:2: malformed JSON" in result.output and "Traceback" not in result.output
+    (tmp_path / "w.bin").write_bytes(b"\xff\xfe\x00")
+    result = CliRunner().invoke(cli, ["lint-data", str(made / "train.json"), "--vocab", str(tmp_path / "w.bin")])
+    assert result.exit_code == 1 and "w.bin: not UTF-8 text" in result.output and "Traceback" not in result.output
 
 
 def test_commands_on_the_geo_os_cli(made):

@@ -128,6 +128,13 @@ def test_load_malformed_json_names_file_and_position(tok, tmp_path, content):
         type(tok).load(path)
 
 
+def test_load_binary_file_names_it(tok, tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"\x89PNG\xff\xfe")
+    with pytest.raises(ValueError, match=r"model\.safetensors: not UTF-8 text"):
+        type(tok).load(path)
+
+
 # --------------------------------------------------------------------------------------------- simple
 
 

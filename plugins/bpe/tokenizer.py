@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from geometry_os.fileio import atomic_write_text, parse_json
+from geometry_os.fileio import atomic_write_text, parse_json, read_utf8
 from geometry_os.systems.pixel_llm.protocols import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID
 
 
@@ -136,7 +136,7 @@ class BPETokenizer:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "BPETokenizer":
         """Read a tokenizer JSON written by ``save``; problems are one-line ValueErrors naming the file."""
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_utf8(path)
         parse_json(text, path, what="tokenizer JSON")
         try:
             tok = Tokenizer.from_str(text)

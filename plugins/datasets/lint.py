@@ -16,7 +16,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any, Sequence
 
-from geometry_os.fileio import parse_json
+from geometry_os.fileio import parse_json, read_utf8
 from geometry_os.systems.pixel_llm.data import CaptionRecord, DataError, load_image, read_caption_file
 from geometry_os.systems.pixel_llm.data_config import DatasetConfig
 
@@ -26,7 +26,7 @@ def load_vocab(path: str | os.PathLike) -> Any:
     from geometry_os.errors import GeometryOSError
     from geometry_os.systems.pixel_llm.components import get_component
 
-    data = parse_json(Path(path).read_text(encoding="utf-8"), path)
+    data = parse_json(read_utf8(path), path)
     name = "bpe" if isinstance(data, dict) and "model" in data else "simple"
     try:
         return get_component("tokenizer", name).load().load(path)

@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from geometry_os.fileio import atomic_write_text, parse_json
+from geometry_os.fileio import atomic_write_text, parse_json, read_utf8
 from geometry_os.systems.pixel_llm.protocols import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID
 
 FORMAT = "geometry_os.simple_vocab"
@@ -139,8 +139,7 @@ class SimpleVocabulary:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SimpleVocabulary":
         """Read a file written by ``save``; any problem is a one-line ValueError naming the file."""
-        text = Path(path).read_text(encoding="utf-8")
-        data = parse_json(text, path, what="vocabulary JSON")
+        data = parse_json(read_utf8(path), path, what="vocabulary JSON")
         tokens = _check_vocab_json(data, path)
         vocab = cls.__new__(cls)
         vocab.min_freq, vocab.max_size = data.get("min_freq", 1), data.get("max_size")
