@@ -160,6 +160,14 @@ def test_system_calls_through_the_host(workspace):
     assert summary["global_step"] == 2 and (workspace / "ck-call" / "latest").exists()
     with pytest.raises(Exception, match="generation.num_beams"):
         host.call("pixel_llm.caption", checkpoint=checkpoint, images=["x.png"], generation={"num_beams": 0})
+    from geometry_os.errors import CheckpointError
+    from geometry_os.systems.pixel_llm import create_pixel_llm
+
+    bare = create_pixel_llm(vocab_size=16, preset="tiny").save_pretrained(workspace / "no-tokenizer")
+    for call, extra in (("pixel_llm.caption", {"images": [str(workspace / "shapes" / "images" / "val")]}),
+                        ("pixel_llm.evaluate", {"data": str(workspace / "shapes" / "val.json")})):
+        with pytest.raises(CheckpointError, match="no-tokenizer: this checkpoint has no tokenizer"):
+            host.call(call, checkpoint=str(bare), **extra)
 
 
 def test_real_geo_os_subprocess_captions(workspace):

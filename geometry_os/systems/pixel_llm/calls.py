@@ -62,6 +62,11 @@ def _load(params: GenerationParams) -> tuple[Any, Any, Any]:
 
     generation = params.generation
     model, tokenizer = PixelLLM.from_pretrained(params.checkpoint, map_location=params.device)
+    if tokenizer is None:
+        from geometry_os.errors import CheckpointError
+
+        raise CheckpointError(f"{params.checkpoint}: this checkpoint has no tokenizer, so captions cannot be "
+                              "turned into text")
     return model, tokenizer, generation
 
 
