@@ -156,12 +156,17 @@ def plugins_command(ctx: click.Context, as_json: bool, show_all: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
+    """Console-script entry point. Click's standalone mode would turn Ctrl-C into "Aborted!" and exit 1;
+    here it is "geo-os: interrupted" and 130, as shells expect of SIGINT."""
     try:
-        cli.main(args=argv, prog_name="geo-os")
-    except KeyboardInterrupt:  # pragma: no cover
+        code = cli.main(args=argv, prog_name="geo-os", standalone_mode=False)
+    except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("geo-os: interrupted", err=True)
         sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

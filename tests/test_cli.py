@@ -138,3 +138,19 @@ def test_a_bad_registry_is_named_not_reported_as_a_missing_command(tmp_path):
         assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, result.output
         listing = CliRunner().invoke(cli, ["--registry", str(registry), "-h"])  # help still works
         assert listing.exit_code == 0 and "plugins" in listing.output
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(monkeypatch, capsys):
+    import geometry_os.cli as cli_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module, "print_plugins", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_module.main(["plugins"])
+    assert exit_info.value.code == 130 and capsys.readouterr().err.strip() == "geo-os: interrupted"
+    for argv, code in ((["--version"], 0), (["plugins", "--bogus"], 2), (["--registry", "/nope.toml", "pixel-llm", "info"], 1)):
+        with pytest.raises(SystemExit) as exit_info:
+            cli_module.main(argv)
+        assert exit_info.value.code == code, argv
