@@ -148,10 +148,13 @@ class System:
         self.name = name
         self.description = entry.description
         self.host = host
-        self.hookspecs = importlib.import_module(entry.hookspecs)
+        self.hookspecs = _import_named(entry.hookspecs, f"systems.{name}.hookspecs")
+        kinds = getattr(self.hookspecs, "COMPONENT_KINDS", None)
+        if not isinstance(kinds, dict):
+            raise RegistryError(f"systems.{name}.hookspecs: module {entry.hookspecs!r} defines no COMPONENT_KINDS mapping")
         self.pm = pluggy.PluginManager(name)
         self.pm.add_hookspecs(self.hookspecs)
-        self.components = ComponentRegistry(self.hookspecs.COMPONENT_KINDS, entry.defaults)
+        self.components = ComponentRegistry(kinds, entry.defaults)
         self.plugins: dict[str, PluginInfo] = {}
         self._calls_module = entry.calls
         self._calls: dict[str, SystemCall] | None = None
@@ -227,10 +230,18 @@ class System:
         if self._calls is None:
             self._calls = {}
             if self._calls_module:
-                module = importlib.import_module(self._calls_module)
-                for call in module.CALLS:
+                module = _import_named(self._calls_module, f"systems.{self.name}.calls")
+                for call in getattr(module, "CALLS", ()):
                     self._calls[call.name] = call
         return self._calls
+
+
+def _import_named(module: str, field: str) -> Any:
+    """Import a module a registry names; a wrong name is a RegistryError naming the registry field."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise RegistryError(f"{field}: cannot import {module!r}: {exc}") from None
 
 
 def _check_registration(plugin: str, kind: str, name: Any, factory: Any, config_model: Any) -> None:
@@ -304,7 +315,9 @@ class Host:
                 version=dist.version if dist is not None else None,
                 enabled=ep.name not in self.disabled,
             )
-            system = self.systems[info.system]
+            system = self.systems.get(info.system)
+            if system is None:  # a registry without that system: nothing to plug into
+                continue
             if info.name in system.plugins:
                 info.error = f"a plugin named '{info.name}' is already loaded"
                 info.name = f"{info.name} [{info.distribution}]"

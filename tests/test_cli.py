@@ -154,3 +154,14 @@ def test_ctrl_c_prints_one_line_and_exits_130(monkeypatch, capsys):
         with pytest.raises(SystemExit) as exit_info:
             cli_module.main(argv)
         assert exit_info.value.code == code, argv
+
+
+def test_a_registry_naming_a_wrong_hookspecs_module_is_one_line(tmp_path):
+    for hookspecs, needle in (("geometry_os.systems.pixel_llm.hookspec", "cannot import"),
+                              ("geometry_os.errors", "defines no COMPONENT_KINDS")):
+        registry = tmp_path / "registry.toml"
+        registry.write_text(f'[systems.pixel_llm]\nhookspecs = "{hookspecs}"\n')
+        result = CliRunner().invoke(cli, ["--registry", str(registry), "pixel-llm", "info"])
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert "systems.pixel_llm.hookspecs: " in result.output and needle in result.output
+        assert len(result.output.strip().splitlines()) == 1
