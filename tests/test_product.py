@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -140,6 +141,26 @@ def test_explain_writes_one_panel_per_word(workspace, tmp_path):
         assert png.size[0] == cols * 160  # PANEL pixels per panel
         rows = (words + cols - 1) // cols
         assert png.size[1] == 24 + rows * (160 + 18)
+
+
+
+def test_explain_and_caption_feed_the_model_the_same_pixels(workspace, tmp_path, monkeypatch):
+    """caption decodes JPEGs at reduced scale (draft); explain must feed the model the same pixels, so
+    that both give the same caption."""
+    from geometry_os.systems.pixel_llm import captioning, explain, inference
+    from geometry_os.systems.pixel_llm.model import PixelLLM
+
+    source = next((workspace / "shapes" / "images" / "val").glob("*.png"))
+    jpeg = tmp_path / "big.jpg"
+    with Image.open(source) as png:
+        png.convert("RGB").resize((512, 512), Image.Resampling.BICUBIC).save(jpeg, quality=90)
+    model, tokenizer = PixelLLM.from_pretrained(workspace / "ck" / "best")
+    fed = []
+    real = inference.generate_caption
+    monkeypatch.setattr(inference, "generate_caption", lambda m, pixels, **kw: fed.append(pixels) or real(m, pixels, **kw))
+    list(captioning.caption_images(model, tokenizer, [jpeg]))
+    explain.explain_image(model, tokenizer, str(jpeg))
+    assert len(fed) == 2 and torch.equal(fed[0], fed[1])
 
 
 def test_system_calls_through_the_host(workspace):

@@ -40,8 +40,10 @@ def explain_image(model: Any, tokenizer: Any, path: str, generation: GenerationC
     from .inference import generate_caption
 
     config = preprocessing_config(model)
-    image = load_image(str(path), config.max_image_pixels)
-    pixels = build_transform(config)(image).unsqueeze(0).to(model.device)
+    image = load_image(str(path), config.max_image_pixels)  # full size, for the pictures
+    # the model sees exactly what `caption` feeds it (JPEGs decoded at reduced scale), so the captions agree
+    seen = load_image(str(path), config.max_image_pixels, draft_size=config.image_size)
+    pixels = build_transform(config)(seen).unsqueeze(0).to(model.device)
     generation = (generation or GenerationConfig()).model_copy(
         update={"output_attentions": True, "return_dict_in_generate": True, "num_return_sequences": 1}
     )
