@@ -546,6 +546,9 @@ def test_cli_user_errors_are_one_line(tmp_path):
     assert_one_line_error(invoke("--preset", "tiny", "--data", str(captions), "--resume", "latest", "--out",
                                  str(tmp_path / "empty")), "no checkpoint")
     assert_one_line_error(invoke("--preset", "tiny", "--val-data", str(captions)), "--val-data needs --data")
+    bare = create_pixel_llm(vocab_size=5, preset="tiny").save_pretrained(tmp_path / "bare")  # no tokenizer
+    assert_one_line_error(invoke("--data", str(captions), "--resume", str(bare), "--out", str(tmp_path / "b"),
+                                 "--set", "trainer.max_steps=1"), "more than the model's vocab_size=5")
     run = tmp_path / "run"
     (run / "step-00000004").mkdir(parents=True)
     assert_one_line_error(invoke("--preset", "tiny", "--data", str(captions), "--out", str(run), "--quiet",

@@ -96,6 +96,11 @@ def run_training(
         train_set, val_set, tokenizer = _datasets(config, tokenizer)
     except DataError as exc:
         raise click.ClickException(" ".join(str(exc).split())) from None
+    if resume and len(tokenizer) > model.config.vocab_size:  # a checkpoint without its tokenizer got a new one
+        raise click.ClickException(
+            f"{folder}: has no tokenizer, and the one trained on the data has {len(tokenizer)} tokens, more than the "
+            f"model's vocab_size={model.config.vocab_size}; resume from a checkpoint saved with its tokenizer"
+        )
     if not resume:
         config = _fit_vocabulary(config, tokenizer, quiet)
         from geometry_os.systems.pixel_llm.model import PixelLLM
