@@ -650,3 +650,36 @@ def test_validation_shards_count_every_sample_once(own_loader):
         adapted, _ = adapt_loader(loader, 0, World(rank, 3), training=False)
         seen += [i for batch in adapted for i in batch]
     assert sorted(seen) == list(range(10))
+
+
+def test_stale_folders_are_removed_and_a_folder_moved_aside_is_put_back(tmp_path):
+    """What a crash in the middle of AtomicFolder's two renames leaves: ``.best.old-*`` without ``best``."""
+    run = tmp_path / "ckpt"
+    for name in (".step-00000004.tmp-0123abcd", ".best.old-89abcdef", ".step-00000002.old-01234567"):
+        (run / name).mkdir(parents=True)
+        (run / name / "config.json").write_text(name)
+    (run / "step-00000002").mkdir()
+    removed = ckpt.remove_stale(run)
+    assert sorted(p.name for p in removed) == [".step-00000002.old-01234567", ".step-00000004.tmp-0123abcd"]
+    assert sorted(p.name for p in run.iterdir()) == ["best", "step-00000002"]
+    assert (run / "best" / "config.json").read_text() == ".best.old-89abcdef"
+
+
+def test_a_failed_rename_puts_the_previous_folder_back(tmp_path, monkeypatch):
+    from geometry_os.systems.pixel_llm.checkpoint import AtomicFolder
+
+    dest = tmp_path / "best"
+    dest.mkdir()
+    (dest / "config.json").write_text("previous")
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if Path(src).name.startswith(".best.tmp-"):
+            raise OSError(28, "No space left on device")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError, match="No space left"):
+        with AtomicFolder(dest, replaces=None) as tmp:
+            (tmp / "config.json").write_text("new")
+    assert (dest / "config.json").read_text() == "previous" and [p.name for p in tmp_path.iterdir()] == ["best"]

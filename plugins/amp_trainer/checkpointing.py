@@ -106,12 +106,21 @@ def rotate(checkpoint_dir: Path, limit: int | None, keep: set[str]) -> list[Path
 
 
 def remove_stale(checkpoint_dir: Path) -> list[Path]:
-    """Temporary folders left by a crashed save (``.step-*.tmp-*``, ``.best.old-*``)."""
+    """Temporary folders left by a crashed save (``.step-*.tmp-*``, ``.best.old-*``). A crash between
+    moving a folder aside and moving its replacement in leaves only ``.X.old-*``: that one is put back."""
     if not checkpoint_dir.is_dir():
         return []
-    stale = [p for p in checkpoint_dir.iterdir() if STALE_RE.match(p.name) and p.is_dir()]
-    for path in stale:
+    stale = []
+    for path in sorted(checkpoint_dir.iterdir()):
+        match = STALE_RE.match(path.name)
+        if not match or not path.is_dir():
+            continue
+        name, kind = match.group(1), match.group(2)
+        if kind == "old" and not (checkpoint_dir / name).exists():
+            os.rename(path, checkpoint_dir / name)
+            continue
         shutil.rmtree(path, ignore_errors=True)
+        stale.append(path)
     return stale
 
 

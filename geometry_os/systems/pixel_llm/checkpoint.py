@@ -78,7 +78,12 @@ class AtomicFolder:
             if self.dest.exists():
                 old = self.dest.with_name(f".{self.dest.name}.old-{uuid.uuid4().hex[:8]}")
                 os.rename(self.dest, old)
-            os.rename(self.tmp, self.dest)
+            try:
+                os.rename(self.tmp, self.dest)
+            except BaseException:
+                if old is not None:  # put the previous folder back rather than leave nothing under dest
+                    os.rename(old, self.dest)
+                raise
             fsync_dir(self.dest.parent)
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
