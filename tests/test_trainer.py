@@ -365,7 +365,7 @@ def test_validation_reports_caption_metrics_and_warns_on_collapse(tmp_path):
     val = [r for r in records if "val_loss" in r][-1]
     assert val["num_images"] == 10 and 0 <= val["exact_match"] <= 1
     assert {"bleu_4", "distinct_1", "distinct_2", "identical_fraction"} <= set(val)
-    assert trainer.best_metric_name == "exact_match" and (tmp_path / "ckpt" / "best").is_dir()
+    assert trainer.best_measured_by == "exact_match" and (tmp_path / "ckpt" / "best").is_dir()
     assert (tmp_path / "ckpt" / "curves.png").stat().st_size > 1000
 
 
@@ -624,13 +624,22 @@ def test_fp16_steps_that_always_overflow_stop_the_run(tmp_path):
     assert sum(e.get("event") == "fp16_overflow" for e in events) == FP16_CALIBRATION_STEPS + 2
 
 
-def test_an_uncomputed_best_metric_falls_back_to_val_loss_instead_of_ending_the_run(tmp_path):
-    trainer = make_trainer(tmp_path, max_steps=2, val=True, checkpoint_interval=1, val_interval=1,
-                           best_metric="cider_typo")
+def test_an_uncomputed_best_metric_falls_back_to_val_loss_instead_of_ending_the_run(tmp_path, monkeypatch):
+    fields = dict(val=True, checkpoint_interval=1, val_interval=1, best_metric="cider_typo")
+    trainer = make_trainer(tmp_path, max_steps=2, **fields)
+    scores = iter([0.5, 0.6, 0.9])  # val_loss at steps 1, 2, 3: the best stays at step 1
+    validate = lambda: {"val_loss": next(scores)}  # noqa: E731
+    monkeypatch.setattr(trainer, "validate", validate)
     with pytest.warns(RuntimeWarning, match="'cider_typo' is not computed .* picked by val_loss instead"):
         summary = trainer.train()
-    assert summary["global_step"] == 2 and trainer.best_metric_name == "val_loss"
-    assert summary["best_checkpoint"] is not None and (tmp_path / "ckpt" / "best").is_dir()
+    assert summary["global_step"] == 2 and trainer.best_measured_by == "val_loss"
+    assert summary["best_checkpoint"] == "step-00000001" and (tmp_path / "ckpt" / "best").is_dir()
+    resumed = make_trainer(tmp_path, max_steps=3, **fields)  # the same typo again, as a resume inherits it
+    monkeypatch.setattr(resumed, "validate", validate)
+    resumed.resume("latest")
+    with pytest.warns(RuntimeWarning, match="cider_typo"):
+        summary = resumed.train()
+    assert summary["best_checkpoint"] == "step-00000001" and summary["best_metric"] == 0.5  # not the worse 0.9
 
 
 @pytest.mark.parametrize("own_loader", [True, False])

@@ -55,7 +55,7 @@ class CheckpointMixin:
             "batch_in_epoch": self.batch_in_epoch,
             "train_time_s": self.train_time_s,
             "best_metric": self.best_metric,
-            "best_metric_name": self.best_metric_name,
+            "best_metric_name": self.best_measured_by,
             "best_val_loss": self.best_val_loss,
             "best_checkpoint": best_checkpoint,
             "world_size": self.world.world_size,
@@ -117,11 +117,11 @@ class CheckpointMixin:
         for key in ("global_step", "epoch", "batch_in_epoch", "train_time_s", "best_metric", "best_val_loss",
                     "best_checkpoint"):
             setattr(self, key, state.get(key, getattr(self, key)))
-        saved_metric = state.get("best_metric_name")
+        saved_metric = state.get("best_metric_name")  # what the saved best value measures
         if saved_metric and not self.best_metric_name:
             self.best_metric_name = saved_metric
-        elif saved_metric != self.best_metric_name:
-            self.best_metric = self.best_val_loss = None  # another metric picks the best from now on
+        # a different metric from now on resets the best at the next validation (see _validate_and_track)
+        self.best_measured_by = saved_metric
         self._started = True
         self._last_save_step = self.global_step
         sampler = self.sampler

@@ -113,6 +113,7 @@ class PixelLLMTrainer(CheckpointMixin):
         self.global_step = self.epoch = self.batch_in_epoch = 0
         self.train_time_s = 0.0
         self.best_metric: float | None = None
+        self.best_measured_by: str | None = None  # the metric best_metric is a value of
         self.best_val_loss: float | None = None  # breaks ties of best_metric
         self.best_checkpoint: str | None = None
         self.nonfinite_streak = 0
@@ -397,7 +398,6 @@ class PixelLLMTrainer(CheckpointMixin):
             if self.best_metric_name not in metrics:  # a typo must not end a long run before its next save
                 warnings.warn(f"best metric {self.best_metric_name!r} is not computed (have: {', '.join(metrics)}); "
                               "'best' is picked by val_loss instead", RuntimeWarning, stacklevel=3)
-                self.best_metric_name, self.best_metric = "val_loss", None
                 return "val_loss"
             return self.best_metric_name
         return "exact_match" if "exact_match" in metrics else "val_loss"
@@ -415,6 +415,8 @@ class PixelLLMTrainer(CheckpointMixin):
                 self._progress.line(f"validation at step {self.global_step}: {text}", always=True)
         name = self._metric_name(metrics)
         value = metrics[name]
+        if name != self.best_measured_by:  # values of another metric (config changed on resume) do not compare
+            self.best_metric = self.best_val_loss = None
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             return False
         # Lower is better for losses; ties (exact match stuck at 0 early on) go to the lower validation loss.
@@ -422,7 +424,7 @@ class PixelLLMTrainer(CheckpointMixin):
         candidate = (sign * value, -metrics.get("val_loss", math.inf))
         best_loss = math.inf if self.best_val_loss is None else self.best_val_loss
         if self.best_metric is None or candidate > (sign * self.best_metric, -best_loss):
-            self.best_metric, self.best_metric_name, self._best_pending = float(value), name, True
+            self.best_metric, self.best_measured_by, self._best_pending = float(value), name, True
             self.best_val_loss = metrics.get("val_loss")
             return True
         return False
