@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import warnings
 from typing import Any
 
@@ -41,6 +40,9 @@ class GeoOSGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:  # click would say "Aborted!" and exit 1; shells expect 130 for SIGINT
+            click.echo("geo-os: interrupted", err=True)
+            ctx.exit(130)
         except click.UsageError as exc:  # a bad flag or argument: one line too, with where to find the usage
             if exc.ctx is None:
                 raise
@@ -156,17 +158,8 @@ def plugins_command(ctx: click.Context, as_json: bool, show_all: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point. Click's standalone mode would turn Ctrl-C into "Aborted!" and exit 1;
-    here it is "geo-os: interrupted" and 130, as shells expect of SIGINT."""
-    try:
-        code = cli.main(args=argv, prog_name="geo-os", standalone_mode=False)
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo("geo-os: interrupted", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    sys.exit(code if isinstance(code, int) else 0)
+    """Console-script entry point."""
+    cli.main(args=argv, prog_name="geo-os")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -240,7 +240,7 @@ def _import_named(module: str, field: str) -> Any:
     """Import a module a registry names; a wrong name is a RegistryError naming the registry field."""
     try:
         return importlib.import_module(module)
-    except ImportError as exc:
+    except (ImportError, ValueError, TypeError) as exc:  # ValueError/TypeError: an empty or relative name
         raise RegistryError(f"{field}: cannot import {module!r}: {exc}") from None
 
 

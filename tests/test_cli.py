@@ -149,7 +149,7 @@ def test_ctrl_c_prints_one_line_and_exits_130(monkeypatch, capsys):
     monkeypatch.setattr(cli_module, "print_plugins", interrupted)
     with pytest.raises(SystemExit) as exit_info:
         cli_module.main(["plugins"])
-    assert exit_info.value.code == 130 and capsys.readouterr().err.strip() == "geo-os: interrupted"
+    assert exit_info.value.code == 130 and "geo-os: interrupted" in capsys.readouterr().err
     for argv, code in ((["--version"], 0), (["plugins", "--bogus"], 2), (["--registry", "/nope.toml", "pixel-llm", "info"], 1)):
         with pytest.raises(SystemExit) as exit_info:
             cli_module.main(argv)
@@ -157,7 +157,7 @@ def test_ctrl_c_prints_one_line_and_exits_130(monkeypatch, capsys):
 
 
 def test_a_registry_naming_a_wrong_hookspecs_module_is_one_line(tmp_path):
-    for hookspecs, needle in (("geometry_os.systems.pixel_llm.hookspec", "cannot import"),
+    for hookspecs, needle in (("geometry_os.systems.pixel_llm.hookspec", "cannot import"), ("", "cannot import"),
                               ("geometry_os.errors", "defines no COMPONENT_KINDS")):
         registry = tmp_path / "registry.toml"
         registry.write_text(f'[systems.pixel_llm]\nhookspecs = "{hookspecs}"\n')

@@ -245,6 +245,7 @@ def test_resume_applies_a_changed_learning_rate_betas_and_weight_decay(tmp_path)
     changed.resume("latest")
     decay, no_decay = changed.optimizer.param_groups
     assert decay["lr"] == no_decay["lr"] == 1e-5 and changed.scheduler.base_lrs == [1e-5, 1e-5]
+    assert changed.scheduler.get_last_lr() == [1e-5, 1e-5]  # what the first log line reports
     assert decay["betas"] == no_decay["betas"] == (0.9, 0.9)
     assert decay["weight_decay"] == 0.5 and no_decay["weight_decay"] == 0.0
     changed.train()
@@ -607,6 +608,18 @@ def test_resumed_settings_are_the_runs_own_under_what_is_set_now(tmp_path, capsy
         assert (merged.batch_size, merged.seed, merged.max_steps) == (4, 7, 9)  # unknown "retired" dropped
         assert merged.checkpoint_dir == str(tmp_path / "runs")  # next to the resumed checkpoint
         assert ("does not record the run's training data" in capsys.readouterr().err) == warned
+    # the machine's own settings are not inherited; a forged value is refused naming the file
+    (folder / "trainer_state.json").write_text(json.dumps({"format": ckpt.STATE_FORMAT, "trainer_config": {
+        **saved, "device": "cuda", "num_workers": 4096, "compile": True}}))
+    merged = _resumed_trainer_settings(folder, TrainerConfig())
+    assert {"device", "num_workers", "compile"}.isdisjoint(merged)
+    (folder / "trainer_state.json").write_text(json.dumps({"format": ckpt.STATE_FORMAT,
+                                                           "trainer_config": {**saved, "learning_rate": "x"}}))
+    with pytest.raises(CheckpointError, match=r"trainer_state\.json: trainer_config.*learning_rate"):
+        _resumed_trainer_settings(folder, TrainerConfig())
+    # a plain saved model (no trainer state) starts a new run where this run's settings say
+    (folder / "trainer_state.json").unlink()
+    assert "checkpoint_dir" not in _resumed_trainer_settings(folder, TrainerConfig())
 
 
 def test_fp16_steps_that_always_overflow_stop_the_run(tmp_path):

@@ -72,10 +72,12 @@ def write_checkpoint(
 
 
 def holds_run(checkpoint_dir: Path) -> bool:
-    """Whether a training run already wrote here (its ``latest`` pointer or a step folder)."""
+    """Whether a training run already wrote here (its ``latest`` pointer, ``best`` or a step folder)."""
     if not checkpoint_dir.is_dir():
         return False
-    return (checkpoint_dir / LATEST).exists() or any(STEP_RE.match(p.name) for p in checkpoint_dir.iterdir())
+    if (checkpoint_dir / LATEST).exists() or (checkpoint_dir / BEST).exists():
+        return True
+    return any(STEP_RE.match(p.name) for p in checkpoint_dir.iterdir())
 
 
 def point_latest(checkpoint_dir: Path, name: str, step: int) -> None:

@@ -87,6 +87,12 @@ def run_training(
         trainer = _resumed_trainer_settings(folder, config.trainer)
         config = PixelLLMConfig.model_validate({**model.config.model_dict(), "trainer": trainer})
     t = config.trainer
+    if not resume:  # before building data and model: a new run must not take over an existing one
+        from geometry_os.plugins.amp_trainer.checkpointing import holds_run
+
+        if holds_run(Path(t.checkpoint_dir)):
+            raise click.ClickException(f"{t.checkpoint_dir} already holds a training run; resume it (--resume latest) "
+                                       "or train into another --out")
     for field in ("data", "val_data"):  # saved with the run as absolute paths: a resume from elsewhere finds them
         if getattr(t, field):
             setattr(t, field, str(Path(getattr(t, field)).resolve()))
@@ -156,16 +162,27 @@ def _load_resume(config: Any, resume: str) -> tuple[Path, Any, Any]:
 
 def _resumed_trainer_settings(folder: Path, current: Any) -> dict[str, Any]:
     """The resumed run's saved trainer settings, overridden by the fields set now (config file, --set,
-    flags). It keeps writing next to the checkpoint it resumes unless told otherwise."""
+    flags). Settings of the machine it ran on (device, workers, compile) are this machine's. A resumed
+    run keeps writing next to its checkpoint unless told otherwise; a plain saved model starts a new run."""
+    from pydantic import ValidationError
+
+    from geometry_os.errors import CheckpointError, format_validation_error
     from geometry_os.plugins.amp_trainer.checkpointing import STATE, read_state
 
     state = read_state(folder) or {}
     saved = state.get("trainer_config")
-    saved = {k: v for k, v in saved.items() if k in type(current).model_fields} if isinstance(saved, dict) else {}
+    machine = {"device", "num_workers", "compile"}
+    fields = set(type(current).model_fields) - machine
+    saved = {k: v for k, v in saved.items() if k in fields} if isinstance(saved, dict) else {}
+    try:
+        type(current).model_validate(saved)
+    except ValidationError as exc:
+        raise CheckpointError(format_validation_error(exc, source=f"{folder / STATE}: trainer_config")) from None
     if state and "data" not in saved and current.data is None and os.environ.get("RANK", "0") == "0":
         click.echo(f"geo-os: warning: {folder / STATE} does not record the run's training data (written by an "
                    "older version); without --data this resume trains on the synthetic shapes scenes", err=True)
-    saved["checkpoint_dir"] = str(folder.parent)
+    if state:
+        saved["checkpoint_dir"] = str(folder.parent)
     return {**saved, **current.model_dump(include=current.model_fields_set)}
 
 

@@ -11,6 +11,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from . import checkpointing as ckpt
 
 
@@ -105,6 +107,8 @@ class CheckpointMixin:
         """The loaded optimizer and schedule carry the saved run's learning rate, betas and weight decay;
         this run's config wins (the same values unless changed, so an exact resume stays exact)."""
         cfg, scheduler = self.config, self.scheduler
+        if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):  # a subclass's own schedule: leave it
+            return
         scheduler.base_lrs = [cfg.learning_rate] * len(self.optimizer.param_groups)
         for i, group in enumerate(self.optimizer.param_groups):
             group["initial_lr"] = cfg.learning_rate
@@ -112,6 +116,7 @@ class CheckpointMixin:
             group["betas"] = (cfg.adam_beta1, cfg.adam_beta2)
             if i == 0:  # param_groups(): the decaying weight matrices come first, the rest never decay
                 group["weight_decay"] = cfg.weight_decay
+        scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]  # what get_last_lr() logs
 
     def _restore_counters(self, state: dict[str, Any], folder: Path) -> None:
         for key in ("global_step", "epoch", "batch_in_epoch", "train_time_s", "best_metric", "best_val_loss",

@@ -31,7 +31,7 @@ def process_logits(
     """Penalties and bans for the token after ``prefix`` (rows, ``length`` tokens); in place, float32."""
     logits = logits.float()
     if config.suppress_tokens:
-        logits[:, [t for t in config.suppress_tokens if 0 <= t < logits.shape[-1]]] = NEG_INF
+        logits.masked_fill_(_suppressed(config.suppress_tokens, logits.shape[-1], logits.device), NEG_INF)
     if config.repetition_penalty != 1.0:
         logits = repetition_penalty(logits, prefix, config.repetition_penalty)
     if length < config.min_length:
@@ -43,6 +43,20 @@ def process_logits(
         banned &= ~(banned | torch.isneginf(logits)).all(dim=-1, keepdim=True)
         logits = logits.masked_fill_(banned, NEG_INF)
     return logits
+
+
+_SUPPRESSED: tuple[list[int], tuple[int, torch.device], torch.Tensor] | None = None
+
+
+def _suppressed(ids: list[int], vocab: int, device: torch.device) -> torch.Tensor:
+    """(vocab,) bool mask of ``ids``, built once per list (a decode calls this every step with the same
+    list; holding it keeps the identity check sound)."""
+    global _SUPPRESSED
+    if _SUPPRESSED is None or _SUPPRESSED[0] is not ids or _SUPPRESSED[1] != (vocab, device):
+        mask = torch.zeros(vocab, dtype=torch.bool)
+        mask[[t for t in ids if 0 <= t < vocab]] = True
+        _SUPPRESSED = (ids, (vocab, device), mask.to(device))
+    return _SUPPRESSED[2]
 
 
 def repetition_penalty(logits: torch.Tensor, prefix: torch.Tensor, penalty: float) -> torch.Tensor:
