@@ -86,7 +86,7 @@ def _check_keys(obj: Any, allowed: frozenset, what: str) -> dict:
         raise _Bad(f"expected {what}, got {type(obj).__name__}")
     for key in obj:
         if key not in allowed:
-            raise _Bad(f'unknown key "{key}" (allowed: {", ".join(sorted(allowed))})')
+            raise _Bad(f'unknown key {json.dumps(key, ensure_ascii=False)[:60]} (allowed: {", ".join(sorted(allowed))})')  # escaped
     return obj
 
 
@@ -152,7 +152,7 @@ class _Reader:
             raise DataError(
                 f'{self.name}: expected a JSON list of {{"image", "caption"}} entries or a COCO object with '
                 f'"images" and "annotations", got {type(data).__name__}'
-                + (f" with keys {', '.join(sorted(data))[:60]}" if isinstance(data, dict) else "")
+                + (f" with keys {', '.join(json.dumps(k, ensure_ascii=False) for k in sorted(data))[:60]}" if isinstance(data, dict) else "")
             )
 
     def read_list(self, data: list) -> None:
