@@ -37,6 +37,17 @@ class GeoOSGroup(click.Group):
                 return build_system_group(ctx, system)
         return None
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """click's listing, except that a system is described from the registry file: ``geo-os -h``
+        imports no plugin (and so still works when one is broken)."""
+        systems = {system_command_name(name): description for name, description in _systems(ctx).items()}
+        names = [n for n in self.list_commands(ctx) if n in systems or not self.commands[n].hidden]
+        limit = formatter.width - 6 - max((len(n) for n in names), default=0)
+        rows = [(n, systems[n] if n in systems else self.commands[n].get_short_help_str(limit)) for n in names]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -59,19 +70,23 @@ class GeoOSGroup(click.Group):
             raise
 
 
-def _system_names(ctx: click.Context, quiet: bool) -> list[str]:
-    """System names from the registry file alone (cheap: no plugin is imported). An unreadable registry
-    gives none when only listing (help still works), else a one-line error naming the file."""
+def _systems(ctx: click.Context, quiet: bool = True) -> dict[str, str]:
+    """System names and descriptions from the registry file alone (cheap: no plugin is imported). An
+    unreadable registry gives none when only listing (help still works), else a one-line error naming it."""
     from geometry_os.host import ENV_REGISTRY, default_registry_path, read_registry
 
     root = ctx.find_root()
     path = root.params.get("registry") or os.environ.get(ENV_REGISTRY) or default_registry_path()
     try:
-        return list(read_registry(path).systems)
+        return {name: entry.description or "" for name, entry in read_registry(path).systems.items()}
     except GeometryOSError as exc:
         if quiet:
-            return []
+            return {}
         raise click.ClickException(one_line(exc)) from None
+
+
+def _system_names(ctx: click.Context, quiet: bool) -> list[str]:
+    return list(_systems(ctx, quiet))
 
 
 def get_cli_host(ctx: click.Context):

@@ -230,3 +230,5 @@ def test_strict_mode_turns_each_load_failure_into_one_line(tmp_path, monkeypatch
     result = CliRunner().invoke(cli, ["pixel-llm", "components"], env={"GEO_OS_STRICT_PLUGINS": "1"})
     assert result.exit_code != 0 and isinstance(result.exception, SystemExit)
     assert_one_line(result.stderr, "plugin 'fault_register'", "boom while registering")
+    top = CliRunner().invoke(cli, ["-h"], env={"GEO_OS_STRICT_PLUGINS": "1"})  # help loads no plugin
+    assert top.exit_code == 0 and "pixel-llm" in top.stdout and "Pixel LLM" in top.stdout and not top.stderr
