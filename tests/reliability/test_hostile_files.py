@@ -171,6 +171,25 @@ def test_refusing_a_pickled_optimizer_says_why_and_warns_nothing(case_dir, works
     assert "weights_only` set to `False`" not in line and "posix.system" in line
 
 
+@pytest.mark.parametrize("where, value, needle", [
+    ("group", {"lr": "a"}, "param_groups[0].lr must be a number"),
+    ("group", {"betas": [0.9]}, "param_groups[0].betas must be two numbers"),
+    ("group", {"eps": None}, "param_groups[0].eps must be a number"),
+    ("scheduler", {"last_epoch": "x"}, "scheduler.last_epoch must be an integer"),
+])
+def test_forged_optimizer_values_are_refused_at_load_not_mid_step(where, value, needle, case_dir, workspace, tmp_path):
+    """weights_only lets plain values through; those the step computes with are checked when loading."""
+    import torch
+
+    folder = case_dir()
+    tensors = torch.load(folder / "optimizer.pt", weights_only=True)
+    (tensors["optimizer"]["param_groups"][0] if where == "group" else tensors["scheduler"]).update(value)
+    torch.save(tensors, folder / "optimizer.pt")
+    for reader in ("trainer_resume", "train_cli"):
+        refused, message = read_with(reader, folder, workspace, tmp_path)
+        assert_refused(refused, message, "optimizer.pt", needle)
+
+
 # ---- forged safetensors headers -----------------------------------------------------------------
 
 F32_4 = {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}
