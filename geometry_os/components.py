@@ -40,7 +40,7 @@ class Component:
                     obj: Any = importlib.import_module(module_name)
                     for part in attr.split(".") if attr else ():
                         obj = getattr(obj, part)
-                except Exception as exc:  # a plugin's import error, named
+                except (Exception, SystemExit) as exc:  # a plugin's import error (or sys.exit), named
                     raise ComponentError(
                         f"{self.label}: cannot load factory {self.factory!r}: {type(exc).__name__}: {first_line(exc)}"
                     ) from exc

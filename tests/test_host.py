@@ -215,3 +215,13 @@ def test_registration_imports_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_lazy_factory_whose_module_exits_is_a_component_error(tmp_path, monkeypatch):
+    from geometry_os.components import Component
+
+    (tmp_path / "geo_quitter.py").write_text("import sys\nsys.exit(4)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    component = Component("encoder", "quitter", "geo_quitter:Encoder", None, "quitting")
+    with pytest.raises(ComponentError, match=r"encoder 'quitter' \(plugin 'quitting'\): cannot load factory .*SystemExit"):
+        component.load()

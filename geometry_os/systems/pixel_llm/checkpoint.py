@@ -253,6 +253,9 @@ def load_tokenizer(folder: Path, entry: Any) -> Any:
         return cls.load(str(file))
     except (ValueError, OSError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{file}: cannot load tokenizer: {' '.join(str(exc).split())}") from None
+    except Exception as exc:  # a third-party tokenizer's own error type: still one line, naming it
+        raise CheckpointError(f"{file}: tokenizer {entry['component']!r} failed to load: "
+                              f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}") from None
 
 
 def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Any, Any]:
