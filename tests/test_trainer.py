@@ -705,3 +705,18 @@ def test_a_failed_rename_puts_the_previous_folder_back(tmp_path, monkeypatch):
         with AtomicFolder(dest, replaces=None) as tmp:
             (tmp / "config.json").write_text("new")
     assert (dest / "config.json").read_text() == "previous" and [p.name for p in tmp_path.iterdir()] == ["best"]
+
+
+def test_resume_repairs_a_best_folder_left_behind_by_a_crash(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path, max_steps=3, val=True, checkpoint_interval=1, val_interval=1)
+    monkeypatch.setattr(trainer, "validate", iter([{"val_loss": 0.9}, {"val_loss": 0.5}, {"val_loss": 0.7}]).__next__)
+    trainer.train()
+    root = tmp_path / "ckpt"
+    assert trainer.best_checkpoint == "step-00000002"
+    ckpt.copy_as_best(root, root / "step-00000001")  # what a crash mid-update can leave: the previous best
+    resumed = make_trainer(tmp_path, max_steps=4, val=True, checkpoint_interval=1, val_interval=1)
+    monkeypatch.setattr(resumed, "validate", lambda: {"val_loss": 0.8})
+    resumed.resume("latest")
+    resumed.train()
+    assert json.loads((root / "best" / "trainer_state.json").read_text())["global_step"] == 2
+    assert not ckpt.repair_best(root, "step-00000002")  # already right: nothing copied

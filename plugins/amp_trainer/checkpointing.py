@@ -95,6 +95,23 @@ def copy_as_best(checkpoint_dir: Path, folder: Path) -> Path:
     return checkpoint_dir / BEST
 
 
+def repair_best(checkpoint_dir: Path, best_checkpoint: str) -> bool:
+    """Make ``best`` a copy of ``best_checkpoint`` (the step the run's state names) when it is not, e.g.
+    after a crash between copying the new best and replacing the old one. Returns whether it copied."""
+    source = checkpoint_dir / best_checkpoint
+    if not STEP_RE.match(best_checkpoint) or not source.is_dir():
+        return False
+    try:
+        current = read_json(checkpoint_dir / BEST / STATE).get("global_step")
+        wanted = read_json(source / STATE).get("global_step")
+    except (CheckpointError, OSError, AttributeError):
+        current, wanted = None, -1
+    if current == wanted:
+        return False
+    copy_as_best(checkpoint_dir, source)
+    return True
+
+
 def rotate(checkpoint_dir: Path, limit: int | None, keep: set[str]) -> list[Path]:
     """Delete the oldest step folders beyond ``limit``, never one named in ``keep`` (latest, best)."""
     if limit is None:

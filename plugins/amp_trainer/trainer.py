@@ -168,6 +168,8 @@ class PixelLLMTrainer(CheckpointMixin):
             )
         if self.world.is_main:
             ckpt.remove_stale(self.checkpoint_dir)
+            if self.best_checkpoint:  # a crash while replacing best can leave the previous one there
+                ckpt.repair_best(self.checkpoint_dir, self.best_checkpoint)
         self._time_up = cfg.max_time_s is not None and self.train_time_s >= cfg.max_time_s
         self._session_start = time.perf_counter() - self.train_time_s
         self._log_mark = (time.perf_counter(), 0)
