@@ -225,17 +225,14 @@ def read_state(folder: Path) -> dict[str, Any] | None:
 def _check_state_types(state: dict[str, Any], path: Path) -> None:
     """The fields the trainer restores have the types it computes with (else a one-line error, not a crash)."""
 
-    def number(value: Any) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-    count = (lambda v: number(v) and isinstance(v, int) and v >= 0, "a non-negative integer")
+    count = (lambda v: _number(v) and isinstance(v, int) and v >= 0, "a non-negative integer")
     checks = {
         "global_step": count,
         "epoch": count,
         "batch_in_epoch": count,
-        "train_time_s": (lambda v: number(v) and v >= 0, "a non-negative number"),
-        "best_metric": (lambda v: v is None or number(v), "a number or null"),
-        "best_val_loss": (lambda v: v is None or number(v), "a number or null"),
+        "train_time_s": (lambda v: _number(v) and v >= 0, "a non-negative number"),
+        "best_metric": (lambda v: v is None or _number(v), "a number or null"),
+        "best_val_loss": (lambda v: v is None or _number(v), "a number or null"),
         "best_metric_name": (lambda v: v is None or isinstance(v, str), "a string or null"),
         "best_checkpoint": (lambda v: v is None or isinstance(v, str), "a string or null"),
         "rng": (lambda v: v is None or (isinstance(v, list) and all(r is None or isinstance(r, dict) for r in v)),
@@ -244,6 +241,26 @@ def _check_state_types(state: dict[str, Any], path: Path) -> None:
     for key, (ok, what) in checks.items():
         if key in state and not ok(state[key]):
             raise CheckpointError(f"{path}: {key!r} must be {what}, got {str(state[key])[:60]!r}")
+
+
+def check_hyperparameter_types(tensors: dict[str, Any]) -> None:
+    """The plain values torch's ``load_state_dict`` copies without looking (optimizer groups, the schedule's
+    position) have the types the training step computes with: a TypeError here, not mid-step."""
+    groups = tensors["optimizer"]["param_groups"]
+    for i, group in enumerate(groups):
+        for key in ("lr", "eps", "weight_decay"):
+            if key in group and not _number(group[key]):
+                raise TypeError(f"param_groups[{i}].{key} must be a number, got {group[key]!r:.40}")
+        betas = group.get("betas", (0.9, 0.999))
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(map(_number, betas))):
+            raise TypeError(f"param_groups[{i}].betas must be two numbers, got {betas!r:.40}")
+    last_epoch = tensors["scheduler"].get("last_epoch", 0)
+    if not isinstance(last_epoch, int) or isinstance(last_epoch, bool):
+        raise TypeError(f"scheduler.last_epoch must be an integer, got {last_epoch!r:.40}")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def read_tensors(folder: Path) -> dict[str, Any]:

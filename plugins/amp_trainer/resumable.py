@@ -81,7 +81,7 @@ class CheckpointMixin:
             return None
         tensors = ckpt.read_tensors(folder)
         try:
-            _check_hyperparameters(tensors)
+            ckpt.check_hyperparameter_types(tensors)
             self.optimizer.load_state_dict(tensors["optimizer"])
             self.scheduler.load_state_dict(tensors["scheduler"])
             if tensors.get("scaler") and self.scaler.is_enabled():  # {}: saved by a run without fp16
@@ -146,22 +146,3 @@ class CheckpointMixin:
         """``load_checkpoint`` of ``"latest"`` (in checkpoint_dir), a checkpoint folder, or a checkpoint_dir."""
         return self.load_checkpoint(ckpt.resolve_checkpoint(path, self.checkpoint_dir))
 
-
-def _check_hyperparameters(tensors: dict[str, Any]) -> None:
-    """The plain values torch's ``load_state_dict`` copies without looking (optimizer groups, the schedule's
-    position) have the types the training step computes with: a TypeError here, not mid-step."""
-
-    def number(value: Any) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-    groups = tensors["optimizer"]["param_groups"]
-    for i, group in enumerate(groups):
-        for key in ("lr", "eps", "weight_decay"):
-            if key in group and not number(group[key]):
-                raise TypeError(f"param_groups[{i}].{key} must be a number, got {group[key]!r:.40}")
-        betas = group.get("betas", (0.9, 0.999))
-        if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(map(number, betas))):
-            raise TypeError(f"param_groups[{i}].betas must be two numbers, got {betas!r:.40}")
-    last_epoch = tensors["scheduler"].get("last_epoch", 0)
-    if not isinstance(last_epoch, int) or isinstance(last_epoch, bool):
-        raise TypeError(f"scheduler.last_epoch must be an integer, got {last_epoch!r:.40}")
