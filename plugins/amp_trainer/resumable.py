@@ -145,4 +145,3 @@ class CheckpointMixin:
     def resume(self, path: str | Path = "latest") -> dict[str, Any] | None:
         """``load_checkpoint`` of ``"latest"`` (in checkpoint_dir), a checkpoint folder, or a checkpoint_dir."""
         return self.load_checkpoint(ckpt.resolve_checkpoint(path, self.checkpoint_dir))
-

@@ -302,7 +302,7 @@ class PixelLLMTrainer(CheckpointMixin):
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         if scale is not None and self.scaler.get_scale() < scale:  # fp16 overflow: the scaler skipped the step
-            return self._overflowed(scale)
+            return self._overflowed()
         self.scheduler.step()
         self.nonfinite_streak = self.overflow_streak = 0
         self.global_step += 1
@@ -310,7 +310,7 @@ class PixelLLMTrainer(CheckpointMixin):
         self._log_step(loss, lr, grad_norm, images * world.world_size)
         return loss
 
-    def _overflowed(self, scale: float) -> None:
+    def _overflowed(self) -> None:
         """An fp16 step the GradScaler skipped. A few in a row are its calibration (the scale halves each
         time, from 2**16); many more mean gradients that are not finite at any scale, which must stop the run
         rather than loop on skipped steps."""
