@@ -31,7 +31,7 @@ def read_utf8(path: str | os.PathLike[str], error: type[Exception] = ValueError)
     try:
         return Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise error(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+        raise error(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def atomic_save(path: str | os.PathLike[str], save: Callable[[Path], None]) -> Path:

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from geometry_os import __version__
 from geometry_os.errors import CheckpointError, ComponentError, ConfigError, format_validation_error
-from geometry_os.fileio import fsync_dir, parse_json, write_json_atomic
+from geometry_os.fileio import fsync_dir, parse_json, read_utf8, write_json_atomic
 
 from .components import get_component
 from .config import PixelLLMConfig
@@ -162,10 +162,7 @@ def safe_file(folder: Path, name: str, required: bool = True) -> Path | None:
 def read_json(path: Path) -> Any:
     if path.stat().st_size > MAX_JSON_BYTES:
         raise CheckpointError(f"{path}: file too large for a JSON config ({path.stat().st_size} bytes)")
-    try:
-        return parse_json(path.read_text(encoding="utf-8"), path, CheckpointError)
-    except UnicodeDecodeError:
-        raise CheckpointError(f"{path}: not UTF-8 text") from None
+    return parse_json(read_utf8(path, CheckpointError), path, CheckpointError)
 
 
 def read_checkpoint_config(folder: Path) -> tuple[PixelLLMConfig, dict[str, Any]]:

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from geometry_os.errors import GeometryOSError
-from geometry_os.fileio import parse_json
+from geometry_os.fileio import parse_json, read_utf8
 from geometry_os.systems.pixel_llm.data_config import DatasetConfig
 from geometry_os.systems.pixel_llm.protocols import EOS_ID, PAD_ID
 
@@ -130,14 +130,11 @@ class _Reader:
 
     def read(self) -> None:
         try:
-            with open(self.name, encoding="utf-8") as f:
-                text = f.read()
+            text = read_utf8(self.name, DataError)
         except FileNotFoundError:
             raise DataError(f"{self.name}: no such file") from None
         except IsADirectoryError:
             raise DataError(f"{self.name}: is a directory, expected a caption file") from None
-        except UnicodeDecodeError as e:
-            raise DataError(f"{self.name}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         except OSError as e:
             raise DataError(f"{self.name}: cannot read: {e.strerror}") from None
         if self.name.endswith(".jsonl"):
