@@ -122,7 +122,7 @@ class ComponentRegistry:
         try:
             return table[name]
         except KeyError:
-            raise ComponentError(f"unknown {kind} {name!r}; registered {_plural(kind)}: {_listing(table)}") from None
+            raise ComponentError(f"unknown {kind} {name!r}; registered {plural(kind)}: {_listing(table)}") from None
 
     def __iter__(self) -> Iterator[Component]:
         for table in self._by_kind.values():
@@ -135,7 +135,8 @@ class ComponentRegistry:
             raise ComponentError(f"unknown component kind {kind!r}; kinds: {', '.join(self.kinds)}") from None
 
 
-def _plural(kind: str) -> str:
+def plural(kind: str) -> str:
+    """A component kind as the registry's messages (and ``components KIND``) name it: encoders, decoding_strategies."""
     return kind[:-1] + "ies" if kind.endswith("y") else kind + "s"
 
 

@@ -71,13 +71,16 @@ def write_checkpoint(
         torch.save(tensors, tmp / OPTIMIZER)
 
 
-def holds_run(checkpoint_dir: Path) -> bool:
-    """Whether a training run already wrote here (its ``latest`` pointer, ``best`` or a step folder)."""
+def new_run_refusal(checkpoint_dir: Path) -> str | None:
+    """Why a new run must not start in ``checkpoint_dir`` (a run already wrote its ``latest`` pointer,
+    ``best`` or a step folder there, which the new one would take over), or None."""
     if not checkpoint_dir.is_dir():
-        return False
-    if (checkpoint_dir / LATEST).exists() or (checkpoint_dir / BEST).exists():
-        return True
-    return any(STEP_RE.match(p.name) for p in checkpoint_dir.iterdir())
+        return None
+    if not ((checkpoint_dir / LATEST).exists() or (checkpoint_dir / BEST).exists()
+            or any(STEP_RE.match(p.name) for p in checkpoint_dir.iterdir())):
+        return None
+    return (f"{checkpoint_dir} already holds a training run; resume it (train --resume latest, trainer.resume()) "
+            "or train into another checkpoint_dir (--out)")
 
 
 def point_latest(checkpoint_dir: Path, name: str, step: int) -> None:

@@ -87,12 +87,12 @@ def run_training(
         trainer = _resumed_trainer_settings(folder, config.trainer)
         config = PixelLLMConfig.model_validate({**model.config.model_dict(), "trainer": trainer})
     t = config.trainer
-    if not resume:  # before building data and model: a new run must not take over an existing one
-        from geometry_os.plugins.amp_trainer.checkpointing import holds_run
+    if not resume:  # the trainer refuses too; here before data and model are built
+        from geometry_os.plugins.amp_trainer.checkpointing import new_run_refusal
 
-        if holds_run(Path(t.checkpoint_dir)):
-            raise click.ClickException(f"{t.checkpoint_dir} already holds a training run; resume it (--resume latest) "
-                                       "or train into another --out")
+        refusal = new_run_refusal(Path(t.checkpoint_dir))
+        if refusal:
+            raise click.ClickException(refusal)
     for field in ("data", "val_data"):  # saved with the run as absolute paths: a resume from elsewhere finds them
         if getattr(t, field):
             setattr(t, field, str(Path(getattr(t, field)).resolve()))

@@ -161,11 +161,9 @@ class PixelLLMTrainer(CheckpointMixin):
     def train(self) -> dict[str, Any]:
         """Train until ``max_steps``, ``num_epochs`` or ``max_time_s``; returns a summary."""
         cfg = self.config
-        if not self._started and ckpt.holds_run(self.checkpoint_dir):  # a fresh run would take over its best/latest
-            raise TrainingError(
-                f"{self.checkpoint_dir} already holds a training run; resume it (train --resume latest, "
-                "trainer.resume()) or train into another checkpoint_dir (--out)"
-            )
+        refusal = None if self._started else ckpt.new_run_refusal(self.checkpoint_dir)
+        if refusal:
+            raise TrainingError(refusal)
         if self.world.is_main:
             ckpt.remove_stale(self.checkpoint_dir)
             if self.best_checkpoint:  # a crash while replacing best can leave the previous one there

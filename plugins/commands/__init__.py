@@ -54,8 +54,9 @@ def components_command(ctx: click.Context, kind: str | None, as_json: bool) -> N
     registry = get_cli_host(ctx).system("pixel_llm").components
     kinds = list(registry.kinds)
     if kind is not None:
-        plurals = {k[:-1] + "ies" if k.endswith("y") else k + "s": k for k in kinds}
-        kind = plurals.get(kind, kind)
+        from geometry_os.components import plural
+
+        kind = {plural(k): k for k in kinds}.get(kind, kind)
         if kind not in kinds:
             raise click.BadParameter(f"unknown kind {kind!r}; kinds: {', '.join(kinds)}", param_hint="KIND")
         kinds = [kind]
