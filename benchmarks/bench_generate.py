@@ -61,6 +61,14 @@ def summarise(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": values[0], "max": values[-1]}
 
 
+def table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    """A Markdown table and a blank line after it; nothing for no rows."""
+    if not rows:
+        return []
+    body = ["| " + " | ".join(str(c) for c in row) + " |" for row in [header, *rows]]
+    return [body[0], "|" + "---|" * len(header), *body[1:], ""]
+
+
 def run_case(ours: Any, hf: Any, preset: str, decoding: str, batch: int, repeats: int, device, dtype,
              min_seconds: float = MIN_SECONDS) -> dict:
     size = PRESETS[preset]["image_size"]
@@ -201,13 +209,10 @@ def main(argv: list[str] | None = None) -> int:
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
     print(f"\ncaption generation, {NEW_TOKENS} new tokens, {args.dtype}, {name}, median of >= {repeats} (min-max)")
-    print("| preset | decoding | batch | runs | ours captions/s | HF captions/s | ours/HF |")
-    print("|---|---|---|---|---|---|---|")
-    for r in results:
-        o, h = r["ours"], r["hf"]
-        print(f"| {r['preset']} | {r['decoding']} | {r['batch']} | {r['repeats']} "
-              f"| {o['captions_per_s']:.1f} ({o['min']:.1f}-{o['max']:.1f}) "
-              f"| {h['captions_per_s']:.1f} ({h['min']:.1f}-{h['max']:.1f}) | {r['ratio']:.2f}x |")
+    rate = "{0[captions_per_s]:.1f} ({0[min]:.1f}-{0[max]:.1f})".format
+    print("\n".join(table(["preset", "decoding", "batch", "runs", "ours captions/s", "HF captions/s", "ours/HF"],
+                          [[r["preset"], r["decoding"], r["batch"], r["repeats"], rate(r["ours"]), rate(r["hf"]),
+                            f"{r['ratio']:.2f}x"] for r in results])))
     if args.out:
         import transformers
 

@@ -37,7 +37,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_generate import CASES as GENERATE_CASES  # noqa: E402
-from bench_generate import MAX_REPEATS, MIN_SECONDS, run_case, summarise  # noqa: E402
+from bench_generate import MAX_REPEATS, MIN_SECONDS, run_case, summarise, table  # noqa: E402
 from hf_reference import build_hf_model  # noqa: E402
 
 from geometry_os.fileio import atomic_write_text, write_json_atomic  # noqa: E402
@@ -210,14 +210,6 @@ def bench_memory(preset: str, steps: int) -> dict:
 
 def spread(d: dict, key: str) -> str:
     return f"{d[key]:.3g} ({d['min']:.3g}-{d['max']:.3g})"
-
-
-def table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    """A Markdown table and a blank line after it; nothing for no rows."""
-    if not rows:
-        return []
-    body = ["| " + " | ".join(str(c) for c in row) + " |" for row in [header, *rows]]
-    return [body[0], "|" + "---|" * len(header), *body[1:], ""]
 
 
 def markdown(results: dict) -> str:
