@@ -245,7 +245,8 @@ def test_lint_reports_every_problem(cli, made, tmp_path):
     assert "entry 16: duplicates entry 0 (same image and caption)" in out
     assert "000003.png is used by" in out and "have identical images" in out
     assert "missing.json: no such file" in out
-    assert "6 errors, 1 warning\n" in out
+    assert "val.json: 1 word not in the vocabulary train builds from" in out and "'copy' (1x)" in out
+    assert "6 errors, 2 warnings\n" in out
 
 
 def test_lint_json_and_vocab(cli, made, tmp_path):

@@ -21,26 +21,29 @@ from typing import Any
 import torch
 
 from geometry_os.errors import CheckpointError
-from geometry_os.systems.pixel_llm.checkpoint import (
+from geometry_os.systems.pixel_llm.checkpoint import (  # noqa: F401 - the run layout is the core's, re-exported
+    BEST,
     CONFIG,
+    LATEST,
+    STEP_RE,
     WEIGHTS,
     AtomicFolder,
     check_weights_header,
+    is_run_folder,
     load_tokenizer,
     load_weights,
     read_checkpoint_config,
     read_json,
+    read_latest,
     safe_file,
+    step_folders,
     write_json_atomic,
     write_model_files,
 )
 
 STATE = "trainer_state.json"
 OPTIMIZER = "optimizer.pt"
-LATEST = "latest"
-BEST = "best"
 STATE_FORMAT = "pixel-llm-trainer-state"
-STEP_RE = re.compile(r"^step-(\d{8,})$")
 STALE_RE = re.compile(r"^\.(step-\d{8,}|best)\.(tmp|old)-[0-9a-f]{8}$")
 # Fields that may differ between a checkpoint and the model it is loaded into.
 RUNTIME_FIELDS = frozenset({"dropout"})
@@ -48,14 +51,6 @@ RUNTIME_FIELDS = frozenset({"dropout"})
 
 def step_name(step: int) -> str:
     return f"step-{step:08d}"
-
-
-def step_folders(checkpoint_dir: Path) -> list[tuple[int, Path]]:
-    """Complete step folders, oldest first (temporary ``.step-*.tmp-*`` folders are not listed)."""
-    if not checkpoint_dir.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in checkpoint_dir.iterdir() if (m := STEP_RE.match(p.name)) and p.is_dir()]
-    return sorted(found)
 
 
 # ---- writing ------------------------------------------------------------------------------------------
@@ -147,24 +142,6 @@ def remove_stale(checkpoint_dir: Path) -> list[Path]:
 
 
 # ---- finding ------------------------------------------------------------------------------------------
-
-
-def read_latest(checkpoint_dir: Path) -> Path:
-    """The folder ``latest`` names; without a ``latest`` file, the newest complete step folder."""
-    pointer = checkpoint_dir / LATEST
-    if pointer.is_file():
-        data = read_json(pointer)
-        name = data.get("checkpoint") if isinstance(data, dict) else None
-        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
-            raise CheckpointError(f"{pointer}: expected {{\"checkpoint\": \"<folder name>\"}}")
-        folder = checkpoint_dir / name
-        if not (folder / CONFIG).is_file():
-            raise CheckpointError(f"{pointer}: names {name}, which is not a complete checkpoint")
-        return folder
-    folders = step_folders(checkpoint_dir)
-    if not folders:
-        raise CheckpointError(f"{checkpoint_dir}: no checkpoint to resume from (no 'latest' and no step-* folder)")
-    return folders[-1][1]
 
 
 def resolve_checkpoint(path: str | Path, checkpoint_dir: str | Path | None = None) -> Path:

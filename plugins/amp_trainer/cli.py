@@ -18,14 +18,38 @@ from typing import Any, Iterator
 
 import click
 
-from geometry_os.plugins.commands import config_file_option, preset_option, set_option
+from geometry_os.plugins.commands import config_file_option, image_root_option, preset_option, set_option
+from geometry_os.systems.pixel_llm.config import TrainerConfig
+
+TRAINER_SECTION = {"trainer", *TrainerConfig.model_fields}  # --set keys that leave the model's sizes alone
+# flag -> trainer field, for the settings every run changes (the rest: --set, docs/configuration.md)
+TRAINER_FLAGS = {
+    "out": "checkpoint_dir", "data_path": "data", "val_path": "val_data", "num_scenes": "num_scenes",
+    "image_root": "image_root", "val_image_root": "val_image_root", "max_steps": "max_steps",
+    "epochs": "num_epochs", "batch_size": "batch_size", "lr": "learning_rate", "max_time": "max_time_s",
+    "tokenizer": "tokenizer",
+}
 
 
-@click.command("train")
+@click.command("train", epilog="Every other setting is a --set key (e.g. --set trainer.warmup_steps=50); all of them "
+               "are listed in docs/configuration.md, and `geo-os pixel-llm info` shows their values.")
 @config_file_option
 @preset_option
 @click.option("--data", "data_path", type=click.Path(dir_okay=False), help="Training captions (JSON, JSONL or COCO).")
 @click.option("--val-data", "val_path", type=click.Path(dir_okay=False), help="Validation captions.")
+@image_root_option
+@click.option("--val-image-root", type=click.Path(exists=True, file_okay=False),
+              help="The same for --val-data (default: --image-root when given, else the validation file's folder).")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many optimizer steps.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Passes over the training data [default: 10].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per step [default: 32].")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Peak learning rate [default: 1e-4].")
+@click.option("--max-time", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop after this many seconds of training.")
+@click.option("--tokenizer", default=None,
+              help="Tokenizer trained on --data's captions: simple, bpe, ... (geo-os pixel-llm components tokenizer) "
+                   "[default: the registry's].")
 @set_option
 @click.option("--resume", metavar="DIR|latest", help="Continue from a checkpoint folder, a checkpoint dir or 'latest'.")
 @click.option("--quiet", is_flag=True, help="No progress bar or log lines.")
@@ -45,12 +69,17 @@ def train_command(
     quiet: bool,
     out: str | None,
     num_scenes: int | None,
+    **flags: Any,
 ) -> None:
-    """Train a Pixel LLM captioner; prints where the checkpoints are."""
+    """Train a Pixel LLM captioner; prints where the checkpoints are.
+
+    Without --preset (or a --config that sets the sizes) the model is the full-size `base` one; on a CPU
+    start with --preset small.
+    """
     from geometry_os.cli import get_cli_host
 
     get_cli_host(ctx)
-    summary = run_training(config_path, preset, data_path, val_path, overrides, resume, quiet, out, num_scenes)
+    summary = run_training(config_path, preset, data_path, val_path, overrides, resume, quiet, out, num_scenes, **flags)
     if summary is not None:
         _report(summary)
 
@@ -65,16 +94,22 @@ def run_training(
     quiet: bool = False,
     out: str | None = None,
     num_scenes: int | None = None,
+    **flags: Any,
 ) -> dict[str, Any] | None:
     """What ``train`` does, callable from Python (the ``pixel_llm.train`` system call, the demo).
+    ``flags``: the other ``train`` flags by their parameter names (``image_root``, ``max_steps``, ``epochs``,
+    ``batch_size``, ``lr``, ``max_time``, ``tokenizer``, ...; see ``TRAINER_FLAGS``).
     Returns the trainer's summary on the main process, None on other ranks."""
     from geometry_os.systems.pixel_llm.config import PixelLLMConfig, load_config
 
+    unknown = sorted(set(flags) - set(TRAINER_FLAGS))
+    if unknown:
+        raise TypeError(f"run_training() got unknown flags: {', '.join(unknown)}")
     config = load_config(config_path, list(overrides), preset)
-    flags = {"checkpoint_dir": out, "data": data_path, "val_data": val_path, "num_scenes": num_scenes}
-    for field, value in flags.items():  # assignment marks the field as set, like the file and --set
+    values = {**flags, "out": out, "data_path": data_path, "val_path": val_path, "num_scenes": num_scenes}
+    for flag, value in values.items():  # assignment marks the field as set, like the file and --set
         if value is not None:
-            setattr(config.trainer, field, value)
+            setattr(config.trainer, TRAINER_FLAGS[flag], value)
     import torch
 
     from geometry_os.systems.pixel_llm.data import DataError
@@ -93,7 +128,9 @@ def run_training(
         refusal = new_run_refusal(Path(t.checkpoint_dir))
         if refusal:
             raise click.ClickException(refusal)
-    for field in ("data", "val_data"):  # saved with the run as absolute paths: a resume from elsewhere finds them
+    if t.val_image_root is None and t.image_root is not None and t.val_data:
+        t.val_image_root = t.image_root  # one folder of images for both files unless told otherwise
+    for field in ("data", "val_data", "image_root", "val_image_root"):  # saved with the run as absolute paths: a resume from elsewhere finds them
         if getattr(t, field):
             setattr(t, field, str(Path(getattr(t, field)).resolve()))
     if t.val_data and not t.data:
@@ -113,6 +150,9 @@ def run_training(
 
         torch.manual_seed(config.trainer.seed)
         model = PixelLLM(config)
+        note = size_note(preset, config_path, overrides, model)
+        if note and not quiet and os.environ.get("RANK", "0") == "0":
+            click.echo(f"geo-os: note: {note}", err=True)
     trainer_cls = _trainer_class()
     t = config.trainer
     loader_options = dict(num_workers=t.num_workers, pad_token_id=config.pad_token_id, pin_memory=torch.cuda.is_available())
@@ -196,22 +236,25 @@ def _datasets(config: Any, tokenizer: Any):
         shapes = get_component("dataset", "shapes")
         common = {"seed": config.trainer.seed, **config.image_options()}
         mix = config.trainer.synthetic_shape_weights
+        if tokenizer is None and t.tokenizer is not None:  # else the grammar's own word list
+            tokenizer = get_component("tokenizer", t.tokenizer).name
         train_set = shapes.build({**common, "n": num_scenes, "split": "train", "shape_weights": mix}, tokenizer=tokenizer)
         val_n = max(1, min(1000, num_scenes // 10))
         val_set = shapes.build({**common, "n": val_n, "split": "val"}, tokenizer=train_set.tokenizer)
         return train_set, val_set, train_set.tokenizer
-    from geometry_os.systems.pixel_llm.data import ImageTextDataset, read_caption_file
+    from geometry_os.systems.pixel_llm.data import ImageTextDataset
     from geometry_os.systems.pixel_llm.data_config import DatasetConfig
 
     dataset_config = DatasetConfig(max_length=config.max_seq_len, **config.image_options())  # as captioning
-    if tokenizer is None:
+    if tokenizer is None:  # a component name: trained on the training captions
         from geometry_os.systems.pixel_llm.components import get_component
 
-        records, _, _ = read_caption_file(data_path, on_error="skip")
-        tokenizer = get_component("tokenizer").load().train([r.caption for r in records], None)
-    train_set = ImageTextDataset(data_path, tokenizer=tokenizer, config=dataset_config)
-    val_set = ImageTextDataset(val_path, tokenizer=tokenizer, config=dataset_config) if val_path else None
-    return train_set, val_set, tokenizer
+        tokenizer = get_component("tokenizer", t.tokenizer).name
+    train_set = ImageTextDataset(data_path, tokenizer=tokenizer, config=dataset_config, image_root=t.image_root)
+    val_set = None
+    if val_path:
+        val_set = ImageTextDataset(val_path, tokenizer=tokenizer, config=dataset_config, image_root=t.val_image_root)
+    return train_set, val_set, train_set.tokenizer
 
 
 def _fit_vocabulary(config: Any, tokenizer: Any, quiet: bool) -> Any:
@@ -224,6 +267,16 @@ def _fit_vocabulary(config: Any, tokenizer: Any, quiet: bool) -> Any:
     if not quiet and os.environ.get("RANK", "0") == "0":
         click.echo(f"vocab_size: {len(tokenizer)} (the tokenizer's size; the config said {config.vocab_size})", err=True)
     return PixelLLMConfig.model_validate({**config.model_dump(), "vocab_size": len(tokenizer)})
+
+
+def size_note(preset: str | None, config_path: str | None, overrides: Any, model: Any) -> str | None:
+    """What a run without --preset, --config or size overrides trains: the full-size ``base`` model (the
+    original description's defaults), which a CPU trains at a few images per second."""
+    if preset or config_path or any(str(o).split("=")[0].split(".")[0] not in TRAINER_SECTION for o in overrides):
+        return None
+    count = sum(p.numel() for p in model.parameters())
+    return (f"no --preset: training the full-size base model ({count / 1e6:.0f}M parameters, "
+            f"{model.config.image_size}-px images); on a CPU start with --preset small")
 
 
 def _report(summary: dict[str, Any]) -> None:

@@ -71,8 +71,11 @@ class CheckpointMixin:
     def load_checkpoint(self, path: str | Path) -> dict[str, Any] | None:
         """Restore a checkpoint folder: weights (after vocabulary/shape checks), and when it is a trainer
         checkpoint also optimizer, scheduler, scaler, RNG, counters and data position. Returns the state
-        (None for a ``save_pretrained`` folder, whose weights then start a fresh run)."""
+        (None for a ``save_pretrained`` folder, whose weights then start a fresh run). A run's folder
+        (``checkpoint_dir``) stands for its ``latest`` checkpoint."""
         folder = Path(path)
+        if ckpt.is_run_folder(folder):
+            folder = ckpt.read_latest(folder)
         tokenizer = ckpt.load_model(folder, self.model, self.tokenizer)
         if self.tokenizer is None:
             self.tokenizer = tokenizer

@@ -26,12 +26,15 @@ from geometry_os.systems.pixel_llm.config import PixelLLMConfig, TrainerConfig
 from . import checkpointing as ckpt
 from .distributed import init_world, wrap_ddp
 from .feedback import CURVES_FILE, METRICS_FILE, MetricsLog, Progress, plot_curves
+from .fit import check_images, estimate_line, fit_dataset, fitted_warmup
 from .optim import amp_dtype, lr_lambda, param_groups, resolve_device
 from .resumable import CheckpointMixin
 from .sampling import adapt_loader, epoch_seed, make_dataloader
 from .validation import count_targets, evaluate, generation_unavailable, warn_if_collapsed
 
 PLOT_INTERVAL_S = 30.0
+ESTIMATE_AFTER_STEPS, ESTIMATE_AFTER_S = 5, 3.0  # the time estimate is printed once both have passed
+SUGGEST_SMALL_ABOVE_S = 30 * 60  # a CPU run expected to take longer gets the --preset small hint
 
 
 FP16_CALIBRATION_STEPS = 24  # GradScaler halvings from its initial 2**16 that still count as calibration
@@ -86,6 +89,13 @@ class PixelLLMTrainer(CheckpointMixin):
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.world.local_rank)
         self.model = model.to(self.device)
+        model_config = getattr(model, "config", None)
+        self.image_size = getattr(model_config, "image_size", None)
+        self._notices = [
+            notice for loader, label in ((train_dataloader, "training"), (val_dataloader, "validation"))
+            if model_config is not None and loader is not None
+            for notice in [fit_dataset(loader, model_config, label)] if notice
+        ]
         dataset_tokenizer = getattr(getattr(train_dataloader, "dataset", None), "tokenizer", None)
         self.tokenizer = tokenizer if tokenizer is not None else dataset_tokenizer
         self.train_dataloader, self.sampler = adapt_loader(train_dataloader, cfg.seed, self.world)
@@ -100,8 +110,12 @@ class PixelLLMTrainer(CheckpointMixin):
         self.steps_per_epoch = self._steps_per_epoch()
         self.total_steps = cfg.max_steps or cfg.num_epochs * self.steps_per_epoch
         self.train_time_s = 0.0  # read by a schedule that decays over max_time_s
+        warmup, why = fitted_warmup(cfg.warmup_steps, self.total_steps)
+        if why:
+            warnings.warn(why, RuntimeWarning, stacklevel=2)
+        schedule_config = cfg.model_copy(update={"warmup_steps": warmup}) if why else cfg
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(cfg, self.total_steps, elapsed_s=lambda: self.train_time_s)
+            self.optimizer, lr_lambda(schedule_config, self.total_steps, elapsed_s=lambda: self.train_time_s)
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.train_model = wrap_ddp(self.model, self.world, self.device)
@@ -126,6 +140,7 @@ class PixelLLMTrainer(CheckpointMixin):
         self._session_start: float | None = None  # perf_counter() at train_time_s == 0
         self._progress: Progress | None = None
         self._log_mark = (time.perf_counter(), 0)  # time, images since the last log line
+        self._estimate_mark: tuple[float, int, int] | None = None  # time, step, images when timing began
 
     # ---- setup -------------------------------------------------------------------------------------------
 
@@ -154,6 +169,8 @@ class PixelLLMTrainer(CheckpointMixin):
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if self.image_size is not None and torch.is_tensor(batch.get("images")):
+            check_images(batch["images"], self.image_size)
         return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
     # ---- training loop -----------------------------------------------------------------------------------
@@ -174,6 +191,9 @@ class PixelLLMTrainer(CheckpointMixin):
         # A time budget without max_steps ends the run long before the epochs' step count: no total then.
         self._shown_total = None if cfg.max_time_s is not None and cfg.max_steps is None else self.total_steps
         self._progress = Progress(self._shown_total, self.global_step, self.world.is_main, self.quiet)
+        for notice in self._notices:
+            self._progress.line(notice, always=True)
+        self._estimate_mark = None
         if cfg.use_amp and self.amp_dtype is None:
             self._progress.line("use_amp: this CPU has no native bf16, training in fp32 (amp_dtype='bfloat16' forces it)")
         try:
@@ -345,6 +365,7 @@ class PixelLLMTrainer(CheckpointMixin):
         rate = images_total / max(now - mark_time, 1e-9)
         if self._progress is not None:
             self._progress.step({"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "img/s": f"{rate:.0f}"})
+            self._estimate(now, images)
         if self.global_step % self.config.log_interval and self.global_step != self.total_steps:
             self._log_mark = (mark_time, images_total)
             return
@@ -358,6 +379,47 @@ class PixelLLMTrainer(CheckpointMixin):
             if budget is not None:
                 where += f" ({self.train_time_s:.0f}/{budget:.0f} s)"
             self._progress.line(f"step {where}  loss {loss:.4f}  lr {lr:.2e}  {rate:.0f} img/s")
+
+    def _estimate(self, now: float, images: int) -> None:
+        """Once per session, after the first steps: the expected time per epoch and for the rest of the run
+        (the first step is not timed: it pays for warming up kernels and caches)."""
+        mark = self._estimate_mark
+        if mark is None:
+            self._estimate_mark = (now, self.global_step, 0)
+            return
+        start, first_step, counted = mark
+        if counted < 0:  # already printed
+            return
+        counted += images
+        steps, elapsed = self.global_step - first_step, now - start
+        if steps < ESTIMATE_AFTER_STEPS or elapsed < ESTIMATE_AFTER_S:
+            self._estimate_mark = (start, first_step, counted)
+            return
+        self._estimate_mark = (start, first_step, -1)
+        per_step = elapsed / steps
+        remaining = None if self._shown_total is None else max(0, self._shown_total - self.global_step)
+        budget = self.config.max_time_s
+        budget_left = None if budget is None else max(0.0, budget - self.train_time_s)
+        line = estimate_line(per_step, self.steps_per_epoch, remaining, budget_left, counted / elapsed)
+        self._progress.line(line, always=True)
+        run_s = min(x for x in (per_step * (remaining if remaining is not None else math.inf),
+                                budget_left if budget_left is not None else math.inf))
+        if self.device.type == "cpu" and run_s > SUGGEST_SMALL_ABOVE_S and self._larger_than_small():
+            self._progress.line("training on the CPU: the `small` preset trains many times faster "
+                                "(geo-os pixel-llm train --preset small)", always=True)
+
+    def _larger_than_small(self) -> bool:
+        """Whether the model has more parameters than the ``small`` preset with its vocabulary."""
+        from geometry_os.systems.pixel_llm.config import preset_config
+        from geometry_os.systems.pixel_llm.model import PixelLLM
+
+        vocab = getattr(getattr(self.model, "config", None), "vocab_size", None)
+        if vocab is None:
+            return False
+        with torch.device("meta"):
+            small = PixelLLM(preset_config("small", vocab_size=vocab))
+        count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+        return count(self.model) > count(small)
 
     def _after_step(self, epoch_end: bool) -> None:
         """Validate and save on their step intervals, or at the end of an epoch when no interval is set."""

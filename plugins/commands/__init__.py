@@ -17,7 +17,13 @@ config_file_option = click.option(
 )
 preset_option = click.option("--preset", default=None, help="Start from a preset: tiny, small or base.")
 set_option = click.option(
-    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config field (repeatable)."
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+    help="Override a config field (repeatable); every key is listed in docs/configuration.md.",
+)
+# The one meaning of --image-root, on every command that reads caption files.
+image_root_option = click.option(
+    "--image-root", type=click.Path(exists=True, file_okay=False), default=None,
+    help="Folder the caption file's relative image paths start from (default: the caption file's own folder).",
 )
 
 
@@ -88,7 +94,7 @@ def components_command(ctx: click.Context, kind: str | None, as_json: bool) -> N
 def info_command(
     ctx: click.Context, config_path: str | None, preset: str | None, overrides: tuple[str, ...], as_json: bool
 ) -> None:
-    """Show the resolved model config and its parameter count."""
+    """Show the resolved model config, its parameter count and the trainer settings."""
     from geometry_os.cli import get_cli_host
 
     host = get_cli_host(ctx)
@@ -101,4 +107,7 @@ def info_command(
                f"decoder {result['parameters']['decoder']:,})")
     click.echo("config:")
     for key, value in result["config"].items():
+        click.echo(f"  {key} = {json.dumps(value)}")
+    click.echo("trainer:")
+    for key, value in result.get("trainer", {}).items():
         click.echo(f"  {key} = {json.dumps(value)}")

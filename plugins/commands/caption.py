@@ -8,6 +8,9 @@ from typing import Any, Callable
 
 import click
 
+from geometry_os.plugins.commands import image_root_option
+
+CHECKPOINT_HELP = "Checkpoint folder, or a training run's folder (its best checkpoint, else its latest)."
 STRATEGY_HELP = "Decoding strategy (a registered decoding_strategy: greedy, sample, beam, ...)."
 
 
@@ -24,7 +27,7 @@ def generation_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--no-repeat-ngram-size", type=int, default=None, help="Never repeat an n-gram of this size."),
         click.option("--seed", type=int, default=None, help="Seed for sampling."),
         click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True),
-        click.option("--checkpoint", "checkpoint", required=True, type=click.Path(), help="Checkpoint folder."),
+        click.option("--checkpoint", "checkpoint", required=True, type=click.Path(), help=CHECKPOINT_HELP),
         click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ..."),
     ]
     for option in reversed(options):
@@ -62,11 +65,17 @@ def check_device(device: str) -> None:
 
 
 def load_checkpoint(path: str, device: str) -> tuple[Any, Any]:
+    """The model and tokenizer of a checkpoint folder or of a training run's folder (its best checkpoint,
+    else its latest; a note on stderr says which)."""
     from geometry_os.errors import CheckpointError
+    from geometry_os.systems.pixel_llm.checkpoint import resolve_checkpoint_folder
     from geometry_os.systems.pixel_llm.model import PixelLLM
 
     check_device(device)
-    model, tokenizer = PixelLLM.from_pretrained(path, map_location=device)
+    folder, note = resolve_checkpoint_folder(path)
+    if note:
+        click.echo(f"geo-os: note: {note}", err=True)
+    model, tokenizer = PixelLLM.from_pretrained(folder, map_location=device)
     if tokenizer is None:
         raise CheckpointError(f"{path}: this checkpoint has no tokenizer, so captions cannot be turned into text")
     return model, tokenizer
@@ -108,7 +117,7 @@ def caption_command(images: tuple[str, ...], as_json: bool, **params: Any) -> No
 
 @click.command("eval")
 @click.option("--data", required=True, type=click.Path(), help="Caption file (seed JSON, COCO or JSONL).")
-@click.option("--image-root", type=click.Path(), default=None, help="Folder relative image paths start from.")
+@image_root_option
 @click.option("--max-images", type=click.IntRange(min=1), default=None, help="Evaluate the first N images only.")
 @click.option("--sweep", is_flag=True, help="Compare greedy, beam and sampling settings in one table.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -168,7 +177,7 @@ def print_metrics_table(rows: list[dict[str, Any]]) -> None:
 
 @click.command("explain")
 @click.argument("image", type=click.Path())
-@click.option("--checkpoint", required=True, type=click.Path(), help="Checkpoint folder.")
+@click.option("--checkpoint", required=True, type=click.Path(), help=CHECKPOINT_HELP)
 @click.option("--out", default="attn.png", show_default=True, type=click.Path(), help="PNG to write.")
 @click.option("--max-length", type=click.IntRange(min=2), default=None, help="Longest caption in tokens.")
 @click.option("--device", default="cpu", show_default=True)

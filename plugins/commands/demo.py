@@ -39,23 +39,27 @@ FULL = {
         "trainer.save_total_limit=2",
     ],
 }
-QUICK = {
+QUICK = {  # a smoke test: the same path on a time budget, long enough for varied, partly right captions
     "preset": "tiny",
-    "num_scenes": 600,
-    "eval_scenes": 50,
+    "num_scenes": 3000,
+    "eval_scenes": 100,
     "overrides": [
+        "image_mean=[0,0,0]",
+        "image_std=[1,1,1]",
+        "encoder_options.stem=conv",
         "trainer.learning_rate=0.003",
         "trainer.batch_size=32",
-        "trainer.warmup_steps=10",
-        "trainer.max_steps=60",
-        "trainer.max_time_s=60",
+        "trainer.warmup_steps=20",
+        "trainer.max_time_s=45",
+        'trainer.lr_decay_over="time"',
         "trainer.num_epochs=1000",
         "trainer.use_amp=false",
-        "trainer.val_max_samples=32",
-        "trainer.val_interval=30",
-        "trainer.checkpoint_interval=30",
+        "trainer.val_max_samples=64",
+        "trainer.val_interval=250",
+        "trainer.checkpoint_interval=250",
         "trainer.save_total_limit=1",
     ],
+    "smoke_test": True,
 }
 EXAMPLES = 6
 OUTPUTS = ("checkpoints", "report.md", "metrics.json", "curves.png", "attention.png", "images")  # what --out gets
@@ -118,11 +122,11 @@ def write_report(out_dir: Path, checkpoints: Path, recipe: dict[str, Any], seed:
                  train_s: float) -> Path:
     from PIL import Image
 
+    from geometry_os.systems.pixel_llm.checkpoint import resolve_checkpoint_folder
     from geometry_os.systems.pixel_llm.explain import explain_image, render_panels
     from geometry_os.systems.pixel_llm.model import PixelLLM
 
-    steps = sorted(checkpoints.glob("step-*"))
-    best = checkpoints / "best" if (checkpoints / "best").is_dir() else steps[-1]
+    best, _ = resolve_checkpoint_folder(checkpoints)
     model, tokenizer = PixelLLM.from_pretrained(best)
     metrics, test, predictions = evaluate_by_shapes(model, tokenizer, recipe["eval_scenes"], seed)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import click
 
+from geometry_os.plugins.commands import image_root_option
 from geometry_os.plugins.datasets.shapes import DEFAULT_SPLITS, caption, make_split, render_scene
 
 _SPLIT_NAME = re.compile(r"[A-Za-z0-9_-]+")
@@ -128,10 +129,9 @@ def make_shapes(out: Path, n: int, seed: int, image_size: int, splits_text: str,
 @click.argument("data", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--vocab", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A saved tokenizer JSON: report the out-of-vocabulary rate and lengths in its tokens.")
-@click.option("--image-root", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder image paths are relative to (default: each caption file's folder).")
+@image_root_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def lint_data(data: tuple[Path, ...], vocab: Path | None, image_root: Path | None, as_json: bool) -> None:
+def lint_data(data: tuple[Path, ...], vocab: Path | None, image_root: str | None, as_json: bool) -> None:
     """Check caption files and all their images; report every problem; exit 1 if there are errors."""
     from geometry_os.plugins.datasets.lint import format_report, lint_files, load_vocab
 

@@ -1,9 +1,15 @@
 """``lint-data``: every problem of one or more caption files at once, as a report (dict or text).
 
-Errors (exit 1): unreadable files, bad entries, missing/corrupt/oversized images, and an image (same
-path or same bytes) used by two of the files, e.g. train and val. Warnings: duplicate entries (same
-image and caption) and identical image bytes under two paths in one file. Also: caption lengths
-(words, or tokens of ``--vocab``) and the out-of-vocabulary rate.
+Everything ``train`` would refuse is an error, everything it would silently degrade a warning.
+
+Errors (exit 1): unreadable files, bad entries, a file without any usable entry (an empty list, COCO
+without annotations), missing/corrupt/oversized images, and an image (same path or same bytes) used by
+two of the files, e.g. train and val. Warnings: duplicate entries (same image and caption), identical
+image bytes under two paths in one file, COCO images without a caption (never used), images that load
+as a single colour (e.g. a dark drawing on a transparent background: alpha is flattened onto black), and
+words of the other files (validation, test) that the training vocabulary lacks (the first file's, as
+``train`` builds it, or ``--vocab``'s): the model can never produce them. Also: caption lengths (words,
+or tokens of ``--vocab``) and the out-of-vocabulary rate.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from statistics import mean
@@ -18,6 +25,8 @@ from typing import Any, Sequence
 
 from geometry_os.fileio import parse_json, read_utf8
 from geometry_os.systems.pixel_llm.data import CaptionRecord, DataError, load_image, read_caption_file
+
+MISSING_WORDS_SHOWN = 8
 from geometry_os.systems.pixel_llm.data_config import DatasetConfig
 
 
@@ -72,17 +81,53 @@ def _check_images(path: str, records: list[CaptionRecord], max_pixels: int, thre
         first.setdefault(r.image, r)
 
     def check(record: CaptionRecord) -> tuple:
+        label = f"{record.image} ({path} {record.where})"
         try:
-            load_image(record.image, max_pixels, f"{record.image} ({path} {record.where})")
+            rgb = load_image(record.image, max_pixels, label)
             digest = hashlib.blake2b(Path(record.image).read_bytes(), digest_size=16).hexdigest()
         except DataError as e:
-            return record, str(e), None
+            return record, str(e), None, None
         except OSError as e:
-            return record, f"{record.image} ({path} {record.where}): cannot read: {e.strerror}", None
-        return record, None, digest
+            return record, f"{label}: cannot read: {e.strerror}", None, None
+        return record, None, digest, _single_colour(record.image, rgb, label)
 
     with ThreadPoolExecutor(threads) as pool:
         return list(pool.map(check, first.values()))
+
+
+def _single_colour(path: str, rgb: Any, label: str) -> str | None:
+    """A warning when the RGB image train sees is one flat colour (no content to caption), else None."""
+    if any(low != high for low, high in rgb.getextrema()):
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            transparent = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    except OSError:  # pragma: no cover - it was just read
+        transparent = False
+    if transparent:
+        return (f"{label}: becomes a single colour {rgb.getpixel((0, 0))} once its transparency is flattened "
+                "onto black, as train does (a dark drawing on a transparent background?); flatten it onto a "
+                "light background first")
+    return f"{label}: is a single colour {rgb.getpixel((0, 0))} as loaded: there is nothing to caption"
+
+
+def _coco_images_without_captions(path: str) -> list[str]:
+    """``file_name`` of the COCO images that no annotation refers to (train never sees them)."""
+    try:
+        data = parse_json(read_utf8(path), path, DataError)
+    except (DataError, OSError, UnicodeDecodeError):
+        return []
+    if not (isinstance(data, dict) and isinstance(data.get("images"), list) and isinstance(data.get("annotations"), list)):
+        return []
+    used = {a.get("image_id") for a in data["annotations"] if isinstance(a, dict) and _hashable(a.get("image_id"))}
+    return [str(i.get("file_name")) for i in data["images"]
+            if isinstance(i, dict) and _hashable(i.get("id")) and i.get("id") not in used]
+
+
+def _hashable(value: Any) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
 
 
 def lint_file(path: str, tokenizer: Any, image_root: Any, max_pixels: int, threads: int) -> tuple[dict, list]:
@@ -92,13 +137,21 @@ def lint_file(path: str, tokenizer: Any, image_root: Any, max_pixels: int, threa
         records, skipped, _ = read_caption_file(path, image_root, on_error="skip")
     except DataError as e:
         report["errors"].append(str(e))
-        return report, []
+        return report, [], []
     report["errors"] += [message for _, message in skipped]
     report["entries"] = len({r.where for r in records}) + len(skipped)
     report["samples"] = len(records)
+    if not records:
+        report["errors"].append(f"{path}: no usable entries (no image with a caption): train refuses this file")
+    unused = _coco_images_without_captions(path)
+    if unused:
+        shown = ", ".join(unused[:3]) + (", ..." if len(unused) > 3 else "")
+        report["warnings"].append(f"{path}: {len(unused)} of its images have no caption in \"annotations\" "
+                                  f"and are never used: {shown}")
     checked = _check_images(path, records, max_pixels, threads)
     report["images"] = len(checked)
-    report["errors"] += [error for _, error, _ in checked if error]
+    report["errors"] += [error for _, error, _, _ in checked if error]
+    report["warnings"] += [flat for _, _, _, flat in checked if flat]
 
     seen: dict[tuple[str, str], str] = {}
     for r in records:
@@ -107,7 +160,7 @@ def lint_file(path: str, tokenizer: Any, image_root: Any, max_pixels: int, threa
             report["warnings"].append(f"{path}: {r.where}: duplicates {seen[key]} (same image and caption)")
         seen.setdefault(key, r.where)
     by_digest: dict[str, CaptionRecord] = {}
-    for r, _, digest in checked:
+    for r, _, digest, _ in checked:
         if digest in by_digest:
             other = by_digest[digest]
             report["warnings"].append(
@@ -118,7 +171,7 @@ def lint_file(path: str, tokenizer: Any, image_root: Any, max_pixels: int, threa
     report["caption_lengths"], oov = _caption_stats(records, tokenizer)
     if oov is not None:
         report["oov"] = oov
-    return report, [(r, digest) for r, _, digest in checked]
+    return report, [(r, digest) for r, _, digest, _ in checked], records
 
 
 def lint_files(
@@ -134,8 +187,9 @@ def lint_files(
     report: dict[str, Any] = {"files": [], "across_files": [], "vocab": str(vocab_path) if vocab_path else None}
     by_path: dict[str, dict[str, CaptionRecord]] = {}  # real image path -> {caption file: record}
     by_bytes: dict[str, dict[str, CaptionRecord]] = {}  # digest -> {caption file: record}
+    captions: dict[str, list[CaptionRecord]] = {}
     for path in paths:
-        file_report, images = lint_file(path, tokenizer, image_root, max_image_pixels, threads)
+        file_report, images, captions[path] = lint_file(path, tokenizer, image_root, max_image_pixels, threads)
         report["files"].append(file_report)
         for record, digest in images:
             by_path.setdefault(os.path.realpath(record.image), {}).setdefault(path, record)
@@ -150,9 +204,51 @@ def lint_files(
         if len(owners) > 1 and len({os.path.realpath(r.image) for r in owners.values()}) > 1:
             (a, ra), (b, rb) = list(owners.items())[:2]
             shared.append(f"{a} ({ra.where}, {ra.image}) and {b} ({rb.where}, {rb.image}) have identical images")
+    _report_missing_words(report["files"], captions, tokenizer, vocab_path)
     report["errors"] = sum(len(f["errors"]) for f in report["files"]) + len(shared)
     report["warnings"] = sum(len(f["warnings"]) for f in report["files"])
     return report
+
+
+def _report_missing_words(files: list[dict[str, Any]], captions: dict[str, list[CaptionRecord]], tokenizer: Any,
+                          vocab_path: Any) -> None:
+    """Warn, per file, about the words the training vocabulary cannot spell: ``--vocab``'s for every file,
+    else the one ``train`` would build from the first file's captions, for the other files."""
+    paths = list(captions)
+    if tokenizer is None:
+        if len(paths) < 2 or not captions[paths[0]]:
+            return
+        from geometry_os.systems.pixel_llm.components import get_component
+
+        tokenizer = get_component("tokenizer").load().train([r.caption for r in captions[paths[0]]], None)
+        source, checked = f"the vocabulary train builds from {paths[0]}", paths[1:]
+    else:
+        source, checked = f"{vocab_path}", paths
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:
+        return
+    known: dict[str, bool] = {}
+    for f in files:
+        if f["path"] not in checked:
+            continue
+        missing: Counter[str] = Counter()
+        for record in captions[f["path"]]:
+            for word in _words(tokenizer, record.caption):
+                if word not in known:
+                    known[word] = unk not in tokenizer.encode(word, add_special_tokens=False)
+                if not known[word]:
+                    missing[word] += 1
+        if missing:
+            shown = ", ".join(f"{w!r} ({n}x)" for w, n in missing.most_common(MISSING_WORDS_SHOWN))
+            more = f", and {len(missing) - MISSING_WORDS_SHOWN} more" if len(missing) > MISSING_WORDS_SHOWN else ""
+            f["warnings"].append(f"{f['path']}: {len(missing)} word{'s' * (len(missing) != 1)} not in {source}, so the "
+                                 f"model can never produce them: {shown}{more}")
+
+
+def _words(tokenizer: Any, text: str) -> list[str]:
+    """The tokenizer's own tokens of ``text`` (normalised words and punctuation for ``simple``), else words."""
+    tokenize = getattr(tokenizer, "tokenize", None)
+    return tokenize(text) if callable(tokenize) else text.split()
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -36,6 +36,7 @@ def info(params: InfoParams, host: Any) -> dict[str, Any]:
     count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
     return {
         "config": config.model_dict(),
+        "trainer": config.trainer.model_dump(mode="json"),
         "parameters": {"total": count(model), "encoder": count(model.encoder), "decoder": count(model.decoder)},
     }
 
@@ -97,6 +98,9 @@ class TrainParams(StrictModel):
     overrides: list[str] = Field(default_factory=list, description="key=value overrides")
     data: str | None = Field(None, description="training caption file (default: synthetic shapes)")
     val_data: str | None = None
+    image_root: str | None = Field(None, description="folder the image paths of `data` start from (default: its folder)")
+    val_image_root: str | None = Field(None, description="the same for `val_data` (default: image_root, else its folder)")
+    tokenizer: str | None = Field(None, description="tokenizer component trained on the captions")
     out: str | None = Field(None, description="checkpoint folder")
     resume: str | None = Field(None, description="checkpoint folder or 'latest'")
     num_scenes: int | None = Field(None, ge=1, description="synthetic scenes when no data is given (default 10000)")
@@ -116,6 +120,7 @@ def train(params: TrainParams, host: Any) -> dict[str, Any]:
     summary = run(
         config_path=params.config, preset=params.preset, data_path=params.data, val_path=params.val_data,
         overrides=params.overrides, resume=params.resume, quiet=True, out=params.out, num_scenes=params.num_scenes,
+        **{k: v for k in ("image_root", "val_image_root", "tokenizer") if (v := getattr(params, k)) is not None},
     )
     return json.loads(json.dumps(summary or {}, default=str))
 

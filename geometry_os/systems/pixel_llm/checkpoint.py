@@ -10,7 +10,9 @@ which tensor or field is wrong.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -32,6 +34,13 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TOKENIZER = "tokenizer.json"
 MAX_JSON_BYTES = 64 * 1024 * 1024
+# A training run's folder (what `train --out` / trainer.checkpoint_dir holds): step-N/ checkpoints, a `latest`
+# pointer file naming the newest complete one, and `best/`, a copy of the best one by the validation metric.
+LATEST = "latest"
+BEST = "best"
+STEP_RE = re.compile(r"^step-(\d{8,})$")
+
+logger = logging.getLogger(__name__)
 
 
 # ---- atomic writes ----------------------------------------------------------------------------------
@@ -255,13 +264,67 @@ def load_tokenizer(folder: Path, entry: Any) -> Any:
                               f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}") from None
 
 
-def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Any, Any]:
-    """``(model, tokenizer)`` from a checkpoint folder; the model is in eval mode."""
-    from .model import PixelLLM
+# ---- run folders --------------------------------------------------------------------------------------
 
+
+def step_folders(checkpoint_dir: Path) -> list[tuple[int, Path]]:
+    """Complete-named step folders of a run, oldest first (temporary ``.step-*.tmp-*`` folders are not listed)."""
+    if not checkpoint_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in checkpoint_dir.iterdir() if (m := STEP_RE.match(p.name)) and p.is_dir()]
+    return sorted(found)
+
+
+def read_latest(checkpoint_dir: Path) -> Path:
+    """The folder a run's ``latest`` names; without a ``latest`` file, the newest step folder."""
+    pointer = checkpoint_dir / LATEST
+    if pointer.is_file():
+        data = read_json(pointer)
+        name = data.get("checkpoint") if isinstance(data, dict) else None
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise CheckpointError(f"{pointer}: expected {{\"checkpoint\": \"<folder name>\"}}")
+        folder = checkpoint_dir / name
+        if not (folder / CONFIG).is_file():
+            raise CheckpointError(f"{pointer}: names {name}, which is not a complete checkpoint")
+        return folder
+    folders = step_folders(checkpoint_dir)
+    if not folders:
+        raise CheckpointError(f"{checkpoint_dir}: no checkpoint to resume from (no 'latest' and no step-* folder)")
+    return folders[-1][1]
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a training run's folder (rather than one checkpoint)."""
+    return not (folder / CONFIG).exists() and (
+        (folder / BEST).is_dir() or (folder / LATEST).is_file() or bool(step_folders(folder))
+    )
+
+
+def resolve_checkpoint_folder(path: str | Path) -> tuple[Path, str | None]:
+    """A checkpoint folder, or a training run's folder -> its ``best`` checkpoint, else its ``latest``.
+
+    Returns the checkpoint folder and, for a run folder, a one-line note saying which checkpoint was taken.
+    Raises ``CheckpointError`` when ``path`` is neither (naming what is missing)."""
     folder = Path(path)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: checkpoint folder not found")
+    if not is_run_folder(folder):
+        return folder, None
+    if (folder / BEST / CONFIG).is_file():
+        chosen, which = folder / BEST, "best"
+    else:
+        chosen, which = read_latest(folder), "latest"
+    return chosen, f"{folder} is a training run: using its {which} checkpoint, {chosen}"
+
+
+def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Any, Any]:
+    """``(model, tokenizer)`` from a checkpoint folder, or from a training run's folder (its ``best``
+    checkpoint, else its ``latest``: logged as a warning-level note); the model is in eval mode."""
+    from .model import PixelLLM
+
+    folder, note = resolve_checkpoint_folder(path)
+    if note:
+        logger.warning(note)
     config, data = read_checkpoint_config(folder)
     weights = safe_file(folder, WEIGHTS)
     try:

@@ -55,13 +55,19 @@ class TrainerConfig(StrictModel):
     adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1")
     adam_beta2: float = Field(0.98, ge=0, lt=1, description="AdamW beta2")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
-    val_interval: int | None = Field(None, ge=1, description="validate every N steps (None: after each epoch)")
+    val_interval: int | None = Field(
+        500, ge=1, description="validate every N optimizer steps and at the end of training (None: after each epoch)"
+    )
     val_max_samples: int = Field(500, ge=1, description="images captioned for validation metrics")
     best_metric: str | None = Field(
         None, description="validation metric that picks `best` (default: exact_match when captions are generated, else loss)"
     )
-    checkpoint_interval: int | None = Field(None, ge=1, description="save every N steps (None: each epoch)")
-    save_total_limit: int | None = Field(None, ge=1, description="keep this many step checkpoints (+ latest, best)")
+    checkpoint_interval: int | None = Field(
+        500, ge=1, description="save every N optimizer steps and at the end of training (None: after each epoch)"
+    )
+    save_total_limit: int | None = Field(
+        2, ge=1, description="keep this many step checkpoints, plus the best one (None: keep every one)"
+    )
     checkpoint_dir: str = Field("./checkpoints", description="where step-N/, latest, best and metrics.jsonl go")
     seed: int = Field(42, description="model init, data order and sampling")
     log_interval: int = Field(10, ge=1, description="steps between metrics.jsonl records")
@@ -76,6 +82,15 @@ class TrainerConfig(StrictModel):
     # what `geo-os pixel-llm train` trains on (saved with the run, so `--resume` continues on the same data)
     data: str | None = Field(None, description="`train` command: training captions (JSON, JSONL or COCO); None: the synthetic shapes scenes")
     val_data: str | None = Field(None, description="`train` command: validation captions (needs `data`)")
+    image_root: str | None = Field(
+        None, description="`train` command: folder the image paths of `data` are relative to (None: its folder)"
+    )
+    val_image_root: str | None = Field(
+        None, description="`train` command: the same for `val_data` (None: `image_root` when set, else its folder)"
+    )
+    tokenizer: str | None = Field(
+        None, description="`train` command: tokenizer component trained on `data`'s captions (None: the registry's default)"
+    )
     num_scenes: int = Field(10_000, ge=1, description="`train` command without `data`: synthetic training scenes (validation: a tenth, at most 1000)")
 
 

@@ -305,11 +305,12 @@ def truncate(ids: list[int], max_length: int) -> list[int]:
 
 
 def resolve_tokenizer(tokenizer: Any, captions: Sequence[str]) -> tuple[Any, Callable[[str], Sequence[int]]]:
-    """(tokenizer object or None, encode function). None trains the default ``simple`` vocabulary."""
-    if tokenizer is None:
+    """(tokenizer object or None, encode function). None trains the default ``simple`` vocabulary on
+    ``captions``, a tokenizer component's name (``"bpe"``) trains that one (ComponentError if unknown)."""
+    if tokenizer is None or isinstance(tokenizer, str):
         from geometry_os.systems.pixel_llm.components import get_component
 
-        tokenizer = get_component("tokenizer", "simple").load().train(list(captions), None)
+        tokenizer = get_component("tokenizer", tokenizer or "simple").load().train(list(captions), None)
     if callable(getattr(tokenizer, "encode", None)):
         return tokenizer, tokenizer.encode
     if callable(tokenizer):

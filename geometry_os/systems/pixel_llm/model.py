@@ -122,7 +122,8 @@ class PixelLLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> tuple["PixelLLM", Any]:
-        """``(model, tokenizer)`` from a folder written by ``save_pretrained`` or the trainer."""
+        """``(model, tokenizer)`` from a folder written by ``save_pretrained`` or the trainer, or from a training
+        run's folder (``checkpoint_dir``): its ``best`` checkpoint, else its ``latest``, logged as a note."""
         from .checkpoint import load_pretrained
 
         return load_pretrained(path, map_location=map_location)
