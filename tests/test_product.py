@@ -206,6 +206,12 @@ def test_demo_quick_writes_its_report(tmp_path):
     assert result.exit_code == 0, result.output
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "exact match" in report and "![attention](attention.png)" in report
+    assert "**This is a smoke test**" in report
+    metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert metrics["summary"]["stopped_by_time"] and 40 <= metrics["summary"]["train_time_s"] <= 60  # a time budget
+    examples = [line.split(" | ")[1] for line in report.splitlines() if line.startswith("| ![](images/")]
+    assert len(set(examples)) >= 3, examples  # varied captions, not one caption for every scene
+    assert metrics["metrics"]["exact_match"] > 0
     for name in ("attention.png", "metrics.json", "images/example-0.png"):
         assert (tmp_path / "demo" / name).is_file()
     assert "report:" in result.stdout

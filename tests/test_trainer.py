@@ -225,7 +225,7 @@ def test_save_pretrained_replaces_a_checkpoint_but_never_deletes_other_files(tmp
 )
 def test_resume_equals_uninterrupted(tmp_path, loader, at):
     """Resuming from the checkpoint of step ``at`` reaches the uninterrupted weights (12 steps per epoch)."""
-    fields = dict(num_epochs=2, checkpoint_interval=at, loader=loader)
+    fields = dict(num_epochs=2, checkpoint_interval=at, loader=loader, save_total_limit=None)  # keeps step `at`
     full = make_trainer(tmp_path / "full", **fields)
     full.train()
     resumed = make_trainer(tmp_path / "resumed", model_seed=7, **fields)

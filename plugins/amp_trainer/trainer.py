@@ -384,6 +384,8 @@ class PixelLLMTrainer(CheckpointMixin):
         """Once per session, after the first steps: the expected time per epoch and for the rest of the run
         (the first step is not timed: it pays for warming up kernels and caches)."""
         mark = self._estimate_mark
+        if self._progress is None or self._progress.quiet:
+            return
         if mark is None:
             self._estimate_mark = (now, self.global_step, 0)
             return
@@ -402,8 +404,8 @@ class PixelLLMTrainer(CheckpointMixin):
         budget_left = None if budget is None else max(0.0, budget - self.train_time_s)
         line = estimate_line(per_step, self.steps_per_epoch, remaining, budget_left, counted / elapsed)
         self._progress.line(line, always=True)
-        run_s = min(x for x in (per_step * (remaining if remaining is not None else math.inf),
-                                budget_left if budget_left is not None else math.inf))
+        run_s = min(math.inf if remaining is None else per_step * remaining,
+                    math.inf if budget_left is None else budget_left)
         if self.device.type == "cpu" and run_s > SUGGEST_SMALL_ABOVE_S and self._larger_than_small():
             self._progress.line("training on the CPU: the `small` preset trains many times faster "
                                 "(geo-os pixel-llm train --preset small)", always=True)

@@ -1,7 +1,7 @@
 """``geo-os pixel-llm demo``: the main job on a fresh machine, nothing downloaded.
 
-Generates the synthetic geometry set, trains the ``small`` preset (``--quick``: ``tiny``, about a
-minute), evaluates greedy captions on held-out test scenes, captions a few of them, draws where the
+Generates the synthetic geometry set, trains the ``small`` preset (``--quick``: a smoke test, the
+``tiny`` preset on a 45-second training budget, about a minute in all), evaluates greedy captions on held-out test scenes, captions a few of them, draws where the
 model looked, and writes a Markdown report with its pictures to ``--out``.
 """
 
@@ -68,7 +68,8 @@ OUTPUTS = ("checkpoints", "report.md", "metrics.json", "curves.png", "attention.
 @click.command("demo")
 @click.option("--out", default="pixel-llm-demo", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the checkpoints and the report (refused if it already holds either).")
-@click.option("--quick", is_flag=True, help="A tiny model for about a minute: the same path, end to end.")
+@click.option("--quick", is_flag=True,
+              help="A smoke test: the same path with a tiny model trained for 45 s (about a minute in all).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def demo_command(out: str, quick: bool, seed: int, quiet: bool) -> None:
@@ -152,6 +153,10 @@ def write_report(out_dir: Path, checkpoints: Path, recipe: dict[str, Any], seed:
         f"{summary.get('global_step', '?')} steps in {train_s:.0f} s; evaluated with greedy decoding on "
         f"{len(test)} held-out test scenes.",
         "",
+        *([f"**This is a smoke test** (`--quick`): a tiny model trained for {summary.get('train_time_s', 0):.0f} s "
+           "checks that the whole path works; its captions are varied and partly right, not good. "
+           "`geo-os pixel-llm demo` without `--quick` trains the `small` model for 9 minutes "
+           "(about 98 % exact match).", ""] if recipe.get("smoke_test") else []),
         "| metric | value |",
         "|---|---|",
         f"| exact match | {metrics['exact_match']:.1%} ({per_shapes}) |",

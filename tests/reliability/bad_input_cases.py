@@ -78,6 +78,10 @@ CASES: list[Case] = [
     Case("caption-glob-no-match", (*CAPTION, "{root}/*.nomatch"), "no file matches this pattern", "glob matching nothing"),
     Case("caption-missing-checkpoint", ("pixel-llm", "caption", "{good_png}", "--checkpoint", "{root}/no-ckpt"),
          "no-ckpt: checkpoint folder not found", "--checkpoint folder that does not exist"),
+    Case("caption-checkpoint-not-a-run", ("pixel-llm", "caption", "{good_png}", "--checkpoint", "{empty_dir}"),
+         "empty: missing config.json", "--checkpoint folder that is neither a checkpoint nor a training run"),
+    Case("caption-checkpoint-run-folder", ("pixel-llm", "caption", "{good_png}", "--checkpoint", "{run_dir}"), "good.png",
+         "--checkpoint naming a training run's folder (works: its best checkpoint, and a note says so)", "works"),
     Case("caption-checkpoint-is-a-file", ("pixel-llm", "caption", "{good_png}", "--checkpoint", "{good_png}"),
          "good.png: checkpoint folder not found", "--checkpoint naming an image file"),
     Case("caption-checkpoint-without-tokenizer", ("pixel-llm", "caption", "{good_png}", "--checkpoint", "{ckpt_no_tokenizer}"),
@@ -106,6 +110,8 @@ CASES: list[Case] = [
     Case("eval-unknown-key", (*EVAL, "--data", "{data_unknown_key}"), 'entry 0: unknown key "captoin"', "entry with a misspelt key"),
     Case("eval-max-images-zero", (*EVAL, "--data", "{data_good}", "--max-images", "0"), "'--max-images': 0 is not in the range",
          "--max-images 0"),
+    Case("eval-image-root-missing", (*EVAL, "--data", "{data_good}", "--image-root", "{root}/no-images"),
+         "no-images' does not exist", "--image-root that does not exist"),
     # ---- train: caption files
     Case("train-trailing-comma", (*TRAIN, "--data", "{data_trailing_comma}"), "trailing_comma.json:3:1: malformed JSON",
          "JSON list with a trailing comma", subprocess=True),
@@ -149,6 +155,14 @@ CASES: list[Case] = [
          "--resume of a folder that does not exist"),
     Case("train-resume-latest-empty", (*TRAIN_GOOD, "--resume", "latest"), "no checkpoint to resume from",
          "--resume latest with no checkpoint yet"),
+    Case("train-image-root-missing", (*TRAIN_GOOD, "--image-root", "{root}/no-images"), "no-images' does not exist",
+         "--image-root that does not exist"),
+    Case("train-val-image-root-is-a-file", (*TRAIN_GOOD, "--val-data", "{data_good}", "--val-image-root", "{file_txt}"),
+         "file.txt' is a file", "--val-image-root naming a file"),
+    Case("train-unknown-tokenizer", (*TRAIN_GOOD, "--tokenizer", "wordpiece"), "unknown tokenizer 'wordpiece'; registered",
+         "--tokenizer naming no registered tokenizer"),
+    Case("train-max-steps-flag-zero", (*TRAIN_GOOD, "--max-steps", "0"), "'--max-steps': 0 is not in the range", "--max-steps 0"),
+    Case("train-lr-flag-zero", (*TRAIN_GOOD, "--lr", "0"), "'--lr': 0.0 is not in the range", "--lr 0"),
     Case("train-out-under-a-file", (*TRAIN_GOOD, "--out", "{file_txt}/out"), "Not a directory", "--out below a regular file (unwritable)"),
     Case("train-disk-full", (*TRAIN_GOOD, "--out", "{root}/full-disk"), "No space left on device",
          "disk full while writing the second checkpoint (ENOSPC injected)", fault="enospc"),
@@ -172,6 +186,12 @@ CASES: list[Case] = [
          "caption file of 100000 nested brackets", "report"),
     Case("lint-vocab-not-a-vocabulary", ("pixel-llm", "lint-data", "{data_good}", "--vocab", "{cfg_list}"),
          "not a valid simple vocabulary", "--vocab naming a JSON list"),
+    Case("lint-empty-list", ("pixel-llm", "lint-data", "{data_empty_list}"), "empty_list.json: no usable entries",
+         "caption file that is an empty list (train refuses it)", "report"),
+    Case("lint-coco-without-annotations", ("pixel-llm", "lint-data", "{data_coco_no_annotations}"),
+         "coco_empty.json: no usable entries", "COCO file whose \"annotations\" is empty", "report"),
+    Case("lint-image-root-missing", ("pixel-llm", "lint-data", "{data_good}", "--image-root", "{root}/no-images"),
+         "no-images' does not exist", "--image-root that does not exist"),
     # ---- make-shapes
     Case("make-shapes-zero-scenes", ("pixel-llm", "make-shapes", "--out", "{root}/shapes", "--n", "0"), "'--n': 0 is not in the range",
          "--n 0"),
@@ -266,6 +286,18 @@ def _checkpoint_without_tokenizer(ws: Workspace) -> Path:
     return create_pixel_llm(vocab_size=16, preset="tiny").save_pretrained(ws.p("ckpt-no-tokenizer"))
 
 
+def _run_dir(ws: Workspace) -> Path:
+    """A training run's folder: a step checkpoint, ``latest`` naming it, and ``best``."""
+    from reliability_support import copy_checkpoint
+
+    run = ws.p("run")
+    run.mkdir(exist_ok=True)
+    copy_checkpoint(ws["ckpt"], run / "step-00000002")
+    copy_checkpoint(ws["ckpt"], run / "best")
+    (run / "latest").write_text(json.dumps({"checkpoint": "step-00000002", "step": 2}))
+    return run
+
+
 def _image(name: str, **kwargs: Any) -> Callable[[Workspace], Path]:
     return lambda ws: write_scene(ws.p(name), **kwargs)
 
@@ -312,6 +344,9 @@ BUILDERS: dict[str, Callable[[Workspace], Path]] = {
     "cfg_nested": _data("cfg_nested.json", '{"model": ' * 100_000 + "1" + "}" * 100_000),
     "data_coco_dangling": _data("coco.json", entries=lambda ws: {
         "images": [{"id": 1, "file_name": _good_images(ws)[0]}], "annotations": [{"image_id": 99, "caption": "a red circle"}]}),
+    "data_coco_no_annotations": _data("coco_empty.json", entries=lambda ws: {
+        "images": [{"id": 1, "file_name": _good_images(ws)[0]}], "annotations": []}),
+    "run_dir": lambda ws: _run_dir(ws),
     "data_bad_jsonl": _data("bad.jsonl", '{"image": "{img}", "caption": "a red circle"}\n{"image": "{img}", "caption": \n'),
     "cfg_trailing_comma": _data("cfg_trailing_comma.json", '{"model": {"text_num_layers": 2,}}'),
     "cfg_list": _data("cfg_list.json", "[1, 2, 3]"),
