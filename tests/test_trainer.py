@@ -708,7 +708,8 @@ def test_a_failed_rename_puts_the_previous_folder_back(tmp_path, monkeypatch):
 
 
 def test_resume_repairs_a_best_folder_left_behind_by_a_crash(tmp_path, monkeypatch):
-    trainer = make_trainer(tmp_path, max_steps=3, val=True, checkpoint_interval=1, val_interval=1)
+    trainer = make_trainer(tmp_path, max_steps=3, val=True, checkpoint_interval=1, val_interval=1,
+                           save_total_limit=None)  # keeps step 1 for the crash below
     monkeypatch.setattr(trainer, "validate", iter([{"val_loss": 0.9}, {"val_loss": 0.5}, {"val_loss": 0.7}]).__next__)
     trainer.train()
     root = tmp_path / "ckpt"
