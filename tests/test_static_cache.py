@@ -93,3 +93,10 @@ def test_captured_cuda_graph_gives_the_dynamic_captions(dtype):
     model.to("cpu").to("cuda")  # new parameter tensors: the old graph must not be replayed
     dynamic, captured = both(model, images[:4].cuda())
     assert torch.equal(captured.sequences, dynamic.sequences)
+    # unset on CUDA: the captured step (same ids, a graph kept for the decoder); "dynamic" forces the other
+    static._CAPTURED.clear()
+    default = generate_caption(model, images[:4].cuda(), max_length=MAX_SEQ)
+    assert torch.equal(default, captured.sequences) and model.decoder in static._CAPTURED
+    static._CAPTURED.clear()
+    forced = generate_caption(model, images[:4].cuda(), max_length=MAX_SEQ, cache_implementation="dynamic")
+    assert torch.equal(forced, dynamic.sequences) and model.decoder not in static._CAPTURED

@@ -13,7 +13,7 @@ import torch
 from geometry_os.systems.pixel_llm.inference import GenerationConfig, GenerationOutput
 
 from .common import assemble_output, generation_length, log_softmax, needs_prefix, process_logits, survivors
-from .static import StaticSteps
+from .static import StaticSteps, use_static_cache
 
 
 class DynamicSteps:
@@ -65,7 +65,7 @@ class GreedyDecoding:
         attentions: list[torch.Tensor] | None = [] if config.output_attentions else None
 
         if max_len > 1:
-            if config.cache_implementation == "static":
+            if use_static_cache(decoder, features, config):
                 steps: DynamicSteps | StaticSteps = StaticSteps(decoder, features, rows, max_len)
             else:
                 steps = DynamicSteps(decoder, features, max_len, config)

@@ -50,7 +50,8 @@ class GenerationConfig(StrictModel):
     cache_implementation: Literal["dynamic", "static"] | None = Field(
         None,
         description="'static': fixed-shape KV cache, and on CUDA the decoder step captured once in a CUDA graph "
-        "(greedy and sampling; HF's name); None/'dynamic': rows leave the cache as they finish",
+        "(greedy and sampling; HF's name); 'dynamic': rows leave the cache as they finish; None: static on CUDA "
+        "where the decoder supports it and no attentions are asked for, else dynamic",
     )
 
     @property
