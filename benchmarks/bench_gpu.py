@@ -27,16 +27,14 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_generate import NEW_TOKENS, summarise, table, timed  # noqa: E402
-from run import CAPTION_TOKENS, build_models, count_flops, make_optimizer  # noqa: E402
+from run import CAPTION_TOKENS, build_models, count_flops, make_optimizer, write_doc  # noqa: E402
 
-from geometry_os.fileio import atomic_write_text, write_json_atomic  # noqa: E402
+from geometry_os.fileio import write_json_atomic  # noqa: E402
 from geometry_os.systems.pixel_llm.config import PRESETS  # noqa: E402
 from geometry_os.systems.pixel_llm.inference import GenerationConfig, generate_caption  # noqa: E402
 
 TRAIN_BATCH = {"tiny": 32, "small": 256, "base": 64}
 GENERATE_BATCHES = {"tiny": (1, 32), "small": (1, 32), "base": (1, 8)}
-MARK_BEGIN, MARK_END = "<!-- benchmarks/bench_gpu.py: begin -->", "<!-- benchmarks/bench_gpu.py: end -->"
-DOC = HERE.parent / "docs" / "performance.md"
 CUDA = torch.device("cuda")
 
 
@@ -162,15 +160,6 @@ def render(data: dict) -> str:
     return "\n".join(lines)
 
 
-def write_doc(text: str) -> None:
-    doc = DOC.read_text()
-    if MARK_BEGIN not in doc:
-        raise SystemExit(f"{DOC}: no {MARK_BEGIN} marker")
-    head, rest = doc.split(MARK_BEGIN, 1)
-    tail = rest.split(MARK_END, 1)[1]
-    atomic_write_text(DOC, f"{head}{MARK_BEGIN}\n{text}\n{MARK_END}{tail}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=["small", "base"])
@@ -183,7 +172,7 @@ def main() -> None:
     parser.add_argument("--render", type=Path, nargs="+", help="write the tables of these JSON files into docs/performance.md")
     args = parser.parse_args()
     if args.render:
-        write_doc("\n".join(render(json.loads(path.read_text())) for path in args.render))
+        write_doc("\n".join(render(json.loads(path.read_text())) for path in args.render), name="benchmarks/bench_gpu.py")
         return
     if not torch.cuda.is_available():
         raise SystemExit("bench_gpu.py needs a CUDA device")
