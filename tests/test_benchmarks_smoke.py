@@ -103,3 +103,17 @@ def test_bench_data_tiny(tmp_path):
     run("bench_data.py", "--n", "64", "--workers", "0", "--out", str(out))
     names = [r["name"] for r in json.loads(out.read_text())["results"]]
     assert any("PNG files" in n for n in names)
+
+
+@pytest.mark.slow
+def test_compositional_benchmark_reports_each_held_out_pair(tmp_path):
+    out = tmp_path / "comp.json"
+    run("compositional.py", "--budget-s", "3", "--num-scenes", "64", "--eval-n", "24", "--hold-out",
+        "red circle,blue square", "--run-dir", str(tmp_path / "run"), "--out", str(out))
+    result = json.loads(out.read_text())
+    assert result["hold_out"] == ["blue square", "red circle"]
+    for name in ("best", "latest"):
+        comp = result[f"compositional_{name}"]
+        assert comp["n"] == 24 and set(comp["per_pair"]) == {"blue square", "red circle"}
+        assert sum(v["n"] for v in comp["per_pair"].values()) >= 24  # every scene holds a pair
+        assert result[f"test_{name}"]["n"] == 24 and 0 <= comp["exact_match"] <= 1
