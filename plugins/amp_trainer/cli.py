@@ -234,7 +234,7 @@ def _datasets(config: Any, tokenizer: Any):
         from geometry_os.systems.pixel_llm.components import get_component
 
         shapes = get_component("dataset", "shapes")
-        common = {"seed": config.trainer.seed, **config.image_options()}
+        common = {"seed": config.trainer.seed, "hold_out": config.trainer.synthetic_hold_out or [], **config.image_options()}
         mix = config.trainer.synthetic_shape_weights
         if tokenizer is None and t.tokenizer is not None:  # else the grammar's own word list
             tokenizer = get_component("tokenizer", t.tokenizer).name
