@@ -106,6 +106,19 @@ def test_train_flags_reach_the_trainer_settings(coco_run):
     assert config["tokenizer"]["component"] == "bpe"  # the bpe tokenizer, reachable from the CLI
 
 
+def test_validation_set_uses_the_training_tokenizer(monkeypatch, tmp_path):
+    from geometry_os.plugins.amp_trainer import cli as train_cli
+    from geometry_os.systems.pixel_llm.config import load_config
+
+    root = write_coco(tmp_path, n_train=6, n_val=2)
+    config = load_config(None, [f"trainer.data={root / 'annotations' / 'captions_train.json'}",
+                                f"trainer.val_data={root / 'annotations' / 'captions_val.json'}",
+                                f"trainer.image_root={root / 'images'}", f"trainer.val_image_root={root / 'images'}",
+                                "trainer.tokenizer=bpe"], "tiny")
+    train_set, val_set, tokenizer = train_cli._datasets(config, None)
+    assert train_set.tokenizer is tokenizer and val_set.tokenizer is tokenizer
+
+
 def test_image_root_has_one_meaning_on_every_command(coco_run, tmp_path):
     root, run, _ = coco_run
     val = str(root / "annotations" / "captions_val.json")

@@ -253,7 +253,8 @@ def _datasets(config: Any, tokenizer: Any):
     train_set = ImageTextDataset(data_path, tokenizer=tokenizer, config=dataset_config, image_root=t.image_root)
     val_set = None
     if val_path:
-        val_set = ImageTextDataset(val_path, tokenizer=tokenizer, config=dataset_config, image_root=t.val_image_root)
+        val_set = ImageTextDataset(val_path, tokenizer=train_set.tokenizer, config=dataset_config,
+                                   image_root=t.val_image_root)  # the training set's ids
     return train_set, val_set, train_set.tokenizer
 
 
