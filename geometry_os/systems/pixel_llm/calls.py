@@ -24,7 +24,8 @@ class InfoParams(StrictModel):
 
 
 def info(params: InfoParams, host: Any) -> dict[str, Any]:
-    """The resolved model config and its parameter count (built on the meta device: no memory used)."""
+    """The resolved model config, its parameter count (built on the meta device: no memory used) and the
+    trainer settings (``trainer``)."""
     import torch
 
     from .model import PixelLLM
@@ -126,7 +127,7 @@ def train(params: TrainParams, host: Any) -> dict[str, Any]:
 
 
 CALLS = [
-    SystemCall("pixel_llm.info", InfoParams, info, "Resolved model config and parameter count."),
+    SystemCall("pixel_llm.info", InfoParams, info, "Resolved model config, parameter count and trainer settings."),
     SystemCall("pixel_llm.caption", CaptionParams, caption, "Caption image files with a checkpoint."),
     SystemCall("pixel_llm.evaluate", EvaluateParams, evaluate, "Caption metrics of a checkpoint on a caption file."),
     SystemCall("pixel_llm.train", TrainParams, train, "Train a model (as geo-os pixel-llm train) and summarise."),
