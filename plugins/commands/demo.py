@@ -82,8 +82,8 @@ def demo_command(out: str, quick: bool, seed: int, quiet: bool) -> None:
     if quick:
         import torch
 
-        # The tiny model's ops are too small to gain from a second thread, and on a busy machine two threads
-        # waiting for each other trained 10x slower (15 vs 160 img/s measured at load average 5-7).
+        # On a busy 2-core machine two threads waiting for each other trained the tiny model 10x slower than
+        # one (15 vs 220 img/s measured at load average 5-8; see docs/learning.md).
         torch.set_num_threads(1)
     out_dir = Path(out)
     taken = [name for name in OUTPUTS if (out_dir / name).exists()]
