@@ -34,7 +34,7 @@ class ViTOptions(BaseModel):
     patch_size: int = Field(16, gt=0)
     embed_dim: int = Field(768, gt=0)
     num_layers: int = Field(6, gt=0, le=256)  # bounded like PixelLLMConfig.vision_num_layers
-    num_heads: int | None = Field(None, gt=0)  # None: default_num_heads(embed_dim), 12 for 768
+    num_heads: int | None = Field(None, gt=0, description="None: default_num_heads(embed_dim), heads of ~64 channels that divide it (12 for 768)")
     mlp_ratio: float = Field(4.0, gt=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     in_channels: int = Field(3, gt=0)

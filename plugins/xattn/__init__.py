@@ -41,7 +41,7 @@ class XAttnOptions(BaseModel):
     vocab_size: int = Field(50000, gt=0)
     embed_dim: int = Field(768, gt=0)
     num_layers: int = Field(12, gt=0, le=256)  # bounded like PixelLLMConfig.text_num_layers
-    num_heads: int | None = Field(None, gt=0)  # None: default_num_heads(embed_dim), 12 for 768
+    num_heads: int | None = Field(None, gt=0, description="None: default_num_heads(embed_dim), heads of ~64 channels that divide it (12 for 768)")
     max_seq_len: int = Field(512, gt=0)
     cross_attention_dim: int | None = Field(None, gt=0)
     num_cross_attention_layers: int | None = Field(None, gt=0)
