@@ -84,14 +84,20 @@ def stdout_is_closed() -> bool:
         return False
 
 
-def end_quietly_on_closed_stdout(ctx: click.Context) -> None:
-    """End as Unix tools do when the reader of the output goes away: no message, status 141. Stdout is
-    pointed at /dev/null first, so the interpreter's final flush cannot complain either."""
+def silence_stdout() -> None:
+    """Point stdout's descriptor at /dev/null, so that no later flush (the interpreter's at exit
+    included) can fail on the closed pipe and print a message."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
     except (AttributeError, OSError, ValueError):
         pass
+
+
+def end_quietly_on_closed_stdout(ctx: click.Context) -> None:
+    """End as Unix tools do when the reader of the output goes away: no message, status 141."""
+    silence_stdout()
     ctx.exit(SIGPIPE_STATUS)
 
 
@@ -256,7 +262,14 @@ def plugins_command(ctx: click.Context, as_json: bool, show_all: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    cli.main(args=argv, prog_name="geo-os")
+    try:
+        cli.main(args=argv, prog_name="geo-os")
+    except SystemExit as done:
+        # output written before a command runs (`geo-os --help | head`): click ends quietly with 1
+        if done.code == 1 and stdout_is_closed():
+            silence_stdout()
+            raise SystemExit(SIGPIPE_STATUS) from None
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

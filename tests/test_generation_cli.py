@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from geometry_os.cli import SIGPIPE_STATUS, cli, one_line_diagnostics
+from geometry_os.cli import SIGPIPE_STATUS, cli, main, one_line_diagnostics
 
 from conftest import make_plugin_dist
 
@@ -235,6 +235,8 @@ def test_every_option_of_every_command_has_help_text():
 @pytest.mark.parametrize(
     "args",
     [
+        ["--help"],
+        ["pixel-llm", "caption", "--help"],
         ["plugins", "--all"],
         ["pixel-llm", "components"],
         ["pixel-llm", "info", "--preset", "tiny"],
@@ -242,7 +244,7 @@ def test_every_option_of_every_command_has_help_text():
         ["pixel-llm", "eval", "--checkpoint", "{ws}/ckpt", "--data", "{ws}/data.json"],
         ["pixel-llm", "lint-data", "{ws}/data.json"],
     ],
-    ids=lambda args: " ".join(args[:2]),
+    ids=lambda args: " ".join(args[:3]),
 )
 def test_a_closed_stdout_ends_the_command_quietly(ws, args, monkeypatch, capsys):
     """`geo-os ... | head`: once head has gone, the next write fails with EPIPE. The command ends as
@@ -253,7 +255,7 @@ def test_a_closed_stdout_ends_the_command_quietly(ws, args, monkeypatch, capsys)
     monkeypatch.setattr(sys, "stdout", stdout)
     try:
         with pytest.raises(SystemExit) as exit_info:
-            cli.main([a.format(ws=ws) for a in args], prog_name="geo-os")
+            main([a.format(ws=ws) for a in args])  # the console script's entry point
         stdout.flush()  # as the interpreter does at exit: must not raise
     finally:
         monkeypatch.undo()
