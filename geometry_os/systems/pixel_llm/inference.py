@@ -5,10 +5,9 @@ core imports no plugin). Strategies return a ``GenerationOutput``.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
-
-import warnings
 
 import torch
 
