@@ -69,3 +69,17 @@ def test_a_wrong_image_root_fails_when_the_data_set_is_built(seed_layout):
     assert "nor do the other 1 images" in message and "image_root data/images" in message
     with pytest.raises(DataError, match="data/captions.json: image_root data/imgs: no such folder"):
         ImageTextDataset("data/captions.json", image_root="data/imgs")
+
+
+def test_the_documented_keywords_build_an_encoder_and_a_narrower_decoder():
+    """The API reference's parameters: VisionEncoder(image_size, patch_size, embed_dim, num_layers, num_heads),
+    LanguageDecoder(vocab_size, embed_dim, num_layers, cross_attention_dim, num_cross_attention_layers)."""
+    from geometry_os.systems.pixel_llm import LanguageDecoder, VisionEncoder
+
+    encoder = VisionEncoder(image_size=64, patch_size=16, embed_dim=128, num_layers=1, num_heads=4)
+    decoder = LanguageDecoder(vocab_size=100, embed_dim=64, num_layers=2, cross_attention_dim=128,
+                              num_cross_attention_layers=1)
+    features = encoder(torch.rand(2, 3, 64, 64))
+    assert features.shape == (2, 16, 128)
+    assert decoder(torch.randint(0, 100, (2, 5)), features).shape == (2, 5, 100)
+    assert decoder.cross_attention_layers == (1,)
