@@ -262,3 +262,12 @@ def test_a_closed_stdout_ends_the_command_quietly(ws, args, monkeypatch, capsys)
         stdout.close()
     assert exit_info.value.code == SIGPIPE_STATUS
     assert capsys.readouterr().err == ""
+
+
+def test_a_pattern_matching_folders_names_them_or_searches_them_with_recursive(ws, folder):
+    pattern = str(folder / "[as]*")  # a.png and sub/ (a pattern's files are taken as named, notes.txt too)
+    plain = invoke("pixel-llm", "caption", pattern, "--checkpoint", ws / "ckpt")
+    assert plain.exit_code == 0 and captioned(plain) == [str(folder / "a.png")], plain.output
+    assert lines(plain.stderr) == [f"Warning: {pattern}: 1 matching folder(s) not searched (sub; use --recursive)"]
+    deep = invoke("pixel-llm", "caption", pattern, "-r", "--checkpoint", ws / "ckpt")
+    assert captioned(deep) == [str(folder / p) for p in ("a.png", "sub/b.png", "sub/deeper/c.png")]

@@ -98,8 +98,8 @@ def load_checkpoint(path: str, device: str) -> tuple[Any, Any]:
 def caption_command(images: tuple[str, ...], as_json: bool, recursive: bool, **params: Any) -> None:
     """Caption IMAGES (files, folders or glob patterns) with a trained checkpoint.
 
-    A folder gives its image files (dot-files skipped); sub-folders only with --recursive (else a
-    warning names them). Unreadable images are reported on stderr (one line each) and skipped; the exit
+    A folder gives its image files (dot-files skipped); its sub-folders, and folders a pattern
+    matches, are searched only with --recursive (else a warning names them). Unreadable images are reported on stderr (one line each) and skipped; the exit
     code is then 1.
     """
     from geometry_os.cli import echo_error

@@ -50,12 +50,20 @@ def _folder_images(folder: Path, recursive: bool) -> tuple[list[Path], list[Path
     return found, unsearched
 
 
+def _unsearched(folders: Sequence[Path], what: str) -> str:
+    if not folders:
+        return ""
+    names = ", ".join(p.name for p in folders[:3]) + (", ..." if len(folders) > 3 else "")
+    return f"{len(folders)} {what} not searched ({names}; use --recursive)"
+
+
 def expand_image_args(args: Sequence[str], recursive: bool = False) -> list[Path]:
     """IMAGE, DIR or GLOB arguments -> image paths, in argument order.
 
     A DIR gives its image files (by suffix, sorted), without dot-files; with ``recursive`` those of
     its sub-folders too (depth first, sorted, dot-folders skipped), else a ``SkippedFoldersWarning``
-    names the sub-folders left out. A GLOB follows Python's ``glob`` (``**`` spans folders). Raises
+    names the sub-folders left out. A GLOB follows Python's ``glob`` (``**`` spans folders); folders it
+    matches are searched like folder arguments with ``recursive``, else named in the warning. Raises
     ``GeometryOSError`` for a missing file, a folder without images or a pattern matching nothing.
     """
     paths: list[Path] = []
@@ -63,10 +71,7 @@ def expand_image_args(args: Sequence[str], recursive: bool = False) -> list[Path
         path = Path(arg)
         if path.is_dir():
             found, unsearched = _folder_images(path, recursive)
-            skipped = ""
-            if unsearched:
-                names = ", ".join(p.name for p in unsearched[:3]) + (", ..." if len(unsearched) > 3 else "")
-                skipped = f"{len(unsearched)} sub-folder(s) not searched ({names}; use --recursive)"
+            skipped = _unsearched(unsearched, "sub-folder(s)")
             if not found:
                 raise GeometryOSError(f"{arg}: no images in this folder ({', '.join(sorted(IMAGE_SUFFIXES))})"
                                       + (f"; {skipped}" if skipped else ""))
@@ -74,9 +79,17 @@ def expand_image_args(args: Sequence[str], recursive: bool = False) -> list[Path
                 warnings.warn(f"{arg}: {skipped}", SkippedFoldersWarning, stacklevel=2)
             paths.extend(found)
         elif any(ch in arg for ch in "*?[") and not path.is_file():  # "IMG [1].png" is a file, not a pattern
-            found = sorted(Path(p) for p in glob.glob(arg, recursive=True) if Path(p).is_file())
+            matches = sorted(Path(p) for p in glob.glob(arg, recursive=True))
+            found = [p for p in matches if p.is_file()]
+            folders = [p for p in matches if p.is_dir()]
+            if recursive:  # a matched folder gives its images, as a folder argument does
+                found += [image for folder in folders for image in _folder_images(folder, True)[0]]
+                folders = []
+            skipped = _unsearched(folders, "matching folder(s)")
             if not found:
-                raise GeometryOSError(f"{arg}: no file matches this pattern")
+                raise GeometryOSError(f"{arg}: no file matches this pattern" + (f"; {skipped}" if skipped else ""))
+            if skipped:
+                warnings.warn(f"{arg}: {skipped}", SkippedFoldersWarning, stacklevel=2)
             paths.extend(found)
         else:
             if not path.exists():
