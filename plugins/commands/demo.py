@@ -71,7 +71,8 @@ OUTPUTS = ("checkpoints", "report.md", "metrics.json", "curves.png", "attention.
               help="Folder for the checkpoints and the report (refused if it already holds either).")
 @click.option("--quick", is_flag=True,
               help="A smoke test: the same path with a tiny model trained for 45 s (about a minute in all).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the training run (scenes, model, data order) and of the held-out test scenes.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def demo_command(out: str, quick: bool, seed: int, quiet: bool) -> None:
     """Train a captioner on synthetic geometry scenes and write a report (metrics, loss curve,
