@@ -392,3 +392,17 @@ def test_no_preset_note_names_the_base_model():
     note = size_note(None, None, ["trainer.max_steps=3", "learning_rate=0.1"], base)
     assert note is not None and "full-size base model" in note and "224-px" in note and "--preset small" in note
     assert size_note("small", None, [], base) is None and size_note(None, None, ["image_size=64"], base) is None
+
+
+def test_system_calls_take_image_roots_and_run_folders(tmp_path):
+    from geometry_os.host import Host
+
+    root = write_coco(tmp_path / "coco", n_train=6, n_val=2)
+    host = Host()
+    summary = host.call("pixel_llm.train", preset="tiny", data=str(root / "annotations" / "captions_train.json"),
+                        val_data=str(root / "annotations" / "captions_val.json"), image_root=str(root / "images"),
+                        out=str(tmp_path / "run"), overrides=["trainer.max_steps=2", "trainer.warmup_steps=1"])
+    assert summary["global_step"] == 2
+    metrics = host.call("pixel_llm.evaluate", checkpoint=str(tmp_path / "run"),
+                        data=str(root / "annotations" / "captions_val.json"), image_root=str(root / "images"))
+    assert metrics["num_images"] == 2
