@@ -33,6 +33,19 @@ from geometry_os.plugins.commands import config_file_option, preset_option, set_
 @click.option("--num-scenes", type=click.IntRange(min=1), default=None,
               help="Synthetic training scenes when no --data is given (validation: a tenth, at most 1000) "
                    "[default: 10000].")
+@click.option("--freeze", "freeze", multiple=True, metavar="PATTERN",
+              help="Parameters that do not train: encoder, decoder or a name pattern like 'encoder.blocks.0-7.*' "
+                   "(repeatable; trainer.freeze).")
+@click.option("--encoder-learning-rate", type=float, default=None, help="Peak LR of the encoder (trainer.encoder_learning_rate).")
+@click.option("--layer-decay", type=float, default=None, help="Layer-wise LR decay of the encoder, e.g. 0.75 (trainer.layer_decay).")
+@click.option("--gradient-checkpointing", is_flag=True, default=None,
+              help="Recompute block activations in backward: less memory (trainer.gradient_checkpointing).")
+@click.option("--lora-rank", type=click.IntRange(min=0), default=None,
+              help="Train LoRA adapters of this rank on trainer.lora_targets; everything else frozen (trainer.lora_rank).")
+@click.option("--early-stopping-patience", type=click.IntRange(min=1), default=None,
+              help="Stop after this many validations without a new best (trainer.early_stopping_patience).")
+@click.option("--tensorboard", is_flag=True, default=None,
+              help="Also write TensorBoard events to <out>/tensorboard (trainer.tensorboard; 'tensorboard' extra).")
 @click.pass_context
 def train_command(
     ctx: click.Context,
@@ -45,12 +58,15 @@ def train_command(
     quiet: bool,
     out: str | None,
     num_scenes: int | None,
+    **controls: Any,
 ) -> None:
     """Train a Pixel LLM captioner; prints where the checkpoints are."""
     from geometry_os.cli import get_cli_host
 
     get_cli_host(ctx)
-    summary = run_training(config_path, preset, data_path, val_path, overrides, resume, quiet, out, num_scenes)
+    controls["freeze"] = list(controls["freeze"]) or None
+    summary = run_training(config_path, preset, data_path, val_path, overrides, resume, quiet, out, num_scenes,
+                           controls={k: v for k, v in controls.items() if v is not None})
     if summary is not None:
         _report(summary)
 
@@ -65,13 +81,25 @@ def run_training(
     quiet: bool = False,
     out: str | None = None,
     num_scenes: int | None = None,
+    controls: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """What ``train`` does, callable from Python (the ``pixel_llm.train`` system call, the demo).
+    ``controls``: more ``trainer`` fields, set like the flags (``{"freeze": ["encoder"], "lora_rank": 8}``).
     Returns the trainer's summary on the main process, None on other ranks."""
+    from pydantic import ValidationError
+
+    from geometry_os.errors import format_validation_error
     from geometry_os.systems.pixel_llm.config import PixelLLMConfig, load_config
 
     config = load_config(config_path, list(overrides), preset)
     flags = {"checkpoint_dir": out, "data": data_path, "val_data": val_path, "num_scenes": num_scenes}
+    for field, value in (controls or {}).items():
+        if field not in type(config.trainer).model_fields:
+            raise click.ClickException(f"controls: {field!r} is not a trainer field")
+        try:
+            setattr(config.trainer, field, value)
+        except ValidationError as exc:
+            raise click.ClickException("trainer." + format_validation_error(exc)) from None
     for field, value in flags.items():  # assignment marks the field as set, like the file and --set
         if value is not None:
             setattr(config.trainer, field, value)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator, model_validator
 
 from geometry_os.errors import ComponentError, ConfigError, format_validation_error
 from geometry_os.fileio import parse_json
@@ -102,11 +102,17 @@ class TrainerConfig(StrictModel):
     num_scenes: int = Field(10_000, ge=1, description="`train` command without `data`: synthetic training scenes (validation: a tenth, at most 1000)")
 
 
-    @model_validator(mode="after")
-    def _check_finetune(self) -> "TrainerConfig":
-        from .freeze import check_patterns
+    @field_validator("freeze")
+    @classmethod
+    def _check_freeze(cls, patterns: list[str]) -> list[str]:
+        from .freeze import pattern_regex
 
-        check_patterns(self.freeze, "freeze")
+        for pattern in patterns:
+            pattern_regex(pattern)  # a ValueError naming the pattern
+        return patterns
+
+    @model_validator(mode="after")
+    def _check_lora(self) -> "TrainerConfig":
         if self.lora_rank and not self.lora_targets:
             raise ValueError("lora_rank > 0 needs at least one lora_targets pattern")
         return self

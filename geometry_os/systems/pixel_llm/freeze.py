@@ -32,15 +32,6 @@ def pattern_regex(pattern: str) -> re.Pattern[str]:
     return re.compile(r"\.".join(parts) + r"(?:\..*)?")
 
 
-def check_patterns(patterns: Iterable[str], field: str) -> None:
-    """Raise ``ValueError`` (one line, naming ``field``) for a malformed pattern."""
-    for pattern in patterns:
-        try:
-            pattern_regex(pattern)
-        except ValueError as exc:
-            raise ValueError(f"{field}: {exc}") from None
-
-
 def matching(names: Iterable[str], pattern: str) -> list[str]:
     regex = pattern_regex(pattern)
     return [n for n in names if regex.fullmatch(n)]
