@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from geometry_os.plugins.amp_trainer import checkpointing as ckpt
+from geometry_os.plugins.amp_trainer.trainer import PixelLLMTrainer
 
 from geometry_os.cli import cli
 from geometry_os.errors import ConfigError
-from geometry_os.plugins.amp_trainer import checkpointing as ckpt
-from geometry_os.plugins.amp_trainer.trainer import PixelLLMTrainer
 from geometry_os.systems.pixel_llm import PixelLLM, create_pixel_llm, lora
 from geometry_os.systems.pixel_llm.components import get_component
 from geometry_os.systems.pixel_llm.config import TrainerConfig
@@ -158,7 +158,6 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
 def test_gradient_checkpointing_recomputes_the_blocks(monkeypatch):
     """The blocks really run through torch.utils.checkpoint (not only the flag is set)."""
     import torch.utils.checkpoint as tuc
-
     from geometry_os.plugins.vit import model as vit_model
     from geometry_os.plugins.xattn import model as xattn_model
 
@@ -217,7 +216,7 @@ def test_lora_trains_only_adapters_and_merged_logits_equal_unmerged(tmp_path):
     from safetensors import safe_open
 
     with safe_open(str(folder / lora.ADAPTER_WEIGHTS), framework="pt") as f:
-        assert all(".lora_" in k for k in f.keys())
+        assert all(".lora_" in k for k in f.keys())  # noqa: SIM118 - safe_open is not a dict
     loaded, _ = PixelLLM.from_pretrained(folder)
     assert not lora.has_lora(loaded)
     with torch.no_grad():

@@ -79,7 +79,7 @@ def add_lora(model: nn.Module, targets: Iterable[str], rank: int, alpha: float) 
         chosen.update(hits)
     for p in model.parameters():
         p.requires_grad_(False)
-    for name, module in chosen.items():
+    for module in chosen.values():
         weight = module.weight
         adapter = LoRA(weight.shape[0], weight.shape[1], rank, alpha).to(device=weight.device, dtype=weight.dtype)
         parametrize.register_parametrization(module, "weight", adapter)
