@@ -24,8 +24,10 @@ from geometry_os.plugins.commands import config_file_option, preset_option, set_
 @click.command("train")
 @config_file_option
 @preset_option
-@click.option("--data", "data_path", type=click.Path(dir_okay=False), help="Training captions (JSON, JSONL or COCO).")
-@click.option("--val-data", "val_path", type=click.Path(dir_okay=False), help="Validation captions.")
+@click.option("--data", "data_path", metavar="[FORMAT:]PATH",
+              help="Training captions: a file or folder of a registered format (json, jsonl, coco, karpathy, flickr, "
+                   "imagefolder, ...), inferred when unambiguous; a split file gives its train split.")
+@click.option("--val-data", "val_path", metavar="[FORMAT:]PATH", help="Validation captions (a split file: its val split).")
 @set_option
 @click.option("--resume", metavar="DIR|latest", help="Continue from a checkpoint folder, a checkpoint dir or 'latest'.")
 @click.option("--quiet", is_flag=True, help="No progress bar or log lines.")
@@ -121,9 +123,11 @@ def run_training(
         refusal = new_run_refusal(Path(t.checkpoint_dir))
         if refusal:
             raise click.ClickException(refusal)
+    from geometry_os.systems.pixel_llm.formats import absolute_spec
+
     for field in ("data", "val_data"):  # saved with the run as absolute paths: a resume from elsewhere finds them
         if getattr(t, field):
-            setattr(t, field, str(Path(getattr(t, field)).resolve()))
+            setattr(t, field, absolute_spec(getattr(t, field)))
     if t.val_data and not t.data:
         raise click.ClickException("--val-data needs --data (the synthetic set brings its own validation split)")
     try:
@@ -228,17 +232,21 @@ def _datasets(config: Any, tokenizer: Any):
         val_n = max(1, min(1000, num_scenes // 10))
         val_set = shapes.build({**common, "n": val_n, "split": "val"}, tokenizer=train_set.tokenizer)
         return train_set, val_set, train_set.tokenizer
-    from geometry_os.systems.pixel_llm.data import ImageTextDataset, read_caption_file
+    from geometry_os.systems.pixel_llm.data import ImageTextDataset
     from geometry_os.systems.pixel_llm.data_config import DatasetConfig
+    from geometry_os.systems.pixel_llm.formats import read_caption_data, split_for
 
     dataset_config = DatasetConfig(max_length=config.max_seq_len, **config.image_options())  # as captioning
+    train_split = split_for(data_path, "train")  # a split file (karpathy) trains on its train split
     if tokenizer is None:
         from geometry_os.systems.pixel_llm.components import get_component
 
-        records, _, _ = read_caption_file(data_path, on_error="skip")
+        records, _, _ = read_caption_data(data_path, on_error="skip", split=train_split)
         tokenizer = get_component("tokenizer").load().train([r.caption for r in records], None)
-    train_set = ImageTextDataset(data_path, tokenizer=tokenizer, config=dataset_config)
-    val_set = ImageTextDataset(val_path, tokenizer=tokenizer, config=dataset_config) if val_path else None
+    train_set = ImageTextDataset(data_path, tokenizer=tokenizer, config=dataset_config, split=train_split)
+    val_set = None
+    if val_path:
+        val_set = ImageTextDataset(val_path, tokenizer=tokenizer, config=dataset_config, split=split_for(val_path, "val"))
     return train_set, val_set, tokenizer
 
 

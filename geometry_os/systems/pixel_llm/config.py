@@ -97,8 +97,8 @@ class TrainerConfig(StrictModel):
     )
     tensorboard: bool = Field(False, description="also write TensorBoard events to checkpoint_dir/tensorboard ('tensorboard' extra)")
     # what `geo-os pixel-llm train` trains on (saved with the run, so `--resume` continues on the same data)
-    data: str | None = Field(None, description="`train` command: training captions (JSON, JSONL or COCO); None: the synthetic shapes scenes")
-    val_data: str | None = Field(None, description="`train` command: validation captions (needs `data`)")
+    data: str | None = Field(None, description="`train` command: training captions, [FORMAT:]PATH of a registered format (a split file: its train split); None: the synthetic shapes scenes")
+    val_data: str | None = Field(None, description="`train` command: validation captions, [FORMAT:]PATH (a split file: its val split; needs `data`)")
     num_scenes: int = Field(10_000, ge=1, description="`train` command without `data`: synthetic training scenes (validation: a tenth, at most 1000)")
 
 
