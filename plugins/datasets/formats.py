@@ -171,7 +171,8 @@ class ImageFolder(CaptionFormat):
         out = Records(path, root, on_error)
         images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not images:
-            raise DataError(f"{path}: no metadata.jsonl, metadata.csv or image files")
+            raise DataError(f"{path}: is a directory with no metadata.jsonl, metadata.csv or image files "
+                            "(expected a caption file or an image folder)")
         for n, image in enumerate(images):
             text_file = image.with_suffix(".txt")
             if not text_file.is_file():

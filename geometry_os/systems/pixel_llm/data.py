@@ -147,10 +147,6 @@ class _Reader:
             self.read_list(data)
         elif isinstance(data, dict) and "images" in data and "annotations" in data and self.kind in (None, "coco"):
             self.read_coco(data)
-        elif self.kind == "json":
-            raise DataError(f'{self.name}: expected a JSON list of {{"image", "caption"}} entries, got {type(data).__name__}')
-        elif self.kind == "coco":
-            raise DataError(f'{self.name}: expected a COCO captions object with "images" and "annotations"')
         else:
             raise DataError(
                 f'{self.name}: expected a JSON list of {{"image", "caption"}} entries or a COCO object with '

@@ -100,6 +100,8 @@ def resolve(spec: str | os.PathLike) -> tuple[CaptionFormat | None, str]:
         matches = [n for n, f in formats.items() if f.detect(p)]
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if not matches and p.suffix == ".json" and "json" in formats:  # the original format: its reader names the problem
+        matches = ["json"]
     if len(matches) == 1:
         return formats[matches[0]], path
     if not matches:
