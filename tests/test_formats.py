@@ -129,6 +129,7 @@ def test_train_reads_every_format_through_the_registry(formats, monkeypatch):
 
 def test_eval_reads_every_format_through_the_registry(formats, monkeypatch, tmp_path):
     from geometry_os.plugins.simple_vocab.vocab import SimpleVocabulary
+
     from geometry_os.systems.pixel_llm import captioning, create_pixel_llm
 
     vocab = SimpleVocabulary([c for v in SET.values() for c in v])

@@ -198,8 +198,7 @@ class ImageFolder(CaptionFormat):
     @staticmethod
     def _csv(out: Records):
         reader = csv.DictReader(io.StringIO(_read_text(out.name), newline=""))
-        for n, row in enumerate(reader, start=2):  # line 1 is the header
-            yield n, row
+        yield from enumerate(reader, start=2)  # line 1 is the header
 
     @staticmethod
     def _add_row(out: Records, n: int, row: object) -> None:

@@ -63,8 +63,9 @@ def head(path: Path, size: int = 65536) -> str:
 
 def registered_formats() -> dict[str, CaptionFormat]:
     """Name -> format, for every ``dataset`` component whose factory is a ``CaptionFormat``."""
-    from .components import get_component
     from geometry_os.host import get_host
+
+    from .components import get_component
 
     found = {}
     for name in get_host().system("pixel_llm").components.names("dataset"):
