@@ -148,10 +148,17 @@ def run_training(
     trainer_cls = _trainer_class()
     t = config.trainer
     loader_options = dict(num_workers=t.num_workers, pad_token_id=config.pad_token_id, pin_memory=torch.cuda.is_available())
-    train_loader = trainer_cls.make_dataloader(train_set, t.batch_size, shuffle=True, seed=t.seed, **loader_options)
-    val_loader = None
-    if val_set is not None:
-        val_loader = trainer_cls.make_dataloader(val_set, t.batch_size, shuffle=False, **loader_options)
+    from torch.utils.data import IterableDataset
+
+    from geometry_os.systems.pixel_llm.data import create_dataloader
+
+    def loader(dataset: Any, shuffle: bool) -> Any:  # a stream (WebDataset) orders itself
+        if isinstance(dataset, IterableDataset):
+            return create_dataloader(dataset, t.batch_size, shuffle=False, **loader_options)
+        return trainer_cls.make_dataloader(dataset, t.batch_size, shuffle=shuffle, seed=t.seed, **loader_options)
+
+    train_loader = loader(train_set, True)
+    val_loader = loader(val_set, False) if val_set is not None else None
     with _one_line_warnings():
         trainer = trainer_cls(model, t, train_loader, val_loader, tokenizer=tokenizer, quiet=quiet)
         if folder is not None:
@@ -234,9 +241,20 @@ def _datasets(config: Any, tokenizer: Any):
         return train_set, val_set, train_set.tokenizer
     from geometry_os.systems.pixel_llm.data import ImageTextDataset
     from geometry_os.systems.pixel_llm.data_config import DatasetConfig
-    from geometry_os.systems.pixel_llm.formats import read_caption_data, split_for
+    from geometry_os.systems.pixel_llm.formats import read_caption_data, resolve, split_for, split_spec
 
     dataset_config = DatasetConfig(max_length=config.max_seq_len, **config.image_options())  # as captioning
+    train_fmt, _ = resolve(data_path)
+    if train_fmt is not None and train_fmt.streaming:  # WebDataset shards: an IterableDataset of its own order
+        train_set = train_fmt.stream(split_spec(data_path)[1], tokenizer, dataset_config, seed=t.seed)
+        val_set = None
+        if val_path:
+            val_fmt, val_spec = resolve(val_path)
+            val_set = (val_fmt.stream(val_spec, train_set.tokenizer, dataset_config, shuffle_buffer=0)
+                       if val_fmt is not None and val_fmt.streaming else
+                       ImageTextDataset(val_path, tokenizer=train_set.tokenizer, config=dataset_config,
+                                        split=split_for(val_path, "val")))
+        return train_set, val_set, train_set.tokenizer
     train_split = split_for(data_path, "train")  # a split file (karpathy) trains on its train split
     if tokenizer is None:
         from geometry_os.systems.pixel_llm.components import get_component

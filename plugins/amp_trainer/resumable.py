@@ -136,6 +136,10 @@ class CheckpointMixin:
         same_order = sampler is not None and state.get("num_samples") == sampler.num_samples and (
             state.get("batch_size") == sampler.batch_size and state.get("world_size") == self.world.world_size
         )
+        dataset = getattr(self.train_dataloader, "dataset", None)
+        if sampler is None and hasattr(dataset, "set_epoch") and isinstance(dataset, torch.utils.data.IterableDataset):
+            # a stream whose order is a function of the epoch (WebDataset shards): replayed from the epoch start
+            same_order = state.get("world_size") == self.world.world_size
         if not same_order and self.batch_in_epoch:
             warnings.warn(
                 f"{folder}: resuming mid-epoch with a different data order (dataset size, batch size or number of "

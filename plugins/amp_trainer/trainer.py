@@ -259,6 +259,9 @@ class PixelLLMTrainer(CheckpointMixin):
         sampler = getattr(self.train_dataloader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(self.epoch)
+        dataset = getattr(self.train_dataloader, "dataset", None)
+        if isinstance(dataset, torch.utils.data.IterableDataset) and hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(self.epoch)  # a stream whose order is a function of the epoch (WebDataset shards)
         return itertools.islice(iter(self.train_dataloader), self.batch_in_epoch, None)
 
     def _end_epoch(self) -> None:

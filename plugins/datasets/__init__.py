@@ -43,7 +43,7 @@ class ShapesOptions(BaseModel):
 def register_datasets(register):
     register("captions", "geometry_os.plugins.datasets.factories:build_captions", CaptionsOptions)
     register("shapes", "geometry_os.plugins.datasets.factories:build_shapes", ShapesOptions)
-    for name in ("json", "jsonl", "coco", "karpathy", "flickr", "imagefolder"):  # caption-data formats
+    for name in ("json", "jsonl", "coco", "karpathy", "flickr", "imagefolder", "webdataset"):  # caption-data formats
         register(name, f"geometry_os.plugins.datasets.formats:{name.upper()}", CaptionsOptions)
 
 

@@ -132,8 +132,11 @@ def make_shapes(out: Path, n: int, seed: int, image_size: int, splits_text: str,
               help="Folder image paths are relative to (default: each caption file's folder).")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default=None,
               help="Only this part of a split file (karpathy; restval counts as train).")
+@click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Streamed formats (WebDataset shards): check this many samples, streaming.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def lint_data(data: tuple[str, ...], vocab: Path | None, image_root: Path | None, split: str | None, as_json: bool) -> None:
+def lint_data(data: tuple[str, ...], vocab: Path | None, image_root: Path | None, split: str | None, limit: int,
+              as_json: bool) -> None:
     """Check caption data of any registered format and all its images; report every problem; exit 1 if there
     are errors."""
     from geometry_os.plugins.datasets.lint import format_report, lint_files, load_vocab
@@ -144,7 +147,8 @@ def lint_data(data: tuple[str, ...], vocab: Path | None, image_root: Path | None
             tokenizer = load_vocab(vocab)
         except ValueError as e:
             raise click.ClickException(" ".join(str(e).split())) from None
-    report = lint_files([str(p) for p in data], tokenizer, vocab_path=vocab, image_root=image_root, split=split)
+    report = lint_files([str(p) for p in data], tokenizer, vocab_path=vocab, image_root=image_root, split=split,
+                        limit=limit)
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
     if report["errors"]:
         raise click.exceptions.Exit(1)

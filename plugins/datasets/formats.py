@@ -221,9 +221,38 @@ class ImageFolder(CaptionFormat):
         out.add(file_name, [c.strip() for c in captions], f"line {n}", n)
 
 
+class WebDataset(CaptionFormat):
+    """WebDataset tar shards (``data/{000000..000099}.tar``), streamed: see ``shards.ShardStream``."""
+
+    name = "webdataset"
+    streaming = True
+
+    def claims(self, spec: str) -> bool:
+        return ".tar" in spec
+
+    def detect(self, path: Path) -> bool:
+        return path.is_file() and path.suffix == ".tar"
+
+    def read(self, path: str, image_root: str | None, on_error: str, split: str | None) -> Read:
+        raise DataError(f"{path}: WebDataset shards are streamed, not read into a list: train with --data "
+                        "webdataset:PATTERN and check them with lint-data --limit")
+
+    def stream(self, spec: str, tokenizer, config, seed: int = 0, **options):
+        from .shards import ShardStream
+
+        return ShardStream(spec, tokenizer, config, seed=seed, **options)
+
+    def __call__(self, options, tokenizer=None):
+        from geometry_os.systems.pixel_llm.data_config import DatasetConfig
+
+        config = DatasetConfig(**options.model_dump(exclude={"data_path", "image_root", "split"}))
+        return self.stream(options.data_path, tokenizer, config)
+
+
 JSON = JsonList()
 JSONL = JsonLines()
 COCO = Coco()
 KARPATHY = Karpathy()
 FLICKR = Flickr()
 IMAGEFOLDER = ImageFolder()
+WEBDATASET = WebDataset()

@@ -34,6 +34,15 @@ class CaptionFormat:
 
     name: ClassVar[str] = ""
     has_splits: ClassVar[bool] = False  # whether ``read`` understands split="train"/"val"/"test"
+    streaming: ClassVar[bool] = False  # read through ``stream`` (an IterableDataset), not ``read``
+
+    def claims(self, spec: str) -> bool:
+        """Whether a spec that is not one existing path is this format's (e.g. a shard pattern)."""
+        return False
+
+    def stream(self, spec: str, tokenizer: Any, config: Any, seed: int = 0, **options: Any) -> Any:
+        """A streaming format's ``IterableDataset`` of ``spec``."""
+        raise NotImplementedError
 
     def detect(self, path: Path) -> bool:
         """Whether ``path`` (an existing file or folder) looks like this format; cheap (reads a little)."""
@@ -94,6 +103,9 @@ def resolve(spec: str | os.PathLike) -> tuple[CaptionFormat | None, str]:
         return formats[name], path
     if not formats:
         return None, path
+    claimed = [n for n, f in formats.items() if f.claims(path)]
+    if len(claimed) == 1:
+        return formats[claimed[0]], path
     p = Path(path)
     if not p.exists():
         raise DataError(f"{path}: no such file or folder")
