@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
-
-from geometry_os.cli import cli
 from geometry_os.plugins.amp_trainer import checkpointing as ckpt
 from geometry_os.plugins.amp_trainer.trainer import PixelLLMTrainer
 from geometry_os.plugins.datasets.shards import ShardStream
+from PIL import Image
+
+from geometry_os.cli import cli
 from geometry_os.systems.pixel_llm import create_pixel_llm
 from geometry_os.systems.pixel_llm.config import TrainerConfig
 from geometry_os.systems.pixel_llm.data import create_dataloader

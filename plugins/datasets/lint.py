@@ -18,8 +18,8 @@ from typing import Any, Sequence
 
 from geometry_os.fileio import parse_json, read_utf8
 from geometry_os.systems.pixel_llm.data import CaptionRecord, DataError, load_image
-from geometry_os.systems.pixel_llm.formats import read_caption_data, resolve
 from geometry_os.systems.pixel_llm.data_config import DatasetConfig
+from geometry_os.systems.pixel_llm.formats import read_caption_data, resolve
 
 
 def load_vocab(path: str | os.PathLike) -> Any:

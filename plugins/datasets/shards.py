@@ -31,7 +31,13 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import IterableDataset
 
-from geometry_os.systems.pixel_llm.data import DataError, build_transform, resolve_tokenizer, to_rgb, truncate
+from geometry_os.systems.pixel_llm.data import (
+    DataError,
+    build_transform,
+    resolve_tokenizer,
+    to_rgb,
+    truncate,
+)
 from geometry_os.systems.pixel_llm.data_config import DatasetConfig
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
