@@ -222,6 +222,15 @@ def test_lora_trains_only_adapters_and_merged_logits_equal_unmerged(tmp_path):
     with torch.no_grad():
         assert (loaded(images, ids).logits - unmerged).abs().max().item() <= 1e-5
 
+    # the adapter files alone (the trainable-only checkpoint) fold into a model holding the base weights
+    only = tmp_path / "adapter-only"
+    only.mkdir()
+    for name in (lora.ADAPTER_WEIGHTS, lora.ADAPTER_CONFIG):
+        (only / name).write_bytes((folder / name).read_bytes())
+    assert lora.merge_adapter_file(only, with_base_only)
+    with torch.no_grad():
+        assert (with_base_only(images, ids).logits - unmerged).abs().max().item() <= 1e-5
+
     # save_pretrained of an adapted model writes merged plain weights, no adapter files
     exported = model.save_pretrained(tmp_path / "export")
     assert not (exported / lora.ADAPTER_WEIGHTS).exists()
