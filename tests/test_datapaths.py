@@ -336,7 +336,7 @@ def test_step_interval_keeps_save_total_limit_folders(tmp_path):
 def test_warmup_longer_than_the_run_is_scaled_to_it(tmp_path):
     assert fitted_warmup(100, 20) == (2, "trainer.warmup_steps=100 is not shorter than the run (20 steps); "
                                           "warming up over 2 steps instead (a tenth of the run)")
-    assert fitted_warmup(10, 20) == (10, None) and fitted_warmup(0, 5) == (0, None)
+    assert fitted_warmup(10, 20) == (10, None) and fitted_warmup(0, 5) == (0, None) and fitted_warmup(1, 1) == (1, None)
     dataset = ImageTextDataset(write_list(tmp_path / "d", 4))
     loader = create_dataloader(dataset, batch_size=4)
     config = TrainerConfig(warmup_steps=100, max_steps=20, learning_rate=1e-3, checkpoint_dir=str(tmp_path / "c"))

@@ -67,9 +67,9 @@ def fitted_warmup(warmup_steps: int, total_steps: int) -> tuple[int, str | None]
     """The warm-up to use and, when it had to change, why. A warm-up as long as the run never reaches the
     peak learning rate (100 warm-up steps in a 20-step run train at most at a fifth of it): it is scaled to
     a tenth of the run."""
-    if warmup_steps == 0 or warmup_steps < total_steps:
-        return warmup_steps, None
     scaled = max(1, total_steps // WARMUP_FRACTION)
+    if warmup_steps < total_steps or scaled >= warmup_steps:  # it fits, or is already as short as it can be
+        return warmup_steps, None
     return scaled, (f"trainer.warmup_steps={warmup_steps} is not shorter than the run ({_steps(total_steps)}); "
                     f"warming up over {_steps(scaled)} instead (a tenth of the run)")
 
