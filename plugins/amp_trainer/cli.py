@@ -215,11 +215,18 @@ def _datasets(config: Any, tokenizer: Any):
 
 
 def _fit_vocabulary(config: Any, tokenizer: Any, quiet: bool) -> Any:
-    """A new model gets exactly the tokenizer's vocabulary: a preset's size is only a guess, and ids the
-    tokenizer cannot decode would be wasted rows that greedy decoding can still pick."""
-    if tokenizer is None or len(tokenizer) == config.vocab_size:
-        return config
+    """A new model gets exactly the tokenizer's vocabulary and special ids: a preset's size is only a guess,
+    and ids the tokenizer cannot decode would be wasted rows that greedy decoding can still pick."""
     from geometry_os.systems.pixel_llm.config import PixelLLMConfig
+    from geometry_os.systems.pixel_llm.data import special_id
+
+    if tokenizer is None:
+        return config
+    ids = {name: special_id(tokenizer, name, getattr(config, name)) for name in ("pad_token_id", "bos_token_id", "eos_token_id")}
+    if any(getattr(config, name) != value for name, value in ids.items()):
+        config = PixelLLMConfig.model_validate({**config.model_dump(), "vocab_size": max(config.vocab_size, len(tokenizer)), **ids})
+    if len(tokenizer) == config.vocab_size:
+        return config
 
     if not quiet and os.environ.get("RANK", "0") == "0":
         click.echo(f"vocab_size: {len(tokenizer)} (the tokenizer's size; the config said {config.vocab_size})", err=True)
