@@ -28,6 +28,9 @@ from geometry_os.plugins.commands import config_file_option, preset_option, set_
 @click.option("--val-data", "val_path", type=click.Path(dir_okay=False), help="Validation captions.")
 @set_option
 @click.option("--resume", metavar="DIR|latest", help="Continue from a checkpoint folder, a checkpoint dir or 'latest'.")
+@click.option("--init-from", "init_from", metavar="CKPT|FOLDER",
+              help="Start a new run from these weights (a checkpoint, or a HF / timm / torchvision source converted "
+                   "as `import` does): matching tensors load, the rest start fresh; lists both.")
 @click.option("--quiet", is_flag=True, help="No progress bar or log lines.")
 @click.option("--out", type=click.Path(file_okay=False), help="Checkpoint folder (overrides trainer.checkpoint_dir).")
 @click.option("--num-scenes", type=click.IntRange(min=1), default=None,
@@ -42,6 +45,7 @@ def train_command(
     val_path: str | None,
     overrides: tuple[str, ...],
     resume: str | None,
+    init_from: str | None,
     quiet: bool,
     out: str | None,
     num_scenes: int | None,
@@ -50,7 +54,8 @@ def train_command(
     from geometry_os.cli import get_cli_host
 
     get_cli_host(ctx)
-    summary = run_training(config_path, preset, data_path, val_path, overrides, resume, quiet, out, num_scenes)
+    summary = run_training(config_path, preset, data_path, val_path, overrides, resume, quiet, out, num_scenes,
+                           init_from=init_from)
     if summary is not None:
         _report(summary)
 
@@ -65,9 +70,11 @@ def run_training(
     quiet: bool = False,
     out: str | None = None,
     num_scenes: int | None = None,
+    init_from: str | None = None,
 ) -> dict[str, Any] | None:
     """What ``train`` does, callable from Python (the ``pixel_llm.train`` system call, the demo).
-    Returns the trainer's summary on the main process, None on other ranks."""
+    Returns the trainer's summary on the main process, None on other ranks. ``init_from``: see
+    ``init_from.py``; its model config is used unless a preset, config file or model ``--set`` is given."""
     from geometry_os.systems.pixel_llm.config import PixelLLMConfig, load_config
 
     config = load_config(config_path, list(overrides), preset)
@@ -79,7 +86,16 @@ def run_training(
 
     from geometry_os.systems.pixel_llm.data import DataError
 
-    tokenizer, folder = None, None
+    tokenizer, folder, init = None, None, None
+    if init_from and resume:
+        raise click.ClickException("--init-from starts a new run; --resume continues one: give one of them")
+    if init_from:
+        from geometry_os.plugins.amp_trainer.init_from import read_init_source
+
+        init = read_init_source(init_from)
+        tokenizer = init.tokenizer
+        if not (config_path or preset or any(not o.strip().startswith("trainer.") for o in overrides)):
+            config = PixelLLMConfig.model_validate({**init.config.model_dict(), "trainer": config.trainer})
     if resume:
         folder, model, tokenizer = _load_resume(config, resume)
         # the model (and so image size, sequence length) from the checkpoint; the run's own trainer settings
@@ -113,6 +129,13 @@ def run_training(
 
         torch.manual_seed(config.trainer.seed)
         model = PixelLLM(config)
+        if init is not None:
+            from geometry_os.plugins.amp_trainer.init_from import apply_init, describe
+
+            report = apply_init(model, init)
+            if os.environ.get("RANK", "0") == "0":
+                for line in describe(report, init):
+                    click.echo(line, err=True)
     trainer_cls = _trainer_class()
     t = config.trainer
     loader_options = dict(num_workers=t.num_workers, pad_token_id=config.pad_token_id, pin_memory=torch.cuda.is_available())
