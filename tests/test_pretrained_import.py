@@ -113,3 +113,27 @@ def test_unknown_architecture_and_missing_tensor_are_one_line(tmp_path, ved):
     result = CliRunner().invoke(main, ["pixel-llm", "import", str(bad), "--out", str(tmp_path / "o3")])
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "missing tensor decoder.transformer.h.1.crossattention.q_attn.weight" in result.output
+
+
+def test_caption_images_one_liner_matches_the_command(ved, tmp_path):
+    folder, out, hf_model, hf_tok, model, tok = ved
+    from geometry_os.systems.pixel_llm import caption_images
+
+    rng = np.random.default_rng(1)
+    path = tmp_path / "a.jpg"
+    Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(path)
+    pil = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    results = caption_images([str(path), pil], checkpoint=out)
+    assert [r["image"] for r in results] == [str(path), None]
+    assert all(isinstance(r["caption"], str) and r["score"] <= 0 for r in results)
+    command = CliRunner().invoke(main, ["pixel-llm", "caption", str(path), "--checkpoint", str(out), "--json"])
+    assert json.loads(command.output)[0]["caption"] == results[0]["caption"]
+    # the PIL image goes through the same preprocessing as HF's processor would give it
+    from transformers import ViTImageProcessor
+
+    pixels = ViTImageProcessor.from_pretrained(str(folder))(pil, return_tensors="pt").pixel_values
+    with torch.no_grad():
+        ref = hf_model.generate(pixel_values=pixels)
+    assert results[1]["caption"] == hf_tok.decode(ref[0], skip_special_tokens=True)
+    assert caption_images(pil, model=model, tokenizer=tok, num_beams=3)[0]["caption"] == hf_tok.decode(
+        hf_model.generate(pixel_values=pixels, num_beams=3)[0], skip_special_tokens=True)
