@@ -39,8 +39,13 @@ def save_gpt2_tokenizer(folder: Path, vocab_merges: bool = False):
     backend = gpt2_tokenizer_backend()
     hf = GPT2TokenizerFast(tokenizer_object=backend, bos_token=EOT, eos_token=EOT, unk_token=EOT)
     hf.save_pretrained(str(folder))
-    if vocab_merges:
+    if vocab_merges:  # the slow tokenizer's files: <|endoftext|> is in vocab.json, as in GPT-2's
+        import json
+
         backend.model.save(str(folder))
+        vocab = json.loads((folder / "vocab.json").read_text())
+        vocab[EOT] = backend.token_to_id(EOT)
+        (folder / "vocab.json").write_text(json.dumps(vocab))
         (folder / "tokenizer.json").unlink()
     return hf
 

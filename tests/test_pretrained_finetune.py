@@ -75,7 +75,7 @@ def test_init_from_gpt2_lists_fresh_cross_attention(tmp_path):
     hf_tok = save_gpt2_tokenizer(folder)
     torch.manual_seed(0)
     ref = GPT2LMHeadModel(GPT2Config(vocab_size=len(hf_tok), n_positions=32, n_embd=32, n_layer=2, n_head=2,
-                                     bos_token_id=299, eos_token_id=299))
+                                     bos_token_id=len(hf_tok) - 1, eos_token_id=len(hf_tok) - 1))
     perturb(ref)
     ref.save_pretrained(str(folder))
     args = ["pixel-llm", "train", "--init-from", str(folder), "--data", str(write_data(tmp_path)), "--out",

@@ -47,8 +47,7 @@ def test_projection_folded_and_config(ved):
 def test_logits_match_hf(ved):
     *_, hf_model, hf_tok, model, tok = ved
     pixels = images()
-    ids = torch.tensor([tok.encode(t)[:-1] for t in ["a dog runs", "two cats", "a plate"]], dtype=torch.long) \
-        if False else torch.randint(0, len(tok), (3, 9), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, len(tok), (3, 9), generator=torch.Generator().manual_seed(1))
     ids[:, 0] = tok.bos_token_id
     with torch.no_grad():
         ref = hf_model(pixel_values=pixels, decoder_input_ids=ids).logits
@@ -87,7 +86,7 @@ def test_caption_command_prints_hf_text(ved, tmp_path):
     processor = ViTImageProcessor.from_pretrained(str(folder))
     pixels = processor(Image.open(path).convert("RGB"), return_tensors="pt").pixel_values
     with torch.no_grad():
-        ref = hf_model.generate(pixel_values=pixels)  # HF defaults: greedy, max_length 20
+        ref = hf_model.generate(pixel_values=pixels, max_new_tokens=20)  # transformers 5 defaults: greedy, 20 new tokens
     expected = hf_tok.decode(ref[0], skip_special_tokens=True)
     result = CliRunner().invoke(main, ["pixel-llm", "caption", str(path), "--checkpoint", str(out)])
     assert result.exit_code == 0, result.output
@@ -133,7 +132,31 @@ def test_caption_images_one_liner_matches_the_command(ved, tmp_path):
 
     pixels = ViTImageProcessor.from_pretrained(str(folder))(pil, return_tensors="pt").pixel_values
     with torch.no_grad():
-        ref = hf_model.generate(pixel_values=pixels)
+        ref = hf_model.generate(pixel_values=pixels, max_new_tokens=20)
     assert results[1]["caption"] == hf_tok.decode(ref[0], skip_special_tokens=True)
     assert caption_images(pil, model=model, tokenizer=tok, num_beams=3)[0]["caption"] == hf_tok.decode(
-        hf_model.generate(pixel_values=pixels, num_beams=3)[0], skip_special_tokens=True)
+        hf_model.generate(pixel_values=pixels, num_beams=3, max_new_tokens=20)[0], skip_special_tokens=True)
+
+
+def test_pytorch_model_bin_and_vocab_merges_give_the_same_checkpoint(ved, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    folder, out, *_ , model, tok = ved
+    other = tmp_path / "bin"
+    shutil.copytree(folder, other)
+    torch.save(load_file(str(other / "model.safetensors")), other / "pytorch_model.bin")
+    (other / "model.safetensors").unlink()
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_file(str(other / "tokenizer.json"))
+    backend.model.save(str(other))  # vocab.json + merges.txt; <|endoftext|> in vocab.json, as in GPT-2's
+    vocab = json.loads((other / "vocab.json").read_text())
+    (other / "vocab.json").write_text(json.dumps({**vocab, "<|endoftext|>": backend.token_to_id("<|endoftext|>")}))
+    (other / "tokenizer.json").unlink()
+    model2, tok2 = PixelLLM.from_pretrained(import_pretrained(other, tmp_path / "converted"))
+    for (name, a), (_, b) in zip(model.state_dict().items(), model2.state_dict().items()):
+        assert torch.equal(a, b), name
+    text = "a man riding a bicycle down the street"
+    assert tok2.encode(text) == tok.encode(text) and tok2.decode(tok.encode(text)) == text

@@ -92,7 +92,7 @@ def test_gpt2_alone_self_attention_path_equals_gpt2(tmp_path):
     folder = tmp_path / "gpt2"
     hf_tok = save_gpt2_tokenizer(folder, vocab_merges=True)
     torch.manual_seed(0)
-    ref = GPT2LMHeadModel(GPT2Config(vocab_size=len(hf_tok), n_positions=32, n_embd=32, n_layer=2, n_head=2, bos_token_id=299, eos_token_id=299)).eval()
+    ref = GPT2LMHeadModel(GPT2Config(vocab_size=len(hf_tok), n_positions=32, n_embd=32, n_layer=2, n_head=2, bos_token_id=len(hf_tok) - 1, eos_token_id=len(hf_tok) - 1)).eval()
     perturb(ref)
     ref.save_pretrained(str(folder))
     out = import_pretrained(folder, tmp_path / "ckpt", preset="tiny")
@@ -101,6 +101,8 @@ def test_gpt2_alone_self_attention_path_equals_gpt2(tmp_path):
     assert "decoder.wte.weight" not in fresh
     model, tok = PixelLLM.from_pretrained(out)
     assert tok.encode("a dog runs", add_special_tokens=False) == hf_tok.encode("a dog runs")
+    assert tok.bos_token_id == tok.eos_token_id == tok.pad_token_id == len(tok) - 1 == 300
+    assert tok.decode([300, *hf_tok.encode("a dog runs"), 300]) == "a dog runs"
     ids = torch.randint(0, len(tok), (2, 10), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         for block in model.decoder.blocks:  # the cross-attention output zeroed
@@ -115,8 +117,7 @@ def test_hf_tokenizer_eos_equals_pad_everywhere(tmp_path):
     from geometry_os.systems.pixel_llm.data import CaptionCollator, truncate
     from geometry_os.systems.pixel_llm.inference import generate_caption
 
-    save_gpt2_tokenizer(tmp_path)
-    eot = 299
+    eot = save_gpt2_tokenizer(tmp_path).convert_tokens_to_ids("<|endoftext|>")
     tok = HFTokenizer.from_file(tmp_path / "tokenizer.json", bos_token_id=eot, eos_token_id=eot, pad_token_id=eot)
     ids = tok.encode("a dog runs on the beach")
     assert ids[0] == ids[-1] == eot and eot not in ids[1:-1]
@@ -139,7 +140,7 @@ def test_hf_tokenizer_eos_equals_pad_everywhere(tmp_path):
     seqs = generate_caption(model.eval(), PIXELS, max_length=6, tokenizer=tok)
     assert (seqs[:, 0] == eot).all()
     with pytest.raises(ValueError, match="pad_token_id=400"):
-        HFTokenizer.from_file(tmp_path / "tokenizer.json", bos_token_id=eot, eos_token_id=eot, pad_token_id=400)
+        HFTokenizer.from_file(tmp_path / "tokenizer.json", bos_token_id=eot, eos_token_id=eot, pad_token_id=400)  # outside the vocabulary
 
 
 def test_preprocessing_of_a_jpeg_matches_hf_and_timm(tmp_path):

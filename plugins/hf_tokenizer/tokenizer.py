@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
@@ -52,12 +52,15 @@ def _parse_backend(text: str, source: Any) -> Tokenizer:
         raise ValueError(f"{source}: not a valid tokenizers JSON: {reason}") from None
 
 
-def gpt2_from_vocab_merges(vocab: str | os.PathLike, merges: str | os.PathLike) -> Tokenizer:
+def gpt2_from_vocab_merges(vocab: str | os.PathLike, merges: str | os.PathLike,
+                           special_tokens: Sequence[str] = ("<|endoftext|>",)) -> Tokenizer:
     """GPT-2's byte-level BPE from the slow tokenizer's ``vocab.json`` + ``merges.txt`` (no prefix space,
-    as ``GPT2Tokenizer``)."""
+    as ``GPT2Tokenizer``); ``special_tokens`` found in the vocabulary keep their ids and are marked special
+    (skipped by ``decode(skip_special_tokens=True)``)."""
     tok = Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([t for t in dict.fromkeys(special_tokens) if tok.token_to_id(t) is not None])
     return tok
 
 

@@ -162,7 +162,10 @@ def _tokenizer(folder: Path, ids: dict[str, int | None]) -> Any:
 
         backend = _parse_backend(read_utf8(folder / "tokenizer.json", CheckpointError), folder / "tokenizer.json")
     elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-        backend = gpt2_from_vocab_merges(folder / "vocab.json", folder / "merges.txt")
+        specials = [config.get(k) for k in ("bos_token", "eos_token", "unk_token", "pad_token")]
+        specials = [t.get("content") if isinstance(t, dict) else t for t in specials]
+        backend = gpt2_from_vocab_merges(folder / "vocab.json", folder / "merges.txt",
+                                         ["<|endoftext|>", *(t for t in specials if isinstance(t, str))])
     else:
         return None
     try:
