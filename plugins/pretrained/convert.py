@@ -231,7 +231,8 @@ def import_pretrained(source: str | Path, dest: str | Path, preset: str = "small
     if model_type in ENCODER_TYPES:
         options, enc, src = encoder_part(model_type, cfg, tensors, label)
         if model_type == "vit":  # the towers of clip / siglip folders carry a text model and heads beside
-            _check_all_used(src, ignore=("pooler.dense.weight", "pooler.dense.bias", "position_ids"))
+            _check_all_used(src, ignore=("pooler.dense.weight", "pooler.dense.bias", "position_ids", "classifier.weight",
+                                         "classifier.bias"))
         fields = _sizes(options, None, preset)
         fields.update(_preprocessing_fields(source, None), encoder_options=_encoder_extra(options))
         return build_checkpoint(dest, fields, enc, None, None, source)
