@@ -146,8 +146,7 @@ def test_hf_tokenizer_eos_equals_pad_everywhere(tmp_path):
 def test_preprocessing_of_a_jpeg_matches_hf_and_timm(tmp_path):
     from transformers import CLIPImageProcessor, ViTImageProcessor
 
-    from geometry_os.systems.pixel_llm.captioning import preprocessing_config
-    from geometry_os.systems.pixel_llm.data import build_transform, load_image
+    from geometry_os.systems.pixel_llm.data import build_transform
     from geometry_os.plugins.pretrained.preprocessing import hf_preprocessing, timm_preprocessing
     from geometry_os.systems.pixel_llm.data_config import DatasetConfig
 
@@ -169,7 +168,7 @@ def test_preprocessing_of_a_jpeg_matches_hf_and_timm(tmp_path):
         mine, opts = ours(fields, 32)
         ref = processor(image, return_tensors="pt").pixel_values[0]
         assert levels(mine, ref, opts["std"]) <= 1.0 + 1e-3, type(processor).__name__  # one 8-bit level
-    timm = pytest.importorskip("timm")
+    pytest.importorskip("timm")
     from timm.data import create_transform, resolve_data_config
 
     cfg = {"input_size": (3, 32, 32), "interpolation": "bicubic", "crop_pct": 0.875, "crop_mode": "center",
@@ -177,3 +176,13 @@ def test_preprocessing_of_a_jpeg_matches_hf_and_timm(tmp_path):
     ref = create_transform(**resolve_data_config(cfg))(image)
     mine, opts = ours(timm_preprocessing(cfg), 32)
     assert levels(mine, ref, opts["std"]) <= 1.0 + 1e-3
+
+
+def test_lint_data_reads_an_imported_tokenizer(tmp_path):
+    from geometry_os.plugins.datasets.lint import load_vocab
+    from geometry_os.plugins.hf_tokenizer.tokenizer import HFTokenizer
+
+    eot = save_gpt2_tokenizer(tmp_path).convert_tokens_to_ids("<|endoftext|>")
+    HFTokenizer.from_file(tmp_path / "tokenizer.json", bos_token_id=eot, eos_token_id=eot).save(tmp_path / "tok.json")
+    loaded = load_vocab(tmp_path / "tok.json")
+    assert isinstance(loaded, HFTokenizer) and loaded.eos_token_id == eot and loaded.unk_token_id is None
