@@ -113,7 +113,7 @@ def test_unknown_architecture_and_missing_tensor_are_one_line(tmp_path, ved):
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "missing tensor decoder.transformer.h.1.crossattention.q_attn.weight" in result.output
     tensors = load_file(str(folder / "model.safetensors"))
-    tensors["decoder.transformer.h.0.mlp.c_fc.weight"] = tensors["decoder.transformer.h.0.mlp.c_fc.weight"][:, :100]
+    tensors["decoder.transformer.h.0.mlp.c_fc.weight"] = tensors["decoder.transformer.h.0.mlp.c_fc.weight"][:, :100].contiguous()
     save_file(tensors, str(bad / "model.safetensors"))
     with pytest.raises(CheckpointError, match=r"tensor decoder\.transformer\.h\.0\.mlp\.c_fc\.weight has shape \(32, 100\)"):
         import_pretrained(bad, tmp_path / "o4")
