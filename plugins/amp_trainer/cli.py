@@ -217,7 +217,9 @@ def _datasets(config: Any, tokenizer: Any):
         from geometry_os.systems.pixel_llm.components import get_component
 
         shapes = get_component("dataset", "shapes")
-        common = {"seed": config.trainer.seed, "hold_out": config.trainer.synthetic_hold_out or [], **config.image_options()}
+        # scenes are drawn at image_size: no resize, so only size and normalisation apply
+        image = {k: v for k, v in config.image_options().items() if k in ("image_size", "mean", "std")}
+        common = {"seed": config.trainer.seed, "hold_out": config.trainer.synthetic_hold_out or [], **image}
         mix = config.trainer.synthetic_shape_weights
         train_set = shapes.build({**common, "n": num_scenes, "split": "train", "shape_weights": mix}, tokenizer=tokenizer)
         val_n = max(1, min(1000, num_scenes // 10))
