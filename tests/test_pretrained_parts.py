@@ -67,9 +67,15 @@ def test_timm_vit(tmp_path):
                             num_heads=2, num_classes=0).eval()
     perturb(ref)
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    # a timm Hub folder keeps the pretrained_cfg beside the weights: its preprocessing is imported
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "vit_base_patch16_224", "pretrained_cfg": {
+        "interpolation": "bicubic", "crop_pct": 0.9, "crop_mode": "center", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}))
     out = import_pretrained(tmp_path / "model.safetensors", tmp_path / "ckpt", preset="tiny")
     with torch.no_grad():
         check_tokens(encoder_of(out)(PIXELS), ref.forward_features(PIXELS))
+    config = PixelLLM.from_pretrained(out)[0].config
+    assert (config.image_interpolation, config.image_resize, config.image_crop_pct) == ("bicubic", "shorter_crop", 0.9)
+    assert config.image_mean == (0.5, 0.5, 0.5) and config.encoder_options["norm_eps"] == 1e-6
 
 
 def test_torchvision_vit(tmp_path):
