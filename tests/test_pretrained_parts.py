@@ -192,3 +192,27 @@ def test_lint_data_reads_an_imported_tokenizer(tmp_path):
     HFTokenizer.from_file(tmp_path / "tokenizer.json", bos_token_id=eot, eos_token_id=eot).save(tmp_path / "tok.json")
     loaded = load_vocab(tmp_path / "tok.json")
     assert isinstance(loaded, HFTokenizer) and loaded.eos_token_id == eot and loaded.unk_token_id is None
+
+
+def test_generation_defaults_and_ids_come_from_the_model_unless_set():
+    from geometry_os.systems.pixel_llm import create_pixel_llm
+    from geometry_os.systems.pixel_llm.generation_config import GenerationConfig
+    from geometry_os.systems.pixel_llm.inference import _model_defaults, _resolve_config
+
+    model = create_pixel_llm(vocab_size=64, preset="tiny", bos_token_id=63, eos_token_id=63, pad_token_id=63,
+                             generation={"max_new_tokens": 5, "num_beams": 3})
+    config = _model_defaults(_resolve_config(GenerationConfig(), {}), model, None)
+    assert (config.max_new_tokens, config.num_beams, config.bos_token_id, config.eos_token_id, config.pad_token_id) == (5, 3, 63, 63, 63)
+    config = _model_defaults(_resolve_config(GenerationConfig(max_length=9, num_beams=1, eos_token_id=7), {}), model, None)
+    assert (config.max_new_tokens, config.total_length, config.num_beams, config.eos_token_id, config.bos_token_id) == (None, 9, 1, 7, 63)
+
+    class Tok:  # a tokenizer's ids win over the model config's
+        bos_token_id, eos_token_id, pad_token_id = 10, 11, 12
+
+    config = _model_defaults(_resolve_config(None, {}), model, Tok())
+    assert (config.bos_token_id, config.eos_token_id, config.pad_token_id) == (10, 11, 12)
+    plain = create_pixel_llm(vocab_size=64, preset="tiny")  # our own models: the defaults 1 / 2 / 0, unchanged
+    config = _model_defaults(_resolve_config(None, {}), plain, None)
+    assert (config.bos_token_id, config.eos_token_id, config.pad_token_id, config.max_length) == (1, 2, 0, 64)
+    with pytest.raises(ValueError, match="generation"):
+        create_pixel_llm(vocab_size=64, preset="tiny", generation={"num_beams": 0})
