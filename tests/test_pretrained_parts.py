@@ -216,3 +216,25 @@ def test_generation_defaults_and_ids_come_from_the_model_unless_set():
     assert (config.bos_token_id, config.eos_token_id, config.pad_token_id, config.max_length) == (1, 2, 0, 64)
     with pytest.raises(ValueError, match="generation"):
         create_pixel_llm(vocab_size=64, preset="tiny", generation={"num_beams": 0})
+
+
+def test_gpt2_file_with_old_buffers_imports_and_unknown_tensors_are_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from geometry_os.errors import CheckpointError
+
+    folder = tmp_path / "gpt2"
+    hf_tok = save_gpt2_tokenizer(folder)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(hf_tok), n_positions=32, n_embd=32, n_layer=2, n_head=2,
+                               bos_token_id=len(hf_tok) - 1, eos_token_id=len(hf_tok) - 1)).save_pretrained(str(folder))
+    tensors = load_file(str(folder / "model.safetensors"))
+    prefix = next(k for k in tensors if k.endswith("wte.weight"))[: -len("wte.weight")]
+    tensors[prefix + "h.0.attn.bias"] = torch.ones(1, 1, 32, 32)  # the causal-mask buffer of old GPT-2 files
+    tensors["lm_head.weight"] = tensors[prefix + "wte.weight"].clone()
+    save_file(tensors, str(folder / "model.safetensors"))
+    import_pretrained(folder, tmp_path / "ok", preset="tiny")
+    tensors[prefix + "h.0.adapter.weight"] = torch.zeros(3)
+    save_file(tensors, str(folder / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"tensor .*h\.0\.adapter\.weight has no counterpart"):
+        import_pretrained(folder, tmp_path / "bad", preset="tiny")

@@ -240,6 +240,10 @@ def import_pretrained(source: str | Path, dest: str | Path, preset: str = "small
         prefix = _prefix(tensors, "wte.weight", label)
         src = Source(tensors, label, prefix)
         options, dec = mapping.gpt2_decoder(src, cfg, cross="h.0.crossattention.c_attn.weight" in src)
+        if "lm_head.weight" in tensors and not torch.equal(tensors["lm_head.weight"].float(), dec["wte.weight"]):
+            raise CheckpointError(f"{label}: lm_head.weight differs from the token embedding (untied heads are not supported)")
+        # old GPT-2 files carry the causal-mask buffers attn.bias / attn.masked_bias: not weights
+        _check_all_used(src, ignore=("lm_head.weight", ".attn.bias", ".attn.masked_bias"))
         fields = _sizes(None, options, preset)
         ids = _special_ids(read_json_file(source / "generation_config.json") if (source / "generation_config.json").is_file() else {}, cfg)
         fields.update({k: v for k, v in ids.items() if v is not None}, generation=generation_defaults(source))
