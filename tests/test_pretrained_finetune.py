@@ -103,3 +103,18 @@ def test_init_from_refuses_an_unexplained_shape_mismatch(tmp_path):
     result = CliRunner().invoke(cli, args)
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "tensor decoder.wte.weight has shape" in result.output or "decoder.wpe.weight" in result.output
+
+
+def test_init_from_own_checkpoint_explains_a_new_vocabulary(tmp_path):
+    from geometry_os.plugins.amp_trainer.init_from import apply_init, describe, read_init_source
+    from geometry_os.systems.pixel_llm import create_pixel_llm
+
+    torch.manual_seed(0)
+    create_pixel_llm(vocab_size=64, preset="tiny").save_pretrained(tmp_path / "a")
+    source = read_init_source(tmp_path / "a")
+    model = create_pixel_llm(vocab_size=80, preset="tiny")
+    report = apply_init(model, source)
+    assert report["vocabulary"] == ["decoder.wte.weight"] and report["fresh"] == ["decoder.wte.weight"]
+    assert report["dropped"] == [] and len(report["loaded"]) == len(model.state_dict()) - 1
+    assert torch.equal(model.state_dict()["decoder.blocks.0.kv_x.weight"], source.weights["decoder.blocks.0.kv_x.weight"])
+    assert "vocab_size differs (64 -> 80)" in "\n".join(describe(report, source))

@@ -64,8 +64,9 @@ def _is_pixel_llm(folder: Path) -> bool:
         return False
 
 
-def apply_init(model: torch.nn.Module, source: InitSource) -> dict[str, list[str]]:
-    """Load the matching tensors into ``model`` in place; returns ``{"loaded", "fresh", "dropped"}`` names."""
+def apply_init(model: torch.nn.Module, source: InitSource) -> dict[str, list[Any]]:
+    """Load the matching tensors into ``model`` in place; returns the ``loaded``, ``fresh`` and ``dropped``
+    names, the ``vocabulary`` tensors that start fresh because ``vocab_size`` changed, and the new size."""
     state = model.state_dict()
     loaded, fresh, explained = [], [], []
     for name, target in state.items():
@@ -83,15 +84,17 @@ def apply_init(model: torch.nn.Module, source: InitSource) -> dict[str, list[str
         loaded.append(name)
     model.load_state_dict({name: source.weights[name] for name in loaded}, strict=False)
     dropped = sorted(set(source.weights) - set(state))
-    return {"loaded": loaded, "fresh": fresh, "dropped": dropped, "vocabulary": explained}
+    return {"loaded": loaded, "fresh": fresh, "dropped": dropped, "vocabulary": explained,
+            "vocab_size": [model.config.vocab_size]}
 
 
-def describe(report: dict[str, list[str]], source: InitSource) -> list[str]:
+def describe(report: dict[str, list[Any]], source: InitSource) -> list[str]:
     """Lines for the user: how many tensors were loaded, and every fresh and dropped tensor by name."""
     lines = [f"init-from {source.folder}: loaded {len(report['loaded'])} tensors, {len(report['fresh'])} start fresh, "
              f"{len(report['dropped'])} dropped"]
     if report["vocabulary"]:
-        lines.append(f"  vocab_size differs ({source.config.vocab_size} -> new): fresh {', '.join(report['vocabulary'])}")
+        lines.append(f"  vocab_size differs ({source.config.vocab_size} -> {report['vocab_size'][0]}): "
+                     f"fresh {', '.join(report['vocabulary'])}")
     lines += [f"  fresh: {name}" for name in report["fresh"]]
     lines += [f"  dropped: {name}" for name in report["dropped"]]
     return lines
