@@ -22,6 +22,10 @@ _LAZY = {
     "caption_images": ".pipeline",
     "ImageTextDataset": ".data",
     "create_dataloader": ".data",
+    # the original description's model classes, provided by the vit / xattn / simple plugins
+    "VisionEncoder": ".models",
+    "LanguageDecoder": ".models",
+    "SimpleVocabulary": ".models",
 }
 
 __all__ = sorted([*_LAZY, "PixelLLMTrainer"])
