@@ -12,6 +12,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from geometry_os.plugins.vit import ViTOptions
 from geometry_os.systems.pixel_llm.cpu_bf16 import attention, bf16_rounded, linear, upcast_bf16
@@ -141,6 +142,8 @@ class VisionEncoder(nn.Module):
             for _ in range(cfg.num_layers)
         )
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps) if cfg.final_norm else nn.Identity()
+        # training only: each block's activations are recomputed in backward (torch.utils.checkpoint)
+        self.gradient_checkpointing = False
 
         self.apply(self._init_weights)
         if isinstance(self.patch_embed, ConvStem):
@@ -223,7 +226,9 @@ class VisionEncoder(nn.Module):
         x = self.drop(x + position)
         if self.config.pre_norm:
             x = self.norm_pre(x)
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x)
+            # recomputed in backward instead of keeping activations; non-reentrant, RNG (dropout) preserved
+            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
         x = self.norm(x)
         return x + position if self.config.output_pos else x
