@@ -109,7 +109,9 @@ def evaluate_by_shapes(model: Any, tokenizer: Any, n: int, seed: int) -> tuple[d
             tokenizer.decode(row.tolist()) for row in generate_caption(model, images, max_length=model.config.max_seq_len)
         ]
     truths = test.captions
-    metrics = caption_metrics(predictions, [[t] for t in truths])
+    by_image = dict(zip((r.image for r in test.records), predictions))  # one caption per image, all its references
+    references = test.references
+    metrics = caption_metrics([by_image[image] for image, _ in references], [refs for _, refs in references])
     metrics["exact_match_by_shapes"] = {k: em for k, (em, _) in exact_match_by_shapes(predictions, truths).items()}
     return metrics, test, predictions
 
