@@ -6,14 +6,16 @@ words and punctuation marks of the text, in order:
 * A **word** is a run of Unicode letters, combining marks and numbers (general categories L*, M*, N*:
   a vowel sign or virama stays inside its word, ``লাল`` is one word); zero-width (non-)joiners inside a
   word stay in it. Inside a word an apostrophe or hyphen joins two runs (``man's``, ``don't``,
-  ``well-known``), ``.``/``,``/``:`` join two digit runs (``3.5``, ``1,000``, ``10:30``), and a final
-  ``s'`` keeps its apostrophe (``dogs'``).
+  ``well-known``), and ``.``/``,``/``:`` join two digit runs (``3.5``, ``1,000``, ``10:30``).
 * Every other non-space character is a **punctuation** token of its own (one extended grapheme cluster,
   so an emoji sequence stays whole); a run of hyphens (``--``) is one token.
 
 ``detokenize(tokens)`` writes tokens back with English spacing: no space before ``. , ! ? ; : ) ] } %``
-and the like, none after ``( [ { $ £ € #``, and straight quotes alternate between opening (space before,
-none after) and closing (none before, space after). ``normalize_caption(text)`` is
+and the like, none after ``( [ { $ £ € #``; straight quotes alternate between opening (space before, none after)
+and closing (none before, space after), except that an apostrophe with no quote open after a word
+ending in ``s`` is a plural possessive (``the cats' bowl``); two tokens whose characters would merge
+into one grapheme cluster (a token that starts with a combining mark) keep a space between them.
+``normalize_caption(text)`` is
 ``detokenize(caption_tokens(text))``: ``"A man’s  hat , red."`` -> ``"a man's hat, red."``. It is a fixed
 point (normalising twice changes nothing) and it is what the ``simple`` tokenizer's
 ``decode(encode(text))`` gives.
@@ -37,9 +39,10 @@ import regex
 _W = r"[\p{L}\p{M}\p{N}]"
 _RUN = rf"{_W}(?:{_W}|[\u200c\u200d](?={_W}))*"  # joiners only between word characters
 _JOIN = r"(?:['-]|(?<=\p{N})[.,:](?=\p{N}))"
-WORD = rf"{_RUN}(?:{_JOIN}{_RUN})*(?:(?<=s)'(?!{_W}))?"
+WORD = rf"{_RUN}(?:{_JOIN}{_RUN})*"
 _TOKEN_RE = regex.compile(rf"{WORD}|-{{2,}}|(?!\s)\X")  # "--" is one dash
 _WORD_START = regex.compile(_W)
+_CLUSTER = regex.compile(r"\X")
 _QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"'})
 
 NO_SPACE_BEFORE = frozenset(".,!?;:)]}%…")
@@ -76,16 +79,23 @@ def detokenize(tokens: Sequence[str]) -> str:
         glue = glue_next or tok in NO_SPACE_BEFORE
         glue_next = tok in NO_SPACE_AFTER
         if tok in STRAIGHT_QUOTES:
-            if tok in open_quotes:
+            if tok == "'" and tok not in open_quotes and out and is_word(out[-1]) and out[-1].endswith("s"):
+                glue = True  # the cats' bowl
+            elif tok in open_quotes:
                 open_quotes.discard(tok)
                 glue = True
             else:
                 open_quotes.add(tok)
                 glue_next = True
-        if out and not glue:
+        if out and (not glue or _merges(out[-1], tok)):
             out.append(" ")
         out.append(tok)
     return "".join(out)
+
+
+def _merges(left: str, right: str) -> bool:
+    """Whether ``right`` written straight after ``left`` would join its last character's grapheme cluster."""
+    return len(_CLUSTER.findall(left[-1] + right[0])) < 2
 
 
 def normalize_caption(text: str) -> str:
