@@ -243,3 +243,46 @@ def test_vocab_version_must_be_an_integer(tmp_path):
                                 "tokens": ["<pad>", "<bos>", "<eos>", "<unk>"]}))
     with pytest.raises(ValueError, match='unsupported "version" True'):
         SimpleVocabulary.load(path)
+
+
+# ---- other readers of caption text use the same normalisation ------------------------------------------------
+
+
+def test_lint_counts_words_and_finds_duplicates_after_normalisation(tmp_path):
+    from PIL import Image
+
+    from geometry_os.plugins.datasets.lint import lint_file
+
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "red.png")
+    entries = [{"image": "red.png", "caption": "A man’s hat , red."}, {"image": "red.png", "caption": "a man's hat, red."},
+               {"image": "red.png", "caption": "लाल गेंद"}]
+    (tmp_path / "data.json").write_text(json.dumps(entries, ensure_ascii=False))
+    report, _ = lint_file(str(tmp_path / "data.json"), None, None, 10**8, 1)
+    assert any("entry 1: duplicates entry 0" in w for w in report["warnings"])
+    assert report["caption_lengths"]["unit"] == "words"
+    assert report["caption_lengths"]["max"] == 4 and report["caption_lengths"]["min"] == 2
+
+
+def test_explain_prints_the_decoded_caption(tmp_path, monkeypatch):
+    """explain's caption is the tokenizer's text ("a man's hat, red."), as caption prints it, not the panel
+    words joined by spaces ("a man's hat , red .")."""
+    import torch
+    from PIL import Image
+
+    from geometry_os.systems.pixel_llm import create_pixel_llm, explain, inference
+
+    vocab = SimpleVocabulary(["a man's hat, red."])
+    ids = vocab.encode("a man's hat, red.")
+    torch.manual_seed(0)
+    model = create_pixel_llm(vocab_size=len(vocab), preset="tiny").eval()
+    patches = (model.config.image_size // model.config.patch_size) ** 2
+
+    class Out:
+        sequences = torch.tensor([ids])
+        cross_attentions = [torch.rand(1, 2, 2, patches) for _ in ids]
+
+    monkeypatch.setattr(inference, "generate_caption", lambda *args, **kwargs: Out())
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(tmp_path / "red.png")
+    explanation = explain.explain_image(model, vocab, str(tmp_path / "red.png"))
+    assert explanation.words == ["a", "man's", "hat", ",", "red", "."]
+    assert explanation.caption == "a man's hat, red."
