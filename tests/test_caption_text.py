@@ -286,3 +286,41 @@ def test_explain_prints_the_decoded_caption(tmp_path, monkeypatch):
     explanation = explain.explain_image(model, vocab, str(tmp_path / "red.png"))
     assert explanation.words == ["a", "man's", "hat", ",", "red", "."]
     assert explanation.caption == "a man's hat, red."
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_bpe_words_keep_their_combining_marks(script):
+    """A new BPE tokenizer splits words as Unicode does before merging (GPT-2's pattern split ``লাল`` at
+    its vowel sign, so no token could span the word), and round-trips the text."""
+    from geometry_os.plugins.bpe.tokenizer import BPETokenizer
+
+    caption, words = SCRIPTS[script]
+    bpe = BPETokenizer([caption] * 3, vocab_size=400, min_frequency=1)
+    backend = bpe.backend
+    pieces = backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(caption))
+    decoded = [backend.decoder.decode([piece]).strip() for piece, _ in pieces]
+    assert [p for p in decoded if caption_words(p)] == words
+    assert bpe.decode(bpe.encode(caption)) == " ".join(unicodedata.normalize("NFKC", caption).lower().split())
+
+
+def test_bpe_files_saved_with_the_byte_level_pattern_keep_it(tmp_path):
+    """A tokenizer JSON carries its own pipeline: one trained with ByteLevel's GPT-2 pattern loads and
+    encodes exactly as the library does with that file."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    from geometry_os.plugins.bpe.tokenizer import BPETokenizer
+
+    old = Tokenizer(models.BPE(unk_token="<unk>"))
+    old.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase(),
+                                           normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()])
+    old.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    old.decoder = decoders.ByteLevel()
+    old.train_from_iterator(["লাল বল", "a man's hat"] * 3, trainers.BpeTrainer(
+        vocab_size=300, min_frequency=1, special_tokens=["<pad>", "<bos>", "<eos>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    old.post_processor = processors.TemplateProcessing(single="<bos> $A <eos>", special_tokens=[("<bos>", 1), ("<eos>", 2)])
+    (tmp_path / "tokenizer.json").write_text(old.to_str())
+    loaded = BPETokenizer.load(tmp_path / "tokenizer.json")
+    for text in ["লাল বল", "a man's hat", "লিল"]:
+        assert loaded.encode(text) == old.encode(text).ids
+        assert loaded.decode(loaded.encode(text)) == text
