@@ -324,3 +324,45 @@ def test_bpe_files_saved_with_the_byte_level_pattern_keep_it(tmp_path):
     for text in ["লাল বল", "a man's hat", "লিল"]:
         assert loaded.encode(text) == old.encode(text).ids
         assert loaded.decode(loaded.encode(text)) == text
+
+
+def test_a_checkpoint_with_a_version_1_vocabulary_captions_as_before(tmp_path, monkeypatch):
+    """A checkpoint saved before version 2: from_pretrained gives a tokenizer with the same ids, and the
+    caption path writes the model's ids with the old spacing."""
+    import torch
+    from PIL import Image
+
+    from geometry_os.systems.pixel_llm import captioning, create_pixel_llm, inference
+    from geometry_os.systems.pixel_llm.model import PixelLLM
+
+    tokens = ["<pad>", "<bos>", "<eos>", "<unk>", "a", "man", "'", "s", "hat", ",", "red", ".", "ল", "া"]
+    torch.manual_seed(0)
+    model = create_pixel_llm(vocab_size=len(tokens), preset="tiny")
+    model.save_pretrained(tmp_path / "ckpt", tokenizer=SimpleVocabulary(["placeholder"]))
+    (tmp_path / "ckpt" / "tokenizer.json").write_text(json.dumps(
+        {"format": "geometry_os.simple_vocab", "version": 1, "min_freq": 1, "max_size": None, "tokens": tokens},
+        ensure_ascii=False))
+    model, vocab = PixelLLM.from_pretrained(tmp_path / "ckpt")
+    ids = [1, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 12, 2]
+    assert vocab.encode("A man's hat, red. লাল") == ids
+    real_get = inference.get_component
+
+    class Emits:  # the decoding strategy, answering with ``ids`` (its scores as the real one gives them)
+        def __init__(self, component):
+            self.component, self.label = component, component.label
+
+        def build(self):
+            strategy = self.component.build()
+
+            class Strategy:
+                def decode(self, *args, **kwargs):
+                    out = strategy.decode(*args, **kwargs)
+                    out.sequences = torch.tensor([ids])
+                    return out
+
+            return Strategy()
+
+    monkeypatch.setattr(inference, "get_component", lambda kind, name=None: Emits(real_get(kind, name)))
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "red.png")
+    (result,) = captioning.caption_images(model, vocab, [tmp_path / "red.png"])
+    assert result.caption == "a man ' s hat, red. ল া ল"  # what it printed before version 2
