@@ -214,6 +214,14 @@ def test_normal_form_is_a_fixed_point_and_the_round_trip(text):
     assert vocab.decode(vocab.encode(text)) == once
 
 
+@PROPERTY
+@given(text=st.text(st.characters(max_codepoint=127), max_size=40) | st.text(CHARS.filter(str.isascii), max_size=40))
+def test_the_ascii_fast_path_gives_the_unicode_paths_tokens(text):
+    from geometry_os.systems.pixel_llm import text as module
+
+    assert caption_tokens(text) == module._TOKEN_RE.findall(module.prepare(text))
+
+
 def test_caption_tokens_split_words_from_punctuation():
     assert caption_tokens("A Cat,  sitting.") == ["a", "cat", ",", "sitting", "."]
     assert caption_tokens("👨\u200d👩\u200d👧 family") == ["👨\u200d👩\u200d👧", "family"]  # one grapheme cluster

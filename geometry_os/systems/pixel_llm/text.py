@@ -31,6 +31,7 @@ Bengali, Devanagari, Thai, Tamil or a decomposed ``é`` inside a word.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from typing import Sequence
 
@@ -41,6 +42,9 @@ _RUN = rf"{_W}(?:{_W}|[\u200c\u200d](?={_W}))*"  # joiners only between word cha
 _JOIN = r"(?:['-]|(?<=\p{N})[.,:](?=\p{N}))"
 WORD = rf"{_RUN}(?:{_JOIN}{_RUN})*"
 _TOKEN_RE = regex.compile(rf"{WORD}|-{{2,}}|(?!\s)\X")  # "--" is one dash
+# The same tokens for ASCII text (no marks, no multi-character clusters, NFKC-stable) by the standard
+# library's engine, about 3x faster: captions are tokenized once per data set, COCO has 600k of them.
+_ASCII_TOKEN_RE = re.compile(r"[a-z0-9]+(?:(?:['-]|(?<=[0-9])[.,:](?=[0-9]))[a-z0-9]+)*|-{2,}|[^\t\n\v\f\r ]")
 _WORD_START = regex.compile(_W)
 _CLUSTER = regex.compile(r"\X")
 _QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"'})
@@ -62,6 +66,8 @@ def is_word(token: str) -> bool:
 
 def caption_tokens(text: str) -> list[str]:
     """The words and punctuation marks of ``text`` after ``prepare`` (see the module docstring)."""
+    if text.isascii():
+        return _ASCII_TOKEN_RE.findall(text.lower())
     return _TOKEN_RE.findall(prepare(text))
 
 
