@@ -216,3 +216,18 @@ def test_demo_evaluation_scores_against_the_datasets_references(monkeypatch):
     metrics, _, predictions = demo.evaluate_by_shapes(model, test.tokenizer, 6, 1)
     assert scored == [(predictions, [refs for _, refs in test.references])]
     assert metrics["num_images"] == 6
+
+
+@pytest.mark.parametrize("order", WRITERS)
+def test_per_image_turns_per_sample_predictions_into_one_per_image(folder, order):
+    """The demo and benchmarks/learn_shapes.py caption every sample; per_image keeps one prediction per
+    image and pairs it with all of that image's references."""
+    from geometry_os.systems.pixel_llm.data import per_image
+
+    dataset = ImageTextDataset(WRITERS[order](folder))
+    predictions = [ANSWER[Path(r.image).stem] for r in dataset.records]
+    chosen, references = per_image(dataset, predictions)
+    assert chosen == [ANSWER[n] for n in CAPTIONS] and references == [CAPTIONS[n] for n in CAPTIONS]
+    assert caption_metrics(chosen, references)["exact_match"] == 1.0
+    with pytest.raises(ValueError, match="2 predictions for 9 samples"):
+        per_image(dataset, predictions[:2])

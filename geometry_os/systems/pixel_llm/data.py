@@ -340,6 +340,16 @@ def group_references(samples: Iterable[tuple[Any, str]]) -> list[tuple[Any, list
     return list(groups.items())
 
 
+def per_image(dataset: Any, predictions: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    """Predictions made per sample of ``dataset`` (in sample order) -> one prediction per image and that
+    image's references (``dataset.references``), in the order ``metrics.caption_metrics`` takes them."""
+    if len(predictions) != len(dataset.records):
+        raise ValueError(f"{len(predictions)} predictions for {len(dataset.records)} samples")
+    by_image = dict(zip((r.image for r in dataset.records), predictions))
+    references = dataset.references
+    return [by_image[image] for image, _ in references], [refs for _, refs in references]
+
+
 class CaptionTokens:
     """Token ids of all captions in one flat tensor (no per-caption Python objects for workers to copy)."""
 
