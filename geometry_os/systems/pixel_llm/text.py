@@ -10,15 +10,14 @@ words and punctuation marks of the text, in order:
 * Every other non-space character is a **punctuation** token of its own (one extended grapheme cluster,
   so an emoji sequence stays whole); a run of hyphens (``--``) is one token.
 
-``detokenize(tokens)`` writes tokens back with English spacing: no space before ``. , ! ? ; : ) ] } %``
-and the like, none after ``( [ { $ £ € #``; straight quotes alternate between opening (space before, none after)
-and closing (none before, space after), except that an apostrophe with no quote open after a word
-ending in ``s`` is a plural possessive (``the cats' bowl``); two tokens whose characters would merge
-into one grapheme cluster (a token that starts with a combining mark) keep a space between them.
-``normalize_caption(text)`` is
-``detokenize(caption_tokens(text))``: ``"A man’s  hat , red."`` -> ``"a man's hat, red."``. It is a fixed
-point (normalising twice changes nothing) and it is what the ``simple`` tokenizer's
-``decode(encode(text))`` gives.
+``detokenize(tokens)`` writes tokens back with English spacing: no space before ``. , ! ? ; : ) ] } %``,
+none after ``( [ { $ £ € #``; straight quotes alternate between opening (space before, none after) and
+closing (none before, space after), as the Moses detokenizer pairs them, except that an apostrophe
+with no quote open after a word ending in ``s`` is a plural possessive (``the cats' bowl``); two tokens
+whose characters would merge into one grapheme cluster (a token that starts with a combining mark) keep
+a space between them. ``normalize_caption(text)`` is ``detokenize(caption_tokens(text))``:
+``"A man’s  hat , red."`` -> ``"a man's hat, red."``. It is a fixed point (normalising twice changes
+nothing) and it is what the ``simple`` tokenizer's ``decode(encode(text))`` gives.
 
 ``caption_words(text)``: the words only. Metrics and exact match compare these, for predictions and
 references alike; punctuation is not scored, as in the COCO caption evaluation (whose PTB tokenizer drops
@@ -101,7 +100,7 @@ def detokenize(tokens: Sequence[str]) -> str:
 
 def _merges(left: str, right: str) -> bool:
     """Whether ``right`` written straight after ``left`` would join its last character's grapheme cluster."""
-    return len(_CLUSTER.findall(left[-1] + right[0])) < 2
+    return bool(left and right) and len(_CLUSTER.findall(left[-1] + right[0])) < 2
 
 
 def normalize_caption(text: str) -> str:
