@@ -231,3 +231,28 @@ def test_per_image_turns_per_sample_predictions_into_one_per_image(folder, order
     assert caption_metrics(chosen, references)["exact_match"] == 1.0
     with pytest.raises(ValueError, match="2 predictions for 9 samples"):
         per_image(dataset, predictions[:2])
+
+
+def test_under_ddp_references_from_every_process_are_merged():
+    """Each process sees a share of the samples: an image captioned on one process is scored against its
+    captions from all of them, in file order, each sample once (a padded duplicate counts once)."""
+
+    class TwoProcesses:
+        is_main = True
+
+        def gather_objects(self, mine):
+            other = ([("b.png", "a blue square")],
+                     [(1, "a.png", "a big red square"), (2, "b.png", "a blue square"), (0, "a.png", "a red square")])
+            return [mine, other]
+
+        def broadcast_object(self, obj):
+            return obj
+
+    captions = {"a.png": "a big red square"}
+    samples = [(0, "a.png", "a red square"), (3, "a.png", "red square on black"), (4, "b.png", "the blue square")]
+    metrics = validation._caption_metrics(captions, samples, TwoProcesses(), max_samples=10)
+    references = [["a red square", "a big red square", "red square on black"], ["a blue square", "the blue square"]]
+    right = caption_metrics(["a big red square", "a blue square"], references)
+    assert metrics["num_images"] == 2 and metrics["exact_match"] == 1.0
+    assert metrics["cider_d"] == pytest.approx(right["cider_d"], abs=1e-12)
+    assert metrics["bleu_2"] == pytest.approx(right["bleu_2"], abs=1e-12)
