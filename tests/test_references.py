@@ -256,3 +256,23 @@ def test_under_ddp_references_from_every_process_are_merged():
     assert metrics["num_images"] == 2 and metrics["exact_match"] == 1.0
     assert metrics["cider_d"] == pytest.approx(right["cider_d"], abs=1e-12)
     assert metrics["bleu_2"] == pytest.approx(right["bleu_2"], abs=1e-12)
+
+
+def test_validate_a_stream_without_sample_indices(folder, monkeypatch):
+    """WebDataset shards stream samples with index -1: each sample still counts once, every image is
+    scored against all its captions."""
+    import contextlib
+
+    from geometry_os.plugins.amp_trainer.distributed import World
+
+    dataset = ImageTextDataset(write_interleaved(folder), config={"image_size": 32})
+    batches = [dict(b, indices=torch.full_like(b["indices"], -1))
+               for b in PixelLLMTrainer.make_dataloader(dataset, 4, shuffle=False)]
+    monkeypatch.setattr(validation, "_generate", lambda model, images, tokenizer: [ANSWER[colour_of(i)] for i in images])
+    torch.manual_seed(0)
+    model = create_pixel_llm(vocab_size=len(dataset.tokenizer), preset="tiny")
+    metrics = validation.evaluate(model, batches, to_device=lambda b: b, autocast=contextlib.nullcontext, world=World(),
+                                  tokenizer=dataset.tokenizer, max_samples=500)
+    right = expected(ANSWER)
+    assert metrics["exact_match"] == 1.0 and metrics["num_images"] == 3
+    assert metrics["cider_d"] == pytest.approx(right["cider_d"], abs=1e-12)

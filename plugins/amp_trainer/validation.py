@@ -117,10 +117,12 @@ def evaluate(
 
 
 def _keys(batch: dict[str, Any], position: int, world: World) -> tuple[list[Any], list[Any]]:
-    """One key per image (images with several captions are captioned once) and one id per sample (its
-    dataset index: it orders the references as the file does and counts each sample once)."""
+    """One key per image (images with several captions are captioned once) and one id per sample: its
+    dataset index, which orders the references as the file does and counts each sample once, or where
+    there is none (no ``indices``, or -1 from a streamed WebDataset) its (rank, batch, row)."""
     size = len(batch["captions"])
-    ids = [int(i) for i in batch["indices"]] if "indices" in batch else [(world.rank, position, i) for i in range(size)]
+    indices = [int(i) for i in batch["indices"]] if "indices" in batch else [-1] * size
+    ids = [i if i >= 0 else (world.rank, position, row) for row, i in enumerate(indices)]
     keys = list(batch["image_paths"]) if "image_paths" in batch else list(ids)
     return keys, ids
 
