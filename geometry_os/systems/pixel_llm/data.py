@@ -21,8 +21,9 @@ import logging
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, BinaryIO, Callable, Sequence
 
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -256,15 +257,21 @@ def _reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-def load_image(path: str, max_pixels: int, label: str | None = None, draft_size: int | None = None) -> Image.Image:
+def load_image(
+    path: str | os.PathLike[str] | BinaryIO, max_pixels: int, label: str | None = None, draft_size: int | None = None
+) -> Image.Image:
     """Open, check the header size, decode, apply EXIF orientation, convert to RGB; else ``DataError``.
 
-    ``label`` names the image in messages (default: ``path``); ``draft_size`` lets JPEG decode at a
-    reduced scale when the image will be shrunk anyway.
+    ``path`` is a file name or a binary file object (an upload; read from its start). ``label`` names
+    the image in messages (default: ``path``); ``draft_size`` lets JPEG decode at a reduced scale when
+    the image will be shrunk anyway.
     """
-    label = label or path
+    label = label or str(path)
     try:
-        with open(path, "rb") as f:
+        upload = hasattr(path, "read")
+        if upload:
+            path.seek(0)  # type: ignore[union-attr]
+        with nullcontext(path) if upload else open(path, "rb") as f:  # type: ignore[arg-type]
             image = Image.open(f)
             width, height = image.size
             if width * height > max_pixels:
