@@ -80,9 +80,13 @@ class ServerProcess:
             command, stdout=self.stdout_path.open("wb"), stderr=self.stderr_path.open("wb"),
             env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
         )
-        self.wait_ready()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.close()
+            raise
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
+    def wait_ready(self, timeout: float = 240.0) -> None:
         import httpx
 
         deadline = time.monotonic() + timeout
