@@ -225,7 +225,7 @@ async def captions(request: Request) -> Response:
             raise RequestError(429, str(exc)) from None
         try:
             result = await asyncio.wait_for(job.future, settings.request_timeout)
-        except (asyncio.TimeoutError, TimeoutError):
+        except (asyncio.TimeoutError, TimeoutError):  # distinct classes before Python 3.11
             raise RequestError(504, f"no result within {settings.request_timeout:g} s (--request-timeout)") from None
         except GeometryOSError as exc:
             raise RequestError(400, one_line(exc)) from None
