@@ -164,7 +164,7 @@ def main() -> None:
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_serve_{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
     checkpoint = args.checkpoint or make_tiny_checkpoint(work / "ck")
-    config = json.loads((checkpoint / "config.json").read_text())
+    config = json.loads((checkpoint / "config.json").read_text())["model"]
     payloads = images(64, int(config.get("image_size", 32)))
     port = free_port()
     if args.threads:

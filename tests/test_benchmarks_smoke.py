@@ -79,3 +79,15 @@ def test_bench_data_tiny(tmp_path):
     run("bench_data.py", "--n", "64", "--workers", "0", "--out", str(out))
     names = [r["name"] for r in json.loads(out.read_text())["results"]]
     assert any("PNG files" in n for n in names)
+
+
+@pytest.mark.slow
+def test_bench_serve_quick(tmp_path):
+    pytest.importorskip("starlette", reason="the serve extra is not installed")
+    out = tmp_path / "serve.json"
+    proc = run("bench_serve.py", "--quick", "--threads", "1", "--requests", "60", "--sequential", "10",
+               "--concurrency", "8", "--out", str(out))
+    result = json.loads(out.read_text())
+    assert result["sequential"]["requests"] == 10 and result["concurrent"]["requests"] == 60
+    assert result["sequential"]["errors"] == 0 and result["concurrent"]["errors"] == 0
+    assert result["memory"]["rss_peak_mib"] > 0 and "| 8 concurrent clients |" in proc.stdout
