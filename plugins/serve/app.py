@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, MutableMapping
 
 import anyio
 import torch
@@ -85,7 +85,7 @@ class Gate:
         route = _route_label(path)
         status, sent = 500, 0
 
-        async def record(message: dict) -> None:
+        async def record(message: MutableMapping[str, Any]) -> None:
             nonlocal status, sent
             if message["type"] == "http.response.start":
                 status = message["status"]

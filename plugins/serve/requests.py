@@ -13,7 +13,7 @@ import binascii
 import io
 import json
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, BinaryIO, Callable
+from typing import Any, AsyncIterator, Awaitable, BinaryIO, Callable, MutableMapping
 
 from pydantic import Field, ValidationError
 
@@ -58,12 +58,15 @@ class JsonRequest(StrictModel):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-def limited_receive(receive: Callable[[], Awaitable[dict]], limit: int) -> Callable[[], Awaitable[dict]]:
+Message = MutableMapping[str, Any]
+
+
+def limited_receive(receive: Callable[[], Awaitable[Message]], limit: int) -> Callable[[], Awaitable[Message]]:
     """An ASGI ``receive`` that raises ``BodyTooLarge`` once more than ``limit`` body bytes arrived, so
     an oversized body without (or lying about) its Content-Length is refused while streaming."""
     received = 0
 
-    async def wrapped() -> dict:
+    async def wrapped() -> Message:
         nonlocal received
         message = await receive()
         if message["type"] == "http.request":
