@@ -153,6 +153,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--max-wait-ms", type=float, default=10.0)
+    parser.add_argument("--device", default="cpu", help="the server's --device (cpu, cuda, ...)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads of the server (OMP_NUM_THREADS)")
     parser.add_argument("--max-seconds", type=float, default=900.0, help="stop each phase after this long")
     parser.add_argument("--quick", action="store_true", help="tiny random model, 40 + 200 requests")
@@ -169,7 +170,7 @@ def main() -> None:
     port = free_port()
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    flags = ["--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms),
+    flags = ["--device", args.device, "--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms),
              "--max-queue", str(max(512, 2 * args.concurrency))]
     server = start_server(checkpoint, port, flags, work / "server.err")
     url = f"http://127.0.0.1:{port}"
@@ -195,7 +196,8 @@ def main() -> None:
     result = {
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2),
-                    "server_threads": os.environ.get("OMP_NUM_THREADS"), "torch": torch.__version__},
+                    "server_threads": os.environ.get("OMP_NUM_THREADS"), "torch": torch.__version__,
+                    "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None},
         "checkpoint": {"path": str(checkpoint), "image_size": config.get("image_size"),
                        "vision_embed_dim": config.get("vision_embed_dim"), "text_num_layers": config.get("text_num_layers")},
         "server_flags": flags, "sequential": sequential, "concurrent": concurrent, "memory": memory,
