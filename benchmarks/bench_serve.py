@@ -107,6 +107,7 @@ class RssSampler:
 async def run_phase(url: str, payloads: list[bytes], total: int, concurrency: int, max_seconds: float,
                     counter: list[int]) -> dict[str, Any]:
     latencies: list[float] = []
+    server_ms: list[float] = []
     errors = 0
     next_index = 0
     deadline = time.monotonic() + max_seconds
@@ -121,6 +122,8 @@ async def run_phase(url: str, payloads: list[bytes], total: int, concurrency: in
             response = await http.post("/v1/captions", files=files)
             latencies.append(time.perf_counter() - started)
             errors += response.status_code != 200
+            if response.status_code == 200:  # the server's own view: from the handler's start to its answer
+                server_ms.append(response.json()["timings"]["total_ms"])
             counter[0] += 1
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -128,12 +131,14 @@ async def run_phase(url: str, payloads: list[bytes], total: int, concurrency: in
         started = time.perf_counter()
         await asyncio.gather(*(client(http) for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
-    ordered = sorted(latencies)
+    ordered, handled = sorted(latencies), sorted(server_ms) or [0.0]
     return {
         "concurrency": concurrency, "requests": len(latencies), "errors": errors, "seconds": round(elapsed, 3),
         "requests_per_s": round(len(latencies) / elapsed, 2),
         "p50_ms": round(1000 * statistics.median(ordered), 2),
         "p99_ms": round(1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 2),
+        "server_p50_ms": round(statistics.median(handled), 2),
+        "server_p99_ms": round(handled[min(len(handled) - 1, int(0.99 * len(handled)))], 2),
     }
 
 
@@ -203,11 +208,13 @@ def main() -> None:
         "server_flags": flags, "sequential": sequential, "concurrent": concurrent, "memory": memory,
     }
     write_json_atomic(args.out, result)
-    rows = [["sequential (1 client)", sequential["requests"], sequential["requests_per_s"], sequential["p50_ms"],
-             sequential["p99_ms"], sequential["errors"], "1.0"],
-            [f"{args.concurrency} concurrent clients", concurrent["requests"], concurrent["requests_per_s"],
-             concurrent["p50_ms"], concurrent["p99_ms"], concurrent["errors"], concurrent["mean_requests_per_call"]]]
-    print("\n".join(table(["load", "requests", "req/s", "p50 ms", "p99 ms", "errors", "requests per model call"], rows)))
+    rows = [[name, phase["requests"], phase["requests_per_s"], phase["p50_ms"], phase["p99_ms"], phase["server_p50_ms"],
+             phase["server_p99_ms"], phase["errors"], calls_per]
+            for name, phase, calls_per in (("sequential (1 client)", sequential, 1.0),
+                                           (f"{args.concurrency} concurrent clients", concurrent,
+                                            concurrent["mean_requests_per_call"]))]
+    print("\n".join(table(["load", "requests", "req/s", "p50 ms", "p99 ms", "handler p50 ms", "handler p99 ms",
+                            "errors", "requests per model call"], rows)))
     print("\n".join(table(["RSS start MiB", "after 10 % MiB", "end MiB", "peak MiB"],
                           [[memory["rss_start_mib"], memory["rss_after_10pct_mib"], memory["rss_end_mib"],
                             memory["rss_peak_mib"]]])))
