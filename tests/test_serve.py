@@ -308,6 +308,19 @@ def test_missing_web_stack_is_one_line(monkeypatch, tmp_path):
         "Error: serve needs the web stack (uvicorn missing): pip install 'geometry-os[serve]'"]
 
 
+@pytest.mark.parametrize("flags, message", [
+    (("--port", "70000"), "Error: --port: Input should be less than or equal to 65535 (got 70000)"),
+    (("--max-batch-size", "0"), "Error: --max-batch-size: Input should be greater than or equal to 1 (got 0)"),
+])
+def test_bad_flags_are_one_line_naming_the_flag(tmp_path, flags, message):
+    from click.testing import CliRunner
+
+    from geometry_os.cli import cli
+
+    result = CliRunner().invoke(cli, ["pixel-llm", "serve", "--checkpoint", str(tmp_path), *flags])
+    assert result.exit_code == 1 and result.output.strip().splitlines() == [message]
+
+
 def test_the_plugin_imports_no_web_stack():
     code = ("import sys; from geometry_os.cli import cli\n"
             "try:\n    cli.main(['pixel-llm', 'serve', '--help'], standalone_mode=False)\nfinally:\n"

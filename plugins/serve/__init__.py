@@ -53,10 +53,18 @@ def serve_command(ctx: click.Context, **flags: Any) -> None:
     from geometry_os.cli import get_cli_host
     from geometry_os.plugins.commands.caption import load_checkpoint
 
+    from pydantic import ValidationError
+
     from .server import run
     from .settings import ServeSettings
 
-    settings = ServeSettings(**flags)
+    try:
+        settings = ServeSettings(**flags)
+    except ValidationError as exc:  # name the flag, not the settings field
+        raise click.ClickException("; ".join(
+            f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']} (got {e.get('input')!r})"
+            for e in exc.errors()
+        )) from None
     if not settings.loopback and not settings.token:
         click.echo(f"geo-os: warning: serving on {settings.host} without --token: anyone who can reach it can use it",
                    err=True)
