@@ -9,13 +9,16 @@ Caption files (paths in them resolve against ``image_root``, by default the capt
 
 Every caption is one sample; ``references`` groups the captions of each image for evaluation.
 Every user-facing problem is a one-line ``DataError`` naming the file and the entry or image.
-Images: any Pillow mode becomes RGB (alpha is composited on black, the background of the synthetic
-scenes; 16-bit is scaled to 8-bit), EXIF orientation is applied, and sizes are checked from the header
-before decoding (``max_image_pixels``). Augmentation never flips: captions say "left of".
+Images (``load_image``, the one loader of training, captioning, evaluation, explain and lint-data):
+any Pillow mode becomes the RGB picture a viewer shows (alpha composited on black, the background of
+the synthetic scenes; 16-bit, 32-bit and float grey scaled from full scale; CMYK through its ICC
+profile; see ``to_rgb``), EXIF orientation is applied, and sizes are checked from the header before
+decoding (``max_image_pixels``). Augmentation never flips: captions say "left of".
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -25,6 +28,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Sequence
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
@@ -226,22 +230,67 @@ def read_caption_file(
 # --------------------------------------------------------------------------------------------- images
 
 
+def _full_scale(mode: str, high: float) -> float:
+    """The value that shows as white in a high-depth grey image: 16-bit modes 65535; a float image
+    whose values lie in [0, 1] 1.0 (the float convention); otherwise the smallest of 255 / 65535 that
+    holds the brightest pixel, and beyond those the brightest pixel itself (a 32-bit range is
+    stretched, as a viewer's auto-contrast would)."""
+    if mode.startswith("I;16"):
+        return 65535.0
+    if mode == "F" and high <= 1.0:
+        return 1.0
+    return next((full for full in (255.0, 65535.0) if high <= full), max(high, 1.0))
+
+
+def _high_depth_grey(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit integer or float grey -> 8-bit grey scaled from its full-scale value (clipped
+    below 0, NaN as 0); a single transparent grey value (PNG tRNS) becomes an alpha band ("LA")."""
+    values = np.asarray(image).astype(np.float64)
+    values[~np.isfinite(values)] = 0.0
+    full = _full_scale(image.mode, float(values.max()) if values.size else 0.0)
+    grey = Image.fromarray(np.clip(np.rint(values * (255.0 / full)), 0, 255).astype(np.uint8), "L")
+    transparent = image.info.get("transparency")
+    if isinstance(transparent, (int, float)):
+        alpha = Image.fromarray(np.where(np.asarray(image) == transparent, 0, 255).astype(np.uint8), "L")
+        return Image.merge("LA", (grey, alpha))
+    return grey
+
+
+def _cmyk_to_rgb(image: Image.Image) -> Image.Image:
+    """CMYK through its embedded ICC profile to sRGB, as a colour-managed viewer shows it; without a
+    profile (or one littleCMS cannot use), Pillow's naive formula."""
+    icc = image.info.get("icc_profile")
+    if icc:
+        try:
+            from PIL import ImageCms
+
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            return ImageCms.profileToProfile(image, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+        except Exception:  # ImportError (Pillow built without littleCMS), PyCMSError (a broken profile)
+            pass
+    return image.convert("RGB")
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode -> RGB: alpha composited on black, 16/32-bit grey scaled (not clipped) to 8 bits."""
+    """Any Pillow mode -> the RGB picture a viewer shows: alpha (an alpha band, or a palette's or grey
+    image's transparent entry) composited on black; 16-bit, 32-bit and float grey scaled from their
+    full-scale value (see ``_full_scale``: floats in [0, 1] are [0, 1]); CMYK through its ICC profile;
+    1-bit, palette, LAB, HSV and YCbCr by Pillow's conversions. ValueError for a mode Pillow cannot
+    convert."""
     if image.mode == "RGB" and "transparency" not in image.info:
         return image
-    if image.mode.startswith("I;16"):
-        image = image.convert("I").point(lambda v: v / 256)
-    elif image.mode in ("I", "F"):
-        high = image.getextrema()[1]
-        image = image.point(lambda v: v / 256) if high > 255 else image
-    if image.mode in ("I", "F"):
-        return image.convert("L").convert("RGB")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        return Image.alpha_composite(black, rgba).convert("RGB")
-    return image.convert("RGB")
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        image = _high_depth_grey(image)
+    if image.mode == "CMYK":
+        return _cmyk_to_rgb(image)
+    try:
+        if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+            rgba = image.convert("RGBA")
+            black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+            return Image.alpha_composite(black, rgba).convert("RGB")
+        return image.convert("RGB")
+    except ValueError:  # Pillow has no conversion for this mode
+        raise ValueError(f"cannot convert Pillow mode {image.mode!r} to RGB") from None
 
 
 def _reason(error: BaseException) -> str:
@@ -325,6 +374,26 @@ def resolve_tokenizer(tokenizer: Any, captions: Sequence[str]) -> tuple[Any, Cal
     raise TypeError(f"tokenizer must be a callable text -> ids or have .encode, got {type(tokenizer).__name__}")
 
 
+def check_image_root(data_path: str, image_root: str | os.PathLike | None, records: Sequence[CaptionRecord]) -> None:
+    """Fail when the data set is built, not at the first batch, if the image paths cannot be right: the
+    ``image_root`` folder does not exist, or not one of the file's images does (stops at the first
+    that exists, so a good root costs one ``stat``). Single missing images are left to loading
+    (``on_error``) and ``lint-data``. Raises ``DataError`` naming the path."""
+    root = str(image_root) if image_root is not None else (os.path.dirname(data_path) or ".")
+    if image_root is not None and not os.path.isdir(root):
+        raise DataError(f"{data_path}: image_root {root}: no such folder")
+    images: dict[str, CaptionRecord] = {}
+    for record in records:
+        images.setdefault(record.image, record)
+    if any(os.path.exists(path) for path in images):
+        return
+    first = next(iter(images.values()))
+    how = "image_root" if image_root is not None else "image_root (default: the caption file's folder)"
+    others = f", nor do the other {len(images) - 1} images" if len(images) > 1 else ""
+    raise DataError(f"{first.image}: no such file ({data_path} {first.where}){others}; relative image paths start "
+                    f"from {how} {root}")
+
+
 def summarize_skipped(name: str, reasons: Sequence[str], total: int, what: str) -> str:
     """One line: how many were skipped and the most common reasons."""
     counts = Counter(reasons)
@@ -402,6 +471,7 @@ class ImageTextDataset(CaptionedImages):
             logger.warning(summarize_skipped(self.data_path, reasons, total, "entries"))
         if not records:
             raise DataError(f"{self.data_path}: no usable entries")
+        check_image_root(self.data_path, image_root, records)
         self.records = records
         self.skipped: list[tuple[int | str, str]] = list(skipped)
         self.tokenizer, self._encode = resolve_tokenizer(tokenizer, self.captions)
