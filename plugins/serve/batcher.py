@@ -192,7 +192,9 @@ class Batcher:
         row: dict[str, Any] = {"caption": out.texts[j], "score": float(out.sequence_scores[j]),
                                "penalised_score": float(out.scores_penalised[j])}
         ids = out.sequences[j].tolist()
-        eos = generation.eos_token_id
+        eos = generation.eos_token_id  # the request's, else the tokenizer's own (as generate_caption picks it)
+        if "eos_token_id" not in generation.model_fields_set:
+            eos = getattr(self.tokenizer, "eos_token_id", None) or eos
         length = ids.index(eos, 1) + 1 if eos in ids[1:] else len(ids)  # <bos> ... <eos>, no padding
         if job.return_token_ids:
             row["token_ids"] = ids[:length]
