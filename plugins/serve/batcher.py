@@ -194,7 +194,8 @@ class Batcher:
         ids = out.sequences[j].tolist()
         eos = generation.eos_token_id  # the request's, else the tokenizer's own (as generate_caption picks it)
         if "eos_token_id" not in generation.model_fields_set:
-            eos = getattr(self.tokenizer, "eos_token_id", None) or eos
+            own = getattr(self.tokenizer, "eos_token_id", None)
+            eos = eos if own is None else own
         length = ids.index(eos, 1) + 1 if eos in ids[1:] else len(ids)  # <bos> ... <eos>, no padding
         if job.return_token_ids:
             row["token_ids"] = ids[:length]
