@@ -18,7 +18,7 @@ def export_command(checkpoint: str, fmt: str, out: str) -> None:
     (dynamic batch and cache length), plus the tokenizer, preprocessing config and manifest.json.
 
     Each graph is checked against PyTorch with onnxruntime before the folder is written. Run the
-    result with ``caption-onnx``. Needs ``pip install 'geometry-os[onnx]'``.
+    result with caption-onnx. Needs: pip install 'geometry-os[onnx]'.
     """
     from .export import export_onnx
 
@@ -41,8 +41,9 @@ def export_command(checkpoint: str, fmt: str, out: str) -> None:
 def caption_onnx_command(export_dir: str, images: tuple[str, ...], batch_size: int, threads: int | None,
                          as_json: bool, **options: Any) -> None:
     """Caption IMAGES (files, folders or glob patterns) with an exported folder and onnxruntime (greedy
-    decoding; no torch is imported). Output as ``caption``'s; unreadable images are reported on
-    stderr and skipped, the exit code is then 1.
+    decoding; no torch is imported). The output is the caption command's; unreadable images are
+    reported on stderr and skipped, the exit code is then 1. Beams, sampling and penalties are not
+    supported by the exported runner.
     """
     from geometry_os.systems.pixel_llm.captioning import expand_image_args
     from geometry_os.systems.pixel_llm.generation_config import GenerationConfig
