@@ -84,13 +84,16 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 class OnnxCaptioner:
-    """An exported folder, loaded: ``OnnxCaptioner(folder, threads=None)``.
+    """An exported folder, loaded: ``OnnxCaptioner(folder, threads=None, providers=None)``.
+
+    ``threads``: onnxruntime intra-op threads (None: its default); ``providers``: onnxruntime execution
+    providers in order of preference (None: ``["CPUExecutionProvider"]``).
 
     Raises ``GeometryOSError`` when onnxruntime is missing (naming the ``onnx`` extra) and
     ``CheckpointError`` for a folder that is not a readable export.
     """
 
-    def __init__(self, folder: str | Path, threads: int | None = None) -> None:
+    def __init__(self, folder: str | Path, threads: int | None = None, providers: Sequence[str] | None = None) -> None:
         require("onnxruntime", purpose="the ONNX runner")
         import onnxruntime as ort
 
@@ -124,7 +127,7 @@ class OnnxCaptioner:
         for name, file in graph_files.items():
             path = _member(folder, file, manifest_path)
             try:
-                self.sessions[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                self.sessions[name] = ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
             except Exception as exc:  # onnxruntime raises its own exception types for bad files
                 raise CheckpointError(f"{path}: onnxruntime cannot load it: {one_line(exc)[:300]}") from None
         self.tokenizer = self._load_tokenizer(tokenizer_entry, manifest_path)
@@ -169,7 +172,7 @@ class OnnxCaptioner:
         from PIL import Image
 
         height, width = self.image_size
-        array = np.asarray(image.resize((width, height), Image.BILINEAR), dtype=np.float32)
+        array = np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
         return (array.transpose(2, 0, 1) * self.rescale - self.mean) / self.std
 
     def encode(self, pixel_values: np.ndarray) -> np.ndarray:
@@ -255,7 +258,9 @@ class OnnxCaptioner:
         cfg = self._generation(config, overrides)  # refuse unsupported options before reading any image
         paths = list(paths)
         for start in range(0, len(paths), batch_size):
-            arrays, ok, results = [], [], []
+            arrays: list[np.ndarray] = []
+            ok: list[int] = []
+            results: list[CaptionResult] = []
             for path in paths[start : start + batch_size]:
                 try:
                     image = load_image(str(path), self.max_image_pixels, draft_size=max(self.image_size))
