@@ -64,11 +64,13 @@ class LoadSampler:
 # ---- evaluation ----------------------------------------------------------------------------------------
 
 
-def test_scenes(n: int, seed: int, config: Any) -> Any:
-    """Held-out scenes at the model's image size and normalisation (``config``: the model's config)."""
+def test_scenes(n: int, seed: int, config: Any, split: str = "test", hold_out: list[str] | None = None) -> Any:
+    """Held-out scenes at the model's image size and normalisation (``config``: the model's config);
+    ``hold_out`` pairs are absent from ``test`` and present in every ``compositional`` scene."""
     from geometry_os.systems.pixel_llm.components import get_component
 
-    return get_component("dataset", "shapes").build({"n": n, "seed": seed, "split": "test", **config.image_options()})
+    return get_component("dataset", "shapes").build(
+        {"n": n, "seed": seed, "split": split, "hold_out": hold_out or [], **config.image_options()})
 
 
 def score(predictions: list[str], test_set: Any) -> dict[str, Any]:
@@ -95,8 +97,10 @@ def images_of(test_set: Any) -> Any:
     return torch.stack([test_set[i]["image"] for i in range(len(test_set))])
 
 
-def evaluate_checkpoint(folder: Path, n: int, seed: int, batch_size: int = 100) -> dict[str, Any]:
-    """Greedy captions of ``n`` test scenes by the checkpoint in ``folder``."""
+def evaluate_checkpoint(folder: Path, n: int, seed: int, batch_size: int = 100, split: str = "test",
+                        hold_out: list[str] | None = None) -> dict[str, Any]:
+    """Greedy captions of ``n`` scenes of ``split`` by the checkpoint in ``folder``; the result also keeps
+    the predictions and the scenes (``predictions``, ``test_set``) under private keys for callers."""
     from geometry_os.systems.pixel_llm.inference import GenerationConfig, generate_caption
     from geometry_os.systems.pixel_llm.model import PixelLLM
 
@@ -105,13 +109,13 @@ def evaluate_checkpoint(folder: Path, n: int, seed: int, batch_size: int = 100) 
     c = model.config
     generation = GenerationConfig(max_length=c.max_seq_len, bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id,
                                   pad_token_id=c.pad_token_id, strategy="greedy", return_dict_in_generate=True)
-    test_set = test_scenes(n, seed, c)
+    test_set = test_scenes(n, seed, c, split, hold_out)
     images = images_of(test_set)
     predictions: list[str] = []
     for start in range(0, len(images), batch_size):
         out = generate_caption(model, images[start : start + batch_size], config=generation, tokenizer=tokenizer)
         predictions.extend(out.texts)
-    return score(predictions, test_set)
+    return {**score(predictions, test_set), "_predictions": predictions, "_test_set": test_set}
 
 
 def training_summary(run_dir: Path) -> dict[str, Any]:
@@ -165,7 +169,9 @@ def run_ours(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         if name == "latest":
             folder = run_dir / json.loads((run_dir / "latest").read_text())["checkpoint"]
         if folder.is_dir():
-            result[f"test_{name}"] = evaluate_checkpoint(folder, args.eval_n, args.eval_seed)
+            hold_out = getattr(args, "hold_out", None)
+            scored = evaluate_checkpoint(folder, args.eval_n, args.eval_seed, hold_out=hold_out)
+            result[f"test_{name}"] = {k: v for k, v in scored.items() if not k.startswith("_")}
     return result
 
 

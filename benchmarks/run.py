@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -41,6 +42,7 @@ from bench_generate import MAX_REPEATS, MIN_SECONDS, run_case, summarise, table 
 from hf_reference import build_hf_model  # noqa: E402
 
 from geometry_os.fileio import atomic_write_text, write_json_atomic  # noqa: E402
+from geometry_os.systems.pixel_llm.cpu_bf16 import EMULATED_BF16  # noqa: E402
 from geometry_os.systems.pixel_llm import create_pixel_llm  # noqa: E402
 from geometry_os.systems.pixel_llm.config import PRESETS  # noqa: E402
 
@@ -50,7 +52,7 @@ TRAIN_BATCH = {"tiny": 8, "small": 32, "base": 8}
 # AVX512-BF16/AMX and runs many times slower than fp32, so it gets the fewest iterations.
 TRAIN_STEPS = {("tiny", "fp32"): 3, ("tiny", "bf16"): 2, ("small", "fp32"): 6, ("small", "bf16"): 1,
                ("base", "fp32"): 1, ("base", "bf16"): 1}
-MARK_BEGIN, MARK_END = "<!-- benchmarks/run.py: begin -->", "<!-- benchmarks/run.py: end -->"
+MARKER = "benchmarks/run.py"
 DOC = HERE.parent / "docs" / "performance.md"
 
 
@@ -222,14 +224,15 @@ def markdown(results: dict) -> str:
              f"Reproduce: `{meta['command']}`", ""]
     if results.get("peaks"):
         p = results["peaks"]
+        bf16 = meta.get("bf16", "emulated")
         lines += [f"Measured matmul peak: fp32 (2048^3) {p['fp32'] / 1e9:.0f} GFLOP/s, "
-                  f"bf16 (1024^3, emulated) {p['bf16'] / 1e9:.1f} GFLOP/s.", ""]
+                  f"bf16 (1024^3, {bf16}) {p['bf16'] / 1e9:.1f} GFLOP/s.", ""]
     def ratio(r: dict) -> str:
         return f"**{r['ratio']:.2f}x**"
 
     def mfu(r: dict) -> list[str]:
         cells = [f"{100 * r[n]['mfu']:.1f}%" for n in ("ours", "hf")]
-        if r["dtype"] == "bf16":  # against an emulated bf16 peak the figure says little: add fp32's
+        if r["dtype"] == "bf16" and meta.get("bf16", "emulated") == "emulated":  # add fp32's: see the peak
             cells = [f"{c} ({100 * r[n]['achieved_flops'] / results['peaks']['fp32']:.0f}% of fp32 peak)"
                      for c, n in zip(cells, ("ours", "hf"))]
         return cells
@@ -248,13 +251,26 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_doc(table: str, path: Path = DOC) -> None:
-    text = path.read_text() if path.exists() else f"# Performance\n\n{MARK_BEGIN}\n{MARK_END}\n"
-    if MARK_BEGIN not in text:
-        text += f"\n{MARK_BEGIN}\n{MARK_END}\n"
-    head, rest = text.split(MARK_BEGIN, 1)
-    tail = rest.split(MARK_END, 1)[1]
-    atomic_write_text(path, f"{head}{MARK_BEGIN}\n{table}\n{MARK_END}{tail}")
+def machine_kind() -> str:
+    """What decides which CPU kernels run: the vector ISA torch dispatches to, and native or emulated
+    bf16 (oneDNN's check). A table measured on one kind says nothing about another."""
+    return f"{torch.backends.cpu.get_cpu_capability()}, bf16 {'emulated' if EMULATED_BF16 else 'native'}"
+
+
+def write_doc(table: str, path: Path = DOC, name: str = MARKER, heading: str | None = None) -> None:
+    """Replace what stands between ``<!-- NAME: begin -->`` and ``<!-- NAME: end -->`` in ``path``; a
+    name not there yet gets a new section (under ``heading``) after the last one of the same script."""
+    begin, end = f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
+    text = path.read_text() if path.exists() else "# Performance\n"
+    if begin not in text:
+        section = f"\n{heading}\n\n{begin}\n{end}\n" if heading else f"\n{begin}\n{end}\n"
+        script = re.escape(name.split(" ")[0])
+        ends = [m.end() for m in re.finditer(rf"<!-- {script}[^>]*: end -->", text)]
+        cut = ends[-1] if ends else len(text)
+        text = text[:cut] + "\n" + section + text[cut:]
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    atomic_write_text(path, f"{head}{begin}\n{table}\n{end}{tail}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -323,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     results["meta"] = {
         "machine": f"{cpu}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
                    f"cpu capability {torch.backends.cpu.get_cpu_capability()}",
+        "kind": machine_kind(), "bf16": "emulated" if EMULATED_BF16 else "native",
         "load_before": load_before, "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
         "repeats": repeats, "generate_min_seconds": min_seconds, "generate_max_repeats": MAX_REPEATS,
@@ -334,8 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out, results)
     doc = args.doc if args.doc is not None else (None if args.quick else DOC)
-    if doc is not None:
-        write_doc(table, doc)
+    if doc is not None:  # one table per machine kind
+        kind = results["meta"]["kind"]
+        write_doc(table, doc, f"{MARKER} {kind}", heading=f"### CPU: {kind}")
     return 0
 
 

@@ -23,12 +23,26 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess:
     return proc
 
 
-def test_run_quick_writes_json_and_doc_table(tmp_path):
+@pytest.fixture
+def run_module(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import run as run_module
+
+    return run_module
+
+
+def test_run_quick_writes_json_and_doc_table(tmp_path, run_module):
     out, doc = tmp_path / "latest.json", tmp_path / "performance.md"
-    doc.write_text("# Performance\n\nprose before\n\n<!-- benchmarks/run.py: begin -->\nold\n"
-                   "<!-- benchmarks/run.py: end -->\n\nprose after\n")
+    kind = run_module.machine_kind()  # this machine's table: replaced; another kind's: kept
+    doc.write_text(f"# Performance\n\nprose before\n\n<!-- benchmarks/run.py {kind}: begin -->\nold\n"
+                   f"<!-- benchmarks/run.py {kind}: end -->\n\n<!-- benchmarks/run.py OTHER, bf16 native: begin -->\n"
+                   "other machine\n<!-- benchmarks/run.py OTHER, bf16 native: end -->\n\nprose after\n")
     run("run.py", "--quick", "--threads", "1", "--out", str(out), "--doc", str(doc))
     results = json.loads(out.read_text())
+    from geometry_os.systems.pixel_llm.cpu_bf16 import EMULATED_BF16
+
+    assert results["meta"]["bf16"] == ("emulated" if EMULATED_BF16 else "native")  # never a wrong label
+    assert results["meta"]["kind"] == kind and "other machine" in doc.read_text()
     assert {r["dtype"] for r in results["train"]} == {"fp32", "bf16"}
     assert all(r["ours"]["images_per_s"] > 0 and r["hf"]["images_per_s"] > 0 for r in results["train"])
     assert {(r["decoding"], r["batch"]) for r in results["generate"]} >= {("greedy", 1), ("beam5", 1)}
@@ -36,6 +50,16 @@ def test_run_quick_writes_json_and_doc_table(tmp_path):
     text = doc.read_text()
     assert "prose before" in text and "prose after" in text and "old" not in text
     assert "| tiny fp32 |" in text
+
+
+def test_write_doc_keeps_one_table_per_machine_kind(tmp_path, run_module):
+    doc = tmp_path / "performance.md"
+    doc.write_text("# P\n\n<!-- benchmarks/run.py A: begin -->\na1\n<!-- benchmarks/run.py A: end -->\n\nafter\n")
+    run_module.write_doc("b1", doc, "benchmarks/run.py B", heading="### CPU: B")
+    run_module.write_doc("a2", doc, "benchmarks/run.py A", heading="### CPU: A")
+    text = doc.read_text()
+    assert "a1" not in text and text.index("a2") < text.index("### CPU: B") < text.index("b1") < text.index("after")
+    assert text.count("### CPU: A") == 0  # an existing section keeps its own heading
 
 
 def test_bench_generate_quick(tmp_path):
@@ -87,3 +111,17 @@ def test_bench_data_tiny(tmp_path):
     run("bench_data.py", "--n", "64", "--workers", "0", "--out", str(out))
     names = [r["name"] for r in json.loads(out.read_text())["results"]]
     assert any("PNG files" in n for n in names)
+
+
+@pytest.mark.slow
+def test_compositional_benchmark_reports_each_held_out_pair(tmp_path):
+    out = tmp_path / "comp.json"
+    run("compositional.py", "--budget-s", "3", "--num-scenes", "64", "--eval-n", "24", "--hold-out",
+        "red circle,blue square", "--run-dir", str(tmp_path / "run"), "--out", str(out))
+    result = json.loads(out.read_text())
+    assert result["hold_out"] == ["blue square", "red circle"]
+    for name in ("best", "latest"):
+        comp = result[f"compositional_{name}"]
+        assert comp["n"] == 24 and set(comp["per_pair"]) == {"blue square", "red circle"}
+        assert sum(v["n"] for v in comp["per_pair"].values()) >= 24  # every scene holds a pair
+        assert result[f"test_{name}"]["n"] == 24 and 0 <= comp["exact_match"] <= 1

@@ -194,7 +194,7 @@ def _datasets(config: Any, tokenizer: Any):
         from geometry_os.systems.pixel_llm.components import get_component
 
         shapes = get_component("dataset", "shapes")
-        common = {"seed": config.trainer.seed, **config.image_options()}
+        common = {"seed": config.trainer.seed, "hold_out": config.trainer.synthetic_hold_out or [], **config.image_options()}
         mix = config.trainer.synthetic_shape_weights
         train_set = shapes.build({**common, "n": num_scenes, "split": "train", "shape_weights": mix}, tokenizer=tokenizer)
         val_n = max(1, min(1000, num_scenes // 10))

@@ -6,7 +6,7 @@ factories and inside command bodies.
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator
 
 from geometry_os.systems.pixel_llm.data_config import IMAGENET_MEAN, IMAGENET_STD, DatasetConfig
 from geometry_os.systems.pixel_llm.hookspecs import hookimpl
@@ -27,12 +27,26 @@ class ShapesOptions(BaseModel):
     n: int = Field(1000, gt=0, description="number of scenes")
     seed: int = Field(0, description="the same seed gives the same scenes")
     image_size: int = Field(64, gt=0, description="pixels per side")
-    split: Literal["train", "val", "test"] = Field("train", description="splits never share a scene")
+    split: Literal["train", "val", "test", "compositional"] = Field(
+        "train", description="splits never share a scene; 'compositional': scenes with a held-out pair"
+    )
+    hold_out: list[str] = Field(
+        default_factory=list, description="'COLOUR KIND' pairs that no scene of train/val/test contains"
+    )
     shape_weights: tuple[float, float, float] | None = Field(
         None, description="relative frequencies of 1/2/3-shape scenes (None: uniform); a training curriculum"
     )
     mean: tuple[float, float, float] = Field(IMAGENET_MEAN, description="per-channel mean for normalising")
     std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = Field(IMAGENET_STD, description="per-channel std")
+
+    @field_validator("hold_out")
+    @classmethod
+    def _pairs(cls, value: list[str]) -> list[str]:
+        from geometry_os.plugins.datasets.shapes import parse_pairs  # plain Python, no torch
+
+        if value:
+            parse_pairs(",".join(value))
+        return value
 
 
 @hookimpl

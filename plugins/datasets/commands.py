@@ -7,7 +7,9 @@ make-shapes writes, into OUT::
     captions.json                      every split's entries together
 
 The scenes of split ``s`` are ``shapes.make_split(count_s, seed, s, splits)``: the same as the in-memory
-``shapes`` dataset for the same seed and count (with the default splits).
+``shapes`` dataset for the same seed and count (with the default splits). With ``--hold-out``, the
+splits never contain the held-out colour-kind pairs and a ``compositional`` split (as many scenes as
+the last split) contains only scenes with at least one of them.
 """
 
 from __future__ import annotations
@@ -21,7 +23,19 @@ from pathlib import Path
 
 import click
 
-from geometry_os.plugins.datasets.shapes import DEFAULT_SPLITS, caption, make_split, render_scene
+from geometry_os.plugins.datasets.shapes import (
+    COLOURS,
+    COMPOSITIONAL,
+    DEFAULT_SPLITS,
+    KINDS,
+    MAX_OBJECTS,
+    RELATIONS,
+    Pair,
+    caption,
+    make_split,
+    parse_pairs,
+    render_scene,
+)
 
 _SPLIT_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _DEFAULT_SPLITS_TEXT = ",".join(f"{k}={v}" for k, v in DEFAULT_SPLITS.items())
@@ -32,8 +46,9 @@ def parse_splits(text: str) -> dict[str, float]:
     splits: dict[str, float] = {}
     for part in text.split(","):
         name, sep, value = part.strip().partition("=")
-        if not sep or not _SPLIT_NAME.fullmatch(name) or name == "captions":
-            raise ValueError(f"{part.strip()!r} is not NAME=FRACTION (NAME: letters, digits, _ or -, not 'captions')")
+        if not sep or not _SPLIT_NAME.fullmatch(name) or name in ("captions", COMPOSITIONAL):
+            raise ValueError(f"{part.strip()!r} is not NAME=FRACTION "
+                             f"(NAME: letters, digits, _ or -, not 'captions' or '{COMPOSITIONAL}')")
         if name in splits:
             raise ValueError(f"split {name!r} is given twice")
         try:
@@ -62,13 +77,14 @@ def _write_entries(path: Path, entries: list[dict]) -> None:
     path.write_text(f"[\n{body}\n]\n" if entries else "[]\n", encoding="utf-8")
 
 
-def _write_dataset(staging: Path, counts: dict[str, int], seed: int, image_size: int, splits: dict) -> None:
+def _write_dataset(staging: Path, counts: dict[str, int], seed: int, image_size: int, splits: dict,
+                   hold_out: frozenset[Pair] = frozenset(), max_objects: int = 3) -> None:
     everything = []
     for split, count in counts.items():
         folder = staging / "images" / split
         folder.mkdir(parents=True)
         entries = []
-        for i, scene in enumerate(make_split(count, seed, split, splits)):
+        for i, scene in enumerate(make_split(count, seed, split, splits, hold_out=hold_out, max_objects=max_objects)):
             name = f"images/{split}/{i:06d}.png"
             render_scene(scene, image_size).save(staging / name, format="PNG")
             entries.append({"image": name, "caption": caption(scene)})
@@ -100,28 +116,44 @@ def _commit(staging: Path, out: Path, names: list[str]) -> None:
 @click.option("--image-size", default=64, show_default=True, type=click.IntRange(min=8), help="Pixels per side.")
 @click.option("--splits", "splits_text", default=_DEFAULT_SPLITS_TEXT, show_default=True,
               help="NAME=FRACTION,... summing to 1; a split gets <NAME>.json and images/<NAME>/.")
+@click.option("--hold-out", "hold_out_text", default=None, metavar="'COLOUR KIND,...'",
+              help="Colour-kind pairs no split contains; adds a 'compositional' split of scenes that contain one.")
+@click.option("--max-objects", default=3, show_default=True, type=click.IntRange(1, MAX_OBJECTS),
+              help="Shapes per scene are drawn from 1..N (more than 3: longer scenes than the default).")
 @click.option("--overwrite", is_flag=True, help="Replace the outputs in a non-empty OUT (other files are kept).")
-def make_shapes(out: Path, n: int, seed: int, image_size: int, splits_text: str, overwrite: bool) -> None:
+def make_shapes(out: Path, n: int, seed: int, image_size: int, splits_text: str, hold_out_text: str | None,
+                max_objects: int, overwrite: bool) -> None:
     """Write N synthetic scenes as PNG files plus caption files (<split>.json and captions.json)."""
     try:
         splits = parse_splits(splits_text)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--splits") from None
+    try:
+        hold_out = parse_pairs(hold_out_text) if hold_out_text is not None else frozenset()
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--hold-out") from None
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise click.UsageError(f"{out} is not empty; pass --overwrite to replace its images and caption files")
     counts = {name: c for name, c in split_counts(n, splits).items() if c > 0}
+    if hold_out:
+        counts[COMPOSITIONAL] = counts[list(counts)[-1]]
     try:
         out.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".make-shapes-", dir=out))
         try:
-            _write_dataset(staging, counts, seed, image_size, splits)
+            _write_dataset(staging, counts, seed, image_size, splits, hold_out, max_objects)
             _commit(staging, out, ["images", *(f"{s}.json" for s in counts), "captions.json"])
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     except OSError as e:
         raise click.ClickException(f"{e.filename or out}: {e.strerror or e}") from None
     summary = ", ".join(f"{c} {s}" for s, c in counts.items())
-    click.echo(f"wrote {n} scenes to {out}: {summary} (captions.json lists all)")
+    click.echo(f"wrote {sum(counts.values())} scenes to {out}: {summary} (captions.json lists all)")
+
+
+make_shapes.help = (f"{make_shapes.help}\n\nCaptions: 'a SIZE COLOUR KIND' joined by relations, left to right. "
+                    f"Colours: {', '.join(COLOURS)}. Kinds: {', '.join(KINDS)}. Sizes: small, large. "
+                    f"Relations: {', '.join(RELATIONS)}.")
 
 
 @click.command("lint-data")

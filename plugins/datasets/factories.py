@@ -23,4 +23,5 @@ def build_shapes(options: ShapesOptions, tokenizer: Any = None):
     from geometry_os.plugins.datasets.shapes_dataset import ShapesDataset
 
     return ShapesDataset(options.n, options.seed, options.image_size, options.split, tokenizer=tokenizer,
-                         shape_weights=options.shape_weights, mean=options.mean, std=options.std)
+                         shape_weights=options.shape_weights, mean=options.mean, std=options.std,
+                         hold_out=options.hold_out)

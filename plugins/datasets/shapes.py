@@ -18,6 +18,11 @@ overlapping shapes (boxes closer than 2 units) are never generated, so every cap
 Splits: a scene belongs to the split its canonical layout hashes to (blake2b), so splits made with the
 same fractions never share a scene, whatever the seeds; within a split scenes are distinct. Captions
 may repeat across splits (there are few words), identical scenes may not.
+
+Compositional generalisation (Nikolaus et al., "Compositional Generalization in Image Captioning",
+CoNLL 2019): with ``hold_out`` colour–kind pairs, no scene of an ordinary split contains a held-out
+pair, and the ``compositional`` split contains only scenes with at least one of them. ``max_objects``
+(up to ``MAX_OBJECTS``) makes longer scenes than the default 1-3, for length generalisation.
 """
 
 from __future__ import annotations
@@ -47,6 +52,27 @@ KINDS = ("circle", "square", "triangle", "diamond")
 RELATIONS = ("left of", "above", "below")
 VOCABULARY = tuple(sorted({"a", *SIZES, *COLOURS, *KINDS, *" ".join(RELATIONS).split()}))
 DEFAULT_SPLITS: dict[str, float] = {"train": 0.8, "val": 0.1, "test": 0.1}
+COMPOSITIONAL = "compositional"  # the split of scenes that hold a held-out colour-kind pair
+MAX_OBJECTS = 5  # 6 shapes rarely fit the grid under the layout rules
+Pair = tuple[str, str]  # (colour, kind)
+
+
+def parse_pairs(text: str) -> frozenset[Pair]:
+    """``"red circle, blue square"`` -> {("red", "circle"), ("blue", "square")}; ValueError names the bad
+    part and lists the colours and kinds."""
+    pairs = set()
+    for part in text.split(","):
+        words = part.split()
+        if len(words) != 2 or words[0] not in COLOURS or words[1] not in KINDS:
+            raise ValueError(f"{part.strip()!r} is not 'COLOUR KIND' (colours: {', '.join(COLOURS)}; "
+                             f"kinds: {', '.join(KINDS)})")
+        pairs.add((words[0], words[1]))
+    return frozenset(pairs)
+
+
+def has_pair(scene: Sequence[Shape], pairs: frozenset[Pair]) -> bool:
+    """Whether some shape of ``scene`` is one of the (colour, kind) ``pairs``."""
+    return any((s.colour, s.kind) in pairs for s in scene)
 
 
 @dataclass(frozen=True)
@@ -177,18 +203,24 @@ def split_of(scene: Scene, fractions: Mapping[str, float] = DEFAULT_SPLITS) -> s
     return name  # floating-point rounding at the very end
 
 
-def _count_drawer(weights: Sequence[float] | None):
-    """None (uniform 1-3 shapes, as ``sample_scene`` draws) or a drawer of a shape count by ``weights``."""
+def _count_drawer(weights: Sequence[float] | None, max_objects: int = 3):
+    """None (uniform 1-3 shapes, as ``sample_scene`` draws) or a drawer of a shape count: by ``weights``
+    (one per count 1..max_objects), or uniform over 1..max_objects."""
+    if not 1 <= max_objects <= MAX_OBJECTS:
+        raise ValueError(f"max_objects={max_objects} must be between 1 and {MAX_OBJECTS}")
     if weights is None:
-        return None
-    if len(weights) != 3 or any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise ValueError(f"shape-count weights must be 3 non-negative numbers (1, 2, 3 shapes), got {list(weights)}")
+        if max_objects == 3:
+            return None
+        weights = [1.0] * max_objects
+    n = max_objects
+    if len(weights) != n or any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"shape-count weights must be {n} non-negative numbers (1..{n} shapes), got {list(weights)}")
     total = float(sum(weights))
-    bounds = [sum(weights[: k + 1]) / total for k in range(3)]
+    bounds = [sum(weights[: k + 1]) / total for k in range(n)]
 
     def draw(rng: random.Random) -> int:
         u = rng.random()
-        return 1 + next((k for k, b in enumerate(bounds) if u < b and weights[k] > 0), 2)
+        return 1 + next((k for k, b in enumerate(bounds) if u < b and weights[k] > 0), n - 1)
 
     return draw
 
@@ -199,15 +231,22 @@ def make_split(
     split: str,
     fractions: Mapping[str, float] = DEFAULT_SPLITS,
     shape_weights: Sequence[float] | None = None,
+    hold_out: frozenset[Pair] = frozenset(),
+    max_objects: int = 3,
 ) -> list[Scene]:
-    """``n`` distinct scenes of ``split``, the same for the same (n, seed, split, fractions, shape_weights).
+    """``n`` distinct scenes of ``split``, the same for the same arguments.
 
-    ``shape_weights``: relative frequencies of 1-, 2- and 3-shape scenes (a training curriculum that
-    shows more multi-object scenes); None draws 1-3 uniformly. Captions follow the same grammar.
+    ``shape_weights``: relative frequencies of 1-, 2-, ... ``max_objects``-shape scenes (a training
+    curriculum that shows more multi-object scenes); None draws the count uniformly. ``hold_out``:
+    (colour, kind) pairs that no scene of an ordinary split contains; split ``COMPOSITIONAL`` draws
+    only scenes that contain one (and needs ``hold_out``). Captions follow the same grammar.
     """
-    if fractions.get(split, 0) <= 0:
+    compositional = split == COMPOSITIONAL
+    if compositional and not hold_out:
+        raise ValueError(f"split {COMPOSITIONAL!r} needs held-out pairs (hold_out)")
+    if not compositional and fractions.get(split, 0) <= 0:
         raise ValueError(f"split {split!r} has no share in {dict(fractions)}")
-    draw_count = _count_drawer(shape_weights)
+    draw_count = _count_drawer(shape_weights, max_objects)
     rng = random.Random(f"geometry-os-shapes:{seed}:{split}")
     scenes: list[Scene] = []
     seen: set[str] = set()
@@ -216,7 +255,9 @@ def make_split(
             break
         scene = sample_scene(rng, draw_count(rng) if draw_count else None)
         key = scene_key(scene)
-        if key not in seen and split_of(scene, fractions) == split:
+        if key in seen or (hold_out and has_pair(scene, hold_out) != compositional):
+            continue
+        if compositional or split_of(scene, fractions) == split:
             seen.add(key)
             scenes.append(scene)
     else:

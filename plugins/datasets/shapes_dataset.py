@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
-from geometry_os.plugins.datasets.shapes import VOCABULARY, caption, make_split, render_scene
+from geometry_os.plugins.datasets.shapes import VOCABULARY, caption, make_split, parse_pairs, render_scene
 from geometry_os.systems.pixel_llm.data import CaptionedImages, CaptionRecord, CaptionTokens, resolve_tokenizer
 from geometry_os.systems.pixel_llm.data_config import IMAGENET_MEAN, IMAGENET_STD, DatasetConfig
 
@@ -27,15 +27,18 @@ class ShapesDataset(CaptionedImages):
 
     ``tokenizer``: as for ``ImageTextDataset``; None uses the grammar's vocabulary (``default_tokenizer``).
     ``shape_weights``: relative frequencies of 1/2/3-shape scenes (None: uniform), see ``make_split``.
+    ``hold_out``: 'COLOUR KIND' pairs absent from train/val/test (split ``compositional``: present).
     Memory: n x 3 x image_size^2 bytes (30 000 scenes at 64 px: 369 MB).
     """
 
     def __init__(self, n: int, seed: int = 0, image_size: int = 64, split: str = "train", tokenizer: Any = None,
                  max_length: int = DatasetConfig().max_length, shape_weights: Sequence[float] | None = None,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 hold_out: Sequence[str] = ()):
         self.config = DatasetConfig(image_size=image_size, max_length=max_length, mean=tuple(mean), std=tuple(std))
         self.seed, self.split = seed, split
-        self.scenes = make_split(n, seed, split, shape_weights=shape_weights)
+        pairs = parse_pairs(",".join(hold_out)) if hold_out else frozenset()
+        self.scenes = make_split(n, seed, split, shape_weights=shape_weights, hold_out=pairs)
         self.records = [
             CaptionRecord(f"shapes://{split}/{i:06d}", caption(scene), f"scene {i}", i)
             for i, scene in enumerate(self.scenes)

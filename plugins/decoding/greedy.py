@@ -13,6 +13,26 @@ import torch
 from geometry_os.systems.pixel_llm.inference import GenerationConfig, GenerationOutput
 
 from .common import assemble_output, generation_length, log_softmax, needs_prefix, process_logits, survivors
+from .static import StaticSteps, use_static_cache
+
+
+class DynamicSteps:
+    """Decoder steps over a ``KVCache`` whose rows leave as they finish: ``(tokens, active) ->
+    (logits, cross-attention or None)`` of the active rows, which are exactly the cache's rows."""
+
+    def __init__(self, decoder: Any, features: torch.Tensor, max_len: int, config: GenerationConfig):
+        self.decoder = decoder
+        self.output_attentions = config.output_attentions
+        self.cache = decoder.init_cache(features, max_len)
+        self.cache.expand(config.num_return_sequences)
+
+    def __call__(self, tokens: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out = self.decoder.step(tokens, self.cache, output_attentions=self.output_attentions)
+        return out if self.output_attentions else (out, None)
+
+    def drop(self, keep: torch.Tensor) -> None:
+        """Keep only rows ``keep`` (finished rows leave the batch: no compute is spent on them)."""
+        self.cache.reorder(keep)
 
 
 class GreedyDecoding:
@@ -45,13 +65,14 @@ class GreedyDecoding:
         attentions: list[torch.Tensor] | None = [] if config.output_attentions else None
 
         if max_len > 1:
-            cache = decoder.init_cache(features, max_len)
-            cache.expand(config.num_return_sequences)
+            if use_static_cache(decoder, features, config):
+                steps: DynamicSteps | StaticSteps = StaticSteps(decoder, features, rows, max_len)
+            else:
+                steps = DynamicSteps(decoder, features, max_len, config)
             active = torch.arange(rows, device=device)  # sequence row of each cache row
             tokens = sequences[:, :1]
             for t in range(1, max_len):
-                out = decoder.step(tokens, cache, output_attentions=config.output_attentions)
-                logits, attn = out if config.output_attentions else (out, None)
+                logits, attn = steps(tokens, active)
                 prefix = sequences[active, :t] if needs_prefix(config) else None
                 logits = process_logits(logits, prefix, t, config)
                 chosen, dist = self.next_tokens(logits, config, generator)
@@ -67,7 +88,7 @@ class GreedyDecoding:
                     if keep is not None:  # drop finished rows from the batch
                         if keep.numel() == 0:
                             break
-                        cache.reorder(keep)
+                        steps.drop(keep)
                         active, chosen = active[keep], chosen[keep]
                 tokens = chosen[:, None]
         return assemble_output(sequences, config, token_scores=token_scores, cross_attentions=attentions)

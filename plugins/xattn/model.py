@@ -116,6 +116,40 @@ class KVCache:
         self._views()
 
 
+class StaticKVCache:
+    """Fixed-shape decoding state (HF ``cache_implementation="static"``), for steps captured once in
+    a CUDA graph and replayed per token.
+
+    ``self_kv`` (layers, 2, rows, heads, max_length, head_dim) and ``cross_kv`` (cross layers, 2,
+    images, heads, N, head_dim) as in ``KVCache``; ``position`` is a (1,) long tensor on the device,
+    the next position to write, advanced in place by ``LanguageDecoder.static_step`` so that a
+    replayed graph moves on by itself. Rows never leave (finished rows keep decoding and the caller
+    ignores them), so every tensor keeps its address between steps and between calls (``refill``).
+    """
+
+    def __init__(self, self_kv: torch.Tensor, cross_kv: torch.Tensor, max_length: int):
+        self.self_kv = self_kv
+        self.cross_kv = cross_kv
+        self.max_length = max_length
+        self.group = self_kv.shape[2] // cross_kv.shape[2]
+        self.position = torch.zeros(1, dtype=torch.long, device=self_kv.device)
+        self.positions = torch.arange(max_length, device=self_kv.device)
+        self.layers = list(self_kv.unbind(0))
+        self.cross = [tuple(kv.unbind(0)) for kv in cross_kv]
+
+    @property
+    def batch_size(self) -> int:
+        return self.self_kv.shape[2]
+
+    def refill(self, cross_kv: torch.Tensor) -> None:
+        """Start again with other images' cross K/V (same shape), in place: position 0."""
+        if cross_kv.shape != self.cross_kv.shape:
+            raise ValueError(f"cross K/V of shape {tuple(cross_kv.shape)} do not fit this cache's "
+                             f"{tuple(self.cross_kv.shape)}")
+        self.cross_kv.copy_(cross_kv)
+        self.position.zero_()
+
+
 class DecoderBlock(nn.Module):
     """Pre-norm block: causal self-attention, optional cross-attention, GELU MLP."""
 
@@ -188,6 +222,37 @@ class DecoderBlock(nn.Module):
         k, v = kv[:, :, :, :end].unbind(0)
         q = qkv[0] if qkv.dtype == k.dtype else qkv[0].to(k.dtype)  # autocast may differ from cache
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        return self._after_self_attention(x, y, B, cross_kv, output_attentions)
+
+    def static_step(
+        self,
+        x: torch.Tensor,
+        B: int,
+        kv: torch.Tensor,
+        position: torch.Tensor,
+        mask: torch.Tensor,
+        cross_kv: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """``step`` for one new token per row at the (1,) tensor ``position``: its K/V are written
+        with ``index_copy_`` and the query attends to every buffer position under ``mask``
+        (1, 1, 1, max_length), so no shape or Python number depends on the position."""
+        qkv = self._heads(_linear(self.qkv, _norm(self.norm1, x)), B, 3)
+        kv.index_copy_(3, position, qkv[1:])
+        k, v = kv.unbind(0)
+        q = qkv[0] if qkv.dtype == k.dtype else qkv[0].to(k.dtype)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self._after_self_attention(x, y, B, cross_kv, False)[0]
+
+    def _after_self_attention(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        B: int,
+        cross_kv: tuple[torch.Tensor, torch.Tensor] | None,
+        output_attentions: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The rest of a decoding step after self-attention gave ``y``: output projection,
+        cross-attention over the cached image K/V, MLP."""
         x = x + _linear(self.proj, y.transpose(1, 2).reshape(x.shape))
         attn = None
         if cross_kv is not None:
@@ -312,11 +377,40 @@ class LanguageDecoder(nn.Module):
         buffers for ``max_length`` tokens (in the dtype the projections produce, e.g. under autocast)."""
         if not 0 < max_length <= self.max_seq_len:
             raise ValueError(f"max_length={max_length} must be between 1 and max_seq_len={self.max_seq_len}")
-        cross_kv = torch.stack([self.blocks[i].cross_kv(encoder_hidden_states) for i in self.cross_attention_layers])
+        cross_kv = self.cross_kv(encoder_hidden_states)
         B = encoder_hidden_states.shape[0]
         head_dim = self.embed_dim // self.num_heads
         self_kv = cross_kv.new_empty(self.num_layers, 2, B, self.num_heads, max_length, head_dim)
         return KVCache(self_kv, cross_kv, max_length)
+
+    @torch.no_grad()
+    def cross_kv(self, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+        """(cross layers, 2, B, heads, N, head_dim): every cross layer's K/V of the images."""
+        return torch.stack([self.blocks[i].cross_kv(encoder_hidden_states) for i in self.cross_attention_layers])
+
+    @torch.no_grad()
+    def init_static_cache(self, encoder_hidden_states: torch.Tensor, max_length: int, rows: int) -> StaticKVCache:
+        """A ``StaticKVCache`` for ``rows`` sequences (a multiple of the B images: ``rows // B``
+        consecutive rows per image) of up to ``max_length`` tokens."""
+        cross_kv = self.cross_kv(encoder_hidden_states)
+        head_dim = self.embed_dim // self.num_heads
+        # zeros, not empty: masked positions still meet V in the product, and 0 * NaN garbage is NaN
+        self_kv = cross_kv.new_zeros(self.num_layers, 2, rows, self.num_heads, max_length, head_dim)
+        return StaticKVCache(self_kv, cross_kv, max_length)
+
+    @torch.no_grad()
+    def static_step(self, input_ids: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
+        """Feed one token per row, (rows, 1), at ``cache.position`` and advance it; logits (rows,
+        vocab). Shapes and addresses are the same at every position, so the call can be captured
+        in a CUDA graph. The caller keeps ``position < max_length`` (nothing is checked on the host)."""
+        B = input_ids.shape[0]
+        position = cache.position
+        x = F.embedding(input_ids[:, 0], self.wte.weight) + self.wpe.weight.index_select(0, position)
+        mask = (cache.positions <= position).view(1, 1, 1, -1)
+        for block, kv, slot in zip(self.blocks, cache.layers, self._cross_slot):
+            x = block.static_step(x, B, kv, position, mask, None if slot is None else cache.cross[slot])
+        position.add_(1)
+        return self._logits(x)
 
     @torch.no_grad()
     def step(self, input_ids: torch.Tensor, cache: KVCache, output_attentions: bool = False) -> Any:

@@ -72,6 +72,11 @@ class TrainerConfig(StrictModel):
         description="synthetic set only: relative frequencies of 1/2/3-shape training scenes (None: uniform); "
         "validation stays uniform",
     )
+    synthetic_hold_out: list[str] | None = Field(
+        None,
+        description="synthetic set only: 'COLOUR KIND' pairs no training or validation scene contains "
+        "(compositional generalisation; see make-shapes --hold-out)",
+    )
     max_nonfinite_steps: int = Field(5, ge=1, description="consecutive non-finite losses before giving up")
     # what `geo-os pixel-llm train` trains on (saved with the run, so `--resume` continues on the same data)
     data: str | None = Field(None, description="`train` command: training captions (JSON, JSONL or COCO); None: the synthetic shapes scenes")

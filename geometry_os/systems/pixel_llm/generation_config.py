@@ -47,6 +47,12 @@ class GenerationConfig(StrictModel):
     output_attentions: bool = Field(False, description="return cross-attention weights per token")
     return_dict_in_generate: bool = False
     strategy: str | None = Field(None, min_length=1, description="decoding_strategy component name")
+    cache_implementation: Literal["dynamic", "static"] | None = Field(
+        None,
+        description="'static': fixed-shape KV cache, and on CUDA the decoder step captured once in a CUDA graph "
+        "(greedy and sampling; HF's name); 'dynamic': rows leave the cache as they finish; None: static on CUDA "
+        "where the decoder supports it and no attentions are asked for, else dynamic",
+    )
 
     @property
     def total_length(self) -> int:
@@ -80,6 +86,9 @@ class GenerationConfig(StrictModel):
                 f"num_return_sequences={self.num_return_sequences} needs sampling or beam search "
                 "(greedy decoding returns one sequence per image)"
             )
+        if self.cache_implementation == "static" and (name == "beam" or self.output_attentions):
+            what = "beam search" if name == "beam" else "output_attentions=True"
+            raise ValueError(f"cache_implementation='static' supports greedy and sampling without attentions, not {what}")
         if name == "beam" and self.num_return_sequences > self.num_beams:
             raise ValueError(
                 f"num_return_sequences={self.num_return_sequences} must be <= num_beams={self.num_beams}"

@@ -52,7 +52,13 @@ class DecoderCache(Protocol):
 
 @runtime_checkable
 class Decoder(Protocol):
-    """``nn.Module``: causal text decoder with cross-attention to encoder features."""
+    """``nn.Module``: causal text decoder with cross-attention to encoder features.
+
+    Optional, for ``GenerationConfig(cache_implementation="static")`` (see the ``xattn`` decoder):
+    ``cross_kv(features)``, ``init_static_cache(features, max_length, rows)`` and
+    ``static_step(input_ids (rows, 1), cache) -> logits (rows, vocab)`` with fixed shapes and tensor
+    addresses at every position, so that a CUDA graph can capture the step.
+    """
 
     embed_dim: int
     vocab_size: int
