@@ -195,6 +195,16 @@ def test_caption_onnx_command_prints_what_caption_prints(checkpoint, exported, i
     assert all(abs(a["score"] - b["score"]) <= 1e-4 for a, b in zip(ours, theirs))
 
 
+def test_caption_onnx_reports_an_unreadable_image_and_captions_the_rest(exported, images, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    result = CliRunner().invoke(cli, ["pixel-llm", "caption-onnx", str(exported), str(images[0]), str(bad),
+                                      str(images[1])])
+    assert result.exit_code == 1
+    assert [line.split("\t")[0] for line in result.stdout.splitlines()] == [str(images[0]), str(images[1])]
+    assert result.stderr.strip() == f"geo-os: error: {bad}: cannot identify image file (not an image, or a format Pillow cannot read)"
+
+
 def test_max_new_tokens_min_length_and_suppress_tokens(loaded, images):
     _, _, runner = loaded
     x = pixels(runner, images[:6])
