@@ -280,6 +280,20 @@ def test_bad_folders_are_one_line_errors(checkpoint, exported, tmp_path):
     no_tokenizer = create_pixel_llm(preset="tiny").save_pretrained(tmp_path / "bare")
     with pytest.raises(CheckpointError, match="has no tokenizer"):
         export_onnx(no_tokenizer, tmp_path / "out")
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(exported, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["graphs"]["encoder"]["file"] = "../encoder.onnx"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=r"manifest.json: file names must be plain names .*'../encoder.onnx'"):
+        OnnxCaptioner(copy)
+    manifest["graphs"]["encoder"]["file"] = "encoder.onnx"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    (copy / "encoder.onnx").write_bytes(b"not a graph")
+    with pytest.raises(CheckpointError, match=r"encoder.onnx: onnxruntime cannot load it"):
+        OnnxCaptioner(copy)
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     assert_one_line_error(run("export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "mine")),
