@@ -299,3 +299,27 @@ def test_bad_folders_are_one_line_errors(checkpoint, exported, tmp_path):
     assert_one_line_error(run("export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "mine")),
                           "refusing to replace a folder that holds other files")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_other_layouts_export_too(tmp_path):
+    """Cross-attention on one layer of three, an untied LM head, a conv stem with a learned position
+    table, encoder wider than the decoder: the same greedy ids as PyTorch."""
+    from geometry_os.plugins.onnx_export.export import export_onnx
+    from geometry_os.plugins.onnx_export.runtime import OnnxCaptioner
+    from geometry_os.systems.pixel_llm.inference import generate_caption
+
+    torch.manual_seed(0)
+    vocab = get_component("tokenizer", "simple").load()(["a red circle left of a blue square"])
+    model = create_pixel_llm(preset="tiny", vocab_size=len(vocab), text_num_layers=3, num_cross_attention_layers=1,
+                             tie_word_embeddings=False, encoder_options={"stem": "conv"}, vision_pos_embed="learned",
+                             vision_embed_dim=48).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2 and "norm" not in name:
+                p.mul_(3.0)
+    assert model.decoder.cross_attention_layers == (2,) and model.decoder.lm_head is not None
+    export_onnx(model.save_pretrained(tmp_path / "ckpt", tokenizer=vocab), tmp_path / "onnx")
+    x = np.random.default_rng(0).standard_normal((5, 3, 32, 32)).astype(np.float32)
+    ours = OnnxCaptioner(tmp_path / "onnx").generate(x).sequences
+    np.testing.assert_array_equal(ours, generate_caption(model, torch.from_numpy(x), tokenizer=vocab).numpy())
+    assert ours.shape[1] > 2
