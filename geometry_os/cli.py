@@ -3,19 +3,102 @@ through the ``register_commands`` hook; the host is only loaded when such a grou
 plugin imports torch to print help.
 
 User errors (bad files, configs, flags, plugins) print one line on stderr and exit 1, no traceback.
+Every diagnostic line has one of two prefixes, click's form: ``Error: ...`` (also for one failing
+item among many, e.g. an unreadable image, while the others go on) and ``Warning: ...`` (Python
+warnings and ``geometry_os`` log records raised while a command runs are printed that way too).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import select
+import sys
 import warnings
-from typing import Any
+from typing import Any, Iterator
 
 import click
 
 from geometry_os import __version__
 from geometry_os.errors import GeometryOSError, one_line
+
+
+def one_line_text(message: object) -> str:
+    return " ".join(str(message).split())
+
+
+def echo_error(message: object) -> None:
+    """``Error: <message>`` on stderr, as click prints a failed command: for one failing item among many."""
+    click.echo(f"Error: {one_line_text(message)}", err=True)
+
+
+def echo_warning(message: object) -> None:
+    """``Warning: <message>`` on stderr, one line."""
+    click.echo(f"Warning: {one_line_text(message)}", err=True)
+
+
+class _OneLineLogHandler(logging.Handler):
+    """``geometry_os`` log records (e.g. skipped caption-file entries) as ``Warning:`` / ``Error:`` lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            (echo_error if record.levelno >= logging.ERROR else echo_warning)(record.getMessage())
+        except Exception:  # logging must never break the command
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def one_line_diagnostics() -> Iterator[None]:
+    """While a command runs: Python warnings (filters unchanged) and ``geometry_os`` warnings logged
+    print as single ``Warning:`` lines instead of Python's two-line ``file:line: Category: ...`` form."""
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
+        echo_warning(message)
+
+    logger = logging.getLogger("geometry_os")
+    handler = _OneLineLogHandler(logging.WARNING)
+    logger.addHandler(handler)
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+        logger.removeHandler(handler)
+
+
+# The status a shell reports for a command ended by SIGPIPE (128 + 13), as `yes | head` ends `yes`.
+SIGPIPE_STATUS = 141
+
+
+def stdout_is_closed() -> bool:
+    """Whether the reader of our stdout has gone (``geo-os ... | head`` after head exits): a pipe's write
+    end then polls as an error. False when it cannot tell (stdout is not a file descriptor)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLERR)
+        return bool(poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no fileno (captured output), no poll (Windows)
+        return False
+
+
+def silence_stdout() -> None:
+    """Point stdout's descriptor at /dev/null, so that no later flush (the interpreter's at exit
+    included) can fail on the closed pipe and print a message."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
+def end_quietly_on_closed_stdout(ctx: click.Context) -> None:
+    """End as Unix tools do when the reader of the output goes away: no message, status 141."""
+    silence_stdout()
+    ctx.exit(SIGPIPE_STATUS)
 
 
 def system_command_name(system: str) -> str:
@@ -50,9 +133,10 @@ class GeoOSGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with one_line_diagnostics():
+                return super().invoke(ctx)
         except KeyboardInterrupt:  # click would say "Aborted!" and exit 1; shells expect 130 for SIGINT
-            click.echo("geo-os: interrupted", err=True)
+            echo_error("interrupted")
             ctx.exit(130)
         except click.UsageError as exc:  # a bad flag or argument: one line too, with where to find the usage
             if exc.ctx is None:
@@ -60,6 +144,10 @@ class GeoOSGroup(click.Group):
             one = click.UsageError(f"{exc.format_message()} (see '{exc.ctx.command_path} -h')")
             one.exit_code = exc.exit_code
             raise one from None
+        except BrokenPipeError as exc:
+            if stdout_is_closed():
+                end_quietly_on_closed_stdout(ctx)
+            raise click.ClickException(one_line(exc)) from None
         except (GeometryOSError, OSError) as exc:
             raise click.ClickException(one_line(exc)) from None
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
@@ -100,7 +188,7 @@ def get_cli_host(ctx: click.Context):
             warnings.simplefilter("always")
             host = Host(root.params.get("registry"))
         for warning in caught:
-            click.echo(f"geo-os: warning: {warning.message}", err=True)
+            echo_warning(warning.message)
         set_host(host)
         root.meta["geometry_os.host"] = host
     return host
@@ -121,7 +209,7 @@ def build_system_group(ctx: click.Context, system_name: str) -> click.Group:
         warnings.simplefilter("always")
         system.add_commands(group)
     for warning in caught:
-        click.echo(f"geo-os: warning: {warning.message}", err=True)
+        echo_warning(warning.message)
     return group
 
 
@@ -174,7 +262,14 @@ def plugins_command(ctx: click.Context, as_json: bool, show_all: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    cli.main(args=argv, prog_name="geo-os")
+    try:
+        cli.main(args=argv, prog_name="geo-os")
+    except SystemExit as done:
+        # output written before a command runs (`geo-os --help | head`): click ends quietly with 1
+        if done.code == 1 and stdout_is_closed():
+            silence_stdout()
+            raise SystemExit(SIGPIPE_STATUS) from None
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

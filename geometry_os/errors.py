@@ -1,8 +1,8 @@
 """User-facing errors: each carries a one-line message naming the file, field or value at fault.
 
-The CLI prints a whole-command failure as ``Error: <message>`` (click's form) and a per-item one while
-others go on (an image among many) as ``geo-os: error: <message>``, then exits non-zero without a
-traceback; warnings are ``geo-os: warning: <message>`` lines, Ctrl-C ``geo-os: interrupted`` (exit 130).
+The CLI prints a failure as ``Error: <message>`` (click's form; also a per-item one while others go on,
+an image among many), then exits non-zero without a traceback; warnings are ``Warning: <message>``
+lines; Ctrl-C is ``Error: interrupted`` (exit 130).
 """
 
 from __future__ import annotations

@@ -149,7 +149,7 @@ def test_ctrl_c_prints_one_line_and_exits_130(monkeypatch, capsys):
     monkeypatch.setattr(cli_module, "print_plugins", interrupted)
     with pytest.raises(SystemExit) as exit_info:
         cli_module.main(["plugins"])
-    assert exit_info.value.code == 130 and "geo-os: interrupted" in capsys.readouterr().err
+    assert exit_info.value.code == 130 and "Error: interrupted" in capsys.readouterr().err
     for argv, code in ((["--version"], 0), (["plugins", "--bogus"], 2), (["--registry", "/nope.toml", "pixel-llm", "info"], 1)):
         with pytest.raises(SystemExit) as exit_info:
             cli_module.main(argv)

@@ -110,6 +110,11 @@ def strategy(name: str):
     return get_component("decoding_strategy", name).build()
 
 
+def seeded(fields: dict, seed: int) -> dict:
+    """``fields`` plus ``seed`` when they sample (greedy and beam refuse a seed they would ignore)."""
+    return {**fields, "seed": seed} if fields.get("do_sample") else fields
+
+
 # ---- a decoder without KV cache: recomputes the whole prefix at every step -----------------------
 
 
@@ -362,7 +367,7 @@ def test_bans_never_leave_a_row_without_tokens(fields):
 @pytest.mark.parametrize("fields", [{"do_sample": True, "num_return_sequences": 3}, {"num_beams": 4, "num_return_sequences": 3}])
 def test_num_return_sequences(seed, fields):
     model, images = eos_model(seed, n_images=3)
-    out = generate_caption(model, images, max_length=MAX_SEQ, seed=seed, return_dict_in_generate=True, **fields)
+    out = generate_caption(model, images, max_length=MAX_SEQ, return_dict_in_generate=True, **seeded(fields, seed))
     assert out.sequences.shape[0] == 9
     if fields.get("num_beams"):
         for image in range(3):
@@ -376,16 +381,16 @@ def test_num_return_sequences(seed, fields):
 @pytest.mark.parametrize("fields", [{}, {"do_sample": True}, {"num_beams": 3}])
 def test_min_and_max_length(seed, fields):
     model, images = eos_model(seed, **fields)
-    shortest = min(lengths_of(generate_caption(model, images, max_length=MAX_SEQ, seed=seed, **fields)))
+    shortest = min(lengths_of(generate_caption(model, images, max_length=MAX_SEQ, **seeded(fields, seed))))
     assert shortest < 12, "some caption must end early for min_length to matter"
-    out = generate_caption(model, images, max_length=14, min_length=shortest, seed=seed, **fields)
+    out = generate_caption(model, images, max_length=14, min_length=shortest, **seeded(fields, seed))
     assert out.shape[1] <= 14
     assert all(n > shortest for n in lengths_of(out))  # <eos> banned until `shortest` tokens stand
-    out = generate_caption(model, images, max_new_tokens=4, seed=seed, **fields)
+    out = generate_caption(model, images, max_new_tokens=4, **seeded(fields, seed))
     assert out.shape[1] <= 5
-    exact = generate_caption(model, images, max_new_tokens=5, min_length=6, seed=seed, **fields)
+    exact = generate_caption(model, images, max_new_tokens=5, min_length=6, **seeded(fields, seed))
     assert exact.shape[1] == 6 and not (exact == EOS).any()
-    capped = generate_caption(model, images, max_length=100, seed=seed, **fields)  # beyond max_seq_len
+    capped = generate_caption(model, images, max_length=100, **seeded(fields, seed))  # beyond max_seq_len
     assert capped.shape[1] <= MAX_SEQ
 
 
@@ -393,7 +398,7 @@ def test_min_and_max_length(seed, fields):
 @pytest.mark.parametrize("fields", [{}, {"do_sample": True}, {"num_beams": 3, "num_return_sequences": 2}])
 def test_eos_then_padding(seed, fields):
     model, images = eos_model(seed)
-    out = generate_caption(model, images, max_length=MAX_SEQ, seed=seed, **fields)
+    out = generate_caption(model, images, max_length=MAX_SEQ, **seeded(fields, seed))
     assert (out[:, 0] == BOS).all()
     for row, length in zip(out.tolist(), lengths_of(out)):
         assert row.count(EOS) <= 1
@@ -437,10 +442,10 @@ def test_processors_follow_hf():
     config = GenerationConfig(suppress_tokens=[0, 3, 99])  # 99: beyond the vocabulary, ignored
     assert process_logits(logits.clone(), prefix, 3, config).tolist() == [[-math.inf, -1.0, 0.5, -math.inf]]
     # temperature before top-p: at T=0.5 the top token alone passes 0.8, at T=1 it would not
-    warped = warp_logits(torch.tensor([[2.0, 1.0, 0.0]]), GenerationConfig(temperature=0.5, top_p=0.8))
+    warped = warp_logits(torch.tensor([[2.0, 1.0, 0.0]]), GenerationConfig(do_sample=True, temperature=0.5, top_p=0.8))
     assert torch.isfinite(warped).tolist() == [[True, False, False]]
     # top-k keeps ties at the cut, as HF does
-    warped = warp_logits(torch.tensor([[2.0, 1.0, 1.0, 0.0]]), GenerationConfig(top_k=2))
+    warped = warp_logits(torch.tensor([[2.0, 1.0, 1.0, 0.0]]), GenerationConfig(do_sample=True, top_k=2))
     assert torch.isfinite(warped).tolist() == [[True, True, True, False]]
 
 
@@ -524,3 +529,120 @@ def test_a_tokenizer_smaller_than_the_vocabulary_only_gets_ids_it_can_decode(num
     out = generate_caption(model, images, max_length=12, num_beams=num_beams, tokenizer=vocab,
                            return_dict_in_generate=True)
     assert int(out.sequences.max()) < len(vocab) and len(out.texts) == 4
+
+
+# ---- edge cases: no new tokens, lengths beyond the model, bans that leave nothing, ignored options -----
+
+STRATEGIES = [{}, {"do_sample": True, "seed": 0}, {"do_sample": True, "seed": 0, "num_return_sequences": 2},
+              {"num_beams": 3}, {"num_beams": 3, "num_return_sequences": 2}]
+
+
+@pytest.mark.parametrize("fields", STRATEGIES)
+@pytest.mark.parametrize("length", [{"max_new_tokens": 0}, {"max_length": 1}])
+def test_no_new_tokens_gives_the_bos_alone_in_every_strategy(fields, length):
+    """HF's meaning of max_new_tokens=0 (max_length=1 with a <bos> prompt): nothing is generated; the
+    caption is empty and its log-probability the empty sum, 0 -- the same from every strategy."""
+    model = make_model(0, eos_bias=-2.0)
+    rows = 2 * fields.get("num_return_sequences", 1)
+
+    class Tokenizer:
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join(f"w{i}" for i in ids if not (skip_special_tokens and i <= 3))
+
+    out = generate_caption(model, make_images(0, 2), tokenizer=Tokenizer(), return_dict_in_generate=True,
+                           output_scores=True, output_attentions=True, **length, **fields)
+    assert out.sequences.tolist() == [[BOS]] * rows
+    assert out.sequence_scores.tolist() == [0.0] * rows and out.scores_penalised.tolist() == [0.0] * rows
+    assert out.token_scores.shape == (rows, 0) and out.cross_attentions == []
+    assert out.texts == [""] * rows
+
+
+@pytest.mark.parametrize("fields", STRATEGIES)
+def test_one_new_token_in_every_strategy(fields):
+    out = generate_caption(make_model(1), make_images(1, 2), max_new_tokens=1, return_dict_in_generate=True, **fields)
+    assert out.sequences.shape == (2 * fields.get("num_return_sequences", 1), 2)
+    assert torch.isfinite(out.sequence_scores).all()
+
+
+def test_a_length_beyond_max_seq_len_is_a_notice_not_a_silent_cut():
+    from geometry_os.systems.pixel_llm.inference import GenerationLengthWarning
+
+    model, images = make_model(0, eos_bias=-9.0), make_images(0, 1)  # never ends early: runs to the cap
+    for fields, named in [({"max_length": 100}, "max_length=100"), ({"max_new_tokens": 40}, "max_new_tokens=40"),
+                          ({"max_length": 100, "num_beams": 2}, "max_length=100")]:
+        with pytest.warns(GenerationLengthWarning, match=f"{named} is beyond the model's max_seq_len={MAX_SEQ}"):
+            out = generate_caption(model, images, **fields)
+        assert out.shape[1] == MAX_SEQ
+    with warnings.catch_warnings(record=True) as caught:  # the default (64) was not asked for: no notice
+        warnings.simplefilter("always")
+        generate_caption(model, images)
+        generate_caption(model, images, config=GenerationConfig(num_beams=2), max_length=MAX_SEQ)
+    assert not [w for w in caught if issubclass(w.category, GenerationLengthWarning)]
+
+
+ALL_BUT_EOS = [t for t in range(32) if t != EOS]
+
+
+@pytest.mark.parametrize("fields", [{}, {"do_sample": True, "seed": 0}, {"num_beams": 3}])
+def test_suppressing_every_token_but_eos_gives_finite_scores(fields):
+    out = generate_caption(make_model(0), make_images(0, 2), suppress_tokens=ALL_BUT_EOS, output_scores=True,
+                           return_dict_in_generate=True, **fields)
+    assert out.sequences.tolist() == [[BOS, EOS]] * 2
+    assert out.sequence_scores.tolist() == [0.0, 0.0] and out.token_scores.tolist() == [[0.0], [0.0]]
+
+
+@pytest.mark.parametrize("fields", [{}, {"do_sample": True, "seed": 0}, {"num_beams": 3}])
+@pytest.mark.parametrize(
+    "bans, message",
+    [
+        ({"suppress_tokens": list(range(32))}, "suppress_tokens bans all 32 tokens of the vocabulary: no token can be generated"),
+        ({"suppress_tokens": ALL_BUT_EOS, "min_length": 3}, "bans every token but eos_token_id=2, which min_length=3 bans"),
+    ],
+)
+def test_bans_that_leave_no_token_are_refused_in_one_line(fields, bans, message):
+    from geometry_os.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message) as caught:
+        generate_caption(make_model(0), make_images(0, 2), **bans, **fields)
+    assert "\n" not in str(caught.value)
+
+
+def test_beam_needs_as_many_possible_captions_as_it_returns():
+    """Only <eos> and token 5 allowed, 2 new tokens: exactly 3 captions exist ("<eos>", "5 <eos>", "5 5")."""
+    from geometry_os.errors import ConfigError
+
+    model, images = make_model(0), make_images(0, 2)
+    bans = [t for t in range(32) if t not in (EOS, 5)]
+    out = generate_caption(model, images, suppress_tokens=bans, max_new_tokens=2, num_beams=4, num_return_sequences=3,
+                           return_dict_in_generate=True)
+    assert torch.isfinite(out.sequence_scores).all()
+    for image in range(2):
+        assert {trimmed(r) for r in out.sequences[3 * image : 3 * image + 3]} == {(BOS, EOS), (BOS, 5, EOS), (BOS, 5, 5)}
+    with pytest.raises(ConfigError, match="num_return_sequences=4: suppress_tokens leaves only 3 possible caption"):
+        generate_caption(model, images, suppress_tokens=bans, max_new_tokens=2, num_beams=4, num_return_sequences=4)
+    with pytest.raises(ConfigError, match="leaves only 1 possible caption"):
+        generate_caption(model, images, suppress_tokens=ALL_BUT_EOS, num_beams=3, num_return_sequences=2)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"temperature": 0.7}, "temperature=0.7 is a sampling option, which greedy decoding would ignore"),
+        ({"top_k": 5, "top_p": 0.9}, "top_k=5, top_p=0.9 are sampling options, which greedy decoding would ignore"),
+        ({"seed": 3}, "seed=3 is a sampling option"),
+        ({"num_beams": 3, "top_p": 0.9}, r"which beam search \(num_beams=3\) would ignore"),
+        ({"strategy": "greedy", "temperature": 2.0}, "greedy decoding would ignore"),
+    ],
+)
+def test_sampling_options_without_sampling_are_refused(fields, message):
+    with pytest.raises(ValidationError, match=message):
+        GenerationConfig(**fields)
+    model = make_model(0)
+    with pytest.raises(ValidationError, match=message):  # the same through every entry point
+        model.generate(make_images(0, 1), **fields)
+
+
+def test_sampling_options_with_sampling_are_accepted():
+    GenerationConfig(do_sample=True, temperature=0.7, top_k=5, top_p=0.9, seed=1)
+    GenerationConfig(strategy="sample", temperature=0.7)
+    GenerationConfig(temperature=1.0, seed=None)  # the defaults change nothing: not an error

@@ -202,7 +202,7 @@ def test_caption_onnx_reports_an_unreadable_image_and_captions_the_rest(exported
                                       str(images[1])])
     assert result.exit_code == 1
     assert [line.split("\t")[0] for line in result.stdout.splitlines()] == [str(images[0]), str(images[1])]
-    assert result.stderr.strip() == f"geo-os: error: {bad}: cannot identify image file (not an image, or a format Pillow cannot read)"
+    assert result.stderr.strip() == f"Error: {bad}: cannot identify image file (not an image, or a format Pillow cannot read)"
 
 
 def test_max_new_tokens_min_length_and_suppress_tokens(loaded, images):

@@ -18,6 +18,7 @@ from typing import Any, Iterator
 
 import click
 
+from geometry_os.cli import echo_warning
 from geometry_os.plugins.commands import config_file_option, preset_option, set_option
 
 
@@ -130,11 +131,11 @@ def run_training(
 
 @contextlib.contextmanager
 def _one_line_warnings() -> Iterator[None]:
-    """Training warnings (collapsed captions, skipped steps) as ``geo-os: warning: ...`` lines."""
+    """Training warnings (collapsed captions, skipped steps) as ``Warning: ...`` lines."""
     previous = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
-        click.echo(f"geo-os: warning: {' '.join(str(message).split())}", err=True)
+        echo_warning(message)
 
     warnings.showwarning = show
     try:
@@ -179,8 +180,8 @@ def _resumed_trainer_settings(folder: Path, current: Any) -> dict[str, Any]:
     except ValidationError as exc:
         raise CheckpointError(format_validation_error(exc, source=f"{folder / STATE}: trainer_config")) from None
     if state and "data" not in saved and current.data is None and os.environ.get("RANK", "0") == "0":
-        click.echo(f"geo-os: warning: {folder / STATE} does not record the run's training data (written by an "
-                   "older version); without --data this resume trains on the synthetic shapes scenes", err=True)
+        echo_warning(f"{folder / STATE} does not record the run's training data (written by an "
+                   "older version); without --data this resume trains on the synthetic shapes scenes")
     if state:
         saved["checkpoint_dir"] = str(folder.parent)
     return {**saved, **current.model_dump(include=current.model_fields_set)}
@@ -222,7 +223,7 @@ def _fit_vocabulary(config: Any, tokenizer: Any, quiet: bool) -> Any:
     from geometry_os.systems.pixel_llm.config import PixelLLMConfig
 
     if not quiet and os.environ.get("RANK", "0") == "0":
-        click.echo(f"vocab_size: {len(tokenizer)} (the tokenizer's size; the config said {config.vocab_size})", err=True)
+        echo_warning(f"vocab_size set to {len(tokenizer)}, the tokenizer's size (the config said {config.vocab_size})")
     return PixelLLMConfig.model_validate({**config.model_dump(), "vocab_size": len(tokenizer)})
 
 

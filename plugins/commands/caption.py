@@ -16,14 +16,15 @@ def generation_options(command: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--strategy", default=None, help=STRATEGY_HELP),
         click.option("--num-beams", type=int, default=None, help="Beams for beam search (implies --strategy beam)."),
-        click.option("--max-length", type=int, default=None, help="Longest caption in tokens (with <bos>)."),
-        click.option("--temperature", type=float, default=None, help="Sampling temperature."),
-        click.option("--top-k", type=int, default=None, help="Sample from the k most likely tokens."),
-        click.option("--top-p", type=float, default=None, help="Nucleus sampling probability mass."),
+        click.option("--max-length", type=int, default=None, help="Longest caption in tokens (with <bos>; 1: no new tokens)."),
+        click.option("--temperature", type=float, default=None, help="Sampling temperature (selects sampling)."),
+        click.option("--top-k", type=int, default=None, help="Sample from the k most likely tokens (selects sampling)."),
+        click.option("--top-p", type=float, default=None, help="Nucleus sampling probability mass (selects sampling)."),
         click.option("--length-penalty", type=float, default=None, help="Beam score = logprob / length**penalty."),
         click.option("--no-repeat-ngram-size", type=int, default=None, help="Never repeat an n-gram of this size."),
-        click.option("--seed", type=int, default=None, help="Seed for sampling."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True),
+        click.option("--seed", type=int, default=None, help="Seed for sampling (selects sampling)."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+                     help="Images captioned together (more is faster; memory grows with it)."),
         click.option("--checkpoint", "checkpoint", required=True, type=click.Path(), help="Checkpoint folder."),
         click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ..."),
     ]
@@ -32,19 +33,36 @@ def generation_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def generation_config(params: dict[str, Any]) -> Any:
-    """A validated GenerationConfig from the flags that were given."""
-    from geometry_os.systems.pixel_llm.generation_config import GenerationConfig
+GENERATION_FLAGS = ("strategy", "num_beams", "max_length", "temperature", "top_k", "top_p", "length_penalty",
+                    "no_repeat_ngram_size", "seed")
+SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "seed")
 
-    fields = {
-        name: params[name]
-        for name in ("strategy", "num_beams", "max_length", "temperature", "top_k", "top_p", "length_penalty",
-                     "no_repeat_ngram_size", "seed")
-        if params.get(name) is not None
-    }
-    if fields.get("strategy") == "sample":
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def generation_config(params: dict[str, Any]) -> Any:
+    """A validated GenerationConfig from the flags that were given.
+
+    A sampling flag (``--temperature``, ``--top-k``, ``--top-p``, ``--seed``) selects sampling, as
+    ``--num-beams`` selects beam search; with ``--strategy greedy``/``beam`` or ``--num-beams`` it is a
+    usage error (it would be ignored).
+    """
+    from geometry_os.systems.pixel_llm.generation_config import NOT_SAMPLING, GenerationConfig
+
+    fields = {name: params[name] for name in GENERATION_FLAGS if params.get(name) is not None}
+    sampling = [flag(name) for name in SAMPLING_FLAGS if name in fields]
+    strategy = fields.get("strategy")
+    if sampling and (strategy in NOT_SAMPLING or fields.get("num_beams", 1) > 1):
+        chosen = f"--strategy {strategy}" if strategy else f"--num-beams {fields['num_beams']}"
+        raise click.UsageError(ctx=click.get_current_context(), message=
+            f"{', '.join(sampling)} only {'affects' if len(sampling) == 1 else 'affect'} sampling, which {chosen} "
+            f"does not do: use --strategy sample (or leave {'it' if len(sampling) == 1 else 'them'} out)"
+        )
+    if strategy == "sample" or (sampling and strategy is None):
         fields["do_sample"] = True
-    if fields.get("strategy") == "beam" and "num_beams" not in fields:
+    if strategy == "beam" and "num_beams" not in fields:
         fields["num_beams"] = 5
     return GenerationConfig(**fields)
 
@@ -76,15 +94,19 @@ def load_checkpoint(path: str, device: str) -> tuple[Any, Any]:
 @click.argument("images", nargs=-1, required=True)
 @generation_options
 @click.option("--json", "as_json", is_flag=True, help="A JSON array of {image, caption, score, ...}.")
-def caption_command(images: tuple[str, ...], as_json: bool, **params: Any) -> None:
+@click.option("--recursive", "-r", is_flag=True, help="Also caption the images in the sub-folders of a folder.")
+def caption_command(images: tuple[str, ...], as_json: bool, recursive: bool, **params: Any) -> None:
     """Caption IMAGES (files, folders or glob patterns) with a trained checkpoint.
 
-    Unreadable images are reported on stderr (one line each) and skipped; the exit code is then 1.
+    A folder gives its image files (dot-files skipped); its sub-folders, and folders a pattern
+    matches, are searched only with --recursive (else a warning names them). Unreadable images are reported on stderr (one line each) and skipped; the exit
+    code is then 1.
     """
+    from geometry_os.cli import echo_error
     from geometry_os.systems.pixel_llm.captioning import caption_images, expand_image_args
 
     generation = generation_config(params)
-    paths = expand_image_args(images)
+    paths = expand_image_args(images, recursive=recursive)
     model, tokenizer = load_checkpoint(params["checkpoint"], params["device"])
     failures = 0
     first = True
@@ -93,7 +115,7 @@ def caption_command(images: tuple[str, ...], as_json: bool, **params: Any) -> No
     for result in caption_images(model, tokenizer, paths, generation, params["batch_size"]):
         if result.error:
             failures += 1
-            click.echo(f"geo-os: error: {result.error}", err=True)
+            echo_error(result.error)
             continue
         if as_json:
             click.echo(("" if first else ",\n") + "  " + json.dumps(result.to_dict()), nl=False)
@@ -118,13 +140,17 @@ def eval_command(data: str, image_root: str | None, max_images: int | None, swee
     from geometry_os.systems.pixel_llm.captioning import evaluate_dataset
     from geometry_os.systems.pixel_llm.data import ImageTextDataset
 
-    model, tokenizer = load_checkpoint(params["checkpoint"], params["device"])
-    references = ImageTextDataset(data, tokenizer=tokenizer, image_root=image_root).references
-    references = references[:max_images] if max_images else references
     if sweep:
+        fixed = [flag(name) for name in GENERATION_FLAGS if name not in ("max_length", "seed") and params.get(name) is not None]
+        if fixed:
+            raise click.UsageError(ctx=click.get_current_context(), message=f"--sweep compares its own decoding settings; "
+                                   f"{', '.join(fixed)} would be ignored (only --max-length and --seed apply to it)")
         settings = sweep_settings(params)
     else:
         settings = [("chosen", generation_config(params))]
+    model, tokenizer = load_checkpoint(params["checkpoint"], params["device"])
+    references = ImageTextDataset(data, tokenizer=tokenizer, image_root=image_root).references
+    references = references[:max_images] if max_images else references
     rows = []
     for name, generation in settings:
         metrics = evaluate_dataset(model, tokenizer, references, generation, params["batch_size"])
@@ -171,7 +197,7 @@ def print_metrics_table(rows: list[dict[str, Any]]) -> None:
 @click.option("--checkpoint", required=True, type=click.Path(), help="Checkpoint folder.")
 @click.option("--out", default="attn.png", show_default=True, type=click.Path(), help="PNG to write.")
 @click.option("--max-length", type=click.IntRange(min=2), default=None, help="Longest caption in tokens.")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 def explain_command(image: str, checkpoint: str, out: str, max_length: int | None, device: str) -> None:
     """Caption IMAGE and draw, per generated word, where the decoder's cross-attention looked
     (averaged over heads and layers) as a heatmap over the image."""

@@ -65,7 +65,8 @@ OUTPUTS = ("checkpoints", "report.md", "metrics.json", "curves.png", "attention.
 @click.option("--out", default="pixel-llm-demo", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the checkpoints and the report (refused if it already holds either).")
 @click.option("--quick", is_flag=True, help="A tiny model for about a minute: the same path, end to end.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the training run (scenes, model, data order) and of the held-out test scenes.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def demo_command(out: str, quick: bool, seed: int, quiet: bool) -> None:
     """Train a captioner on synthetic geometry scenes and write a report (metrics, loss curve,

@@ -103,6 +103,9 @@ class BeamSearchDecoding:
         pool = _Pool(B, K, max_len, config, device)
         if max_len > 1:
             self._search(decoder, features, config, max_len, pool)
+        else:  # no new tokens (max_new_tokens=0): the <bos> alone, an empty sum of log-probs, as greedy
+            pool.score.zero_()
+            pool.sum.zero_()
         return self._output(pool, config)
 
     def _search(self, decoder: Any, features: torch.Tensor, config: GenerationConfig, max_len: int, pool: _Pool) -> None:

@@ -38,13 +38,15 @@ def export_command(checkpoint: str, fmt: str, out: str) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array of {image, caption, score, ...}.")
+@click.option("--recursive", "-r", is_flag=True, help="Also caption the images in the sub-folders of a folder.")
 def caption_onnx_command(export_dir: str, images: tuple[str, ...], batch_size: int, threads: int | None,
-                         as_json: bool, **options: Any) -> None:
+                         as_json: bool, recursive: bool, **options: Any) -> None:
     """Caption IMAGES (files, folders or glob patterns) with an exported folder and onnxruntime (greedy
-    decoding; no torch is imported). The output is the caption command's; unreadable images are
-    reported on stderr and skipped, the exit code is then 1. Beams, sampling and penalties are not
-    supported by the exported runner.
+    decoding; no torch is imported). Images are found and the output is printed as by the caption
+    command (folders, --recursive); unreadable images are reported on stderr and skipped, the exit
+    code is then 1. Beams, sampling and penalties are not supported by the exported runner.
     """
+    from geometry_os.cli import echo_error
     from geometry_os.systems.pixel_llm.captioning import expand_image_args
     from geometry_os.systems.pixel_llm.generation_config import GenerationConfig
 
@@ -54,7 +56,7 @@ def caption_onnx_command(export_dir: str, images: tuple[str, ...], batch_size: i
     if "suppress_tokens" in fields:
         fields["suppress_tokens"] = list(fields["suppress_tokens"])
     generation = GenerationConfig(**fields)
-    paths = expand_image_args(images)
+    paths = expand_image_args(images, recursive=recursive)
     runner = OnnxCaptioner(export_dir, threads=threads)
     failures, first = 0, True
     if as_json:
@@ -62,7 +64,7 @@ def caption_onnx_command(export_dir: str, images: tuple[str, ...], batch_size: i
     for result in runner.caption_files(paths, generation, batch_size=batch_size):
         if result.error:
             failures += 1
-            click.echo(f"geo-os: error: {result.error}", err=True)
+            echo_error(result.error)
             continue
         if as_json:
             click.echo(("" if first else ",\n") + "  " + json.dumps(result.to_dict()), nl=False)

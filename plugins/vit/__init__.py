@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from geometry_os.systems.pixel_llm.config import default_num_heads
 from geometry_os.systems.pixel_llm.hookspecs import hookimpl
 
 
@@ -33,7 +34,7 @@ class ViTOptions(BaseModel):
     patch_size: int = Field(16, gt=0)
     embed_dim: int = Field(768, gt=0)
     num_layers: int = Field(6, gt=0, le=256)  # bounded like PixelLLMConfig.vision_num_layers
-    num_heads: int = Field(12, gt=0)
+    num_heads: int | None = Field(None, gt=0, description="None: default_num_heads(embed_dim), heads of ~64 channels that divide it (12 for 768)")
     mlp_ratio: float = Field(4.0, gt=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     in_channels: int = Field(3, gt=0)
@@ -43,6 +44,8 @@ class ViTOptions(BaseModel):
 
     @model_validator(mode="after")
     def _check_shapes(self) -> "ViTOptions":
+        if self.num_heads is None:  # heads of ~64 channels that divide embed_dim (as PixelLLMConfig)
+            self.num_heads = default_num_heads(self.embed_dim)
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"patch_size={self.patch_size} must divide image_size={self.image_size}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from geometry_os.systems.pixel_llm.config import default_num_heads
 from geometry_os.systems.pixel_llm.hookspecs import hookimpl
 
 
@@ -40,7 +41,7 @@ class XAttnOptions(BaseModel):
     vocab_size: int = Field(50000, gt=0)
     embed_dim: int = Field(768, gt=0)
     num_layers: int = Field(12, gt=0, le=256)  # bounded like PixelLLMConfig.text_num_layers
-    num_heads: int = Field(12, gt=0)
+    num_heads: int | None = Field(None, gt=0, description="None: default_num_heads(embed_dim), heads of ~64 channels that divide it (12 for 768)")
     max_seq_len: int = Field(512, gt=0)
     cross_attention_dim: int | None = Field(None, gt=0)
     num_cross_attention_layers: int | None = Field(None, gt=0)
@@ -51,6 +52,8 @@ class XAttnOptions(BaseModel):
 
     @model_validator(mode="after")
     def _check_shapes(self) -> "XAttnOptions":
+        if self.num_heads is None:  # heads of ~64 channels that divide embed_dim (as PixelLLMConfig)
+            self.num_heads = default_num_heads(self.embed_dim)
         if self.embed_dim % self.num_heads:
             raise ValueError(
                 f"embed_dim={self.embed_dim} must be divisible by num_heads={self.num_heads}"

@@ -10,7 +10,9 @@ Outcomes:
   keeps what was printed before the failure (``stdout_lines``);
 * ``works``  - exit 0 and ``expect`` on stdout (inputs that look odd but are valid);
 * ``report`` - ``lint-data``: exit 1, an empty stderr, and exactly one ``error:`` line in the report,
-  containing ``expect`` (lint-data reports every problem; here there is one).
+  containing ``expect`` (lint-data reports every problem; here there is one);
+* ``notice`` - exit 0, output on stdout, and exactly one ``Warning:`` line on stderr containing ``expect``
+  (valid input the command adapts, saying so).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class Case:
     args: tuple[str, ...]
     expect: str
     what: str  # the malformed input, for the docs
-    outcome: str = "error"  # error | works | report
+    outcome: str = "error"  # error | works | report | notice
     stdout_lines: int = 0  # stdout lines that must survive an error (images captioned before it)
     subprocess: bool = False  # run as a real geo-os process (else click's CliRunner on the real root group)
     fault: str | None = None  # an in-process fault to inject while the command runs (see FAULTS)
@@ -95,8 +97,23 @@ CASES: list[Case] = [
          "temperature: Input should be greater than 0 (got -1.0)", "--temperature -1"),
     Case("caption-top-p-above-one", (*CAPTION, "{good_png}", "--strategy", "sample", "--top-p", "2"),
          "top_p: Input should be less than or equal to 1 (got 2.0)", "--top-p 2"),
-    Case("caption-huge-max-length", (*CAPTION, "{good_png}", "--max-length", "1000000000"), "good.png",
-         "--max-length 10**9 (works: capped at the model's max_seq_len)", "works"),
+    Case("caption-huge-max-length", (*CAPTION, "{good_png}", "--max-length", "1000000000"),
+         "max_length=1000000000 is beyond the model's max_seq_len=32",
+         "--max-length 10**9 (works: capped at the model's max_seq_len, with a notice)", "notice"),
+    Case("caption-max-length-one", (*CAPTION, "{good_png}", "--max-length", "1"), "good.png",
+         "--max-length 1 (works: no new tokens, an empty caption, in every strategy)", "works"),
+    Case("caption-max-length-one-beam", (*CAPTION, "{good_png}", "--max-length", "1", "--num-beams", "3"), "good.png",
+         "--max-length 1 --num-beams 3 (works: the same empty caption)", "works"),
+    Case("caption-sampling-flag-selects-sampling", (*CAPTION, "{good_png}", "--temperature", "0.7", "--seed", "1"), "good.png",
+         "--temperature and --seed without --strategy (works: they select sampling)", "works"),
+    Case("caption-sampling-flag-with-greedy", (*CAPTION, "{good_png}", "--strategy", "greedy", "--temperature", "0.7"),
+         "--temperature only affects sampling, which --strategy greedy does not do", "--temperature with --strategy greedy"),
+    Case("caption-seed-with-beams", (*CAPTION, "{good_png}", "--num-beams", "3", "--seed", "1"),
+         "--seed only affects sampling, which --num-beams 3 does not do", "--seed with --num-beams 3"),
+    Case("caption-float-tiff", (*CAPTION, "{float_tif}"), "float.tif",
+         "32-bit float TIFF with values in [0, 1] (works: scaled from 1.0, not clipped to black)", "works"),
+    Case("caption-folder-with-sub-folders", (*CAPTION, "{nested_dir}"), "1 sub-folder(s) not searched (sub; use --recursive)",
+         "folder with images in a sub-folder, without --recursive (works: its own images, the rest named)", "notice"),
     Case("caption-unknown-device", (*CAPTION, "{good_png}", "--device", "banana"), "--device 'banana'", "--device banana"),
     # ---- eval
     Case("eval-missing-image", (*EVAL, "--data", "{data_missing_image}"), "nowhere.png: no such file",
@@ -104,6 +121,10 @@ CASES: list[Case] = [
     Case("eval-truncated-image", (*EVAL, "--data", "{data_truncated_image}"), "trunc.png: OSError: image file is truncated",
          "caption file naming a truncated PNG"),
     Case("eval-unknown-key", (*EVAL, "--data", "{data_unknown_key}"), 'entry 0: unknown key "captoin"', "entry with a misspelt key"),
+    Case("eval-sweep-with-ignored-flags", (*EVAL, "--data", "{data_good}", "--sweep", "--temperature", "0.7"),
+         "--sweep compares its own decoding settings; --temperature would be ignored", "--sweep with --temperature"),
+    Case("eval-wrong-image-root", (*EVAL, "--data", "{data_good}", "--image-root", "{root}/nowhere"),
+         "nowhere: no such folder", "--image-root that does not exist"),
     Case("eval-max-images-zero", (*EVAL, "--data", "{data_good}", "--max-images", "0"), "'--max-images': 0 is not in the range",
          "--max-images 0"),
     # ---- train: caption files
@@ -275,6 +296,26 @@ def _empty_dir(ws: Workspace) -> Path:
     return ws.p("empty")
 
 
+def _float_tiff(path: Path) -> Path:
+    """A 32-bit float grey TIFF in [0, 1] (mode F): a bright square on black."""
+    import numpy as np
+    from PIL import Image
+
+    values = np.zeros((32, 32), np.float32)
+    values[8:24, 8:24] = 0.9
+    Image.fromarray(values, "F").save(path)
+    return path
+
+
+def _nested_dir(ws: Workspace) -> Path:
+    folder = ws.p("nested")
+    (folder / "sub").mkdir(parents=True, exist_ok=True)
+    write_scene(folder / "top.png")
+    write_scene(folder / "sub" / "inner.png", seed=1)
+    write_scene(folder / ".hidden.png", seed=2)  # a dot-file: skipped, as ls and shell globs do
+    return folder
+
+
 BUILDERS: dict[str, Callable[[Workspace], Path]] = {
     "ckpt": _checkpoint,
     "ckpt_no_tokenizer": _checkpoint_without_tokenizer,
@@ -293,6 +334,8 @@ BUILDERS: dict[str, Callable[[Workspace], Path]] = {
     "la_png": _image("la.png", mode="LA"),
     "exif_jpg": lambda ws: write_exif_rotated(ws.p("exif.jpg")),
     "empty_dir": _empty_dir,
+    "float_tif": lambda ws: _float_tiff(ws.p("float.tif")),
+    "nested_dir": _nested_dir,
     "file_txt": lambda ws: (ws.p("file.txt").write_text("a regular file\n"), ws.p("file.txt"))[1],
     "data_good": _data("good.json", entries=_captioned),
     "data_missing_image": _data("missing_image.json", entries=lambda ws: _captioned(ws, ["nowhere.png"])),
@@ -363,7 +406,7 @@ class Outcome:
     @property
     def message(self) -> str:
         """The line the docs show: the error line, the report's error line, or the first output line."""
-        if self.exit_code != 0:
+        if self.exit_code != 0 or nonblank_lines(self.stderr):  # an error, or a notice beside the output
             lines = nonblank_lines(self.stderr) or [ln.strip() for ln in nonblank_lines(self.stdout) if "error:" in ln]
         else:
             lines = nonblank_lines(self.stdout)
@@ -411,6 +454,13 @@ def check(case: Case, outcome: Outcome) -> None:
     if case.outcome == "works":
         assert outcome.exit_code == 0, f"{case.id}: exit {outcome.exit_code}\n{outcome.stderr}"
         assert case.expect in outcome.stdout, f"{case.id}: {case.expect!r} not on stdout:\n{outcome.stdout}"
+        return
+    if case.outcome == "notice":
+        assert outcome.exit_code == 0, f"{case.id}: exit {outcome.exit_code}\n{outcome.stderr}"
+        notices = nonblank_lines(outcome.stderr)
+        assert len(notices) == 1 and notices[0].startswith("Warning: "), f"{case.id}: stderr {outcome.stderr!r}"
+        assert case.expect in notices[0], f"{case.id}: {case.expect!r} not in {notices[0]!r}"
+        assert nonblank_lines(outcome.stdout), f"{case.id}: nothing on stdout"
         return
     assert outcome.exit_code != 0, f"{case.id}: exit 0\n{outcome.stdout}"
     if case.outcome == "report":

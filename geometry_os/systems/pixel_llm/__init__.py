@@ -21,6 +21,10 @@ _LAZY = {
     "beam_search_decode": ".inference",
     "ImageTextDataset": ".data",
     "create_dataloader": ".data",
+    # the original description's model classes, provided by the vit / xattn / simple plugins
+    "VisionEncoder": ".models",
+    "LanguageDecoder": ".models",
+    "SimpleVocabulary": ".models",
 }
 
 __all__ = sorted([*_LAZY, "PixelLLMTrainer"])

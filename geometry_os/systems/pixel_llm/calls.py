@@ -49,6 +49,7 @@ class GenerationParams(StrictModel):
 
 class CaptionParams(GenerationParams):
     images: list[str] = Field(min_length=1, description="image files, folders or glob patterns")
+    recursive: bool = Field(False, description="also the images in the sub-folders of a folder")
 
 
 class EvaluateParams(GenerationParams):
@@ -75,7 +76,7 @@ def caption(params: CaptionParams, host: Any) -> list[dict[str, Any]]:
     from .captioning import caption_images, expand_image_args
 
     model, tokenizer, generation = _load(params)
-    paths = expand_image_args(params.images)
+    paths = expand_image_args(params.images, recursive=params.recursive)
     return [r.to_dict() for r in caption_images(model, tokenizer, paths, generation, params.batch_size)]
 
 

@@ -9,7 +9,9 @@ functions that run a model, so finding images and ``CaptionResult`` serve torch-
 from __future__ import annotations
 
 import glob
+import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -23,20 +25,70 @@ from .images import DataError, load_image
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-def expand_image_args(args: Sequence[str]) -> list[Path]:
-    """IMAGE, DIR (its images, sorted) or GLOB arguments -> image paths, in argument order."""
+class SkippedFoldersWarning(UserWarning):
+    """A folder argument has sub-folders that were not searched (no ``recursive``)."""
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _folder_images(folder: Path, recursive: bool) -> tuple[list[Path], list[Path]]:
+    """Image files of ``folder`` (sorted; below it too when ``recursive``) and the sub-folders left out.
+    Dot-files and dot-folders are skipped, as ``ls`` and shell globs do."""
+    found: list[Path] = []
+    unsearched: list[Path] = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not _hidden(d))
+        if not recursive:
+            unsearched = [Path(root) / d for d in dirs]
+            dirs[:] = []
+        here = Path(root)
+        found.extend(here / f for f in sorted(files)
+                     if not _hidden(f) and Path(f).suffix.lower() in IMAGE_SUFFIXES and (here / f).is_file())
+    return found, unsearched
+
+
+def _unsearched(folders: Sequence[Path], what: str) -> str:
+    if not folders:
+        return ""
+    names = ", ".join(p.name for p in folders[:3]) + (", ..." if len(folders) > 3 else "")
+    return f"{len(folders)} {what} not searched ({names}; use --recursive)"
+
+
+def expand_image_args(args: Sequence[str], recursive: bool = False) -> list[Path]:
+    """IMAGE, DIR or GLOB arguments -> image paths, in argument order.
+
+    A DIR gives its image files (by suffix, sorted), without dot-files; with ``recursive`` those of
+    its sub-folders too (depth first, sorted, dot-folders skipped), else a ``SkippedFoldersWarning``
+    names the sub-folders left out. A GLOB follows Python's ``glob`` (``**`` spans folders); folders it
+    matches are searched like folder arguments with ``recursive``, else named in the warning. Raises
+    ``GeometryOSError`` for a missing file, a folder without images or a pattern matching nothing.
+    """
     paths: list[Path] = []
     for arg in args:
         path = Path(arg)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            found, unsearched = _folder_images(path, recursive)
+            skipped = _unsearched(unsearched, "sub-folder(s)")
             if not found:
-                raise GeometryOSError(f"{arg}: no images in this folder ({', '.join(sorted(IMAGE_SUFFIXES))})")
+                raise GeometryOSError(f"{arg}: no images in this folder ({', '.join(sorted(IMAGE_SUFFIXES))})"
+                                      + (f"; {skipped}" if skipped else ""))
+            if skipped:
+                warnings.warn(f"{arg}: {skipped}", SkippedFoldersWarning, stacklevel=2)
             paths.extend(found)
         elif any(ch in arg for ch in "*?[") and not path.is_file():  # "IMG [1].png" is a file, not a pattern
-            found = sorted(Path(p) for p in glob.glob(arg, recursive=True) if Path(p).is_file())
+            matches = sorted(Path(p) for p in glob.glob(arg, recursive=True))
+            found = [p for p in matches if p.is_file()]
+            folders = [p for p in matches if p.is_dir()]
+            if recursive:  # a matched folder gives its images, as a folder argument does
+                found += [image for folder in folders for image in _folder_images(folder, True)[0]]
+                folders = []
+            skipped = _unsearched(folders, "matching folder(s)")
             if not found:
-                raise GeometryOSError(f"{arg}: no file matches this pattern")
+                raise GeometryOSError(f"{arg}: no file matches this pattern" + (f"; {skipped}" if skipped else ""))
+            if skipped:
+                warnings.warn(f"{arg}: {skipped}", SkippedFoldersWarning, stacklevel=2)
             paths.extend(found)
         else:
             if not path.exists():

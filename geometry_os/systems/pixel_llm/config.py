@@ -86,6 +86,14 @@ class TrainerConfig(StrictModel):
 
 TRAINER_FIELDS = frozenset(TrainerConfig.model_fields)
 
+
+def default_num_heads(dim: int) -> int:
+    """Attention heads for a width when none are given: heads of about 64 channels (ViT/GPT-2: 768 ->
+    12), taken as the largest divisor of ``dim`` not above ``dim // 64``, so it always divides
+    (64 -> 1, 200 -> 2, 384 -> 6)."""
+    limit = max(1, dim // 64)
+    return next(h for h in range(limit, 0, -1) if dim % h == 0)
+
 # Layers per stack. Far above any captioner, and it bounds what a hostile config.json can make the loader
 # build (even on the meta device every layer is Python objects: 10**7 layers would take hours and gigabytes).
 MAX_LAYERS = 256
@@ -125,14 +133,14 @@ class PixelLLMConfig(StrictModel):
     image_std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = Field(IMAGENET_STD, description="normalisation the model expects")
     vision_embed_dim: int = Field(768, gt=0, description="encoder width")
     vision_num_layers: int = Field(6, gt=0, le=MAX_LAYERS, description="encoder transformer blocks")
-    vision_num_heads: int | None = Field(None, gt=0, description="None: vision_embed_dim // 64")
+    vision_num_heads: int | None = Field(None, gt=0, description="None: default_num_heads(vision_embed_dim), heads of ~64 channels that divide it")
     vision_pos_embed: Literal["learned", "sincos"] = Field(
         "learned", description="patch position embeddings: learned (interpolated) or fixed 2-D sin-cos"
     )
     vocab_size: int = Field(50000, ge=5, description="token embedding rows (the tokenizer's size when trained by the CLI)")
     text_embed_dim: int = Field(768, gt=0, description="decoder width")
     text_num_layers: int = Field(12, gt=0, le=MAX_LAYERS, description="decoder transformer blocks")
-    text_num_heads: int | None = Field(None, gt=0, description="None: text_embed_dim // 64")
+    text_num_heads: int | None = Field(None, gt=0, description="None: default_num_heads(text_embed_dim), heads of ~64 channels that divide it")
     max_seq_len: int = Field(512, ge=2, description="longest caption in tokens, <bos> and <eos> included")
     cross_attention_dim: int | None = Field(None, gt=0, description="None: vision_embed_dim")
     num_cross_attention_layers: int | None = Field(None, gt=0, description="None: every decoder layer")
@@ -186,7 +194,7 @@ class PixelLLMConfig(StrictModel):
         if value is not None:
             return value
         dim = self.vision_embed_dim if field.startswith("vision") else self.text_embed_dim
-        return max(1, dim // 64)
+        return default_num_heads(dim)
 
     # The options each component is built with (validated by the component's own model).
     def encoder_config(self) -> BaseModel | None:

@@ -9,9 +9,11 @@ Caption files (paths in them resolve against ``image_root``, by default the capt
 
 Every caption is one sample; ``references`` groups the captions of each image for evaluation.
 Every user-facing problem is a one-line ``DataError`` naming the file and the entry or image.
-Images: any Pillow mode becomes RGB (alpha is composited on black, the background of the synthetic
-scenes; 16-bit is scaled to 8-bit), EXIF orientation is applied, and sizes are checked from the header
-before decoding (``max_image_pixels``). Augmentation never flips: captions say "left of".
+Images (``load_image``, the one loader of training, captioning, evaluation, explain and lint-data):
+any Pillow mode becomes the RGB picture a viewer shows (alpha composited on black, the background of
+the synthetic scenes; 16-bit, 32-bit and float grey scaled from full scale; CMYK through its ICC
+profile; see ``to_rgb``), EXIF orientation is applied, and sizes are checked from the header before
+decoding (``max_image_pixels``). Augmentation never flips: captions say "left of".
 """
 
 from __future__ import annotations
@@ -246,6 +248,26 @@ def resolve_tokenizer(tokenizer: Any, captions: Sequence[str]) -> tuple[Any, Cal
     raise TypeError(f"tokenizer must be a callable text -> ids or have .encode, got {type(tokenizer).__name__}")
 
 
+def check_image_root(data_path: str, image_root: str | os.PathLike | None, records: Sequence[CaptionRecord]) -> None:
+    """Fail when the data set is built, not at the first batch, if the image paths cannot be right: the
+    ``image_root`` folder does not exist, or not one of the file's images does (stops at the first
+    that exists, so a good root costs one ``stat``). Single missing images are left to loading
+    (``on_error``) and ``lint-data``. Raises ``DataError`` naming the path."""
+    root = str(image_root) if image_root is not None else (os.path.dirname(data_path) or ".")
+    if image_root is not None and not os.path.isdir(root):
+        raise DataError(f"{data_path}: image_root {root}: no such folder")
+    images: dict[str, CaptionRecord] = {}
+    for record in records:
+        images.setdefault(record.image, record)
+    if any(os.path.exists(path) for path in images):
+        return
+    first = next(iter(images.values()))
+    how = "image_root" if image_root is not None else "image_root (default: the caption file's folder)"
+    others = f", nor do the other {len(images) - 1} images" if len(images) > 1 else ""
+    raise DataError(f"{first.image}: no such file ({data_path} {first.where}){others}; relative image paths start "
+                    f"from {how} {root}")
+
+
 def summarize_skipped(name: str, reasons: Sequence[str], total: int, what: str) -> str:
     """One line: how many were skipped and the most common reasons."""
     counts = Counter(reasons)
@@ -323,6 +345,7 @@ class ImageTextDataset(CaptionedImages):
             logger.warning(summarize_skipped(self.data_path, reasons, total, "entries"))
         if not records:
             raise DataError(f"{self.data_path}: no usable entries")
+        check_image_root(self.data_path, image_root, records)
         self.records = records
         self.skipped: list[tuple[int | str, str]] = list(skipped)
         self.tokenizer, self._encode = resolve_tokenizer(tokenizer, self.captions)

@@ -2,7 +2,8 @@
 
 No torch here, so configs can be validated (CLI, config files) without loading a model. Lengths
 count tokens the HF way for a decoder whose only prompt is ``<bos>``: ``max_length`` and
-``min_length`` include the ``<bos>``; ``max_new_tokens`` does not.
+``min_length`` include the ``<bos>``; ``max_new_tokens`` does not. ``max_new_tokens=0`` (or
+``max_length=1``) asks for no new tokens: every strategy returns the ``<bos>`` alone, scored 0.
 """
 
 from __future__ import annotations
@@ -11,13 +12,22 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from geometry_os.errors import ConfigError
+
 from .config import StrictModel
+
+# Options only sampling reads: set with a built-in strategy that does not sample, they would be ignored.
+SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "seed")
+NOT_SAMPLING = ("greedy", "beam")
 
 
 class GenerationConfig(StrictModel):
     """Decoding options, validated together: a contradictory combination is an error naming its field.
 
-    ``max_length`` is capped at the decoder's ``max_seq_len`` when generating.
+    ``max_length`` is capped at the decoder's ``max_seq_len`` when generating (``generate_caption``
+    says so with a ``GenerationLengthWarning`` when the length was set explicitly).
+    Sampling options (``temperature``, ``top_k``, ``top_p``, ``seed``) with the ``greedy`` or ``beam``
+    strategy are an error (HF only warns): they would be ignored. ``do_sample=True`` selects sampling.
     ``min_length`` bans ``<eos>`` while the caption (with ``<bos>``) is shorter than it, as HF does.
     ``strategy`` names a ``decoding_strategy`` component; None picks ``beam`` when ``num_beams > 1``,
     else ``sample`` when ``do_sample``, else ``greedy``.
@@ -93,4 +103,63 @@ class GenerationConfig(StrictModel):
             raise ValueError(
                 f"num_return_sequences={self.num_return_sequences} must be <= num_beams={self.num_beams}"
             )
+        if name in NOT_SAMPLING:
+            ignored = [f"{key}={getattr(self, key)}" for key in SAMPLING_OPTIONS if self._sets(key)]
+            if ignored:
+                how = f"beam search (num_beams={self.num_beams})" if name == "beam" else "greedy decoding"
+                one = len(ignored) == 1
+                raise ValueError(
+                    f"{', '.join(ignored)} {'is a sampling option' if one else 'are sampling options'}, which {how} "
+                    f"would ignore: set do_sample=True (strategy 'sample') or leave {'it' if one else 'them'} out"
+                )
         return self
+
+    def _sets(self, key: str) -> bool:
+        """Whether sampling option ``key`` differs from its default (would change a sampled caption)."""
+        return getattr(self, key) != type(self).model_fields[key].default
+
+    def check_vocabulary(self, vocab_size: int, max_seq_len: int | None = None) -> None:
+        """Refuse (``ConfigError``, one line) a config under which some decoding step has no token left to
+        choose (its scores would be NaN), or beam search has fewer possible captions than it must return.
+
+        ``suppress_tokens`` bans ids for the whole caption; ``min_length`` also bans ``<eos>`` while the
+        caption (with ``<bos>``) is shorter than it. ``vocab_size``: the model's output size;
+        ``max_seq_len``: the decoder's length cap, if any.
+        """
+        banned = {t for t in self.suppress_tokens or () if 0 <= t < vocab_size}
+        eos = self.eos_token_id < vocab_size and self.eos_token_id not in banned
+        words = vocab_size - len(banned) - int(eos)  # tokens other than <eos> that may be generated
+        steps = min(self.total_length, max_seq_len or self.total_length) - 1
+        if steps <= 0 or words > 0:
+            needed = None
+        elif not eos:
+            needed = f"suppress_tokens bans all {vocab_size} tokens of the vocabulary"
+        elif self.min_length > 1:
+            needed = (f"suppress_tokens bans every token but eos_token_id={self.eos_token_id}, which "
+                      f"min_length={self.min_length} bans at the first step")
+        else:
+            needed = None
+        if needed:
+            raise ConfigError(f"{needed}: no token can be generated")
+        if self.strategy_name == "beam" and self.num_return_sequences > 1 and steps > 0:
+            possible = _distinct_captions(words, eos, steps, self.min_length, self.num_return_sequences)
+            if possible < self.num_return_sequences:
+                raise ConfigError(
+                    f"num_return_sequences={self.num_return_sequences}: suppress_tokens leaves only {possible} "
+                    f"possible caption(s) of at most {steps} new tokens"
+                )
+
+
+def _distinct_captions(words: int, eos: bool, steps: int, min_length: int, cap: int) -> int:
+    """How many different captions (counted up to ``cap``) of at most ``steps`` new tokens can be made
+    from ``words`` non-``<eos>`` tokens: those ending in ``<eos>`` where it is allowed (position
+    t >= min_length, <bos> at 0), plus the unfinished ones of exactly ``steps`` words."""
+    if words >= cap:  # the unfinished captions alone are enough (steps >= 1 here)
+        return cap
+    total = words**steps  # an exact integer: words < cap <= num_beams keeps it modest
+    if eos:
+        for t in range(max(1, min_length), steps + 1):
+            total += words ** (t - 1)  # t - 1 words, then <eos> (0 ** 0 == 1: the caption "<eos>")
+            if total >= cap:
+                return cap
+    return min(total, cap)

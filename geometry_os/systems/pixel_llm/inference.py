@@ -5,6 +5,7 @@ core imports no plugin). Strategies return a ``GenerationOutput``.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -15,7 +16,11 @@ from geometry_os.errors import ComponentError, GeometryOSError, first_line
 from .components import get_component
 from .generation_config import GenerationConfig
 
-__all__ = ["GenerationConfig", "GenerationOutput", "beam_search_decode", "generate_caption"]
+__all__ = ["GenerationConfig", "GenerationLengthWarning", "GenerationOutput", "beam_search_decode", "generate_caption"]
+
+
+class GenerationLengthWarning(UserWarning):
+    """An explicitly set ``max_length`` / ``max_new_tokens`` is beyond the decoder's ``max_seq_len``."""
 
 
 @dataclass
@@ -41,10 +46,29 @@ class GenerationOutput:
 
 def _resolve_config(config: GenerationConfig | Mapping[str, Any] | None, overrides: dict[str, Any]) -> GenerationConfig:
     """``config`` with keyword overrides (HF style), validated together. Always re-validated: a
-    ``model_copy(update=...)`` skips pydantic's checks, and a contradiction must not reach a strategy."""
+    ``model_copy(update=...)`` skips pydantic's checks, and a contradiction must not reach a strategy.
+    Only the fields that were set are carried, so ``model_fields_set`` still tells them apart."""
     if isinstance(config, GenerationConfig):
-        config = config.model_dump()
+        config = config.model_dump(exclude_unset=True)
     return GenerationConfig.model_validate({**(config or {}), **overrides})
+
+
+def _check_length(config: GenerationConfig, model: Any) -> None:
+    """A length the user asked for beyond the decoder's reach: say it is cut (HF would run past it)."""
+    limit = getattr(getattr(model, "decoder", None), "max_seq_len", None)
+    if limit is None or config.total_length <= limit:
+        return
+    if config.max_new_tokens is not None and "max_new_tokens" in config.model_fields_set:
+        asked = f"max_new_tokens={config.max_new_tokens}"
+    elif config.max_new_tokens is None and "max_length" in config.model_fields_set:
+        asked = f"max_length={config.max_length}"
+    else:
+        return
+    warnings.warn(
+        f"{asked} is beyond the model's max_seq_len={limit}: captions stop at {limit} tokens (<bos> included)",
+        GenerationLengthWarning,
+        stacklevel=3,
+    )
 
 
 def generate_caption(
@@ -61,6 +85,10 @@ def generate_caption(
     ``return_dict_in_generate``. Keyword ``overrides`` replace fields of ``config``. Sampling is
     reproducible with ``seed`` (in the config) or a ``torch.Generator`` on the model's device.
     The model is put in eval mode for the call and its training flag restored afterwards.
+
+    ``max_new_tokens=0`` / ``max_length=1`` return the ``<bos>`` alone (score 0) from every strategy.
+    A set length beyond the decoder's ``max_seq_len`` is cut there with a ``GenerationLengthWarning``.
+    Raises ``ConfigError`` when ``suppress_tokens`` (with ``min_length``) leaves no token to generate.
     """
     config = _resolve_config(config, overrides)
     vocab_size = getattr(model.config, "vocab_size", None)
@@ -68,6 +96,9 @@ def generate_caption(
     if known is not None and vocab_size is not None and known < vocab_size:  # ids it could not decode
         extra = range(known, vocab_size)
         config = _resolve_config(config, {"suppress_tokens": sorted({*(config.suppress_tokens or ()), *extra})})
+    if vocab_size is not None:
+        config.check_vocabulary(vocab_size, getattr(getattr(model, "decoder", None), "max_seq_len", None))
+    _check_length(config, model)
     component = get_component("decoding_strategy", config.strategy_name)
     strategy = component.build()
     if not callable(getattr(strategy, "decode", None)):
