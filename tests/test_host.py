@@ -17,7 +17,7 @@ DEFAULT_COMPONENTS = {
     "encoder": {"vit"},
     "decoder": {"xattn"},
     "tokenizer": {"simple", "bpe"},
-    "dataset": {"captions", "shapes"},
+    "dataset": {"captions", "shapes", "json", "jsonl", "coco", "karpathy", "flickr", "imagefolder", "webdataset"},
     "decoding_strategy": {"greedy", "sample", "beam"},
     "trainer": {"amp"},
 }

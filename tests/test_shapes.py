@@ -138,7 +138,7 @@ def test_shapes_component_and_options():
         ShapesOptions(split="holdout")
     names = []
     register_datasets(lambda name, *a, **k: names.append(name))
-    assert names == ["captions", "shapes"]
+    assert names == ["captions", "shapes", "json", "jsonl", "coco", "karpathy", "flickr", "imagefolder", "webdataset"]
 
 
 # ---------------------------------------------------------------------------------------- make-shapes

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from geometry_os.errors import CheckpointError
+from geometry_os.systems.pixel_llm import lora
 from geometry_os.systems.pixel_llm.checkpoint import (
     CONFIG,
     WEIGHTS,
@@ -66,7 +67,7 @@ def write_checkpoint(
 ) -> None:
     """One complete checkpoint folder, or nothing (the previous one, if any, stays)."""
     with AtomicFolder(folder, replaces=None) as tmp:  # step-N: the trainer's own folder
-        write_model_files(tmp, model, tokenizer)
+        write_model_files(tmp, model, tokenizer, adapters=True)
         write_json_atomic(tmp / STATE, state)
         torch.save(tensors, tmp / OPTIMIZER)
 
@@ -192,7 +193,7 @@ def check_compatible(folder: Path, model: torch.nn.Module) -> dict[str, Any]:
     if differ:
         detail = ", ".join(f"{k}: checkpoint {theirs.get(k)!r} vs model {ours[k]!r}" for k in differ[:4])
         raise CheckpointError(f"{folder}: checkpoint does not match the model ({detail})")
-    expected = {name: t.shape for name, t in model.state_dict().items()}
+    expected = {name: t.shape for name, t in lora.base_state_dict(model).items()}
     check_weights_header(safe_file(folder, WEIGHTS), expected)
     return data
 
@@ -209,7 +210,22 @@ def load_model(folder: Path, model: torch.nn.Module, tokenizer: Any) -> Any:
         raise CheckpointError(
             f"{folder}: tokenizer has {len(checkpoint_tokenizer)} tokens but vocab_size is {model.config.vocab_size}"
         )
-    load_weights(model, safe_file(folder, WEIGHTS), device=next(model.parameters()).device)
+    if not lora.has_lora(model):
+        load_weights(model, safe_file(folder, WEIGHTS), device=next(model.parameters()).device)
+        lora.merge_adapter_file(folder, model)  # a LoRA run's checkpoint continued without adapters: merged
+        return checkpoint_tokenizer
+    # a LoRA run: the base weights under their plain names, then the adapters (both exactly as saved)
+    from safetensors.torch import load_file
+
+    saved = load_file(str(safe_file(folder, WEIGHTS)))
+    base = lora.base_state_dict(model)
+    missing = sorted(set(base) - set(saved))
+    if missing:
+        raise CheckpointError(f"{folder / WEIGHTS}: missing tensors {missing[:5]}")
+    with torch.no_grad():
+        for name, tensor in base.items():
+            tensor.copy_(saved[name])
+    lora.load_adapter_into(folder, model)
     return checkpoint_tokenizer
 
 
@@ -233,6 +249,8 @@ def _check_state_types(state: dict[str, Any], path: Path) -> None:
         "global_step": count,
         "epoch": count,
         "batch_in_epoch": count,
+        "validations_since_best": count,
+        "early_stopped": (lambda v: isinstance(v, bool), "true or false"),
         "train_time_s": (lambda v: _number(v) and v >= 0, "a non-negative number"),
         "best_metric": (lambda v: v is None or _number(v), "a number or null"),
         "best_val_loss": (lambda v: v is None or _number(v), "a number or null"),

@@ -25,8 +25,10 @@ from geometry_os.plugins.commands import config_file_option, preset_option, set_
 @click.command("train")
 @config_file_option
 @preset_option
-@click.option("--data", "data_path", type=click.Path(dir_okay=False), help="Training captions (JSON, JSONL or COCO).")
-@click.option("--val-data", "val_path", type=click.Path(dir_okay=False), help="Validation captions.")
+@click.option("--data", "data_path", metavar="[FORMAT:]PATH",
+              help="Training captions: a file or folder of a registered format (json, jsonl, coco, karpathy, flickr, "
+                   "imagefolder, ...), inferred when unambiguous; a split file gives its train split.")
+@click.option("--val-data", "val_path", metavar="[FORMAT:]PATH", help="Validation captions (a split file: its val split).")
 @set_option
 @click.option("--resume", metavar="DIR|latest", help="Continue from a checkpoint folder, a checkpoint dir or 'latest'.")
 @click.option("--quiet", is_flag=True, help="No progress bar or log lines.")
@@ -34,6 +36,19 @@ from geometry_os.plugins.commands import config_file_option, preset_option, set_
 @click.option("--num-scenes", type=click.IntRange(min=1), default=None,
               help="Synthetic training scenes when no --data is given (validation: a tenth, at most 1000) "
                    "[default: 10000].")
+@click.option("--freeze", "freeze", multiple=True, metavar="PATTERN",
+              help="Parameters that do not train: encoder, decoder or a name pattern like 'encoder.blocks.0-7.*' "
+                   "(repeatable; trainer.freeze).")
+@click.option("--encoder-learning-rate", type=float, default=None, help="Peak LR of the encoder (trainer.encoder_learning_rate).")
+@click.option("--layer-decay", type=float, default=None, help="Layer-wise LR decay of the encoder, e.g. 0.75 (trainer.layer_decay).")
+@click.option("--gradient-checkpointing", is_flag=True, default=None,
+              help="Recompute block activations in backward: less memory (trainer.gradient_checkpointing).")
+@click.option("--lora-rank", type=click.IntRange(min=0), default=None,
+              help="Train LoRA adapters of this rank on trainer.lora_targets; everything else frozen (trainer.lora_rank).")
+@click.option("--early-stopping-patience", type=click.IntRange(min=1), default=None,
+              help="Stop after this many validations without a new best (trainer.early_stopping_patience).")
+@click.option("--tensorboard", is_flag=True, default=None,
+              help="Also write TensorBoard events to <out>/tensorboard (trainer.tensorboard; 'tensorboard' extra).")
 @click.pass_context
 def train_command(
     ctx: click.Context,
@@ -46,12 +61,15 @@ def train_command(
     quiet: bool,
     out: str | None,
     num_scenes: int | None,
+    **controls: Any,
 ) -> None:
     """Train a Pixel LLM captioner; prints where the checkpoints are."""
     from geometry_os.cli import get_cli_host
 
     get_cli_host(ctx)
-    summary = run_training(config_path, preset, data_path, val_path, overrides, resume, quiet, out, num_scenes)
+    controls["freeze"] = list(controls["freeze"]) or None
+    summary = run_training(config_path, preset, data_path, val_path, overrides, resume, quiet, out, num_scenes,
+                           controls={k: v for k, v in controls.items() if v is not None})
     if summary is not None:
         _report(summary)
 
@@ -66,13 +84,25 @@ def run_training(
     quiet: bool = False,
     out: str | None = None,
     num_scenes: int | None = None,
+    controls: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """What ``train`` does, callable from Python (the ``pixel_llm.train`` system call, the demo).
+    ``controls``: more ``trainer`` fields, set like the flags (``{"freeze": ["encoder"], "lora_rank": 8}``).
     Returns the trainer's summary on the main process, None on other ranks."""
+    from pydantic import ValidationError
+
+    from geometry_os.errors import format_validation_error
     from geometry_os.systems.pixel_llm.config import PixelLLMConfig, load_config
 
     config = load_config(config_path, list(overrides), preset)
     flags = {"checkpoint_dir": out, "data": data_path, "val_data": val_path, "num_scenes": num_scenes}
+    for field, value in (controls or {}).items():
+        if field not in type(config.trainer).model_fields:
+            raise click.ClickException(f"controls: {field!r} is not a trainer field")
+        try:
+            setattr(config.trainer, field, value)
+        except ValidationError as exc:
+            raise click.ClickException("trainer." + format_validation_error(exc)) from None
     for field, value in flags.items():  # assignment marks the field as set, like the file and --set
         if value is not None:
             setattr(config.trainer, field, value)
@@ -94,9 +124,11 @@ def run_training(
         refusal = new_run_refusal(Path(t.checkpoint_dir))
         if refusal:
             raise click.ClickException(refusal)
+    from geometry_os.systems.pixel_llm.formats import absolute_spec
+
     for field in ("data", "val_data"):  # saved with the run as absolute paths: a resume from elsewhere finds them
         if getattr(t, field):
-            setattr(t, field, str(Path(getattr(t, field)).resolve()))
+            setattr(t, field, absolute_spec(getattr(t, field)))
     if t.val_data and not t.data:
         raise click.ClickException("--val-data needs --data (the synthetic set brings its own validation split)")
     try:
@@ -117,10 +149,17 @@ def run_training(
     trainer_cls = _trainer_class()
     t = config.trainer
     loader_options = dict(num_workers=t.num_workers, pad_token_id=config.pad_token_id, pin_memory=torch.cuda.is_available())
-    train_loader = trainer_cls.make_dataloader(train_set, t.batch_size, shuffle=True, seed=t.seed, **loader_options)
-    val_loader = None
-    if val_set is not None:
-        val_loader = trainer_cls.make_dataloader(val_set, t.batch_size, shuffle=False, **loader_options)
+    from torch.utils.data import IterableDataset
+
+    from geometry_os.systems.pixel_llm.data import create_dataloader
+
+    def loader(dataset: Any, shuffle: bool) -> Any:  # a stream (WebDataset) orders itself
+        if isinstance(dataset, IterableDataset):
+            return create_dataloader(dataset, t.batch_size, shuffle=False, **loader_options)
+        return trainer_cls.make_dataloader(dataset, t.batch_size, shuffle=shuffle, seed=t.seed, **loader_options)
+
+    train_loader = loader(train_set, True)
+    val_loader = loader(val_set, False) if val_set is not None else None
     with _one_line_warnings():
         trainer = trainer_cls(model, t, train_loader, val_loader, tokenizer=tokenizer, quiet=quiet)
         if folder is not None:
@@ -201,17 +240,32 @@ def _datasets(config: Any, tokenizer: Any):
         val_n = max(1, min(1000, num_scenes // 10))
         val_set = shapes.build({**common, "n": val_n, "split": "val"}, tokenizer=train_set.tokenizer)
         return train_set, val_set, train_set.tokenizer
-    from geometry_os.systems.pixel_llm.data import ImageTextDataset, read_caption_file
+    from geometry_os.systems.pixel_llm.data import ImageTextDataset
     from geometry_os.systems.pixel_llm.data_config import DatasetConfig
+    from geometry_os.systems.pixel_llm.formats import read_caption_data, resolve, split_for, split_spec
 
     dataset_config = DatasetConfig(max_length=config.max_seq_len, **config.image_options())  # as captioning
+    train_fmt, _ = resolve(data_path)
+    if train_fmt is not None and train_fmt.streaming:  # WebDataset shards: an IterableDataset of its own order
+        train_set = train_fmt.stream(split_spec(data_path)[1], tokenizer, dataset_config, seed=t.seed)
+        val_set = None
+        if val_path:
+            val_fmt, val_spec = resolve(val_path)
+            val_set = (val_fmt.stream(val_spec, train_set.tokenizer, dataset_config, shuffle_buffer=0)
+                       if val_fmt is not None and val_fmt.streaming else
+                       ImageTextDataset(val_path, tokenizer=train_set.tokenizer, config=dataset_config,
+                                        split=split_for(val_path, "val")))
+        return train_set, val_set, train_set.tokenizer
+    train_split = split_for(data_path, "train")  # a split file (karpathy) trains on its train split
     if tokenizer is None:
         from geometry_os.systems.pixel_llm.components import get_component
 
-        records, _, _ = read_caption_file(data_path, on_error="skip")
+        records, _, _ = read_caption_data(data_path, on_error="skip", split=train_split)
         tokenizer = get_component("tokenizer").load().train([r.caption for r in records], None)
-    train_set = ImageTextDataset(data_path, tokenizer=tokenizer, config=dataset_config)
-    val_set = ImageTextDataset(val_path, tokenizer=tokenizer, config=dataset_config) if val_path else None
+    train_set = ImageTextDataset(data_path, tokenizer=tokenizer, config=dataset_config, split=train_split)
+    val_set = None
+    if val_path:
+        val_set = ImageTextDataset(val_path, tokenizer=tokenizer, config=dataset_config, split=split_for(val_path, "val"))
     return train_set, val_set, tokenizer
 
 

@@ -14,16 +14,44 @@ from typing import Any
 from geometry_os.fileio import atomic_save, atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
 CURVES_FILE = "curves.png"
 CURVE_METRICS = ("exact_match", "bleu_4", "cider_d")
 
 
 class MetricsLog:
-    """Append-only JSON Lines log, flushed after every record; also kept in memory for the curves."""
+    """Append-only JSON Lines log, flushed after every record; also kept in memory for the curves.
 
-    def __init__(self, path: Path, enabled: bool = True) -> None:
+    ``tensorboard_dir``: also write every numeric value as a TensorBoard scalar there (``train/<key>`` for
+    training records, ``val/<key>`` for validation ones, at their ``step``); needs the ``tensorboard`` extra.
+    """
+
+    def __init__(self, path: Path, enabled: bool = True, tensorboard_dir: Path | None = None) -> None:
         self.path, self.enabled = path, enabled
         self.history: list[dict[str, Any]] = []
+        self.tensorboard = None
+        if enabled and tensorboard_dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                from geometry_os.errors import ConfigError
+
+                raise ConfigError("trainer.tensorboard=true needs the tensorboard package: "
+                                  "pip install 'geometry-os[tensorboard]'") from None
+            self.tensorboard = SummaryWriter(str(tensorboard_dir))
+
+    def _scalars(self, record: dict[str, Any]) -> None:
+        if self.tensorboard is None or "event" in record or not isinstance(record.get("step"), int):
+            return
+        section = "train" if "loss" in record else "val"
+        for key, value in record.items():
+            if key not in ("step", "epoch") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.tensorboard.add_scalar(f"{section}/{key}", value, record["step"])
+        self.tensorboard.flush()
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.flush()
 
     def write(self, record: dict[str, Any]) -> None:
         record = {k: _jsonable(v) for k, v in record.items()}
@@ -34,6 +62,7 @@ class MetricsLog:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
+        self._scalars(record)
 
     def resume_at(self, step: int) -> None:
         """Keep the records up to ``step`` (those after it belong to the interrupted run's lost steps)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Callable
 
 import torch
@@ -35,6 +36,53 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
                 matrix = param.ndim >= 2 and not isinstance(module, _NORMS) and "embed" not in name and "token" not in name
             (decay if matrix and id(param) not in embeddings else no_decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+_BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+
+
+def encoder_layer_id(name: str, num_layers: int) -> int:
+    """BEiT/timm layer id of an encoder parameter (name inside the encoder): embeddings 0, block i i+1, the
+    rest (final norm) num_layers+1 (as timm's ``param_groups_layer_decay`` numbers ViT parameters)."""
+    m = _BLOCK.search("." + name)
+    if m:
+        return int(m.group(1)) + 1
+    return 0 if "embed" in name else num_layers + 1
+
+
+def finetune_param_groups(model: nn.Module, config: TrainerConfig) -> list[dict]:
+    """AdamW groups with their own learning rates: ``param_groups`` for everything outside the encoder at
+    ``learning_rate``; encoder parameters at ``encoder_learning_rate`` (default ``learning_rate``) times
+    ``layer_decay ** (L + 1 - layer_id)`` (layer-wise LR decay as in BEiT, Bao et al. 2021, and timm's
+    fine-tuning: the top of the encoder learns fastest). Each group has ``lr`` and a ``name``
+    (``decoder``/``encoder.layer<k>``, ``.decay``/``.no_decay``). Frozen parameters are in no group.
+    Without an encoder LR or decay this is exactly ``param_groups`` (two groups at ``learning_rate``)."""
+    groups = param_groups(model, config.weight_decay)
+    lr = config.learning_rate
+    if config.encoder_learning_rate is None and config.layer_decay == 1.0:
+        for group, kind in zip(groups, ("decay", "no_decay")):
+            group.update(lr=lr, name=f"all.{kind}")
+        return groups
+    decays = {id(p) for p in groups[0]["params"]}
+    encoder = getattr(model, "encoder", None)
+    encoder_params = dict(encoder.named_parameters()) if isinstance(encoder, nn.Module) else {}
+    encoder_ids = {id(p) for p in encoder_params.values()}
+    blocks = {int(m.group(1)) for n in encoder_params if (m := _BLOCK.search("." + n))}
+    num_layers = max(blocks) + 1 if blocks else 0
+    encoder_lr = config.encoder_learning_rate or lr
+    rest = [{"params": [p for p in g["params"] if id(p) not in encoder_ids], "weight_decay": g["weight_decay"],
+             "lr": lr, "name": f"decoder.{kind}"} for g, kind in zip(groups, ("decay", "no_decay"))]
+    by_layer: dict[tuple[int, bool], list] = {}
+    for name, param in encoder_params.items():
+        if param.requires_grad:
+            by_layer.setdefault((encoder_layer_id(name, num_layers), id(param) in decays), []).append(param)
+    layered = [
+        {"params": params, "weight_decay": config.weight_decay if decay else 0.0,
+         "lr": encoder_lr * config.layer_decay ** (num_layers + 1 - layer),
+         "name": f"encoder.layer{layer}.{'decay' if decay else 'no_decay'}"}
+        for (layer, decay), params in sorted(by_layer.items(), key=lambda kv: (kv[0][0], not kv[0][1]))
+    ]
+    return [g for g in rest + layered if g["params"]]
 
 
 def lr_lambda(

@@ -64,6 +64,7 @@ class CheckpointMixin:
             "num_samples": sampler.num_samples if sampler is not None else None,
             "batch_size": sampler.batch_size if sampler is not None else None,
             "seed": self.config.seed,
+            **self.early_stopping.state(),  # validations_since_best, early_stopped
             "trainer_config": self.config.model_dump(mode="json"),
             "rng": rng_json,
         }
@@ -110,13 +111,13 @@ class CheckpointMixin:
         cfg, scheduler = self.config, self.scheduler
         if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):  # a subclass's own schedule: leave it
             return
-        scheduler.base_lrs = [cfg.learning_rate] * len(self.optimizer.param_groups)
-        for i, group in enumerate(self.optimizer.param_groups):
-            group["initial_lr"] = cfg.learning_rate
-            group["lr"] = cfg.learning_rate * scheduler.lr_lambdas[i](scheduler.last_epoch)
+        # the groups' peak LRs and weight decays as this run's config builds them (group_settings)
+        scheduler.base_lrs = [lr for lr, _ in self.group_settings]
+        for i, (group, (lr, weight_decay)) in enumerate(zip(self.optimizer.param_groups, self.group_settings)):
+            group["initial_lr"] = lr
+            group["lr"] = lr * scheduler.lr_lambdas[i](scheduler.last_epoch)
             group["betas"] = (cfg.adam_beta1, cfg.adam_beta2)
-            if i == 0:  # param_groups(): the decaying weight matrices come first, the rest never decay
-                group["weight_decay"] = cfg.weight_decay
+            group["weight_decay"] = weight_decay
         scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]  # what get_last_lr() logs
 
     def _restore_counters(self, state: dict[str, Any], folder: Path) -> None:
@@ -128,12 +129,17 @@ class CheckpointMixin:
             self.best_metric_name = saved_metric
         # a different metric from now on resets the best at the next validation (see _validate_and_track)
         self.best_measured_by = saved_metric
+        self.early_stopping.since_best = state.get("validations_since_best", 0)
         self._started = True
         self._last_save_step = self.global_step
         sampler = self.sampler
         same_order = sampler is not None and state.get("num_samples") == sampler.num_samples and (
             state.get("batch_size") == sampler.batch_size and state.get("world_size") == self.world.world_size
         )
+        dataset = getattr(self.train_dataloader, "dataset", None)
+        if sampler is None and hasattr(dataset, "set_epoch") and isinstance(dataset, torch.utils.data.IterableDataset):
+            # a stream whose order is a function of the epoch (WebDataset shards): replayed from the epoch start
+            same_order = state.get("world_size") == self.world.world_size
         if not same_order and self.batch_in_epoch:
             warnings.warn(
                 f"{folder}: resuming mid-epoch with a different data order (dataset size, batch size or number of "

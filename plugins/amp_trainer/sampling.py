@@ -173,7 +173,7 @@ def adapt_loader(
             loader.batch_sampler.pad = False
         return loader, loader.batch_sampler
     if isinstance(loader.dataset, IterableDataset) or loader.batch_sampler is None:
-        if world.enabled and training:
+        if world.enabled and training and not getattr(loader.dataset, "splits_across_processes", False):
             warnings.warn("an iterable dataset must shard itself across processes; the trainer cannot", stacklevel=3)
         return loader, None
     plain = _plain_order(loader)

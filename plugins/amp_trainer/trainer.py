@@ -25,8 +25,9 @@ from geometry_os.systems.pixel_llm.config import PixelLLMConfig, TrainerConfig
 
 from . import checkpointing as ckpt
 from .distributed import init_world, wrap_ddp
-from .feedback import CURVES_FILE, METRICS_FILE, MetricsLog, Progress, plot_curves
-from .optim import amp_dtype, lr_lambda, param_groups, resolve_device
+from .feedback import CURVES_FILE, METRICS_FILE, TENSORBOARD_DIR, MetricsLog, Progress, plot_curves
+from .finetune import EarlyStopping, parameter_counts, prepare_model
+from .optim import amp_dtype, finetune_param_groups, lr_lambda, resolve_device
 from .resumable import CheckpointMixin
 from .sampling import adapt_loader, epoch_seed, make_dataloader
 from .validation import count_targets, evaluate, generation_unavailable, warn_if_collapsed
@@ -86,6 +87,7 @@ class PixelLLMTrainer(CheckpointMixin):
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.world.local_rank)
         self.model = model.to(self.device)
+        prepare_model(self.model, cfg)  # LoRA adapters, frozen parameters, gradient checkpointing
         dataset_tokenizer = getattr(getattr(train_dataloader, "dataset", None), "tokenizer", None)
         self.tokenizer = tokenizer if tokenizer is not None else dataset_tokenizer
         self.train_dataloader, self.sampler = adapt_loader(train_dataloader, cfg.seed, self.world)
@@ -94,9 +96,11 @@ class PixelLLMTrainer(CheckpointMixin):
             self.val_dataloader, _ = adapt_loader(val_dataloader, cfg.seed, self.world, training=False)
         self.amp_dtype = amp_dtype(cfg, self.device)
         self.optimizer = torch.optim.AdamW(  # fused: one kernel for all parameters (CPU and CUDA)
-            param_groups(self.model, cfg.weight_decay), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+            finetune_param_groups(self.model, cfg), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
             fused=self.device.type in ("cpu", "cuda"),
         )
+        # each group's peak LR and weight decay under this config: a resume applies them to the loaded groups
+        self.group_settings = [(g["lr"], g["weight_decay"]) for g in self.optimizer.param_groups]
         self.steps_per_epoch = self._steps_per_epoch()
         self.total_steps = cfg.max_steps or cfg.num_epochs * self.steps_per_epoch
         self.train_time_s = 0.0  # read by a schedule that decays over max_time_s
@@ -108,7 +112,9 @@ class PixelLLMTrainer(CheckpointMixin):
         if cfg.compile:
             self.train_model = torch.compile(self.train_model)
         self.checkpoint_dir = Path(cfg.checkpoint_dir)
-        self.log = MetricsLog(self.checkpoint_dir / METRICS_FILE, enabled=self.world.is_main)
+        self.log = MetricsLog(self.checkpoint_dir / METRICS_FILE, enabled=self.world.is_main,
+                              tensorboard_dir=self.checkpoint_dir / TENSORBOARD_DIR if cfg.tensorboard else None)
+        self.early_stopping = EarlyStopping(cfg.early_stopping_patience)
         # progress: counters saved in trainer_state.json
         self.global_step = self.epoch = self.batch_in_epoch = 0
         self.train_time_s = 0.0
@@ -174,6 +180,9 @@ class PixelLLMTrainer(CheckpointMixin):
         # A time budget without max_steps ends the run long before the epochs' step count: no total then.
         self._shown_total = None if cfg.max_time_s is not None and cfg.max_steps is None else self.total_steps
         self._progress = Progress(self._shown_total, self.global_step, self.world.is_main, self.quiet)
+        trainable, total = parameter_counts(self.model)
+        self._progress.line(f"parameters: {trainable:,} trainable / {total:,} total ({100 * trainable / total:.1f}%)",
+                            always=True)
         if cfg.use_amp and self.amp_dtype is None:
             self._progress.line("use_amp: this CPU has no native bf16, training in fp32 (amp_dtype='bfloat16' forces it)")
         try:
@@ -188,6 +197,7 @@ class PixelLLMTrainer(CheckpointMixin):
         finally:
             self._progress.close()
             self._progress = None
+            self.log.close()
         self._plot(force=True)
         return {
             "global_step": self.global_step,
@@ -197,13 +207,14 @@ class PixelLLMTrainer(CheckpointMixin):
             "best_checkpoint": self.best_checkpoint,
             "checkpoint_dir": str(self.checkpoint_dir),
             "stopped_by_time": self._time_up,
+            "stopped_early": self.early_stopping.stop,
         }
 
     def _finished(self) -> bool:
         cfg = self.config
         if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
             return True
-        if self._time_up:
+        if self._time_up or self.early_stopping.stop:
             return True
         return cfg.max_steps is None and self.epoch >= cfg.num_epochs
 
@@ -248,6 +259,9 @@ class PixelLLMTrainer(CheckpointMixin):
         sampler = getattr(self.train_dataloader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(self.epoch)
+        dataset = getattr(self.train_dataloader, "dataset", None)
+        if isinstance(dataset, torch.utils.data.IterableDataset) and hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(self.epoch)  # a stream whose order is a function of the epoch (WebDataset shards)
         return itertools.islice(iter(self.train_dataloader), self.batch_in_epoch, None)
 
     def _end_epoch(self) -> None:
@@ -403,6 +417,17 @@ class PixelLLMTrainer(CheckpointMixin):
         return "exact_match" if "exact_match" in metrics else "val_loss"
 
     def _validate_and_track(self) -> bool:
+        """Validate, log, remember whether this step is the best so far, and count it for early stopping."""
+        improved = self._validate_and_rank()
+        if self.early_stopping.update(improved) and self.world.is_main:
+            patience = self.early_stopping.patience
+            self.log.write({"step": self.global_step, "event": "early_stop", "validations_since_best": patience})
+            if self._progress is not None:
+                self._progress.line(f"early stopping at step {self.global_step}: no better {self.best_measured_by} in "
+                                    f"{patience} validations (best: {self.best_checkpoint or 'this run'})", always=True)
+        return improved
+
+    def _validate_and_rank(self) -> bool:
         """Validate, log, and remember whether this step is the best so far."""
         metrics = self.validate()
         self._last_val_step = self.global_step

@@ -129,13 +129,17 @@ def caption_command(images: tuple[str, ...], as_json: bool, recursive: bool, **p
 
 
 @click.command("eval")
-@click.option("--data", required=True, type=click.Path(), help="Caption file (seed JSON, COCO or JSONL).")
+@click.option("--data", required=True, metavar="[FORMAT:]PATH",
+              help="Caption data of a registered format (json, jsonl, coco, karpathy, flickr, imagefolder, ...).")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default=None,
+              help="Only this part of a split file (karpathy; restval counts as train).")
 @click.option("--image-root", type=click.Path(), default=None, help="Folder relative image paths start from.")
 @click.option("--max-images", type=click.IntRange(min=1), default=None, help="Evaluate the first N images only.")
 @click.option("--sweep", is_flag=True, help="Compare greedy, beam and sampling settings in one table.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @generation_options
-def eval_command(data: str, image_root: str | None, max_images: int | None, sweep: bool, as_json: bool, **params: Any) -> None:
+def eval_command(data: str, split: str | None, image_root: str | None, max_images: int | None, sweep: bool, as_json: bool,
+                 **params: Any) -> None:
     """Caption every image of a caption file and report BLEU-1..4, ROUGE-L, CIDEr-D, exact match."""
     from geometry_os.systems.pixel_llm.captioning import evaluate_dataset
     from geometry_os.systems.pixel_llm.data import ImageTextDataset
@@ -149,7 +153,7 @@ def eval_command(data: str, image_root: str | None, max_images: int | None, swee
     else:
         settings = [("chosen", generation_config(params))]
     model, tokenizer = load_checkpoint(params["checkpoint"], params["device"])
-    references = ImageTextDataset(data, tokenizer=tokenizer, image_root=image_root).references
+    references = ImageTextDataset(data, tokenizer=tokenizer, image_root=image_root, split=split).references
     references = references[:max_images] if max_images else references
     rows = []
     for name, generation in settings:

@@ -1,4 +1,5 @@
-"""Plugin: the ``captions`` and ``shapes`` datasets and the ``make-shapes`` / ``lint-data`` commands.
+"""Plugin: the ``captions`` and ``shapes`` datasets, the caption-data formats (``json``, ``jsonl``, ``coco``,
+``karpathy``, ``flickr``, ``imagefolder``; see ``formats.py``) and the ``make-shapes`` / ``lint-data`` commands.
 
 Registering stays cheap: pydantic, the hookspecs and (for commands) click only; torch is imported by the
 factories and inside command bodies.
@@ -13,10 +14,13 @@ from geometry_os.systems.pixel_llm.hookspecs import hookimpl
 
 
 class CaptionsOptions(DatasetConfig):
-    """A caption file (JSON list, JSON Lines or COCO) plus every ``DatasetConfig`` field."""
+    """Caption data (``[FORMAT:]PATH``, the format inferred when unambiguous) plus every ``DatasetConfig`` field."""
 
-    data_path: str = Field(description="caption file: JSON list, .jsonl or COCO captions")
+    data_path: str = Field(description="[FORMAT:]PATH: a caption file or folder of a registered format")
     image_root: str | None = Field(None, description="folder that image paths are relative to (default: the file's)")
+    split: Literal["train", "val", "test"] | None = Field(
+        None, description="part of a split file (karpathy; restval counts as train); None: all of it"
+    )
 
 
 class ShapesOptions(BaseModel):
@@ -53,6 +57,8 @@ class ShapesOptions(BaseModel):
 def register_datasets(register):
     register("captions", "geometry_os.plugins.datasets.factories:build_captions", CaptionsOptions)
     register("shapes", "geometry_os.plugins.datasets.factories:build_shapes", ShapesOptions)
+    for name in ("json", "jsonl", "coco", "karpathy", "flickr", "imagefolder", "webdataset"):  # caption-data formats
+        register(name, f"geometry_os.plugins.datasets.formats:{name.upper()}", CaptionsOptions)
 
 
 @hookimpl

@@ -157,14 +157,20 @@ make_shapes.help = (f"{make_shapes.help}\n\nCaptions: 'a SIZE COLOUR KIND' joine
 
 
 @click.command("lint-data")
-@click.argument("data", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("data", nargs=-1, required=True, metavar="[FORMAT:]PATH...")
 @click.option("--vocab", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A saved tokenizer JSON: report the out-of-vocabulary rate and lengths in its tokens.")
 @click.option("--image-root", type=click.Path(file_okay=False, path_type=Path),
               help="Folder image paths are relative to (default: each caption file's folder).")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default=None,
+              help="Only this part of a split file (karpathy; restval counts as train).")
+@click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Streamed formats (WebDataset shards): check this many samples, streaming.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def lint_data(data: tuple[Path, ...], vocab: Path | None, image_root: Path | None, as_json: bool) -> None:
-    """Check caption files and all their images; report every problem; exit 1 if there are errors."""
+def lint_data(data: tuple[str, ...], vocab: Path | None, image_root: Path | None, split: str | None, limit: int,
+              as_json: bool) -> None:
+    """Check caption data of any registered format and all its images; report every problem; exit 1 if there
+    are errors."""
     from geometry_os.plugins.datasets.lint import format_report, lint_files, load_vocab
 
     tokenizer = None
@@ -173,7 +179,8 @@ def lint_data(data: tuple[Path, ...], vocab: Path | None, image_root: Path | Non
             tokenizer = load_vocab(vocab)
         except ValueError as e:
             raise click.ClickException(" ".join(str(e).split())) from None
-    report = lint_files([str(p) for p in data], tokenizer, vocab_path=vocab, image_root=image_root)
+    report = lint_files([str(p) for p in data], tokenizer, vocab_path=vocab, image_root=image_root, split=split,
+                        limit=limit)
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
     if report["errors"]:
         raise click.exceptions.Exit(1)

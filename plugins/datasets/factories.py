@@ -15,8 +15,9 @@ from geometry_os.systems.pixel_llm.data_config import DatasetConfig
 def build_captions(options: CaptionsOptions, tokenizer: Any = None):
     from geometry_os.systems.pixel_llm.data import ImageTextDataset
 
-    config = DatasetConfig(**options.model_dump(exclude={"data_path", "image_root"}))
-    return ImageTextDataset(options.data_path, tokenizer=tokenizer, config=config, image_root=options.image_root)
+    config = DatasetConfig(**options.model_dump(exclude={"data_path", "image_root", "split"}))
+    return ImageTextDataset(options.data_path, tokenizer=tokenizer, config=config, image_root=options.image_root,
+                            split=options.split)
 
 
 def build_shapes(options: ShapesOptions, tokenizer: Any = None):

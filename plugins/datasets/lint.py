@@ -17,8 +17,9 @@ from statistics import mean
 from typing import Any, Sequence
 
 from geometry_os.fileio import parse_json, read_utf8
-from geometry_os.systems.pixel_llm.data import CaptionRecord, DataError, load_image, read_caption_file
+from geometry_os.systems.pixel_llm.data import CaptionRecord, DataError, load_image
 from geometry_os.systems.pixel_llm.data_config import DatasetConfig
+from geometry_os.systems.pixel_llm.formats import read_caption_data, resolve
 
 
 def load_vocab(path: str | os.PathLike) -> Any:
@@ -85,11 +86,39 @@ def _check_images(path: str, records: list[CaptionRecord], max_pixels: int, thre
         return list(pool.map(check, first.values()))
 
 
-def lint_file(path: str, tokenizer: Any, image_root: Any, max_pixels: int, threads: int) -> tuple[dict, list]:
-    """The report of one file, and its (record, digest) pairs for the checks across files."""
+def lint_stream(report: dict[str, Any], spec: str, limit: int) -> dict[str, Any]:
+    """WebDataset shards, streamed (nothing unpacked): the first ``limit`` samples decoded and their
+    captions checked, in shard order."""
+    from .shards import expand_shards, raw_samples, sample_captions, sample_image
+
+    shards = expand_shards(spec)
+    seen = 0
+    for sample in raw_samples(shards):
+        if seen >= limit:
+            report["warnings"].append(f"{spec}: stopped after --limit {limit} samples")
+            break
+        seen += 1
+        label = f"{sample.get('__url__')}: {sample.get('__key__')}"
+        try:
+            sample_image(sample)
+            report["samples"] += len(sample_captions(sample))
+            report["images"] += 1
+        except (ValueError, OSError) as exc:
+            report["errors"].append(f"{label}: {' '.join(str(exc).split())}")
+    report["entries"] = seen
+    report["shards"] = len(shards)
+    return report
+
+
+def lint_file(path: str, tokenizer: Any, image_root: Any, max_pixels: int, threads: int,
+              split: str | None = None, limit: int = 1000) -> tuple[dict, list]:
+    """The report of one file (any registered format), and its (record, digest) pairs for the checks across files."""
     report: dict[str, Any] = {"path": path, "entries": 0, "samples": 0, "images": 0, "errors": [], "warnings": []}
     try:
-        records, skipped, _ = read_caption_file(path, image_root, on_error="skip")
+        fmt, spec = resolve(path)
+        if fmt is not None and fmt.streaming:
+            return lint_stream(report, spec, limit), []
+        records, skipped, _ = read_caption_data(path, image_root, on_error="skip", split=split)
     except DataError as e:
         report["errors"].append(str(e))
         return report, []
@@ -128,14 +157,17 @@ def lint_files(
     image_root: Any = None,
     max_image_pixels: int = DatasetConfig().max_image_pixels,
     threads: int = 4,
+    split: str | None = None,
+    limit: int = 1000,
 ) -> dict[str, Any]:
-    """Report on ``paths`` (each checked once): per file, then images shared across files."""
+    """Report on ``paths`` (``[FORMAT:]PATH``, each checked once): per file, then images shared across files.
+    ``split``: only that part of split files (karpathy)."""
     paths = list(dict.fromkeys(paths))
     report: dict[str, Any] = {"files": [], "across_files": [], "vocab": str(vocab_path) if vocab_path else None}
     by_path: dict[str, dict[str, CaptionRecord]] = {}  # real image path -> {caption file: record}
     by_bytes: dict[str, dict[str, CaptionRecord]] = {}  # digest -> {caption file: record}
     for path in paths:
-        file_report, images = lint_file(path, tokenizer, image_root, max_image_pixels, threads)
+        file_report, images = lint_file(path, tokenizer, image_root, max_image_pixels, threads, split, limit)
         report["files"].append(file_report)
         for record, digest in images:
             by_path.setdefault(os.path.realpath(record.image), {}).setdefault(path, record)

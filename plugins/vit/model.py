@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from geometry_os.plugins.vit import ViTOptions
 from geometry_os.systems.pixel_llm.cpu_bf16 import attention, bf16_rounded, linear, upcast_bf16
@@ -117,6 +118,8 @@ class VisionEncoder(nn.Module):
             Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.num_layers)
         )
         self.norm = nn.LayerNorm(cfg.embed_dim)
+        # training only: each block's activations are recomputed in backward (torch.utils.checkpoint)
+        self.gradient_checkpointing = False
 
         self.apply(self._init_weights)
         if isinstance(self.patch_embed, ConvStem):
@@ -188,7 +191,9 @@ class VisionEncoder(nn.Module):
         rows, cols = x.shape[-2:]
         position = self._position(rows, cols)
         x = self.drop(x.flatten(2).transpose(1, 2) + position)
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x)
+            # recomputed in backward instead of keeping activations; non-reentrant, RNG (dropout) preserved
+            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
         x = self.norm(x)
         return x + position if self.config.output_pos else x

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from geometry_os.plugins.xattn import XAttnOptions
 from geometry_os.systems.pixel_llm.cpu_bf16 import attention, linear
@@ -319,6 +320,8 @@ class LanguageDecoder(nn.Module):
         self.norm = nn.LayerNorm(cfg.embed_dim)
         # Tied: the head reads wte.weight directly, so checkpoints hold no shared tensors.
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.embed_dim, cfg.vocab_size, bias=False)
+        # training only: each block's activations are recomputed in backward (torch.utils.checkpoint)
+        self.gradient_checkpointing = False
 
         self.apply(self._init_weights)
         residual_std = 0.02 / math.sqrt(2 * cfg.num_layers)  # GPT-2: keeps the residual stream's scale
@@ -367,8 +370,12 @@ class LanguageDecoder(nn.Module):
             raise ValueError(f"sequence length {T} exceeds max_seq_len={self.max_seq_len}")
         mask = self._self_attention_mask(attention_mask, T)
         x = self.drop(self.wte(input_ids) + self.wpe.weight[:T])
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x, encoder_hidden_states, mask, mask is None)
+            if recompute:  # activations recomputed in backward; non-reentrant, RNG (dropout) preserved
+                x = checkpoint(block, x, encoder_hidden_states, mask, mask is None, use_reentrant=False)
+            else:
+                x = block(x, encoder_hidden_states, mask, mask is None)
         return self._logits(x)
 
     @torch.no_grad()

@@ -7,7 +7,7 @@ inside the call, never at import time.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -53,7 +53,8 @@ class CaptionParams(GenerationParams):
 
 
 class EvaluateParams(GenerationParams):
-    data: str = Field(description="caption file: seed JSON, COCO or JSON Lines")
+    data: str = Field(description="[FORMAT:]PATH: caption data of a registered format (json, coco, karpathy, ...)")
+    split: Literal["train", "val", "test"] | None = Field(None, description="part of a split file (karpathy)")
     image_root: str | None = None
     max_images: int | None = Field(None, ge=1)
 
@@ -86,7 +87,8 @@ def evaluate(params: EvaluateParams, host: Any) -> dict[str, Any]:
     from .data import ImageTextDataset
 
     model, tokenizer, generation = _load(params)
-    references = ImageTextDataset(params.data, tokenizer=tokenizer, image_root=params.image_root).references
+    references = ImageTextDataset(params.data, tokenizer=tokenizer, image_root=params.image_root,
+                                  split=params.split).references
     if params.max_images:
         references = references[: params.max_images]
     return evaluate_dataset(model, tokenizer, references, generation, params.batch_size)

@@ -112,16 +112,28 @@ def tokenizer_component_name(tokenizer: Any) -> str:
     )
 
 
-def write_model_files(folder: Path, model: torch.nn.Module, tokenizer: Any = None) -> None:
-    """model.safetensors, config.json and tokenizer.json into ``folder`` (which must be fresh)."""
-    from safetensors.torch import save_model
+def write_model_files(folder: Path, model: torch.nn.Module, tokenizer: Any = None, adapters: bool = False) -> None:
+    """model.safetensors, config.json and tokenizer.json into ``folder`` (which must be fresh).
+
+    A model with LoRA adapters (see ``lora``) is written merged, so the folder loads as a plain model; with
+    ``adapters=True`` (trainer checkpoints) the base weights go to model.safetensors and the adapters, alone,
+    to adapter.safetensors, from which a resume continues exactly (``load_pretrained`` still merges them)."""
+    from safetensors.torch import save_file, save_model
+
+    from . import lora
 
     config: PixelLLMConfig = model.config
     tokenizer_entry = None
     if tokenizer is not None:
         tokenizer_entry = {"component": tokenizer_component_name(tokenizer), "file": TOKENIZER}
         tokenizer.save(str(folder / TOKENIZER))
-    save_model(model, str(folder / WEIGHTS), metadata={"format": FORMAT})
+    if not lora.has_lora(model):
+        save_model(model, str(folder / WEIGHTS), metadata={"format": FORMAT})
+    else:
+        state = lora.base_state_dict(model) if adapters else lora.merged_state_dict(model)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(folder / WEIGHTS), metadata={"format": FORMAT})
+        if adapters:
+            lora.save_adapter(folder, model)
     write_json_atomic(
         folder / CONFIG,
         {
@@ -278,6 +290,9 @@ def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu") 
         )
     model = PixelLLM(config)
     load_weights(model, weights)
+    from .lora import merge_adapter_file
+
+    merge_adapter_file(folder, model)  # a trainer checkpoint of a LoRA run: its adapters, merged
     model.to(map_location)
     model.eval()
     return model, tokenizer

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator, model_validator
 
 from geometry_os.errors import ComponentError, ConfigError, format_validation_error
 from geometry_os.fileio import parse_json
@@ -78,10 +78,49 @@ class TrainerConfig(StrictModel):
         "(compositional generalisation; see make-shapes --hold-out)",
     )
     max_nonfinite_steps: int = Field(5, ge=1, description="consecutive non-finite losses before giving up")
+    # fine-tuning controls (docs/training.md)
+    freeze: list[str] = Field(
+        default_factory=list,
+        description="parameters that do not train: 'encoder', 'decoder' or name patterns ('*' any text, "
+        "N-M a range of block numbers: 'encoder.blocks.0-7.*'); no optimizer state, bitwise unchanged",
+    )
+    encoder_learning_rate: float | None = Field(None, gt=0, description="peak LR of the encoder (None: learning_rate)")
+    layer_decay: float = Field(
+        1.0, gt=0, le=1,
+        description="layer-wise LR decay of the encoder (BEiT): block i of L gets layer_decay**(L-i) of the "
+        "encoder LR, the patch/position embeddings layer_decay**(L+1); 1: off",
+    )
+    gradient_checkpointing: bool = Field(False, description="recompute encoder/decoder block activations in backward (less memory)")
+    lora_rank: int = Field(0, ge=0, description="LoRA adapter rank on lora_targets (0: off); all other weights are frozen")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator: the update is (lora_alpha / lora_rank) * B @ A")
+    lora_targets: list[str] = Field(
+        default_factory=lambda: ["*.qkv", "*.proj", "*.q_x", "*.kv_x", "*.proj_x"],
+        description="linear layers that get LoRA adapters (fnmatch patterns on module names)",
+    )
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="stop after this many validations without a new best metric (None: off)"
+    )
+    tensorboard: bool = Field(False, description="also write TensorBoard events to checkpoint_dir/tensorboard ('tensorboard' extra)")
     # what `geo-os pixel-llm train` trains on (saved with the run, so `--resume` continues on the same data)
-    data: str | None = Field(None, description="`train` command: training captions (JSON, JSONL or COCO); None: the synthetic shapes scenes")
-    val_data: str | None = Field(None, description="`train` command: validation captions (needs `data`)")
+    data: str | None = Field(None, description="`train` command: training captions, [FORMAT:]PATH of a registered format (a split file: its train split); None: the synthetic shapes scenes")
+    val_data: str | None = Field(None, description="`train` command: validation captions, [FORMAT:]PATH (a split file: its val split; needs `data`)")
     num_scenes: int = Field(10_000, ge=1, description="`train` command without `data`: synthetic training scenes (validation: a tenth, at most 1000)")
+
+
+    @field_validator("freeze")
+    @classmethod
+    def _check_freeze(cls, patterns: list[str]) -> list[str]:
+        from .freeze import pattern_regex
+
+        for pattern in patterns:
+            pattern_regex(pattern)  # a ValueError naming the pattern
+        return patterns
+
+    @model_validator(mode="after")
+    def _check_lora(self) -> "TrainerConfig":
+        if self.lora_rank and not self.lora_targets:
+            raise ValueError("lora_rank > 0 needs at least one lora_targets pattern")
+        return self
 
 
 TRAINER_FIELDS = frozenset(TrainerConfig.model_fields)

@@ -99,10 +99,12 @@ def _parse_entry(obj: Any) -> tuple[str, list[str]]:
 class _Reader:
     """Reads one caption file into records, raising or collecting entry problems per ``on_error``."""
 
-    def __init__(self, data_path: str | os.PathLike, image_root: str | os.PathLike | None, on_error: str):
+    def __init__(self, data_path: str | os.PathLike, image_root: str | os.PathLike | None, on_error: str,
+                 kind: str | None = None):
         self.name = str(data_path)
         self.root = str(image_root) if image_root is not None else os.path.dirname(self.name)
         self.on_error = on_error
+        self.kind = kind  # "json" (a list), "jsonl" or "coco"; None: by the suffix and the top-level shape
         self.records: list[CaptionRecord] = []
         self.skipped: list[tuple[int, str]] = []
         self.reasons: list[str] = []
@@ -127,13 +129,13 @@ class _Reader:
             raise DataError(f"{self.name}: is a directory, expected a caption file") from None
         except OSError as e:
             raise DataError(f"{self.name}: cannot read: {e.strerror}") from None
-        if self.name.endswith(".jsonl"):
+        if self.kind == "jsonl" or (self.kind is None and self.name.endswith(".jsonl")):
             self.read_jsonl(text)
             return
         data = parse_json(text, self.name, DataError)
-        if isinstance(data, list):
+        if isinstance(data, list) and self.kind in (None, "json"):
             self.read_list(data)
-        elif isinstance(data, dict) and "images" in data and "annotations" in data:
+        elif isinstance(data, dict) and "images" in data and "annotations" in data and self.kind in (None, "coco"):
             self.read_coco(data)
         else:
             raise DataError(
@@ -200,14 +202,17 @@ class _Reader:
 
 
 def read_caption_file(
-    data_path: str | os.PathLike, image_root: str | os.PathLike | None = None, on_error: str = "raise"
+    data_path: str | os.PathLike, image_root: str | os.PathLike | None = None, on_error: str = "raise",
+    kind: str | None = None,
 ) -> tuple[list[CaptionRecord], list[tuple[int, str]], list[str]]:
-    """Parse a caption file (any supported format): records, skipped (position, message) and their reasons.
+    """Parse a JSON list, JSON Lines or COCO captions file: records, skipped (position, message) and their
+    reasons. ``kind`` ("json", "jsonl", "coco") insists on one; None decides by the suffix and the shape.
+    Other formats are read through the registry: ``formats.read_caption_data``.
 
     Entries are skipped only with ``on_error="skip"``; whole-file problems (missing, malformed JSON,
     wrong top-level shape) always raise ``DataError``.
     """
-    reader = _Reader(data_path, image_root, on_error)
+    reader = _Reader(data_path, image_root, on_error, kind)
     reader.read()
     return reader.records, reader.skipped, reader.reasons
 
@@ -336,10 +341,13 @@ class ImageTextDataset(CaptionedImages):
         tokenizer: Any = None,
         config: DatasetConfig | dict | None = None,
         image_root: str | os.PathLike | None = None,
+        split: str | None = None,
     ):
+        from .formats import read_caption_data
+
         self.config = DatasetConfig(**config) if isinstance(config, dict) else (config or DatasetConfig())
         self.data_path = str(data_path)
-        records, skipped, reasons = read_caption_file(data_path, image_root, self.config.on_error)
+        records, skipped, reasons = read_caption_data(data_path, image_root, self.config.on_error, split)
         if skipped:
             total = len({r.where for r in records}) + len(skipped)
             logger.warning(summarize_skipped(self.data_path, reasons, total, "entries"))

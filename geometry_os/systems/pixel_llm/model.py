@@ -111,6 +111,19 @@ class PixelLLM(nn.Module):
         rest = {k: v for k, v in kwargs.items() if k not in GenerationConfig.model_fields}
         return generate_caption(self, images, config=config, **rest)
 
+    def gradient_checkpointing_enable(self, enable: bool = True) -> None:
+        """Recompute each encoder and decoder block's activations in backward (``torch.utils.checkpoint``,
+        non-reentrant) instead of keeping them: less memory, about one more forward of compute. The same
+        gradients (dropout's RNG state is replayed). Raises ``ConfigError`` for a component without the
+        ``gradient_checkpointing`` attribute."""
+        from geometry_os.errors import ConfigError
+
+        for kind, module in (("encoder", self.encoder), ("decoder", self.decoder)):
+            if not hasattr(module, "gradient_checkpointing"):
+                raise ConfigError(f"gradient_checkpointing: the {kind} component {getattr(self.config, kind)!r} "
+                                  "does not support it (no gradient_checkpointing attribute)")
+            module.gradient_checkpointing = enable
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
