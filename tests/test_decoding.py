@@ -491,7 +491,7 @@ def test_texts_with_a_tokenizer():
         ({"do_sample": True, "num_beams": 2}, "do_sample"),
         ({"strategy": "greedy", "num_beams": 3}, "strategy"),
         ({"early_stopping": "sometimes"}, "early_stopping"),
-        ({"eos_token_id": 0}, "eos_token_id"),
+        ({"eos_token_id": -1}, "eos_token_id"),
         ({"max_lenght": 5}, "max_lenght"),
     ],
 )

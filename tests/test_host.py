@@ -16,7 +16,7 @@ from conftest import make_plugin_dist
 DEFAULT_COMPONENTS = {
     "encoder": {"vit"},
     "decoder": {"xattn"},
-    "tokenizer": {"simple", "bpe"},
+    "tokenizer": {"simple", "bpe", "hf"},
     "dataset": {"captions", "shapes", "json", "jsonl", "coco", "karpathy", "flickr", "imagefolder", "webdataset"},
     "decoding_strategy": {"greedy", "sample", "beam"},
     "trainer": {"amp"},

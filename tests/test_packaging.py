@@ -44,7 +44,7 @@ def test_wheel_install_lists_every_default_component(tmp_path):
     assert "warning" not in result.stderr
     names = {(row["kind"], row["name"]) for row in json.loads(result.stdout)}
     expected = {
-        ("encoder", "vit"), ("decoder", "xattn"), ("tokenizer", "simple"), ("tokenizer", "bpe"),
+        ("encoder", "vit"), ("decoder", "xattn"), ("tokenizer", "simple"), ("tokenizer", "bpe"), ("tokenizer", "hf"),
         ("dataset", "captions"), ("dataset", "shapes"), ("decoding_strategy", "greedy"),
         ("decoding_strategy", "sample"), ("decoding_strategy", "beam"), ("trainer", "amp"),
     }

@@ -31,6 +31,9 @@ from geometry_os.plugins.commands import config_file_option, preset_option, set_
 @click.option("--val-data", "val_path", metavar="[FORMAT:]PATH", help="Validation captions (a split file: its val split).")
 @set_option
 @click.option("--resume", metavar="DIR|latest", help="Continue from a checkpoint folder, a checkpoint dir or 'latest'.")
+@click.option("--init-from", "init_from", metavar="CKPT|FOLDER",
+              help="Start a new run from these weights (a checkpoint, or a HF / timm / torchvision source converted "
+                   "as `import` does): matching tensors load, the rest start fresh; lists both.")
 @click.option("--quiet", is_flag=True, help="No progress bar or log lines.")
 @click.option("--out", type=click.Path(file_okay=False), help="Checkpoint folder (overrides trainer.checkpoint_dir).")
 @click.option("--num-scenes", type=click.IntRange(min=1), default=None,
@@ -58,6 +61,7 @@ def train_command(
     val_path: str | None,
     overrides: tuple[str, ...],
     resume: str | None,
+    init_from: str | None,
     quiet: bool,
     out: str | None,
     num_scenes: int | None,
@@ -69,7 +73,7 @@ def train_command(
     get_cli_host(ctx)
     controls["freeze"] = list(controls["freeze"]) or None
     summary = run_training(config_path, preset, data_path, val_path, overrides, resume, quiet, out, num_scenes,
-                           controls={k: v for k, v in controls.items() if v is not None})
+                           controls={k: v for k, v in controls.items() if v is not None}, init_from=init_from)
     if summary is not None:
         _report(summary)
 
@@ -85,10 +89,12 @@ def run_training(
     out: str | None = None,
     num_scenes: int | None = None,
     controls: dict[str, Any] | None = None,
+    init_from: str | None = None,
 ) -> dict[str, Any] | None:
     """What ``train`` does, callable from Python (the ``pixel_llm.train`` system call, the demo).
     ``controls``: more ``trainer`` fields, set like the flags (``{"freeze": ["encoder"], "lora_rank": 8}``).
-    Returns the trainer's summary on the main process, None on other ranks."""
+    ``init_from``: see ``init_from.py``; its model config is used unless a preset, config file or model
+    ``--set`` is given. Returns the trainer's summary on the main process, None on other ranks."""
     from pydantic import ValidationError
 
     from geometry_os.errors import format_validation_error
@@ -110,7 +116,16 @@ def run_training(
 
     from geometry_os.systems.pixel_llm.data import DataError
 
-    tokenizer, folder = None, None
+    tokenizer, folder, init = None, None, None
+    if init_from and resume:
+        raise click.ClickException("--init-from starts a new run; --resume continues one: give one of them")
+    if init_from:
+        from geometry_os.plugins.amp_trainer.init_from import read_init_source
+
+        init = read_init_source(init_from)
+        tokenizer = init.tokenizer
+        if not (config_path or preset or any(not o.strip().startswith("trainer.") for o in overrides)):
+            config = PixelLLMConfig.model_validate({**init.config.model_dict(), "trainer": config.trainer})
     if resume:
         folder, model, tokenizer = _load_resume(config, resume)
         # the model (and so image size, sequence length) from the checkpoint; the run's own trainer settings
@@ -146,6 +161,13 @@ def run_training(
 
         torch.manual_seed(config.trainer.seed)
         model = PixelLLM(config)
+        if init is not None:
+            from geometry_os.plugins.amp_trainer.init_from import apply_init, describe
+
+            report = apply_init(model, init)
+            if os.environ.get("RANK", "0") == "0":
+                for line in describe(report, init):
+                    click.echo(line, err=True)
     trainer_cls = _trainer_class()
     t = config.trainer
     loader_options = dict(num_workers=t.num_workers, pad_token_id=config.pad_token_id, pin_memory=torch.cuda.is_available())
@@ -234,7 +256,9 @@ def _datasets(config: Any, tokenizer: Any):
         from geometry_os.systems.pixel_llm.components import get_component
 
         shapes = get_component("dataset", "shapes")
-        common = {"seed": config.trainer.seed, "hold_out": config.trainer.synthetic_hold_out or [], **config.image_options()}
+        # scenes are drawn at image_size: no resize, so only size and normalisation apply
+        image = {k: v for k, v in config.image_options().items() if k in ("image_size", "mean", "std")}
+        common = {"seed": config.trainer.seed, "hold_out": config.trainer.synthetic_hold_out or [], **image}
         mix = config.trainer.synthetic_shape_weights
         train_set = shapes.build({**common, "n": num_scenes, "split": "train", "shape_weights": mix}, tokenizer=tokenizer)
         val_n = max(1, min(1000, num_scenes // 10))
@@ -270,11 +294,18 @@ def _datasets(config: Any, tokenizer: Any):
 
 
 def _fit_vocabulary(config: Any, tokenizer: Any, quiet: bool) -> Any:
-    """A new model gets exactly the tokenizer's vocabulary: a preset's size is only a guess, and ids the
-    tokenizer cannot decode would be wasted rows that greedy decoding can still pick."""
-    if tokenizer is None or len(tokenizer) == config.vocab_size:
-        return config
+    """A new model gets exactly the tokenizer's vocabulary and special ids: a preset's size is only a guess,
+    and ids the tokenizer cannot decode would be wasted rows that greedy decoding can still pick."""
     from geometry_os.systems.pixel_llm.config import PixelLLMConfig
+    from geometry_os.systems.pixel_llm.data import special_id
+
+    if tokenizer is None:
+        return config
+    ids = {name: special_id(tokenizer, name, getattr(config, name)) for name in ("pad_token_id", "bos_token_id", "eos_token_id")}
+    if any(getattr(config, name) != value for name, value in ids.items()):
+        config = PixelLLMConfig.model_validate({**config.model_dump(), "vocab_size": max(config.vocab_size, len(tokenizer)), **ids})
+    if len(tokenizer) == config.vocab_size:
+        return config
 
     if not quiet and os.environ.get("RANK", "0") == "0":
         echo_warning(f"vocab_size set to {len(tokenizer)}, the tokenizer's size (the config said {config.vocab_size})")

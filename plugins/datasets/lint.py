@@ -23,12 +23,15 @@ from geometry_os.systems.pixel_llm.formats import read_caption_data, resolve
 
 
 def load_vocab(path: str | os.PathLike) -> Any:
-    """A saved tokenizer: an HF tokenizers JSON (has "model") is ``bpe``, anything else ``simple``."""
+    """A saved tokenizer: an imported model's (``"format": "geometry_os.hf_tokenizer"``) is ``hf``, an HF
+    tokenizers JSON (has "model") ``bpe``, anything else ``simple``."""
     from geometry_os.errors import GeometryOSError
     from geometry_os.systems.pixel_llm.components import get_component
 
     data = parse_json(read_utf8(path), path)
     name = "bpe" if isinstance(data, dict) and "model" in data else "simple"
+    if isinstance(data, dict) and data.get("format") == "geometry_os.hf_tokenizer":
+        name = "hf"
     try:
         return get_component("tokenizer", name).load().load(path)
     except GeometryOSError as e:

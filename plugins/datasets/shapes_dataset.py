@@ -11,7 +11,8 @@ from typing import Any, Sequence
 import torch
 
 from geometry_os.plugins.datasets.shapes import VOCABULARY, caption, make_split, parse_pairs, render_scene
-from geometry_os.systems.pixel_llm.data import CaptionedImages, CaptionRecord, CaptionTokens, resolve_tokenizer
+from geometry_os.systems.pixel_llm.data import CaptionedImages, CaptionRecord, CaptionTokens, resolve_tokenizer, special_id
+from geometry_os.systems.pixel_llm.protocols import EOS_ID
 from geometry_os.systems.pixel_llm.data_config import IMAGENET_MEAN, IMAGENET_STD, DatasetConfig
 
 
@@ -47,7 +48,8 @@ class ShapesDataset(CaptionedImages):
         if tokenizer is None:
             tokenizer = default_tokenizer()
         self.tokenizer, encode = resolve_tokenizer(tokenizer, self.captions)
-        self.tokens = CaptionTokens(encode, self.captions, self.config.max_length)
+        self.tokens = CaptionTokens(encode, self.captions, self.config.max_length,
+                                    special_id(self.tokenizer, "eos_token_id", EOS_ID))
         step = image_size * image_size * 3
         pixels = bytearray(n * step)  # allocated once: growing it would copy hundreds of MB
         for i, scene in enumerate(self.scenes):

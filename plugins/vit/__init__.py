@@ -26,6 +26,16 @@ class ViTOptions(BaseModel):
     ``output_pos``: also add the position table to the output features, so that the decoder's
     cross-attention sees where each patch is directly (as DETR adds positions to its keys), not only
     through what the encoder layers kept of it.
+
+    Options that pretrained layouts need (the defaults are this encoder's own layout):
+    ``class_token``: prepend a learned CLS token (HF/timm/torchvision ViT, CLIP); the position table
+    then has 1 + N rows, the CLS row is never interpolated, and the CLS feature stays first in the
+    output (the N patch features are always the last N rows, which is what ``explain`` draws).
+    ``norm_eps``: every LayerNorm's epsilon (HF ViT 1e-12, timm/torchvision/SigLIP 1e-6, CLIP 1e-5).
+    ``act``: the MLP activation, ``gelu`` (exact), ``gelu_tanh`` (SigLIP) or ``quick_gelu``
+    (``x * sigmoid(1.702 x)``, CLIP). ``pre_norm``: a LayerNorm before the blocks (CLIP's
+    ``pre_layrnorm``). ``final_norm``: the LayerNorm after the blocks (CLIP's token outputs have
+    none). ``patch_bias``: a bias on the patchify convolution (CLIP has none).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -41,6 +51,12 @@ class ViTOptions(BaseModel):
     pos_embed: Literal["learned", "sincos"] = "learned"
     stem: Literal["patch", "conv"] = "patch"
     output_pos: bool = False
+    class_token: bool = False
+    norm_eps: float = Field(1e-5, gt=0, lt=1)
+    act: Literal["gelu", "gelu_tanh", "quick_gelu"] = "gelu"
+    pre_norm: bool = False
+    final_norm: bool = True
+    patch_bias: bool = True
 
     @model_validator(mode="after")
     def _check_shapes(self) -> "ViTOptions":
@@ -60,6 +76,10 @@ class ViTOptions(BaseModel):
             )
         if self.stem == "conv" and self.patch_size & (self.patch_size - 1):
             raise ValueError(f"stem='conv' needs a power-of-two patch_size, got {self.patch_size}")
+        if self.class_token and self.pos_embed == "sincos":
+            raise ValueError("class_token=True needs pos_embed='learned' (a sin-cos table has no CLS row)")
+        if not self.patch_bias and self.stem == "conv":
+            raise ValueError("patch_bias=False applies to stem='patch' only")
         if int(self.embed_dim * self.mlp_ratio) < 1:
             raise ValueError(
                 f"mlp_ratio={self.mlp_ratio} gives an empty MLP for embed_dim={self.embed_dim}"

@@ -1,7 +1,8 @@
-"""Vision Transformer encoder: images (B, C, H, W) -> patch features (B, N, D).
+"""Vision Transformer encoder: images (B, C, H, W) -> patch features (B, N, D), or (B, 1 + N, D) with
+``class_token`` (the CLS feature first).
 
-There is no CLS token: the decoder cross-attends to every patch, and ``patch_grid`` maps the N
-features back onto the image so that attention can be drawn on it.
+By default there is no CLS token: the decoder cross-attends to every patch, and ``patch_grid`` maps
+the last N features back onto the image so that attention can be drawn on it.
 """
 
 from __future__ import annotations
@@ -53,17 +54,32 @@ class ConvStem(nn.Sequential):
                 m.reset_parameters()
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block: one fused qkv projection, SDPA (fused kernels), GELU MLP."""
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    """CLIP's GELU approximation ``x * sigmoid(1.702 x)`` (Radford et al. 2021, OpenAI CLIP code)."""
+    return x * torch.sigmoid(1.702 * x)
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float):
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """The tanh approximation of GELU (GPT-2's ``gelu_new``, SigLIP's ``gelu_pytorch_tanh``)."""
+    return F.gelu(x, approximate="tanh")
+
+
+ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": gelu_tanh, "quick_gelu": quick_gelu}
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: one fused qkv projection, SDPA (fused kernels), GELU-family MLP."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float, eps: float = 1e-5,
+                 act: str = "gelu"):
         super().__init__()
         self.heads = heads
         self.dropout = dropout
-        self.norm1 = nn.LayerNorm(dim)
+        self.act = ACTIVATIONS[act]
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.fc1 = nn.Linear(dim, int(dim * mlp_ratio))
         self.fc2 = nn.Linear(int(dim * mlp_ratio), dim)
         self.drop = nn.Dropout(dropout)
@@ -74,7 +90,7 @@ class Block(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, head_dim)
         y = attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         x = x + self.drop(linear(y.transpose(1, 2).reshape(B, N, D), self.proj.weight, self.proj.bias))
-        return x + self.drop(linear(F.gelu(linear(self.norm2(x), self.fc1.weight, self.fc1.bias)), self.fc2.weight, self.fc2.bias))
+        return x + self.drop(linear(self.act(linear(self.norm2(x), self.fc1.weight, self.fc1.bias)), self.fc2.weight, self.fc2.bias))
 
 
 def _options(opts: ViTOptions | Mapping[str, Any] | None, overrides: dict[str, Any]) -> ViTOptions:
@@ -106,18 +122,26 @@ class VisionEncoder(nn.Module):
         if cfg.stem == "conv":
             self.patch_embed: nn.Module = ConvStem(cfg.in_channels, cfg.embed_dim, cfg.patch_size)
         else:
-            self.patch_embed = nn.Conv2d(cfg.in_channels, cfg.embed_dim, cfg.patch_size, cfg.patch_size)
+            self.patch_embed = nn.Conv2d(cfg.in_channels, cfg.embed_dim, cfg.patch_size, cfg.patch_size,
+                                         bias=cfg.patch_bias)
+        # CLS token (pretrained layouts only); its position is row 0 of the table
+        self.extra_tokens = 1 if cfg.class_token else 0
+        if cfg.class_token:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
         if cfg.pos_embed == "learned":
-            self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, cfg.embed_dim))
+            self.pos_embed = nn.Parameter(torch.zeros(1, self.extra_tokens + num_patches, cfg.embed_dim))
         else:  # fixed: not saved in checkpoints, always recomputed
             self.register_buffer("pos_embed", sincos_2d(cfg.embed_dim, *self.grid)[None], persistent=False)
         # Position tables for other grids: (rows, cols) -> (stamp, table); see _position.
         self._pos_cache: dict[tuple[int, int], tuple[tuple, torch.Tensor]] = {}
         self.drop = nn.Dropout(cfg.dropout)
+        if cfg.pre_norm:
+            self.norm_pre = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         self.blocks = nn.ModuleList(
-            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.num_layers)
+            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.dropout, cfg.norm_eps, cfg.act)
+            for _ in range(cfg.num_layers)
         )
-        self.norm = nn.LayerNorm(cfg.embed_dim)
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps) if cfg.final_norm else nn.Identity()
         # training only: each block's activations are recomputed in backward (torch.utils.checkpoint)
         self.gradient_checkpointing = False
 
@@ -126,6 +150,8 @@ class VisionEncoder(nn.Module):
             self.patch_embed.reset_parameters()
         if cfg.pos_embed == "learned":
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if cfg.class_token:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -135,20 +161,24 @@ class VisionEncoder(nn.Module):
         elif isinstance(m, nn.Conv2d) and m.kernel_size == m.stride:  # patchify: a Linear on patches (MAE);
             # also the conv stem's final 1x1 conv, which ConvStem.reset_parameters re-initialises after
             nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
     def patch_grid(self, height: int, width: int) -> tuple[int, int]:
-        """(rows, cols) of the features for an image of this size (N = rows * cols, row-major)."""
+        """(rows, cols) of the patch features for an image of this size (N = rows * cols, row-major; they
+        are the last N output rows, after the CLS feature when there is one)."""
         return height // self.patch_size, width // self.patch_size
 
     def _resize_table(self, rows: int, cols: int) -> torch.Tensor:
         gh, gw = self.grid
-        table = self.pos_embed.reshape(1, gh, gw, -1).permute(0, 3, 1, 2).float()
+        extra, patches = self.pos_embed[:, : self.extra_tokens], self.pos_embed[:, self.extra_tokens :]
+        table = patches.reshape(1, gh, gw, -1).permute(0, 3, 1, 2).float()
         table = F.interpolate(table, size=(rows, cols), mode="bicubic", align_corners=False)
-        return table.permute(0, 2, 3, 1).reshape(1, rows * cols, -1).to(self.pos_embed.dtype)
+        table = table.permute(0, 2, 3, 1).reshape(1, rows * cols, -1).to(self.pos_embed.dtype)
+        return torch.cat([extra, table], dim=1) if self.extra_tokens else table  # the CLS row as it is
 
     def _position(self, rows: int, cols: int) -> torch.Tensor:
-        """(1, rows*cols, D) position table for a patch grid.
+        """(1, extra + rows*cols, D) position table for a patch grid (extra: 1 with a class token).
 
         Tables for other grids are cached per size. A learned table is resized afresh while it can
         receive gradients (training), and the cache stamp includes the parameter's version counter,
@@ -190,7 +220,12 @@ class VisionEncoder(nn.Module):
         x = self._embed(images)
         rows, cols = x.shape[-2:]
         position = self._position(rows, cols)
-        x = self.drop(x.flatten(2).transpose(1, 2) + position)
+        x = x.flatten(2).transpose(1, 2)
+        if self.extra_tokens:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+        x = self.drop(x + position)
+        if self.config.pre_norm:
+            x = self.norm_pre(x)
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             # recomputed in backward instead of keeping activations; non-reentrant, RNG (dropout) preserved

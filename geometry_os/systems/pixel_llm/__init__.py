@@ -19,6 +19,7 @@ _LAZY = {
     "PRESETS": ".config",
     "generate_caption": ".inference",
     "beam_search_decode": ".inference",
+    "caption_images": ".pipeline",
     "ImageTextDataset": ".data",
     "create_dataloader": ".data",
     # the original description's model classes, provided by the vit / xattn / simple plugins

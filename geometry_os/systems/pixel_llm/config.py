@@ -170,6 +170,11 @@ class PixelLLMConfig(StrictModel):
     patch_size: int = Field(16, gt=0, description="ViT patch side in pixels; must divide image_size")
     image_mean: tuple[float, float, float] = Field(IMAGENET_MEAN, description="normalisation the model expects")
     image_std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = Field(IMAGENET_STD, description="normalisation the model expects")
+    image_interpolation: Literal["bilinear", "bicubic"] = Field("bilinear", description="resize filter the model expects")
+    image_resize: Literal["squash", "shorter_crop"] = Field(
+        "squash", description="squash to image_size x image_size, or shorter side + centre crop (timm, CLIP)")
+    image_crop_pct: float = Field(1.0, gt=0, le=1, description="image_resize=shorter_crop: fraction kept by the crop")
+    image_rescale_factor: PositiveFloat = Field(1 / 255, description="8-bit pixel values times this, before mean/std")
     vision_embed_dim: int = Field(768, gt=0, description="encoder width")
     vision_num_layers: int = Field(6, gt=0, le=MAX_LAYERS, description="encoder transformer blocks")
     vision_num_heads: int | None = Field(None, gt=0, description="None: default_num_heads(vision_embed_dim), heads of ~64 channels that divide it")
@@ -186,9 +191,14 @@ class PixelLLMConfig(StrictModel):
     mlp_ratio: float = Field(4.0, gt=0, description="FFN width / model width")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout in attention and FFN outputs")
     tie_word_embeddings: bool = Field(True, description="LM head shares the token embedding")
-    pad_token_id: int = Field(0, ge=0, description="<pad> id (every tokenizer uses 0)")
-    bos_token_id: int = Field(1, ge=0, description="<bos> id")
-    eos_token_id: int = Field(2, ge=0, description="<eos> id")
+    pad_token_id: int = Field(0, ge=0, description="<pad> id: the tokenizer's (0 for simple and bpe; may equal eos)")
+    bos_token_id: int = Field(1, ge=0, description="<bos> id: the tokenizer's (1 for simple and bpe)")
+    eos_token_id: int = Field(2, ge=0, description="<eos> id: the tokenizer's (2 for simple and bpe)")
+    generation: dict[str, Any] = Field(
+        default_factory=dict,
+        description="this model's default GenerationConfig fields (an import takes them from generation_config.json); "
+        "what a caller or flag sets overrides them",
+    )
     encoder: str = Field("vit", description="encoder component (geo-os pixel-llm components encoder)")
     encoder_options: dict[str, Any] = Field(default_factory=dict, description="the encoder's own options")
     decoder: str = Field("xattn", description="decoder component")
@@ -224,6 +234,13 @@ class PixelLLMConfig(StrictModel):
         for token in ("pad_token_id", "bos_token_id", "eos_token_id"):
             if getattr(self, token) >= self.vocab_size:
                 raise ValueError(f"{token}={getattr(self, token)} must be below vocab_size={self.vocab_size}")
+        if self.generation:
+            from .generation_config import GenerationConfig
+
+            try:
+                GenerationConfig.model_validate(self.generation)
+            except ValidationError as exc:
+                raise ValueError(f"generation: {format_validation_error(exc, source='generation')}") from None
         self.encoder_config()
         self.decoder_config()
         return self
@@ -269,7 +286,12 @@ class PixelLLMConfig(StrictModel):
     def image_options(self) -> dict[str, Any]:
         """Size and normalisation of the images this model expects: ``DatasetConfig`` / ``shapes`` options,
         the same for training, evaluation and captioning."""
-        return {"image_size": self.image_size, "mean": self.image_mean, "std": self.image_std}
+        options = {"image_size": self.image_size, "mean": self.image_mean, "std": self.image_std}
+        preset = {"interpolation": (self.image_interpolation, "bilinear"), "resize": (self.image_resize, "squash"),
+                  "crop_pct": (self.image_crop_pct, 1.0), "rescale_factor": (self.image_rescale_factor, 1 / 255)}
+        # only what differs from the defaults: datasets that take size, mean and std alone keep working
+        options.update({key: value for key, (value, default) in preset.items() if value != default})
+        return options
 
     def model_dict(self) -> dict[str, Any]:
         """The model part (no trainer section), as written to a checkpoint's config.json."""

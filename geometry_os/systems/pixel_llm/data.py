@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -217,26 +218,49 @@ def read_caption_file(
     return reader.records, reader.skipped, reader.reasons
 
 
+class Rescale:
+    """Multiply by a constant (a class, not a lambda, so DataLoader workers can pickle the transform)."""
+
+    def __init__(self, factor: float):
+        self.factor = factor
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
 def build_transform(config: DatasetConfig) -> v2.Compose:
     """Resize (squash: no crop can drop an object at an edge) and normalise; ``augment`` adds a mild
     random resized crop and brightness/contrast/saturation jitter (no hue: captions name colours, no flip)."""
     size = (config.image_size, config.image_size)
+    mode = v2.InterpolationMode.BICUBIC if config.interpolation == "bicubic" else v2.InterpolationMode.BILINEAR
     if config.augment:
-        geometry = [v2.RandomResizedCrop(size, scale=(0.9, 1.0), ratio=(0.95, 1.05), antialias=True)]
+        geometry = [v2.RandomResizedCrop(size, scale=(0.9, 1.0), ratio=(0.95, 1.05), interpolation=mode, antialias=True)]
         colour = [v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2)]
+    elif config.resize == "shorter_crop":  # timm's eval transform: floor(size / crop_pct), centre crop
+        geometry = [v2.Resize(math.floor(config.image_size / config.crop_pct), interpolation=mode, antialias=True),
+                    v2.CenterCrop(size)]
+        colour = []
     else:
-        geometry, colour = [v2.Resize(size, antialias=True)], []
+        geometry, colour = [v2.Resize(size, interpolation=mode, antialias=True)], []
+    scale = [] if abs(config.rescale_factor * 255 - 1) < 1e-12 else [Rescale(config.rescale_factor * 255)]
     return v2.Compose(
-        [*geometry, v2.ToImage(), v2.ToDtype(torch.float32, scale=True), *colour,
+        [*geometry, v2.ToImage(), v2.ToDtype(torch.float32, scale=True), *scale, *colour,
          v2.Normalize(list(config.mean), list(config.std))]
     )
 
 
-def truncate(ids: list[int], max_length: int) -> list[int]:
-    """Cut to ``max_length`` tokens; a final ``<eos>`` is kept so the model still learns to stop."""
+def truncate(ids: list[int], max_length: int, eos_token_id: int = EOS_ID) -> list[int]:
+    """Cut to ``max_length`` tokens; a final ``<eos>`` (the tokenizer's ``eos_token_id``) is kept so the
+    model still learns to stop."""
     if len(ids) <= max_length:
         return ids
-    return ids[: max_length - 1] + [EOS_ID] if ids[-1] == EOS_ID else ids[:max_length]
+    return ids[: max_length - 1] + [eos_token_id] if ids[-1] == eos_token_id else ids[:max_length]
+
+
+def special_id(tokenizer: Any, name: str, default: int) -> int:
+    """``tokenizer.<name>`` (e.g. ``eos_token_id``) when it declares one, else ``default``."""
+    value = getattr(tokenizer, name, None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
 def resolve_tokenizer(tokenizer: Any, captions: Sequence[str]) -> tuple[Any, Callable[[str], Sequence[int]]]:
@@ -287,8 +311,9 @@ def summarize_skipped(name: str, reasons: Sequence[str], total: int, what: str) 
 class CaptionTokens:
     """Token ids of all captions in one flat tensor (no per-caption Python objects for workers to copy)."""
 
-    def __init__(self, encode: Callable[[str], Sequence[int]], captions: Sequence[str], max_length: int):
-        rows = [truncate([int(i) for i in encode(c)], max_length) for c in captions]
+    def __init__(self, encode: Callable[[str], Sequence[int]], captions: Sequence[str], max_length: int,
+                 eos_token_id: int = EOS_ID):
+        rows = [truncate([int(i) for i in encode(c)], max_length, eos_token_id) for c in captions]
         self.lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), self.lengths.cumsum(0)])
         self.flat = torch.tensor([i for r in rows for i in r], dtype=torch.long)
@@ -357,7 +382,8 @@ class ImageTextDataset(CaptionedImages):
         self.records = records
         self.skipped: list[tuple[int | str, str]] = list(skipped)
         self.tokenizer, self._encode = resolve_tokenizer(tokenizer, self.captions)
-        self.tokens = CaptionTokens(self._encode, self.captions, self.config.max_length)
+        self.tokens = CaptionTokens(self._encode, self.captions, self.config.max_length,
+                                    special_id(self.tokenizer, "eos_token_id", EOS_ID))
         self.transform = build_transform(self.config)
         self._bad: dict[str, str] = {}  # image path -> message, found on access when skipping
 
@@ -428,7 +454,8 @@ class ImageTextDataset(CaptionedImages):
             raise DataError(f"{self.data_path}: no readable images")
         logger.warning(summarize_skipped(self.data_path, [e.reason for _, e in errors], len(first), "images"))
         self.records = [self.records[i] for i in keep]
-        self.tokens = CaptionTokens(self._encode, self.captions, self.config.max_length)
+        self.tokens = CaptionTokens(self._encode, self.captions, self.config.max_length,
+                                    special_id(self.tokenizer, "eos_token_id", EOS_ID))
         self.skipped.extend(problems)
         self._bad.update(problems)
         return problems

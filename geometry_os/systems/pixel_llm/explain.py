@@ -60,7 +60,7 @@ def explain_image(model: Any, tokenizer: Any, path: str, generation: GenerationC
         grid_map = attention[-grid[0] * grid[1]:].reshape(grid)  # ignore any non-patch tokens in front
         span = grid_map.max() - grid_map.min()
         maps.append((grid_map - grid_map.min()) / span if span > 0 else torch.zeros_like(grid_map))
-        words.append(tokenizer.decode([token], skip_special_tokens=True) or "?")
+        words.append(tokenizer.decode([token], skip_special_tokens=True).strip() or "?")  # byte-level BPE: " dog"
     empty = torch.zeros(0, *grid)
     return Explanation(image=image, words=words, maps=torch.stack(maps) if maps else empty)
 

@@ -49,9 +49,9 @@ class GenerationConfig(StrictModel):
     suppress_tokens: list[int] | None = Field(
         None, description="token ids never generated (generate_caption adds the ids its tokenizer cannot decode)"
     )
-    bos_token_id: int = Field(1, ge=0)
-    eos_token_id: int = Field(2, ge=0)
-    pad_token_id: int = Field(0, ge=0)
+    bos_token_id: int = Field(1, ge=0, description="unless set: the tokenizer's (or the model config's) id")
+    eos_token_id: int = Field(2, ge=0, description="unless set: the tokenizer's (or the model config's) id; may equal pad")
+    pad_token_id: int = Field(0, ge=0, description="unless set: the tokenizer's (or the model config's) id")
     seed: int | None = Field(None, ge=0, description="seeds sampling for reproducible captions")
     output_scores: bool = Field(False, description="return per-token log-probs (token_scores)")
     output_attentions: bool = Field(False, description="return cross-attention weights per token")
@@ -82,8 +82,6 @@ class GenerationConfig(StrictModel):
         if self.min_length > self.total_length:
             source = "max_new_tokens + 1" if self.max_new_tokens is not None else "max_length"
             raise ValueError(f"min_length={self.min_length} exceeds {source}={self.total_length}")
-        if self.eos_token_id == self.pad_token_id:
-            raise ValueError(f"eos_token_id and pad_token_id must differ (both {self.eos_token_id})")
         if self.do_sample and self.num_beams > 1:
             raise ValueError(f"do_sample=True with num_beams={self.num_beams}: beam sampling is not supported")
         name = self.strategy_name

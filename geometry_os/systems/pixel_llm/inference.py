@@ -49,8 +49,30 @@ def _resolve_config(config: GenerationConfig | Mapping[str, Any] | None, overrid
     ``model_copy(update=...)`` skips pydantic's checks, and a contradiction must not reach a strategy.
     Only the fields that were set are carried, so ``model_fields_set`` still tells them apart."""
     if isinstance(config, GenerationConfig):
-        config = config.model_dump(exclude_unset=True)
+        config = config.model_dump(exclude_unset=True)  # what was set stays "set" (see _model_defaults)
     return GenerationConfig.model_validate({**(config or {}), **overrides})
+
+
+SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def _model_defaults(config: GenerationConfig, model: Any, tokenizer: Any) -> GenerationConfig:
+    """Fields the caller did not set: the model config's ``generation`` defaults, and bos/eos/pad ids from
+    the tokenizer, else the model config (a GPT-2 captioner uses 50256 for all three; our own tokenizers
+    1, 2, 0, the fields' defaults)."""
+    defaults = getattr(getattr(model, "config", None), "generation", None) or {}
+    fill = {k: v for k, v in defaults.items() if k not in config.model_fields_set and k not in SPECIAL_IDS}
+    if "max_length" in config.model_fields_set:  # the caller's length wins over a default max_new_tokens
+        fill.pop("max_new_tokens", None)
+    for name in SPECIAL_IDS:
+        if name in config.model_fields_set:
+            continue
+        for source in (tokenizer, getattr(model, "config", None)):
+            value = getattr(source, name, None)
+            if isinstance(value, int) and not isinstance(value, bool):
+                fill[name] = value
+                break
+    return _resolve_config(config, fill) if fill else config
 
 
 def _check_length(config: GenerationConfig, model: Any) -> None:
@@ -81,7 +103,8 @@ def generate_caption(
 ) -> torch.Tensor | GenerationOutput:
     """Caption ``images`` (B, 3, H, W), or one image (3, H, W).
 
-    Returns the token ids (B * num_return_sequences, T), or a ``GenerationOutput`` when
+    Fields not set in ``config`` or ``overrides`` come from ``model.config.generation``; the bos/eos/pad
+    ids from the tokenizer (else the model config). Returns the token ids (B * num_return_sequences, T), or a ``GenerationOutput`` when
     ``return_dict_in_generate``. Keyword ``overrides`` replace fields of ``config``. Sampling is
     reproducible with ``seed`` (in the config) or a ``torch.Generator`` on the model's device.
     The model is put in eval mode for the call and its training flag restored afterwards.
@@ -90,7 +113,7 @@ def generate_caption(
     A set length beyond the decoder's ``max_seq_len`` is cut there with a ``GenerationLengthWarning``.
     Raises ``ConfigError`` when ``suppress_tokens`` (with ``min_length``) leaves no token to generate.
     """
-    config = _resolve_config(config, overrides)
+    config = _model_defaults(_resolve_config(config, overrides), model, tokenizer)
     vocab_size = getattr(model.config, "vocab_size", None)
     known = len(tokenizer) if hasattr(tokenizer, "__len__") else None  # a decode()-only tokenizer: unknown
     if known is not None and vocab_size is not None and known < vocab_size:  # ids it could not decode

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+# the special ids of the tokenizers trained here (simple, bpe); a pretrained tokenizer declares its own
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 
@@ -87,12 +88,16 @@ class Decoder(Protocol):
 
 @runtime_checkable
 class Tokenizer(Protocol):
-    """Text <-> ids. Ids 0-3 are ``<pad> <bos> <eos> <unk>`` for every tokenizer."""
+    """Text <-> ids, with the special ids the tokenizer declares (``simple`` and ``bpe``: ``<pad> <bos>
+    <eos> <unk>`` = 0-3; a GPT-2 tokenizer: 50256 for bos, eos and pad). ``eos == pad`` and ``bos == eos``
+    are allowed; ``unk_token_id`` may be None. ``encode`` gives ``[bos, ..., eos]``; ``decode`` with
+    ``skip_special_tokens`` stops at the first eos after the leading bos. Generation, truncation,
+    collation and every command read these attributes, never constants."""
 
     pad_token_id: int
     bos_token_id: int
     eos_token_id: int
-    unk_token_id: int
+    unk_token_id: int | None
 
     def __len__(self) -> int: ...
 

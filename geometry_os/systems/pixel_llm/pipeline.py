@@ -1,0 +1,74 @@
+"""``caption_images``: caption files and PIL images in one call, as HF ``pipeline("image-to-text")`` does.
+
+    from geometry_os.systems.pixel_llm import caption_images
+    caption_images(["a.jpg", PIL.Image.open("b.png")], checkpoint="runs/mine/best")
+    # [{"image": "a.jpg", "caption": "...", "score": -3.2, "penalised_score": -0.4}, {"image": None, ...}]
+
+Every image is preprocessed exactly as ``geo-os pixel-llm caption`` does it (the checkpoint's size,
+resize, interpolation, mean and std; files decoded with EXIF orientation and JPEG draft mode).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+
+from geometry_os.errors import GeometryOSError
+
+from .captioning import preprocessing_config
+from .data import build_transform, load_image, to_rgb
+from .generation_config import GenerationConfig
+
+
+def caption_images(
+    images: Sequence[str | os.PathLike | Image.Image] | str | os.PathLike | Image.Image,
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    model: Any = None,
+    tokenizer: Any = None,
+    generation: GenerationConfig | dict[str, Any] | None = None,
+    device: str = "cpu",
+    batch_size: int = 16,
+    **generate_kwargs: Any,
+) -> list[dict[str, Any]]:
+    """Captions of ``images`` (paths and/or ``PIL.Image`` objects, or one of them), in order.
+
+    Give ``checkpoint`` (a folder) or an already loaded ``model`` and ``tokenizer``. ``generation`` and
+    keyword arguments are ``GenerationConfig`` fields (the checkpoint's own defaults apply to the rest).
+    Returns one dict per image: ``image`` (the path, or None for a PIL image), ``caption``, ``score``
+    (sum of token log-probs) and ``penalised_score``. An unreadable file raises ``DataError`` naming it.
+    """
+    from .inference import generate_caption
+    from .model import PixelLLM
+
+    if model is None:
+        if checkpoint is None:
+            raise GeometryOSError("caption_images needs checkpoint= (a folder) or model= and tokenizer=")
+        model, tokenizer = PixelLLM.from_pretrained(checkpoint, map_location=device)
+    if tokenizer is None:
+        raise GeometryOSError("caption_images: no tokenizer (the checkpoint has none; pass tokenizer=)")
+    if isinstance(images, (str, os.PathLike, Image.Image)):
+        images = [images]
+    config = preprocessing_config(model)
+    transform = build_transform(config)
+    settings = generation.model_dump(exclude_unset=True) if isinstance(generation, GenerationConfig) else dict(generation or {})
+    settings.update(generate_kwargs, return_dict_in_generate=True)
+    results: list[dict[str, Any]] = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        pixels = []
+        for item in batch:
+            if isinstance(item, Image.Image):
+                pixels.append(transform(to_rgb(item)))
+            else:
+                pixels.append(transform(load_image(str(item), config.max_image_pixels, draft_size=config.image_size)))
+        out = generate_caption(model, torch.stack(pixels).to(model.device), tokenizer=tokenizer, **settings)
+        step = out.sequences.shape[0] // len(batch)  # num_return_sequences: the best of each image
+        for i, item in enumerate(batch):
+            results.append({"image": None if isinstance(item, Image.Image) else str(item), "caption": out.texts[i * step],
+                             "score": float(out.sequence_scores[i * step]),
+                             "penalised_score": float(out.scores_penalised[i * step])})
+    return results

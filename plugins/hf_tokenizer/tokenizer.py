@@ -1,0 +1,188 @@
+"""A pretrained model's own tokenizer: any HF ``tokenizer.json`` (GPT-2 byte-level BPE included), run by
+the ``tokenizers`` library, with the special ids that model declares.
+
+Unlike ``simple`` and ``bpe``, the special ids are not 0-3: GPT-2 captioners use one id (50256,
+``<|endoftext|>``) for bos, eos and pad. ``encode`` adds ``[bos] ... [eos]`` itself (the JSON's own
+post-processor, if any, is not used), so a tokenizer without a bos template works. ``decode`` with
+``skip_special_tokens`` drops a leading bos, stops at the first eos and drops every other special token,
+which is what HF ``decode(skip_special_tokens=True)`` gives for a generated caption.
+
+Saved as one JSON file: ``{"format": "geometry_os.hf_tokenizer", "version": 1, "bos_token_id": ...,
+"eos_token_id": ..., "pad_token_id": ..., "unk_token_id": ..., "clean_up_tokenization_spaces": ...,
+"tokenizer": <the tokenizers JSON>}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+from geometry_os.fileio import atomic_write_text, parse_json, read_utf8
+
+FORMAT = "geometry_os.hf_tokenizer"
+VERSION = 1
+ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id")
+KEYS = frozenset({"format", "version", "clean_up_tokenization_spaces", "tokenizer", *ID_FIELDS})
+
+
+def _as_id_list(ids: Any) -> list[int]:
+    seq = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+    if isinstance(seq, int) or any(isinstance(i, (list, tuple)) for i in seq):
+        raise ValueError("decode expects a 1-D sequence of ids; use batch_decode for a batch")
+    return [int(i) for i in seq]
+
+
+def clean_up_tokenization(text: str) -> str:
+    """HF ``PreTrainedTokenizerBase.clean_up_tokenization``: no space before punctuation and English contractions."""
+    for old, new in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                     (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+        text = text.replace(old, new)
+    return text
+
+
+def _parse_backend(text: str, source: Any) -> Tokenizer:
+    try:
+        return Tokenizer.from_str(text)
+    except Exception as e:  # the Rust library raises a bare Exception
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"{source}: not a valid tokenizers JSON: {reason}") from None
+
+
+def gpt2_from_vocab_merges(vocab: str | os.PathLike, merges: str | os.PathLike,
+                           special_tokens: Sequence[str] = ("<|endoftext|>",)) -> Tokenizer:
+    """GPT-2's byte-level BPE from the slow tokenizer's ``vocab.json`` + ``merges.txt`` (no prefix space,
+    as ``GPT2Tokenizer``); ``special_tokens`` found in the vocabulary keep their ids and are marked special
+    (skipped by ``decode(skip_special_tokens=True)``)."""
+    tok = Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([t for t in dict.fromkeys(special_tokens) if tok.token_to_id(t) is not None])
+    return tok
+
+
+class HFTokenizer:
+    """Same interface as ``SimpleVocabulary`` (encode/decode/batch_decode/len/save/load), special ids given.
+
+    ``unk_token_id`` may be None (byte-level BPE has no unknown token). Ids must lie inside the vocabulary.
+    """
+
+    def __init__(self, backend: Tokenizer, bos_token_id: int, eos_token_id: int, pad_token_id: int | None = None,
+                 unk_token_id: int | None = None, clean_up_tokenization_spaces: bool = False, source: Any = "tokenizer"):
+        size = backend.get_vocab_size(with_added_tokens=True)
+        ids = {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id,
+               "pad_token_id": eos_token_id if pad_token_id is None else pad_token_id, "unk_token_id": unk_token_id}
+        for name, value in ids.items():
+            if value is None and name == "unk_token_id":
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < size:
+                raise ValueError(f"{source}: {name}={value!r} must be an id below the vocabulary size {size}")
+        self.bos_token_id, self.eos_token_id = ids["bos_token_id"], ids["eos_token_id"]
+        self.pad_token_id, self.unk_token_id = ids["pad_token_id"], ids["unk_token_id"]
+        self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
+        backend.encode_special_tokens = True  # not saved in the JSON; "<|endoftext|>" typed in a caption is text
+        self._tok = backend
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, **ids: Any) -> "HFTokenizer":
+        """A ``tokenizer.json`` (the ``tokenizers`` format) with the given ``*_token_id`` keywords."""
+        text = read_utf8(path)
+        parse_json(text, path, what="tokenizer JSON")
+        return cls(_parse_backend(text, path), source=path, **ids)
+
+    @classmethod
+    def train(cls, texts: Any, options: Any = None) -> "HFTokenizer":
+        raise ValueError("the 'hf' tokenizer is not trained: it comes with a pretrained model "
+                         "(geo-os pixel-llm import, or train --init-from an imported checkpoint)")
+
+    @property
+    def backend(self) -> Tokenizer:
+        """The underlying ``tokenizers.Tokenizer``."""
+        return self._tok
+
+    def __getstate__(self) -> dict:
+        return {"json": self._data()}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(type(self)._from_data(state["json"], "pickled tokenizer").__dict__)
+
+    def __len__(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self)
+
+    def __repr__(self) -> str:
+        return f"HFTokenizer(size={len(self)}, bos={self.bos_token_id}, eos={self.eos_token_id}, pad={self.pad_token_id})"
+
+    def token_to_id(self, token: str) -> int | None:
+        found = self._tok.token_to_id(token)
+        return self.unk_token_id if found is None else found
+
+    def id_to_token(self, index: int) -> str:
+        return self._tok.id_to_token(index)
+
+    def tokenize(self, text: str) -> list[str]:
+        return self._tok.encode(text, add_special_tokens=False).tokens
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """``[bos, ids..., eos]`` (or just the ids); the JSON's own post-processor is not applied."""
+        ids = self._tok.encode(text, add_special_tokens=False).ids
+        return [self.bos_token_id, *ids, self.eos_token_id] if add_special_tokens else ids
+
+    def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
+        """Text of ``ids``; when skipping specials, drop a leading bos, stop at the first eos after it and
+        drop the other special tokens (as HF ``decode(skip_special_tokens=True)``)."""
+        seq = _as_id_list(ids)
+        size = len(self)
+        for i in seq:
+            if not 0 <= i < size:
+                raise ValueError(f"token id {i} is out of range for a vocabulary of {size}")
+        if skip_special_tokens:
+            if seq and seq[0] == self.bos_token_id:
+                seq = seq[1:]
+            if self.eos_token_id in seq:
+                seq = seq[: seq.index(self.eos_token_id)]
+        text = self._tok.decode(seq, skip_special_tokens=skip_special_tokens)
+        return clean_up_tokenization(text) if self.clean_up_tokenization_spaces else text
+
+    def batch_decode(self, sequences: Any, skip_special_tokens: bool = True) -> list[str]:
+        rows = sequences.tolist() if hasattr(sequences, "tolist") else sequences
+        return [self.decode(row, skip_special_tokens) for row in rows]
+
+    def _data(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION, **{k: getattr(self, k) for k in ID_FIELDS},
+                "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
+                "tokenizer": json.loads(self._tok.to_str())}
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write_text(path, json.dumps(self._data(), ensure_ascii=False) + "\n")
+
+    @classmethod
+    def _from_data(cls, data: Any, source: Any) -> "HFTokenizer":
+        def fail(why: str) -> ValueError:
+            return ValueError(f"{source}: not a valid hf tokenizer file: {why}")
+
+        if not isinstance(data, dict):
+            raise fail(f"expected a JSON object, got {type(data).__name__}")
+        if data.get("format") != FORMAT:
+            raise fail(f'"format" must be "{FORMAT}", got {data.get("format")!r}')
+        if data.get("version") != VERSION:
+            raise fail(f'unsupported "version" {data.get("version")!r} (expected {VERSION})')
+        unknown = sorted(set(data) - KEYS)
+        if unknown:
+            raise fail(f"unknown key {unknown[0]!r}")
+        if not isinstance(data.get("tokenizer"), dict):
+            raise fail('"tokenizer" must be the tokenizers JSON object')
+        backend = _parse_backend(json.dumps(data["tokenizer"]), source)
+        return cls(backend, data.get("bos_token_id"), data.get("eos_token_id"), data.get("pad_token_id"),
+                   data.get("unk_token_id"), bool(data.get("clean_up_tokenization_spaces", False)), source=source)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "HFTokenizer":
+        """Read a file written by ``save``; problems are one-line ValueErrors naming the file."""
+        return cls._from_data(parse_json(read_utf8(path), path, what="tokenizer JSON"), Path(path))
