@@ -301,9 +301,10 @@ def test_bad_folders_are_one_line_errors(checkpoint, exported, tmp_path):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
-def test_other_layouts_export_too(tmp_path):
+def test_other_layouts_export_too(tmp_path, images):
     """Cross-attention on one layer of three, an untied LM head, a conv stem with a learned position
-    table, encoder wider than the decoder: the same greedy ids as PyTorch."""
+    table, encoder wider than the decoder, timm-style preprocessing (bicubic, shorter side + centre
+    crop, another rescale factor): the same pixels and greedy ids as PyTorch."""
     from geometry_os.plugins.onnx_export.export import export_onnx
     from geometry_os.plugins.onnx_export.runtime import OnnxCaptioner
     from geometry_os.systems.pixel_llm.inference import generate_caption
@@ -312,7 +313,8 @@ def test_other_layouts_export_too(tmp_path):
     vocab = get_component("tokenizer", "simple").load()(["a red circle left of a blue square"])
     model = create_pixel_llm(preset="tiny", vocab_size=len(vocab), text_num_layers=3, num_cross_attention_layers=1,
                              tie_word_embeddings=False, encoder_options={"stem": "conv"}, vision_pos_embed="learned",
-                             vision_embed_dim=48).eval()
+                             vision_embed_dim=48, image_interpolation="bicubic", image_resize="shorter_crop",
+                             image_crop_pct=0.875, image_rescale_factor=1 / 127.5).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() >= 2 and "norm" not in name:
@@ -323,3 +325,15 @@ def test_other_layouts_export_too(tmp_path):
     ours = OnnxCaptioner(tmp_path / "onnx").generate(x).sequences
     np.testing.assert_array_equal(ours, generate_caption(model, torch.from_numpy(x), tokenizer=vocab).numpy())
     assert ours.shape[1] > 2
+
+    from geometry_os.systems.pixel_llm.captioning import caption_images, preprocessing_config
+    from geometry_os.systems.pixel_llm.data import build_transform
+    from geometry_os.systems.pixel_llm.images import load_image
+
+    runner = OnnxCaptioner(tmp_path / "onnx")
+    transform = build_transform(preprocessing_config(model))
+    for path in images[:3]:  # 48 wide, 40.. high: the crop keeps the middle of the resized image
+        image = load_image(str(path), runner.max_image_pixels)
+        np.testing.assert_allclose(runner.preprocess(image), transform(image).numpy(), rtol=0, atol=1e-5)
+    assert [r.caption for r in runner.caption_files(images[:8], batch_size=4)] == [
+        r.caption for r in caption_images(model, vocab, images[:8], batch_size=4)]

@@ -11,6 +11,7 @@ before the folder is written, and the largest difference is recorded in the mani
 
 from __future__ import annotations
 
+import math
 import shutil
 import warnings
 from pathlib import Path
@@ -129,8 +130,11 @@ def export_onnx(checkpoint: str | Path, out: str | Path) -> Path:
     model = model.float().eval()
     tokenizer_file = safe_file(folder, str(entry.get("file") or "tokenizer.json"))
     defaults = GenerationConfig()
-    special = {kind: int(getattr(tokenizer, f"{kind}_token_id", getattr(defaults, f"{kind}_token_id")))
-               for kind in ("pad", "bos", "eos")}
+    special = {}  # as generate_caption picks them: the tokenizer's, else the model config's
+    for kind in ("pad", "bos", "eos"):
+        name = f"{kind}_token_id"
+        values = (getattr(tokenizer, name, None), getattr(config, name, None), getattr(defaults, name))
+        special[kind] = next(int(v) for v in values if isinstance(v, int) and not isinstance(v, bool))
 
     batch = torch.export.Dim("batch", min=1, max=4096)
     past = torch.export.Dim("past_length", min=0, max=config.max_seq_len - 1)
@@ -164,14 +168,17 @@ def export_onnx(checkpoint: str | Path, out: str | Path) -> Path:
             verified[name] = _verify(path, args, expected, list(specs[name]["inputs"]))
         shutil.copyfile(tokenizer_file, tmp / tokenizer_file.name)
         image = DatasetConfig(**config.image_options())
+        crop = image.resize == "shorter_crop"  # timm's eval transform: shorter side, then a centre crop
         write_json_atomic(tmp / PREPROCESSOR, {
             "image_processor_type": "ViTImageProcessor",
             "do_convert_rgb": True,
             "do_resize": True,
-            "size": {"height": s, "width": s},
-            "resample": 2,  # PIL.Image.BILINEAR, as the training transform resizes
+            "size": {"shortest_edge": math.floor(s / image.crop_pct)} if crop else {"height": s, "width": s},
+            "resample": 3 if image.interpolation == "bicubic" else 2,  # PIL.Image.BICUBIC / BILINEAR
+            "do_center_crop": crop,
+            "crop_size": {"height": s, "width": s},
             "do_rescale": True,
-            "rescale_factor": 1 / 255,
+            "rescale_factor": image.rescale_factor,
             "do_normalize": True,
             "image_mean": list(image.mean),
             "image_std": list(image.std),
@@ -183,6 +190,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path) -> Path:
             "opset": OPSET,
             "graphs": {name: {"file": GRAPH_FILES[name], **specs[name]} for name in GRAPH_FILES},
             "special_ids": special,
+            "generation": config.generation,  # the model's default GenerationConfig fields
             "vocab_size": config.vocab_size,
             "max_seq_len": config.max_seq_len,
             "tokenizer": {"component": entry["component"], "file": tokenizer_file.name},

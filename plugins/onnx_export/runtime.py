@@ -135,11 +135,16 @@ class OnnxCaptioner:
     def _read_preprocessing(self, path: Path) -> None:
         p = _read_json(path)
         try:
-            size = p["size"]
-            self.image_size = (int(size["height"]), int(size["width"]))
+            crop = p.get("do_center_crop", False) is True
+            self.image_size = (int(p["crop_size"]["height"]), int(p["crop_size"]["width"])) if crop else (
+                int(p["size"]["height"]), int(p["size"]["width"]))
+            self.shortest_edge = int(p["size"]["shortest_edge"]) if crop else None
+            if p.get("resample", 2) not in (2, 3):
+                raise ValueError(f"resample={p.get('resample')!r} (2 bilinear or 3 bicubic)")
+            self.resample = int(p.get("resample", 2))
             self.mean = np.asarray(p["image_mean"], dtype=np.float32).reshape(3, 1, 1)
             self.std = np.asarray(p["image_std"], dtype=np.float32).reshape(3, 1, 1)
-            self.rescale = np.float32(p["rescale_factor"])
+            self.rescale = float(p["rescale_factor"])
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: missing or invalid field ({one_line(exc)})") from None
         if not (self.std > 0).all() or min(self.image_size) < 1:
@@ -167,13 +172,27 @@ class OnnxCaptioner:
     # -- the graphs ---------------------------------------------------------------------------------
 
     def preprocess(self, image: Any) -> np.ndarray:
-        """An RGB ``PIL.Image`` -> (3, H, W) float32: bilinear resize (Pillow's, as torchvision's
-        ``Resize`` does on PIL images), x/255, (x - mean) / std."""
+        """An RGB ``PIL.Image`` -> (3, H, W) float32 as ``data.build_transform`` makes it: Pillow's
+        bilinear or bicubic resize (what torchvision's ``Resize`` runs on PIL images) to H x W, or of
+        the shorter side followed by a centre crop; x/255 (times rescale_factor*255 when that is not
+        1); (x - mean) / std."""
         from PIL import Image
 
         height, width = self.image_size
-        array = np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
-        return (array.transpose(2, 0, 1) * self.rescale - self.mean) / self.std
+        resample = Image.Resampling.BICUBIC if self.resample == 3 else Image.Resampling.BILINEAR
+        if self.shortest_edge is None:
+            image = image.resize((width, height), resample)
+        else:  # torchvision: shorter side to the edge, the longer int(edge * long / short); round() centring
+            w, h = image.size
+            n = self.shortest_edge
+            size = (n, int(n * h / w)) if w <= h else (int(n * w / h), n)
+            image = image.resize(size, resample)
+            top, left = int(round((size[1] - height) / 2.0)), int(round((size[0] - width) / 2.0))
+            image = image.crop((left, top, left + width, top + height))
+        array = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) * np.float32(1.0 / 255)
+        if abs(self.rescale * 255 - 1) >= 1e-12:
+            array = array * np.float32(self.rescale * 255)
+        return (array - self.mean) / self.std
 
     def encode(self, pixel_values: np.ndarray) -> np.ndarray:
         """(B, 3, H, W) float32 -> encoder_hidden_states (B, N, D)."""
@@ -196,9 +215,16 @@ class OnnxCaptioner:
     # -- decoding -----------------------------------------------------------------------------------
 
     def _generation(self, config: GenerationConfig | Mapping[str, Any] | None, overrides: dict[str, Any]) -> GenerationConfig:
-        data = config.model_dump() if isinstance(config, GenerationConfig) else dict(config or {})
-        fields = {"bos_token_id": self.bos_id, "eos_token_id": self.eos_id, "pad_token_id": self.pad_id,
-                  **data, **overrides}
+        if isinstance(config, GenerationConfig):  # only what the caller set, as generate_caption reads it
+            data = config.model_dump(include=config.model_fields_set)
+        else:
+            data = dict(config or {})
+        data.update(overrides)
+        defaults = dict(self.manifest.get("generation") or {})  # the model's defaults fill the rest
+        if "max_length" in data:
+            defaults.pop("max_new_tokens", None)
+        fields = {**defaults, "bos_token_id": self.bos_id, "eos_token_id": self.eos_id, "pad_token_id": self.pad_id,
+                  **data}
         known = len(self.tokenizer) if hasattr(self.tokenizer, "__len__") else None
         if known is not None and known < self.vocab_size:  # ids the tokenizer could not decode
             fields["suppress_tokens"] = sorted({*(fields.get("suppress_tokens") or ()), *range(known, self.vocab_size)})
