@@ -303,7 +303,7 @@ def test_bad_folders_are_one_line_errors(checkpoint, exported, tmp_path):
 
 def test_other_layouts_export_too(tmp_path, images):
     """Cross-attention on one layer of three, an untied LM head, a conv stem with a learned position
-    table, encoder wider than the decoder, timm-style preprocessing (bicubic, shorter side + centre
+    table, a class token, a pre-norm and quick-GELU (the imported encoders' options), encoder wider than the decoder, timm-style preprocessing (bicubic, shorter side + centre
     crop, another rescale factor): the same pixels and greedy ids as PyTorch."""
     from geometry_os.plugins.onnx_export.export import export_onnx
     from geometry_os.plugins.onnx_export.runtime import OnnxCaptioner
@@ -312,7 +312,8 @@ def test_other_layouts_export_too(tmp_path, images):
     torch.manual_seed(0)
     vocab = get_component("tokenizer", "simple").load()(["a red circle left of a blue square"])
     model = create_pixel_llm(preset="tiny", vocab_size=len(vocab), text_num_layers=3, num_cross_attention_layers=1,
-                             tie_word_embeddings=False, encoder_options={"stem": "conv"}, vision_pos_embed="learned",
+                             tie_word_embeddings=False, vision_pos_embed="learned",
+                             encoder_options={"stem": "conv", "class_token": True, "pre_norm": True, "act": "quick_gelu"},
                              vision_embed_dim=48, image_interpolation="bicubic", image_resize="shorter_crop",
                              image_crop_pct=0.875, image_rescale_factor=1 / 127.5).eval()
     with torch.no_grad():
