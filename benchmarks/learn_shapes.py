@@ -76,10 +76,10 @@ def test_scenes(n: int, seed: int, config: Any, split: str = "test", hold_out: l
 def score(predictions: list[str], test_set: Any) -> dict[str, Any]:
     """Exact match overall and per number of shapes, plus a few wrong captions to look at."""
     from geometry_os.plugins.datasets.shapes import exact_match_by_shapes
+    from geometry_os.systems.pixel_llm.data import per_image
     from geometry_os.systems.pixel_llm.metrics import caption_metrics, normalize
 
-    references = [[c] for c in test_set.captions]
-    metrics = caption_metrics(predictions, references)
+    metrics = caption_metrics(*per_image(test_set, predictions))
     out: dict[str, Any] = {"exact_match": metrics["exact_match"], "bleu_4": metrics["bleu_4"], "n": len(predictions)}
     for k, (em, n) in exact_match_by_shapes(predictions, test_set.captions).items():
         out[f"exact_match_{k}_shapes"] = em

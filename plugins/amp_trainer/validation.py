@@ -1,6 +1,10 @@
 """Validation: the token-weighted loss over the whole validation loader, and greedy captions of a bounded
-subset (``val_max_samples`` images) scored with the core caption metrics: exact match, BLEU-1..4,
-ROUGE-L, CIDEr-D, distinct-1/2 and collapse statistics.
+subset (the first ``val_max_samples`` images) scored with the core caption metrics: exact match,
+BLEU-1..4, ROUGE-L, CIDEr-D, distinct-1/2 and collapse statistics.
+
+Each image is captioned once and scored against all of its references: every caption the loader yields
+for it over the whole pass (every process's share under DDP), grouped by ``data.group_references`` as
+``dataset.references`` groups them, whatever the file order (grouped or COCO-interleaved) or batch size.
 
 Loss alone hides the commonest failure of a small captioner: the same caption for every image. The
 caption metrics show it, and a warning says so when most captions are identical.
@@ -80,7 +84,8 @@ def evaluate(
     device = next(model.parameters()).device
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, tokens
     unavailable = generation_unavailable(tokenizer)
-    captions: dict[Any, tuple[str, list[str]]] = {}
+    captions: dict[Any, str] = {}  # image key -> its generated caption
+    samples: list[tuple[Any, Any, str]] = []  # (sample id, image key, reference caption) of every sample
     limit = -(-max_samples // world.world_size)
     try:
         for position, batch in enumerate(loader):
@@ -90,54 +95,64 @@ def evaluate(
             n = count_targets(batch)
             if n:
                 totals += torch.stack([out.loss.double() * n, torch.tensor(float(n), dtype=torch.float64, device=device)])
-            if unavailable is None and "captions" in batch and len(captions) < limit:
-                keys = _keys(batch, position, world)
-                wanted = [i for i, key in enumerate(keys) if key not in captions][: limit - len(captions)]
+            if unavailable is None and "captions" in batch:
+                keys, ids = _keys(batch, position, world)
+                samples.extend(zip(ids, keys, batch["captions"]))
+                wanted: dict[Any, int] = {}  # new image key -> its first row in this batch
+                for i, key in enumerate(keys):
+                    if key not in captions and key not in wanted and len(captions) + len(wanted) < limit:
+                        wanted[key] = i
                 if wanted:
                     with autocast():
-                        texts = _generate(model, batch["images"][wanted], tokenizer)
-                    for i, text in zip(wanted, texts):
-                        captions[keys[i]] = (text, [batch["captions"][i]])
-                for i, key in enumerate(keys):  # more references of images already captioned
-                    if key in captions and i not in wanted and batch["captions"][i] not in captions[key][1]:
-                        captions[key][1].append(batch["captions"][i])
+                        texts = _generate(model, batch["images"][list(wanted.values())], tokenizer)
+                    captions.update(zip(wanted, texts))
     finally:
         model.train(was_training)
     world.all_reduce_sum(totals)
     loss_sum, tokens = totals.tolist()
     metrics = {"val_loss": loss_sum / tokens if tokens else float("nan"), "val_tokens": tokens}
     if unavailable is None:
-        metrics.update(_caption_metrics(captions, world, max_samples))
+        metrics.update(_caption_metrics(captions, samples, world, max_samples))
     return metrics
 
 
-def _keys(batch: dict[str, Any], position: int, world: World) -> list[Any]:
-    """One key per image, so that images with several captions are captioned once."""
-    if "image_paths" in batch:
-        return list(batch["image_paths"])
-    if "indices" in batch:
-        return [int(i) for i in batch["indices"]]
+def _keys(batch: dict[str, Any], position: int, world: World) -> tuple[list[Any], list[Any]]:
+    """One key per image (images with several captions are captioned once) and one id per sample: its
+    dataset index, which orders the references as the file does and counts each sample once, or where
+    there is none (no ``indices``, or -1 from a streamed WebDataset) its (rank, batch, row)."""
     size = len(batch["captions"])
-    return [(world.rank, position, i) for i in range(size)]
+    indices = [int(i) for i in batch["indices"]] if "indices" in batch else [-1] * size
+    ids = [i if i >= 0 else (world.rank, position, row) for row, i in enumerate(indices)]
+    keys = list(batch["image_paths"]) if "image_paths" in batch else list(ids)
+    return keys, ids
 
 
-def _caption_metrics(captions: dict[Any, tuple[str, list[str]]], world: World, max_samples: int) -> dict[str, float]:
-    """Merge every process's captions, score them once on the main process, share the result."""
-    gathered = world.gather_objects(list(captions.items()))
+def _caption_metrics(captions: dict[Any, str], samples: list[tuple[Any, Any, str]], world: World,
+                     max_samples: int) -> dict[str, float]:
+    """Merge every process's captions and samples, score them once on the main process, share the result."""
+    from geometry_os.systems.pixel_llm.data import group_references
+
+    gathered = world.gather_objects((list(captions.items()), samples))
     metrics: dict[str, float] = {}
     if world.is_main:
-        merged: dict[Any, tuple[str, list[str]]] = {}
-        for items in gathered:
-            for key, (text, refs) in items:
-                if key in merged:
-                    merged[key][1].extend(r for r in refs if r not in merged[key][1])
-                else:
-                    merged[key] = (text, list(refs))
-        chosen = list(merged.values())[:max_samples]
+        merged: dict[Any, str] = {}
+        unique: dict[Any, tuple[Any, str]] = {}  # sample id -> (image key, caption)
+        for items, rows in gathered:
+            for key, text in items:
+                merged.setdefault(key, text)
+            for sample_id, key, caption in rows:
+                unique.setdefault(sample_id, (key, caption))
+        references = dict(group_references(unique[i] for i in sorted(unique, key=_order)))
+        chosen = list(merged.items())[:max_samples]
         if chosen:
-            metrics = score([text for text, _ in chosen], [refs for _, refs in chosen])
-            metrics["example_caption"] = chosen[0][0]
+            metrics = score([text for _, text in chosen], [references[key] for key, _ in chosen])
+            metrics["example_caption"] = chosen[0][1]
     return world.broadcast_object(metrics)
+
+
+def _order(sample_id: Any) -> tuple:
+    """Sort key of sample ids: dataset indices, or (rank, batch, row) where a loader gives none."""
+    return sample_id if isinstance(sample_id, tuple) else (sample_id,)
 
 
 def score(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
@@ -148,8 +163,8 @@ def score(predictions: list[str], references: list[list[str]]) -> dict[str, floa
     try:
         return core.caption_metrics(predictions, references)
     except ImportError:
-        exact = sum(core.normalize(p) in {core.normalize(r) for r in refs} for p, refs in zip(predictions, references))
-        return {"exact_match": exact / len(predictions), **core.diversity(predictions), "num_images": float(len(predictions))}
+        return {"exact_match": core.exact_match(predictions, references), **core.diversity(predictions),
+                "num_images": float(len(predictions))}
 
 
 def collapse_message(metrics: dict[str, Any]) -> str | None:

@@ -1,7 +1,9 @@
 """Byte-level BPE on HF ``tokenizers``: open vocabulary (no ``<unk>`` in practice), compact ids.
 
-Pipeline: normalise (NFKC, lowercase, collapse whitespace, strip) -> ByteLevel pre-tokenizer (with a
-prefix space, so a word has the same tokens at the start of a caption as inside it) -> BPE -> template
+Pipeline: normalise (NFKC, lowercase, collapse whitespace, strip, then a prefix space, so a word has the
+same tokens at the start of a caption as inside it) -> split into words by GPT-2's pattern with combining
+marks kept in their words (``\\p{M}`` beside ``\\p{L}``: GPT-2's own pattern splits ``লাল`` at its vowel
+sign, so no merge could span it) -> byte-level alphabet -> BPE -> template
 ``<bos> $A <eos>``. Specials have the fixed ids ``<pad>=0 <bos>=1 <eos>=2 <unk>=3``; text that spells a
 special token (``"<eos>"``) is encoded as ordinary bytes. Saved as the library's own tokenizer JSON.
 """
@@ -25,12 +27,21 @@ def _as_id_list(ids: Any) -> list[int]:
     return [int(i) for i in seq]
 
 
+# GPT-2's pre-tokenizer pattern (tokenizers' ByteLevel use_regex) with \p{M} in the letter classes.
+# Files saved with the earlier ByteLevel pipeline keep it: a tokenizer JSON carries its own pipeline.
+WORD_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?[\p{L}\p{M}]+| ?\p{N}+| ?[^\s\p{L}\p{M}\p{N}]+|\s+(?!\S)|\s+"
+
+
 def _new_tokenizer() -> Tokenizer:
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.normalizer = normalizers.Sequence(
-        [normalizers.NFKC(), normalizers.Lowercase(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()]
-    )
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.normalizer = normalizers.Sequence([
+        normalizers.NFKC(), normalizers.Lowercase(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip(),
+        normalizers.Prepend(" "),
+    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(WORD_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     tok.decoder = decoders.ByteLevel()
     return tok
 

@@ -98,6 +98,7 @@ def evaluate_by_shapes(model: Any, tokenizer: Any, n: int, seed: int) -> tuple[d
     from geometry_os.systems.pixel_llm.components import get_component
     from geometry_os.systems.pixel_llm.inference import generate_caption
     from geometry_os.plugins.datasets.shapes import exact_match_by_shapes
+    from geometry_os.systems.pixel_llm.data import per_image
     from geometry_os.systems.pixel_llm.metrics import caption_metrics
 
     test = get_component("dataset", "shapes").build(
@@ -110,7 +111,7 @@ def evaluate_by_shapes(model: Any, tokenizer: Any, n: int, seed: int) -> tuple[d
             tokenizer.decode(row.tolist()) for row in generate_caption(model, images, max_length=model.config.max_seq_len)
         ]
     truths = test.captions
-    metrics = caption_metrics(predictions, [[t] for t in truths])
+    metrics = caption_metrics(*per_image(test, predictions))  # one caption per image, all its references
     metrics["exact_match_by_shapes"] = {k: em for k, (em, _) in exact_match_by_shapes(predictions, truths).items()}
     return metrics, test, predictions
 

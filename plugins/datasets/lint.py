@@ -20,6 +20,7 @@ from geometry_os.fileio import parse_json, read_utf8
 from geometry_os.systems.pixel_llm.data import CaptionRecord, DataError, load_image
 from geometry_os.systems.pixel_llm.data_config import DatasetConfig
 from geometry_os.systems.pixel_llm.formats import read_caption_data, resolve
+from geometry_os.systems.pixel_llm.text import caption_words, normalize_caption
 
 
 def load_vocab(path: str | os.PathLike) -> Any:
@@ -52,7 +53,7 @@ def histogram(lengths: Sequence[int], bins: int = 8) -> dict[str, int]:
 
 def _caption_stats(records: Sequence[CaptionRecord], tokenizer: Any) -> tuple[dict, dict | None]:
     if tokenizer is None:
-        lengths = [len(r.caption.split()) for r in records]
+        lengths = [len(caption_words(r.caption)) for r in records]
         return {"unit": "words", **_summary(lengths)}, None
     ids = [tokenizer.encode(r.caption, add_special_tokens=False) for r in records]
     lengths = [len(row) for row in ids]
@@ -134,7 +135,7 @@ def lint_file(path: str, tokenizer: Any, image_root: Any, max_pixels: int, threa
 
     seen: dict[tuple[str, str], str] = {}
     for r in records:
-        key = (r.image, " ".join(r.caption.lower().split()))
+        key = (r.image, normalize_caption(r.caption))
         if key in seen:
             report["warnings"].append(f"{path}: {r.where}: duplicates {seen[key]} (same image and caption)")
         seen.setdefault(key, r.where)

@@ -1,7 +1,13 @@
 """A word-level vocabulary: small, readable, exact for closed vocabularies such as the synthetic scenes.
 
-Normalisation: NFKC, lowercase, then ``re.findall(r"\\w+|[^\\w\\s]")``: runs of word characters and
-single punctuation characters are the tokens, whitespace only separates them.
+Tokens are the core caption tokens (``geometry_os.systems.pixel_llm.text``): NFKC, lowercase, Unicode
+words (letters, combining marks and numbers, with inner apostrophes and hyphens: ``man's``,
+``well-known``, ``লাল``) and single punctuation marks. ``decode`` writes them back with English spacing,
+so ``decode(encode(text))`` is the caption's normal form (``text.normalize_caption``): ``"A man’s hat,
+red."`` -> ``"a man's hat, red."`` when every word is in the vocabulary.
+
+Files of format version 1 keep the tokens they were built with (``re.findall(r"\\w+|[^\\w\\s]")``, words
+and punctuation joined by spaces), so a checkpoint trained with one encodes and captions as it always did.
 Ids: ``<pad>=0 <bos>=1 <eos>=2 <unk>=3``, then words by frequency (descending), ties alphabetically,
 so the same captions always give the same ids. Saved as plain JSON (never pickle).
 """
@@ -18,24 +24,36 @@ from typing import Any, Iterable, Sequence
 
 from geometry_os.fileio import atomic_write_text, parse_json, read_utf8
 from geometry_os.systems.pixel_llm.protocols import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID
+from geometry_os.systems.pixel_llm.text import caption_tokens
+from geometry_os.systems.pixel_llm.text import detokenize as join_tokens
 
 FORMAT = "geometry_os.simple_vocab"
-VERSION = 1
-_TOKEN_RE = re.compile(r"\w+|[^\w\s]")
-_NO_SPACE_BEFORE = set(".,!?;:)]}%")
-_NO_SPACE_AFTER = set("([{")
+VERSION = 2  # 1: the tokens of _legacy_tokens, written back by _legacy_detokenize
+_LEGACY_TOKEN_RE = re.compile(r"\w+|[^\w\s]")
+_LEGACY_NO_SPACE_BEFORE = set(".,!?;:)]}%")
+_LEGACY_NO_SPACE_AFTER = set("([{")
 
 
 def normalize(text: str) -> list[str]:
-    """The tokens of ``text``: NFKC, lowercase, words and single punctuation characters."""
-    return _TOKEN_RE.findall(unicodedata.normalize("NFKC", text).lower())
+    """The tokens of ``text`` (``text.caption_tokens``): NFKC, lowercase, words and punctuation marks."""
+    return caption_tokens(text)
 
 
 def detokenize(tokens: Sequence[str]) -> str:
-    """Join tokens with spaces, except before closing and after opening punctuation ("a cat, a dog")."""
+    """Tokens back to text with English spacing (``text.detokenize``): ``"a man's hat, red."``."""
+    return join_tokens(tokens)
+
+
+def _legacy_tokens(text: str) -> list[str]:
+    """Version-1 tokens: runs of ``\\w`` and single other characters (splits at combining marks)."""
+    return _LEGACY_TOKEN_RE.findall(unicodedata.normalize("NFKC", text).lower())
+
+
+def _legacy_detokenize(tokens: Sequence[str]) -> str:
+    """Version-1 text: spaces between tokens except before closing and after opening punctuation."""
     out: list[str] = []
     for tok in tokens:
-        if out and tok not in _NO_SPACE_BEFORE and out[-1] not in _NO_SPACE_AFTER:
+        if out and tok not in _LEGACY_NO_SPACE_BEFORE and out[-1] not in _LEGACY_NO_SPACE_AFTER:
             out.append(" ")
         out.append(tok)
     return "".join(out)
@@ -73,7 +91,7 @@ class SimpleVocabulary:
         words = sorted((w for w, c in counts.items() if c >= min_freq), key=lambda w: (-counts[w], w))
         if max_size is not None:
             words = words[: max_size - len(SPECIAL_TOKENS)]
-        self.min_freq, self.max_size = min_freq, max_size
+        self.min_freq, self.max_size, self.version = min_freq, max_size, VERSION
         self._set_tokens([*SPECIAL_TOKENS, *words])
 
     def _set_tokens(self, tokens: list[str]) -> None:
@@ -106,10 +124,10 @@ class SimpleVocabulary:
         return self.itos[index]
 
     def tokenize(self, text: str) -> list[str]:
-        return normalize(text)
+        return normalize(text) if self.version == VERSION else _legacy_tokens(text)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        ids = [self.stoi.get(tok, UNK_ID) for tok in normalize(text)]
+        ids = [self.stoi.get(tok, UNK_ID) for tok in self.tokenize(text)]
         return [BOS_ID, *ids, EOS_ID] if add_special_tokens else ids
 
     def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
@@ -125,14 +143,15 @@ class SimpleVocabulary:
             if EOS_ID in seq:
                 seq = seq[: seq.index(EOS_ID)]
             seq = [i for i in seq if i not in (PAD_ID, BOS_ID)]
-        return detokenize([self.itos[i] for i in seq])
+        tokens = [self.itos[i] for i in seq]
+        return detokenize(tokens) if self.version == VERSION else _legacy_detokenize(tokens)
 
     def batch_decode(self, sequences: Any, skip_special_tokens: bool = True) -> list[str]:
         rows = sequences.tolist() if hasattr(sequences, "tolist") else sequences
         return [self.decode(row, skip_special_tokens) for row in rows]
 
     def save(self, path: str | os.PathLike) -> None:
-        data = {"format": FORMAT, "version": VERSION, "min_freq": self.min_freq, "max_size": self.max_size,
+        data = {"format": FORMAT, "version": self.version, "min_freq": self.min_freq, "max_size": self.max_size,
                 "tokens": self.itos}
         atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=1) + "\n")
 
@@ -142,7 +161,7 @@ class SimpleVocabulary:
         data = parse_json(read_utf8(path), path, what="vocabulary JSON")
         tokens = _check_vocab_json(data, path)
         vocab = cls.__new__(cls)
-        vocab.min_freq, vocab.max_size = data.get("min_freq", 1), data.get("max_size")
+        vocab.min_freq, vocab.max_size, vocab.version = data.get("min_freq", 1), data.get("max_size"), data["version"]
         vocab._set_tokens(tokens)
         return vocab
 
@@ -155,8 +174,8 @@ def _check_vocab_json(data: Any, path: Any) -> list[str]:
         raise fail(f"expected a JSON object, got {type(data).__name__}")
     if data.get("format") != FORMAT:
         raise fail(f'"format" must be "{FORMAT}", got {data.get("format")!r}')
-    if data.get("version") != VERSION:
-        raise fail(f'unsupported "version" {data.get("version")!r} (expected {VERSION})')
+    if type(data.get("version")) is not int or data["version"] not in (1, VERSION):
+        raise fail(f'unsupported "version" {data.get("version")!r} (expected 1 or {VERSION})')
     unknown = set(data) - {"format", "version", "min_freq", "max_size", "tokens"}
     if unknown:
         raise fail(f"unknown key {sorted(unknown)[0]!r}")

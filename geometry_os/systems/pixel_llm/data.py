@@ -25,7 +25,7 @@ import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from PIL import Image
@@ -308,6 +308,27 @@ def summarize_skipped(name: str, reasons: Sequence[str], total: int, what: str) 
 # -------------------------------------------------------------------------------------------- dataset
 
 
+def group_references(samples: Iterable[tuple[Any, str]]) -> list[tuple[Any, list[str]]]:
+    """(image, all its captions) per image from (image, caption) samples in file order: the references
+    every evaluation scores an image's one caption against (validation, ``eval``, ``pixel_llm.evaluate``,
+    the demo). Images keep the order of their first sample, captions their file order, duplicates included
+    (as COCO keeps them), wherever an image's captions are in the file (grouped or interleaved)."""
+    groups: dict[Any, list[str]] = {}
+    for image, caption in samples:
+        groups.setdefault(image, []).append(caption)
+    return list(groups.items())
+
+
+def per_image(dataset: Any, predictions: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    """Predictions made per sample of ``dataset`` (in sample order) -> one prediction per image and that
+    image's references (``dataset.references``), in the order ``metrics.caption_metrics`` takes them."""
+    if len(predictions) != len(dataset.records):
+        raise ValueError(f"{len(predictions)} predictions for {len(dataset.records)} samples")
+    by_image = dict(zip((r.image for r in dataset.records), predictions))
+    references = dataset.references
+    return [by_image[image] for image, _ in references], [refs for _, refs in references]
+
+
 class CaptionTokens:
     """Token ids of all captions in one flat tensor (no per-caption Python objects for workers to copy)."""
 
@@ -334,10 +355,7 @@ class CaptionedImages(Dataset):
     @property
     def references(self) -> list[tuple[str, list[str]]]:
         """(image path, all its captions) per image, in order of first appearance: for evaluation."""
-        groups: dict[str, list[str]] = {}
-        for r in self.records:
-            groups.setdefault(r.image, []).append(r.caption)
-        return list(groups.items())
+        return group_references((r.image, r.caption) for r in self.records)
 
     @property
     def image_paths(self) -> list[str]:

@@ -30,10 +30,11 @@ class Explanation:
     image: Image.Image
     words: list[str]
     maps: torch.Tensor  # (words, rows, cols), each in [0, 1]
+    text: str = ""  # the decoded caption, spaced as the tokenizer writes it (``caption`` prints the same)
 
     @property
     def caption(self) -> str:
-        return " ".join(self.words)
+        return self.text or " ".join(self.words)
 
 
 def explain_image(model: Any, tokenizer: Any, path: str, generation: GenerationConfig | None = None) -> Explanation:
@@ -62,7 +63,8 @@ def explain_image(model: Any, tokenizer: Any, path: str, generation: GenerationC
         maps.append((grid_map - grid_map.min()) / span if span > 0 else torch.zeros_like(grid_map))
         words.append(tokenizer.decode([token], skip_special_tokens=True).strip() or "?")  # byte-level BPE: " dog"
     empty = torch.zeros(0, *grid)
-    return Explanation(image=image, words=words, maps=torch.stack(maps) if maps else empty)
+    text = tokenizer.decode(ids, skip_special_tokens=True)  # "a man's hat.", not the panels' "a man's hat ."
+    return Explanation(image=image, words=words, maps=torch.stack(maps) if maps else empty, text=text)
 
 
 def _heat(value: float) -> tuple[int, int, int]:

@@ -1,9 +1,16 @@
 """Caption metrics without Java: BLEU-1..4, ROUGE-L and CIDEr-D from pycocoevalcap's pure-Python
 scorers, exact match, and diversity statistics.
 
-Tokenisation (applied to candidates and references alike, instead of the Java PTB tokenizer):
-lowercase, every character that is not a letter, digit, whitespace or apostrophe becomes a space,
-then split on whitespace. ``"A Red, circle!"`` -> ``["a", "red", "circle"]``.
+Tokenisation (applied to candidates and references alike, instead of the Java PTB tokenizer): the words
+of ``text.caption_words``: NFKC, lowercase, Unicode words (letters, combining marks, numbers; ``man's``
+and ``well-known`` are one word each), punctuation dropped. ``"A Red, circle!"`` -> ``["a", "red",
+"circle"]``. Exact match compares these word lists, so a prediction matches a reference that differs
+only in case, spacing or punctuation.
+
+An empty caption (or one of punctuation only) has zero words: it is scored as zero length, with no
+placeholder word. BLEU and CIDEr-D are pycocoevalcap's scores of the empty token list; ROUGE-L of an
+empty hypothesis is 0 (pycocoevalcap would split ``""`` into one empty token, which matches an empty
+reference); an empty hypothesis equals an empty reference in exact match.
 
 CIDEr-D's idf comes from the evaluated references by default (as in coco-caption); pass
 ``idf_corpus`` (a list of reference lists, e.g. the training captions) to take it from elsewhere.
@@ -11,19 +18,41 @@ CIDEr-D's idf comes from the evaluated references by default (as in coco-caption
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from typing import Sequence
 
-_NON_WORD = re.compile(r"[^\w\s']+")
+from .text import caption_words
 
 
 def tokenize(text: str) -> list[str]:
-    return _NON_WORD.sub(" ", text.lower()).replace("_", " ").split()
+    """The words the metrics compare (``text.caption_words``)."""
+    return caption_words(text)
 
 
 def normalize(text: str) -> str:
-    return " ".join(tokenize(text))
+    """The words of ``text`` joined by single spaces: the form every scorer sees ("" for no words)."""
+    return " ".join(caption_words(text))
+
+
+def exact_match(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """Fraction of predictions whose words equal the words of one of their references."""
+    if not predictions:
+        raise ValueError("no predictions to score")
+    hits = sum(normalize(p) in {normalize(r) for r in refs} for p, refs in zip(predictions, references))
+    return hits / len(predictions)
+
+
+def rouge_l(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """Mean sentence ROUGE-L (F with beta 1.2, best reference) by pycocoevalcap's ``Rouge.calc_score``;
+    an empty hypothesis scores 0 (zero length: no common subsequence)."""
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    rouge = Rouge()
+    scores = []
+    for prediction, refs in zip(predictions, references):
+        hypothesis = normalize(prediction)
+        scores.append(float(rouge.calc_score([hypothesis], [normalize(r) for r in refs])) if hypothesis else 0.0)
+    return sum(scores) / len(scores)
 
 
 def _cider_scorer(idf_corpus: Sequence[Sequence[str]] | None):
@@ -58,6 +87,10 @@ def _cider_scorer(idf_corpus: Sequence[Sequence[str]] | None):
 def cider_d(
     predictions: Sequence[str], references: Sequence[Sequence[str]], idf_corpus: Sequence[Sequence[str]] | None = None
 ) -> float:
+    """Mean CIDEr-D (pycocoevalcap's ``CiderScorer``, n=4, sigma=6) of each prediction against its references;
+    0 when no reference has a word (pycocoevalcap's scorer fails on an empty document frequency)."""
+    if idf_corpus is None and not any(normalize(r) for refs in references for r in refs):
+        return 0.0
     scorer = _cider_scorer(idf_corpus)
     for prediction, refs in zip(predictions, references):
         scorer += (normalize(prediction), [normalize(r) for r in refs])
@@ -86,7 +119,6 @@ def caption_metrics(
 ) -> dict[str, float]:
     """Corpus-level metrics for one prediction per image against that image's references."""
     from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.rouge.rouge import Rouge
 
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} reference lists")
@@ -94,15 +126,13 @@ def caption_metrics(
         raise ValueError("no predictions to score")
     if any(len(refs) == 0 for refs in references):
         raise ValueError("every image needs at least one reference caption")
-    res = {i: [normalize(p) or "<empty>"] for i, p in enumerate(predictions)}
+    res = {i: [normalize(p)] for i, p in enumerate(predictions)}  # "" stays "": zero length
     gts = {i: [normalize(r) for r in refs] for i, refs in enumerate(references)}
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-    rouge, _ = Rouge().compute_score(gts, res)
-    exact = sum(normalize(p) in {normalize(r) for r in refs} for p, refs in zip(predictions, references))
     metrics = {
-        "exact_match": exact / len(predictions),
+        "exact_match": exact_match(predictions, references),
         **{f"bleu_{n + 1}": float(bleu[n]) for n in range(4)},
-        "rouge_l": float(rouge),
+        "rouge_l": rouge_l(predictions, references),
         "cider_d": cider_d(predictions, references, idf_corpus),
     }
     metrics.update(diversity(predictions))
