@@ -69,6 +69,14 @@ def test_bench_generate_quick(tmp_path):
     assert results and all(r["repeats"] == 1 for r in results)  # --quick: no extra runs
 
 
+@pytest.mark.slow
+def test_bench_onnx_quick(tmp_path):
+    out = tmp_path / "onnx.json"
+    run("bench_onnx.py", "--quick", "--repeats", "1", "--out", str(out))
+    results = json.loads(out.read_text())["results"]
+    assert results and all(r["onnx"]["captions_per_s"] > 0 and r["torch"]["captions_per_s"] > 0 for r in results)
+
+
 @pytest.fixture
 def bench_generate_module(monkeypatch):
     """bench_generate imported in-process, with ``timed`` replaced by a fake clock (0.1 s a call) that
