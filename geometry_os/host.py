@@ -139,6 +139,10 @@ class SystemCall:
     params_model: type[BaseModel]
     function: Callable[..., Any]
     doc: str = ""
+    # The parameters a network caller may give (``geo-os pixel-llm serve``): a model accepting a subset
+    # of ``params_model``'s fields, e.g. without those naming files on the server. None: the call is
+    # not offered over the network.
+    remote_params: type[BaseModel] | None = None
 
 
 class System:

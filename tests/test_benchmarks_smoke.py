@@ -69,6 +69,14 @@ def test_bench_generate_quick(tmp_path):
     assert results and all(r["repeats"] == 1 for r in results)  # --quick: no extra runs
 
 
+@pytest.mark.slow
+def test_bench_onnx_quick(tmp_path):
+    out = tmp_path / "onnx.json"
+    run("bench_onnx.py", "--quick", "--repeats", "1", "--out", str(out))
+    results = json.loads(out.read_text())["results"]
+    assert results and all(r["onnx"]["captions_per_s"] > 0 and r["torch"]["captions_per_s"] > 0 for r in results)
+
+
 @pytest.fixture
 def bench_generate_module(monkeypatch):
     """bench_generate imported in-process, with ``timed`` replaced by a fake clock (0.1 s a call) that
@@ -117,3 +125,15 @@ def test_compositional_benchmark_reports_each_held_out_pair(tmp_path):
         assert comp["n"] == 24 and set(comp["per_pair"]) == {"blue square", "red circle"}
         assert sum(v["n"] for v in comp["per_pair"].values()) >= 24  # every scene holds a pair
         assert result[f"test_{name}"]["n"] == 24 and 0 <= comp["exact_match"] <= 1
+
+
+@pytest.mark.slow
+def test_bench_serve_quick(tmp_path):
+    pytest.importorskip("starlette", reason="the serve extra is not installed")
+    out = tmp_path / "serve.json"
+    proc = run("bench_serve.py", "--quick", "--threads", "1", "--requests", "60", "--sequential", "10",
+               "--concurrency", "8", "--out", str(out))
+    result = json.loads(out.read_text())
+    assert result["sequential"]["requests"] == 10 and result["concurrent"]["requests"] == 60
+    assert result["sequential"]["errors"] == 0 and result["concurrent"]["errors"] == 0
+    assert result["memory"]["rss_peak_mib"] > 0 and "| 8 concurrent clients |" in proc.stdout

@@ -122,10 +122,10 @@ def test_other_colour_spaces():
 
 
 def test_a_mode_without_a_conversion_is_one_line_naming_the_file(tmp_path, monkeypatch):
-    import geometry_os.systems.pixel_llm.data as data
+    import geometry_os.systems.pixel_llm.images as images  # where load_image and to_rgb live
 
     path = saved(Image.new("RGBA", (1, 1)), tmp_path / "odd.png")
-    monkeypatch.setattr(data, "to_rgb", lambda image: to_rgb(image.convert("La")))  # 'La' has no RGB conversion
+    monkeypatch.setattr(images, "to_rgb", lambda image: to_rgb(image.convert("La")))  # 'La' has no RGB conversion
     with pytest.raises(DataError) as caught:
         load_image(str(path), 10**6)
     assert str(caught.value) == f"{path}: ValueError: cannot convert Pillow mode 'La' to RGB"

@@ -42,6 +42,13 @@ def info(params: InfoParams, host: Any) -> dict[str, Any]:
     }
 
 
+class RemoteInfoParams(StrictModel):
+    """``info`` over the network: a preset and overrides, never a config file on the server."""
+
+    preset: str | None = Field(None, description="preset to start from (default: small)")
+    overrides: list[str] = Field(default_factory=list, description="key=value overrides")
+
+
 class GenerationParams(StrictModel):
     checkpoint: str = Field(description="checkpoint folder")
     generation: GenerationConfig = Field(default_factory=GenerationConfig, description="GenerationConfig fields")
@@ -130,8 +137,11 @@ def train(params: TrainParams, host: Any) -> dict[str, Any]:
 
 
 CALLS = [
-    SystemCall("pixel_llm.info", InfoParams, info, "Resolved model config, parameter count and trainer settings."),
+    SystemCall("pixel_llm.info", InfoParams, info, "Resolved model config, parameter count and trainer settings.",
+               remote_params=RemoteInfoParams),
     SystemCall("pixel_llm.caption", CaptionParams, caption, "Caption image files with a checkpoint."),
     SystemCall("pixel_llm.evaluate", EvaluateParams, evaluate, "Caption metrics of a checkpoint on a caption file."),
-    SystemCall("pixel_llm.train", TrainParams, train, "Train a model (as geo-os pixel-llm train) and summarise."),
+    # over the network only when the server was started with --allow-train (it reads and writes server files)
+    SystemCall("pixel_llm.train", TrainParams, train, "Train a model (as geo-os pixel-llm train) and summarise.",
+               remote_params=TrainParams),
 ]

@@ -2,7 +2,8 @@
 ``pixel_llm.caption`` / ``pixel_llm.evaluate`` system calls run.
 
 Images are streamed in batches (memory stays bounded however many there are), each preprocessed
-exactly as in training (the model config's image size, mean and std).
+exactly as in training (the model config's image size, mean and std). Torch is imported by the
+functions that run a model, so finding images and ``CaptionResult`` serve torch-free runtimes too.
 """
 
 from __future__ import annotations
@@ -15,13 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import torch
-
 from geometry_os.errors import GeometryOSError
 
-from .data import DataError, build_transform, load_image
 from .data_config import DatasetConfig
 from .generation_config import GenerationConfig
+from .images import DataError, load_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -128,6 +127,9 @@ def caption_images(
     batch_size: int = 16,
 ) -> Iterator[CaptionResult]:
     """Yield one result per image, in order; an unreadable image gives a result with ``error``."""
+    import torch
+
+    from .data import build_transform
     from .inference import generate_caption
 
     config = preprocessing_config(model)

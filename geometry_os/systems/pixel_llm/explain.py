@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -37,13 +37,13 @@ class Explanation:
         return self.text or " ".join(self.words)
 
 
-def explain_image(model: Any, tokenizer: Any, path: str, generation: GenerationConfig | None = None) -> Explanation:
+def explain_image(model: Any, tokenizer: Any, path: str | BinaryIO, generation: GenerationConfig | None = None) -> Explanation:
     from .inference import generate_caption
 
     config = preprocessing_config(model)
-    image = load_image(str(path), config.max_image_pixels)  # full size, for the pictures
+    image = load_image(path, config.max_image_pixels)  # full size, for the pictures
     # the model sees exactly what `caption` feeds it (JPEGs decoded at reduced scale), so the captions agree
-    seen = load_image(str(path), config.max_image_pixels, draft_size=config.image_size)
+    seen = load_image(path, config.max_image_pixels, draft_size=config.image_size)
     pixels = build_transform(config)(seen).unsqueeze(0).to(model.device)
     generation = (generation or GenerationConfig()).model_copy(
         update={"output_attentions": True, "return_dict_in_generate": True, "num_return_sequences": 1}
@@ -75,6 +75,14 @@ def _heat(value: float) -> tuple[int, int, int]:
 
 def render_panels(explanation: Explanation, out: str | Path) -> Path:
     """A PNG with the caption on top and one panel per word; written atomically."""
+    canvas = draw_panels(explanation)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_save(out, lambda tmp: canvas.save(tmp, format="PNG"))
+
+
+def draw_panels(explanation: Explanation) -> Image.Image:
+    """The picture ``render_panels`` writes: the caption on top, one panel (``PANEL`` px) per word."""
     words = explanation.words or ["(empty caption)"]
     cols = min(len(words), 6)
     rows = (len(words) + cols - 1) // cols
@@ -95,6 +103,4 @@ def render_panels(explanation: Explanation, out: str | Path) -> Path:
             panel = Image.blend(base, heat, 0.55)
         canvas.paste(panel, (x, y))
         draw.text((x + 4, y + PANEL + 3), word, fill="black", font=font)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_save(out, lambda tmp: canvas.save(tmp, format="PNG"))
+    return canvas
