@@ -17,7 +17,7 @@ import os
 import select
 import sys
 import warnings
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import click
 
@@ -37,6 +37,28 @@ def echo_error(message: object) -> None:
 def echo_warning(message: object) -> None:
     """``Warning: <message>`` on stderr, one line."""
     click.echo(f"Warning: {one_line_text(message)}", err=True)
+
+
+def echo_caption_results(results: Iterable[Any], as_json: bool) -> int:
+    """Print captioning results as they come: ``IMAGE<TAB>CAPTION`` lines, or a JSON list of their
+    ``to_dict()`` (streamed, one item per line); a result with ``error`` is one ``Error:`` line on
+    stderr instead. Returns the number of failed images."""
+    failures, first = 0, True
+    if as_json:
+        click.echo("[")
+    for result in results:
+        if result.error:
+            failures += 1
+            echo_error(result.error)
+            continue
+        if as_json:
+            click.echo(("" if first else ",\n") + "  " + json.dumps(result.to_dict()), nl=False)
+            first = False
+        else:
+            click.echo(f"{result.image}\t{result.caption}")
+    if as_json:
+        click.echo("\n]")
+    return failures
 
 
 class _OneLineLogHandler(logging.Handler):

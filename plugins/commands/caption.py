@@ -107,29 +107,13 @@ def caption_command(images: tuple[str, ...], as_json: bool, recursive: bool, **p
     matches, are searched only with --recursive (else a warning names them). Unreadable images are reported on stderr (one line each) and skipped; the exit
     code is then 1.
     """
-    from geometry_os.cli import echo_error
+    from geometry_os.cli import echo_caption_results
     from geometry_os.systems.pixel_llm.captioning import caption_images, expand_image_args
 
     generation = generation_config(params)
     paths = expand_image_args(images, recursive=recursive)
     model, tokenizer = load_checkpoint(params["checkpoint"], params["device"])
-    failures = 0
-    first = True
-    if as_json:
-        click.echo("[")
-    for result in caption_images(model, tokenizer, paths, generation, params["batch_size"]):
-        if result.error:
-            failures += 1
-            echo_error(result.error)
-            continue
-        if as_json:
-            click.echo(("" if first else ",\n") + "  " + json.dumps(result.to_dict()), nl=False)
-            first = False
-        else:
-            click.echo(f"{result.image}\t{result.caption}")
-    if as_json:
-        click.echo("\n]")
-    if failures:
+    if echo_caption_results(caption_images(model, tokenizer, paths, generation, params["batch_size"]), as_json):
         raise SystemExit(1)
 
 

@@ -35,7 +35,8 @@ def export_command(checkpoint: str, fmt: str, out: str) -> None:
 @click.option("--max-new-tokens", type=int, default=None, help="Tokens after <bos>; overrides --max-length.")
 @click.option("--min-length", type=int, default=None, help="Ban <eos> while the caption is shorter.")
 @click.option("--suppress-token", "suppress_tokens", type=int, multiple=True, help="Never generate this id (repeatable).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Images decoded together (memory grows with it).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array of {image, caption, score, ...}.")
 @click.option("--recursive", "-r", is_flag=True, help="Also caption the images in the sub-folders of a folder.")
@@ -46,7 +47,7 @@ def caption_onnx_command(export_dir: str, images: tuple[str, ...], batch_size: i
     command (folders, --recursive); unreadable images are reported on stderr and skipped, the exit
     code is then 1. Beams, sampling and penalties are not supported by the exported runner.
     """
-    from geometry_os.cli import echo_error
+    from geometry_os.cli import echo_caption_results
     from geometry_os.systems.pixel_llm.captioning import expand_image_args
     from geometry_os.systems.pixel_llm.generation_config import GenerationConfig
 
@@ -58,20 +59,5 @@ def caption_onnx_command(export_dir: str, images: tuple[str, ...], batch_size: i
     generation = GenerationConfig(**fields)
     paths = expand_image_args(images, recursive=recursive)
     runner = OnnxCaptioner(export_dir, threads=threads)
-    failures, first = 0, True
-    if as_json:
-        click.echo("[")
-    for result in runner.caption_files(paths, generation, batch_size=batch_size):
-        if result.error:
-            failures += 1
-            echo_error(result.error)
-            continue
-        if as_json:
-            click.echo(("" if first else ",\n") + "  " + json.dumps(result.to_dict()), nl=False)
-            first = False
-        else:
-            click.echo(f"{result.image}\t{result.caption}")
-    if as_json:
-        click.echo("\n]")
-    if failures:
+    if echo_caption_results(runner.caption_files(paths, generation, batch_size=batch_size), as_json):
         raise SystemExit(1)

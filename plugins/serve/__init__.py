@@ -50,7 +50,7 @@ def serve_command(ctx: click.Context, **flags: Any) -> None:
         raise click.ClickException(
             f"serve needs the web stack ({', '.join(missing)} missing): pip install 'geometry-os[serve]'"
         )
-    from geometry_os.cli import get_cli_host
+    from geometry_os.cli import echo_warning, get_cli_host
     from geometry_os.plugins.commands.caption import load_checkpoint
 
     from pydantic import ValidationError
@@ -66,8 +66,7 @@ def serve_command(ctx: click.Context, **flags: Any) -> None:
             for e in exc.errors()
         )) from None
     if not settings.loopback and not settings.token:
-        click.echo(f"geo-os: warning: serving on {settings.host} without --token: anyone who can reach it can use it",
-                   err=True)
+        echo_warning(f"serving on {settings.host} without --token: anyone who can reach it can use it")
     host = get_cli_host(ctx)
     model, tokenizer = load_checkpoint(settings.checkpoint, settings.device)  # a bad checkpoint fails before binding
     if settings.workers > 1:
