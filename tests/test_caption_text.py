@@ -265,7 +265,7 @@ def test_lint_counts_words_and_finds_duplicates_after_normalisation(tmp_path):
     entries = [{"image": "red.png", "caption": "A man’s hat , red."}, {"image": "red.png", "caption": "a man's hat, red."},
                {"image": "red.png", "caption": "लाल गेंद"}]
     (tmp_path / "data.json").write_text(json.dumps(entries, ensure_ascii=False))
-    report, _ = lint_file(str(tmp_path / "data.json"), None, None, 10**8, 1)
+    report, _, _ = lint_file(str(tmp_path / "data.json"), None, None, 10**8, 1)
     assert any("entry 1: duplicates entry 0" in w for w in report["warnings"])
     assert report["caption_lengths"]["unit"] == "words"
     assert report["caption_lengths"]["max"] == 4 and report["caption_lengths"]["min"] == 2

@@ -121,7 +121,8 @@ def test_a_run_stopped_mid_epoch_and_resumed_sees_the_rest_of_the_stream(tmp_pat
     """48 samples, batch 8: 6 steps an epoch. Resumed from step 3 (mid-epoch 0) and from step 8 (mid-epoch 1),
     a run reaches the uninterrupted run's weights: the same batches, in the same order."""
     pattern = write_shards(tmp_path / "shards")
-    full = shard_trainer(tmp_path / "full", pattern, max_steps=10, checkpoint_interval=1)
+    full = shard_trainer(tmp_path / "full", pattern, max_steps=10, checkpoint_interval=1,
+                         save_total_limit=None)  # every step folder kept: two of them are resumed from
     full.train()
     for at in (3, 8):
         resumed = shard_trainer(tmp_path / f"resumed{at}", pattern, model_seed=9, max_steps=10)

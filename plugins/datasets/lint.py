@@ -163,8 +163,9 @@ def lint_stream(report: dict[str, Any], spec: str, limit: int) -> dict[str, Any]
 
 
 def lint_file(path: str, tokenizer: Any, image_root: Any, max_pixels: int, threads: int,
-              split: str | None = None, limit: int = 1000) -> tuple[dict, list]:
-    """The report of one file (any registered format), and its (record, digest) pairs for the checks across files."""
+              split: str | None = None, limit: int = 1000) -> tuple[dict, list, list]:
+    """The report of one file (any registered format), its (record, digest) pairs for the checks across
+    files, and its records (for the vocabulary check of later files)."""
     report: dict[str, Any] = {"path": path, "entries": 0, "samples": 0, "images": 0, "errors": [], "warnings": []}
     try:
         fmt, spec = resolve(path)
