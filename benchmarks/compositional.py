@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from learn_shapes import _threads, evaluate_checkpoint, run_ours  # noqa: E402
+from learn_shapes import _threads, evaluate_checkpoint, run_checkpoints, run_ours  # noqa: E402
 
 from geometry_os.fileio import write_json_atomic  # noqa: E402
 from geometry_os.plugins.datasets.shapes import has_pair, parse_pairs  # noqa: E402
@@ -66,14 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"hold_out": pairs, "budget_s": args.budget_s, "seed": args.seed, "num_scenes": args.num_scenes,
                               "config": args.config, "set": args.set, "run_dir": str(run_dir), "cpu_threads": _threads()}
     result.update(run_ours(args, run_dir))  # test_best / test_latest: in distribution (no held-out pair)
-    for name in ("best", "latest"):
-        folder = run_dir / name
-        if name == "latest":
-            folder = run_dir / json.loads((run_dir / "latest").read_text())["checkpoint"]
-        if folder.is_dir():
-            scored = evaluate_checkpoint(folder, args.eval_n, args.eval_seed, split="compositional", hold_out=pairs)
-            result[f"compositional_{name}"] = {
-                **{k: v for k, v in scored.items() if not k.startswith("_")}, "per_pair": per_pair(scored, pairs)}
+    for name, folder in run_checkpoints(run_dir).items():
+        scored = evaluate_checkpoint(folder, args.eval_n, args.eval_seed, split="compositional", hold_out=pairs)
+        result[f"compositional_{name}"] = {
+            **{k: v for k, v in scored.items() if not k.startswith("_")}, "per_pair": per_pair(scored, pairs)}
     if args.out:
         write_json_atomic(args.out, result)
     print(json.dumps(result, indent=2))

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -118,6 +117,14 @@ def evaluate_checkpoint(folder: Path, n: int, seed: int, batch_size: int = 100, 
     return {**score(predictions, test_set), "_predictions": predictions, "_test_set": test_set}
 
 
+def run_checkpoints(run_dir: Path) -> dict[str, Path]:
+    """A finished run's ``best`` (when it has one) and ``latest`` checkpoint folders."""
+    from geometry_os.systems.pixel_llm.checkpoint import read_latest
+
+    best = run_dir / "best"
+    return {**({"best": best} if best.is_dir() else {}), "latest": read_latest(run_dir)}
+
+
 def training_summary(run_dir: Path) -> dict[str, Any]:
     """Steps, training time and images/s from ``metrics.jsonl`` (and the batch size in trainer_state.json)."""
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -164,14 +171,9 @@ def run_ours(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         subprocess.run(command, check=True)
     result: dict[str, Any] = {"command": " ".join(command), "wall_s": round(time.perf_counter() - start, 1),
                               "load_average": load.summary(), **training_summary(run_dir)}
-    for name in ("best", "latest"):
-        folder = run_dir / name
-        if name == "latest":
-            folder = run_dir / json.loads((run_dir / "latest").read_text())["checkpoint"]
-        if folder.is_dir():
-            hold_out = getattr(args, "hold_out", None)
-            scored = evaluate_checkpoint(folder, args.eval_n, args.eval_seed, hold_out=hold_out)
-            result[f"test_{name}"] = {k: v for k, v in scored.items() if not k.startswith("_")}
+    for name, folder in run_checkpoints(run_dir).items():
+        scored = evaluate_checkpoint(folder, args.eval_n, args.eval_seed, hold_out=getattr(args, "hold_out", None))
+        result[f"test_{name}"] = {k: v for k, v in scored.items() if not k.startswith("_")}
     return result
 
 
