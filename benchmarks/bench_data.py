@@ -34,8 +34,9 @@ def rate(count: int, seconds: float) -> float:
 
 def loader_rate(dataset, batch_size: int, workers: int) -> dict:
     """One pass over ``dataset``; ``steady`` excludes the first batch (worker start-up, first decode)."""
-    loader = create_dataloader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                               generator=torch.Generator().manual_seed(0))
+    loader = create_dataloader(
+        dataset, batch_size=batch_size, shuffle=True, num_workers=workers, generator=torch.Generator().manual_seed(0)
+    )
     start = time.perf_counter()
     first = None
     seen = 0
@@ -44,8 +45,12 @@ def loader_rate(dataset, batch_size: int, workers: int) -> dict:
         if first is None:
             first, first_count = time.perf_counter(), seen
     end = time.perf_counter()
-    return {"images": seen, "seconds": round(end - start, 3), "images_per_s": rate(seen, end - start),
-            "steady_images_per_s": rate(seen - first_count, end - first)}
+    return {
+        "images": seen,
+        "seconds": round(end - start, 3),
+        "images_per_s": rate(seen, end - start),
+        "steady_images_per_s": rate(seen - first_count, end - first),
+    }
 
 
 def main() -> None:
@@ -70,8 +75,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        make_shapes.main(["--out", tmp, "--n", str(args.n), "--image-size", str(args.image_size)],
-                         standalone_mode=False)
+        make_shapes.main(
+            ["--out", tmp, "--n", str(args.n), "--image-size", str(args.image_size)], standalone_mode=False
+        )
         made = rate(args.n, time.perf_counter() - t)
         rows.append((f"make-shapes --n {args.n} (sample+render+PNG)", {"images_per_s": made}))
         config = DatasetConfig(image_size=args.image_size)
@@ -79,8 +85,9 @@ def main() -> None:
         for workers in (int(w) for w in args.workers.split(",")):
             name = f"PNG files, {workers} workers, batch {args.batch_size}"
             rows.append((name, loader_rate(files, args.batch_size, workers)))
-        augmented = ImageTextDataset(Path(tmp) / "captions.json", tokenizer=vocab,
-                                     config=config.model_copy(update={"augment": True}))
+        augmented = ImageTextDataset(
+            Path(tmp) / "captions.json", tokenizer=vocab, config=config.model_copy(update={"augment": True})
+        )
         rows.append(("PNG files + augment, 0 workers", loader_rate(augmented, args.batch_size, 0)))
 
     t = time.perf_counter()
@@ -94,10 +101,24 @@ def main() -> None:
     for name, r in rows:
         print(f"{name:<52} {r['images_per_s']:>10} {r.get('steady_images_per_s', ''):>10}")
     if args.out:
-        env = {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
-               "torch_threads": torch.get_num_threads(), "machine": platform.machine()}
-        args.out.write_text(json.dumps({"env": env, "args": {k: str(v) for k, v in vars(args).items()},
-                                        "results": [{"name": n, **r} for n, r in rows]}, indent=2) + "\n")
+        env = {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+        }
+        args.out.write_text(
+            json.dumps(
+                {
+                    "env": env,
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "results": [{"name": n, **r} for n, r in rows],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -17,18 +17,19 @@ import statistics
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hf_reference import build_hf_model  # noqa: E402
+from hf_reference import build_hf_model
 
-from geometry_os.fileio import write_json_atomic  # noqa: E402
-from geometry_os.systems.pixel_llm import create_pixel_llm  # noqa: E402
-from geometry_os.systems.pixel_llm.config import PRESETS  # noqa: E402
-from geometry_os.systems.pixel_llm.inference import GenerationConfig, generate_caption  # noqa: E402
+from geometry_os.fileio import write_json_atomic
+from geometry_os.systems.pixel_llm import create_pixel_llm
+from geometry_os.systems.pixel_llm.config import PRESETS
+from geometry_os.systems.pixel_llm.inference import GenerationConfig, generate_caption
 
 NEW_TOKENS = 24
 # Cheap cases repeat beyond ``repeats`` until each model has run this long (capped): on a noisy
@@ -69,8 +70,17 @@ def table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return [body[0], "|" + "---|" * len(header), *body[1:], ""]
 
 
-def run_case(ours: Any, hf: Any, preset: str, decoding: str, batch: int, repeats: int, device, dtype,
-             min_seconds: float = MIN_SECONDS) -> dict:
+def run_case(
+    ours: Any,
+    hf: Any,
+    preset: str,
+    decoding: str,
+    batch: int,
+    repeats: int,
+    device,
+    dtype,
+    min_seconds: float = MIN_SECONDS,
+) -> dict:
     size = PRESETS[preset]["image_size"]
     images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
     beams = 5 if decoding == "beam5" else 1
@@ -82,8 +92,12 @@ def run_case(ours: Any, hf: Any, preset: str, decoding: str, batch: int, repeats
     def run_hf() -> torch.Tensor:
         with torch.inference_mode():
             return hf.generate(
-                pixel_values=images, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
-                num_beams=beams, do_sample=False, use_cache=True,
+                pixel_values=images,
+                max_new_tokens=NEW_TOKENS,
+                min_new_tokens=NEW_TOKENS,
+                num_beams=beams,
+                do_sample=False,
+                use_cache=True,
             )
 
     for fn in (run_ours, run_hf, run_ours, run_hf):  # warm-up (allocator, kernels, lazy imports)
@@ -98,8 +112,13 @@ def run_case(ours: Any, hf: Any, preset: str, decoding: str, batch: int, repeats
     while more():  # alternate, so drifts (clocks, other load) hit both alike
         times["ours"].append(timed(run_ours, device)[0])
         times["hf"].append(timed(run_hf, device)[0])
-    result: dict[str, Any] = {"preset": preset, "decoding": decoding, "batch": batch, "new_tokens": NEW_TOKENS,
-                              "repeats": len(times["ours"])}
+    result: dict[str, Any] = {
+        "preset": preset,
+        "decoding": decoding,
+        "batch": batch,
+        "new_tokens": NEW_TOKENS,
+        "repeats": len(times["ours"]),
+    }
     for name, ts in times.items():
         s = summarise([batch / t for t in ts])
         result[name] = {"captions_per_s": s["median"], "min": s["min"], "max": s["max"], "seconds": ts}
@@ -140,15 +159,17 @@ def breakdown(ours: Any, preset: str, beams: int, batch: int, device, dtype, rep
 
 def profile(ours: Any, hf: Any, preset: str, beams: int, device, dtype, folder: Path) -> None:
     """torch.profiler tables (batch 1) for both models, sorted by self CPU time."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     size = PRESETS[preset]["image_size"]
     images = torch.randn(1, 3, size, size, device=device, dtype=dtype)
     config = GenerationConfig(max_new_tokens=NEW_TOKENS, min_length=NEW_TOKENS + 1, num_beams=beams)
     runs = {
         "ours": lambda: generate_caption(ours, images, config=config),
-        "hf": lambda: hf.generate(pixel_values=images, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
-                                  num_beams=beams, do_sample=False),
+        "hf": lambda: hf.generate(
+            pixel_values=images, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, num_beams=beams, do_sample=False
+        ),
     }
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     folder.mkdir(parents=True, exist_ok=True)
@@ -179,8 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     dtype = getattr(torch, args.dtype)
     presets = args.presets or (["tiny"] if args.quick else ["small", "base"])
     repeats = args.repeats or (3 if args.quick else 7)
@@ -191,10 +215,15 @@ def main(argv: list[str] | None = None) -> int:
         ours = create_pixel_llm(preset=preset).to(device, dtype).eval()
         hf = build_hf_model(PRESETS[preset]).to(device, dtype).eval()
         for decoding, batch in CASES[preset]:
-            res = run_case(ours, hf, preset, decoding, batch, repeats, device, dtype, 0.0 if args.quick else MIN_SECONDS)
+            res = run_case(
+                ours, hf, preset, decoding, batch, repeats, device, dtype, 0.0 if args.quick else MIN_SECONDS
+            )
             results.append(res)
-            print(f"  {preset:5s} {decoding:6s} batch {batch:2d}: ours {res['ours']['captions_per_s']:9.1f}  "
-                  f"hf {res['hf']['captions_per_s']:9.1f} captions/s  ratio {res['ratio']:.2f}", flush=True)
+            print(
+                f"  {preset:5s} {decoding:6s} batch {batch:2d}: ours {res['ours']['captions_per_s']:9.1f}  "
+                f"hf {res['hf']['captions_per_s']:9.1f} captions/s  ratio {res['ratio']:.2f}",
+                flush=True,
+            )
             if args.breakdown:
                 beams = 5 if decoding == "beam5" else 1
                 parts = breakdown(ours, preset, beams, batch, device, dtype)
@@ -210,15 +239,35 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
     print(f"\ncaption generation, {NEW_TOKENS} new tokens, {args.dtype}, {name}, median of >= {repeats} (min-max)")
     rate = "{0[captions_per_s]:.1f} ({0[min]:.1f}-{0[max]:.1f})".format
-    print("\n".join(table(["preset", "decoding", "batch", "runs", "ours captions/s", "HF captions/s", "ours/HF"],
-                          [[r["preset"], r["decoding"], r["batch"], r["repeats"], rate(r["ours"]), rate(r["hf"]),
-                            f"{r['ratio']:.2f}x"] for r in results])))
+    print(
+        "\n".join(
+            table(
+                ["preset", "decoding", "batch", "runs", "ours captions/s", "HF captions/s", "ours/HF"],
+                [
+                    [
+                        r["preset"],
+                        r["decoding"],
+                        r["batch"],
+                        r["repeats"],
+                        rate(r["ours"]),
+                        rate(r["hf"]),
+                        f"{r['ratio']:.2f}x",
+                    ]
+                    for r in results
+                ],
+            )
+        )
+    )
     if args.out:
         import transformers
 
         meta = {
-            "device": name, "dtype": args.dtype, "repeats": repeats, "torch": torch.__version__,
-            "transformers": transformers.__version__, "python": platform.python_version(),
+            "device": name,
+            "dtype": args.dtype,
+            "repeats": repeats,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
         }
         write_json_atomic(args.out, {"meta": meta, "results": results, "breakdown": breakdowns})
     return 0

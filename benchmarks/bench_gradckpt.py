@@ -83,7 +83,12 @@ def measure(preset: str, batch: int, image_size: int | None, checkpointing: bool
     else:
         peak = sampler.stop()
     seconds = (time.perf_counter() - start) / steps
-    return {"peak_over_base_mib": round(peak - base, 1), "base_mib": round(base, 1), "seconds_per_step": round(seconds, 3), "image_size": image_size}
+    return {
+        "peak_over_base_mib": round(peak - base, 1),
+        "base_mib": round(base, 1),
+        "seconds_per_step": round(seconds, 3),
+        "image_size": image_size,
+    }
 
 
 def main() -> None:
@@ -102,24 +107,52 @@ def main() -> None:
         return
     rows = {}
     for setting in ("off", "on"):
-        cmd = [sys.executable, __file__, "--preset", args.preset, "--batch", str(args.batch), "--image-size",
-               str(args.image_size), "--steps", str(args.steps), "--device", args.device, "--child", setting]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--preset",
+            args.preset,
+            "--batch",
+            str(args.batch),
+            "--image-size",
+            str(args.image_size),
+            "--steps",
+            str(args.steps),
+            "--device",
+            args.device,
+            "--child",
+            setting,
+        ]
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
         rows[setting] = json.loads(proc.stdout.strip().splitlines()[-1])
     import torch
 
-    machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-               "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-               "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu"}
+    machine = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+    }
     image_size = rows["off"].pop("image_size")
     rows["on"].pop("image_size")
-    result = {"preset": args.preset, "batch": args.batch, "image_size": image_size, "device": args.device,
-              "machine": machine, "off": rows["off"], "on": rows["on"],
-              "memory_ratio": round(rows["on"]["peak_over_base_mib"] / max(rows["off"]["peak_over_base_mib"], 1e-9), 3),
-              "time_ratio": round(rows["on"]["seconds_per_step"] / max(rows["off"]["seconds_per_step"], 1e-9), 3)}
-    print(f"| gradient checkpointing ({args.preset}, batch {args.batch}, {image_size} px, {args.device}) "
-          "| step peak over base MiB | base MiB | s/step |")
+    result = {
+        "preset": args.preset,
+        "batch": args.batch,
+        "image_size": image_size,
+        "device": args.device,
+        "machine": machine,
+        "off": rows["off"],
+        "on": rows["on"],
+        "memory_ratio": round(rows["on"]["peak_over_base_mib"] / max(rows["off"]["peak_over_base_mib"], 1e-9), 3),
+        "time_ratio": round(rows["on"]["seconds_per_step"] / max(rows["off"]["seconds_per_step"], 1e-9), 3),
+    }
+    print(
+        f"| gradient checkpointing ({args.preset}, batch {args.batch}, {image_size} px, {args.device}) "
+        "| step peak over base MiB | base MiB | s/step |"
+    )
     print("|---|---|---|---|")
     for setting in ("off", "on"):
         row = rows[setting]

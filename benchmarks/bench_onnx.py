@@ -18,21 +18,22 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_generate import summarise, table  # noqa: E402
+from bench_generate import summarise, table
 
-from geometry_os.fileio import write_json_atomic  # noqa: E402
-from geometry_os.plugins.onnx_export.export import export_onnx  # noqa: E402
-from geometry_os.plugins.onnx_export.runtime import OnnxCaptioner  # noqa: E402
-from geometry_os.systems.pixel_llm import create_pixel_llm  # noqa: E402
-from geometry_os.systems.pixel_llm.inference import GenerationConfig, generate_caption  # noqa: E402
-from geometry_os.systems.pixel_llm.models import SimpleVocabulary  # noqa: E402
+from geometry_os.fileio import write_json_atomic
+from geometry_os.plugins.onnx_export.export import export_onnx
+from geometry_os.plugins.onnx_export.runtime import OnnxCaptioner
+from geometry_os.systems.pixel_llm import create_pixel_llm
+from geometry_os.systems.pixel_llm.inference import GenerationConfig, generate_caption
+from geometry_os.systems.pixel_llm.models import SimpleVocabulary
 
 NEW_TOKENS = 24
 MIN_SECONDS = 5.0
@@ -56,7 +57,9 @@ def run_case(model: Any, vocab: Any, runner: OnnxCaptioner, batch: int, repeats:
     outs = {name: fn() for name, fn in fns.items()}  # warm-up, and the same ids from both
     assert outs["torch"].shape == (batch, NEW_TOKENS + 1) and np.array_equal(outs["torch"], outs["onnx"])
     times: dict[str, list[float]] = {name: [] for name in fns}
-    while len(times["torch"]) < repeats or (len(times["torch"]) < MAX_REPEATS and min(map(sum, times.values())) < min_seconds):
+    while len(times["torch"]) < repeats or (
+        len(times["torch"]) < MAX_REPEATS and min(map(sum, times.values())) < min_seconds
+    ):
         for name, fn in fns.items():  # alternate, so drifts hit both alike
             start = time.perf_counter()
             fn()
@@ -97,24 +100,64 @@ def main(argv: list[str] | None = None) -> int:
         for batch in batches:
             res = run_case(model, vocab, runner, batch, repeats, 0.0 if args.quick else MIN_SECONDS)
             results.append(res)
-            print(f"  {preset} greedy batch {batch:2d}: torch {res['torch']['captions_per_s']:8.1f}  "
-                  f"onnx {res['onnx']['captions_per_s']:8.1f} captions/s  onnx/torch {res['ratio']:.2f}", flush=True)
+            print(
+                f"  {preset} greedy batch {batch:2d}: torch {res['torch']['captions_per_s']:8.1f}  "
+                f"onnx {res['onnx']['captions_per_s']:8.1f} captions/s  onnx/torch {res['ratio']:.2f}",
+                flush=True,
+            )
     cpuinfo = Path("/proc/cpuinfo")
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                if line.startswith("model name")), "") if cpuinfo.exists() else ""
-    machine = {"cpu": cpu or platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-               "load_average": os.getloadavg(), "python": platform.python_version(),
-               "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__,
-               "threads": args.threads}
-    rows = [[f"{preset} greedy", r["batch"], r["repeats"],
-             f"{r['torch']['captions_per_s']:.3g} ({r['torch']['min']:.3g}-{r['torch']['max']:.3g})",
-             f"{r['onnx']['captions_per_s']:.3g} ({r['onnx']['min']:.3g}-{r['onnx']['max']:.3g})",
-             f"**{r['ratio']:.2f}x**"] for r in results]
-    print("\n".join(table([f"generation ({NEW_TOKENS} new tokens, fp32, {args.threads} thread(s))", "batch", "runs",
-                           "PyTorch captions/s", "onnxruntime captions/s", "onnx/torch"], rows)))
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in cpuinfo.read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            "",
+        )
+        if cpuinfo.exists()
+        else ""
+    )
+    machine = {
+        "cpu": cpu or platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": __import__("onnxruntime").__version__,
+        "threads": args.threads,
+    }
+    rows = [
+        [
+            f"{preset} greedy",
+            r["batch"],
+            r["repeats"],
+            f"{r['torch']['captions_per_s']:.3g} ({r['torch']['min']:.3g}-{r['torch']['max']:.3g})",
+            f"{r['onnx']['captions_per_s']:.3g} ({r['onnx']['min']:.3g}-{r['onnx']['max']:.3g})",
+            f"**{r['ratio']:.2f}x**",
+        ]
+        for r in results
+    ]
+    print(
+        "\n".join(
+            table(
+                [
+                    f"generation ({NEW_TOKENS} new tokens, fp32, {args.threads} thread(s))",
+                    "batch",
+                    "runs",
+                    "PyTorch captions/s",
+                    "onnxruntime captions/s",
+                    "onnx/torch",
+                ],
+                rows,
+            )
+        )
+    )
     print(f"export took {export_s:.1f} s; machine: {machine}")
     if args.out:
-        write_json_atomic(args.out, {"preset": preset, "export_seconds": export_s, "machine": machine, "results": results})
+        write_json_atomic(
+            args.out, {"preset": preset, "export_seconds": export_s, "machine": machine, "results": results}
+        )
     return 0
 
 

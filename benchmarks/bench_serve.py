@@ -33,9 +33,9 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_generate import table  # noqa: E402
+from bench_generate import table
 
-from geometry_os.fileio import write_json_atomic  # noqa: E402
+from geometry_os.fileio import write_json_atomic
 
 
 def make_tiny_checkpoint(folder: Path) -> Path:
@@ -66,8 +66,11 @@ def free_port() -> int:
 
 def start_server(checkpoint: Path, port: int, flags: list[str], log: Path) -> subprocess.Popen:
     geo_os = Path(sys.executable).with_name("geo-os")
-    process = subprocess.Popen([str(geo_os), "pixel-llm", "serve", "--checkpoint", str(checkpoint), "--port", str(port),
-                                *flags], stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+    process = subprocess.Popen(
+        [str(geo_os), "pixel-llm", "serve", "--checkpoint", str(checkpoint), "--port", str(port), *flags],
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+    )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -94,7 +97,7 @@ class RssSampler:
             self.samples.append((self.counter[0], self.process.memory_info().rss))
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self._thread.start()
         return self
 
@@ -104,8 +107,9 @@ class RssSampler:
         self.samples.append((self.counter[0], self.process.memory_info().rss))
 
 
-async def run_phase(url: str, payloads: list[bytes], total: int, concurrency: int, max_seconds: float,
-                    counter: list[int]) -> dict[str, Any]:
+async def run_phase(
+    url: str, payloads: list[bytes], total: int, concurrency: int, max_seconds: float, counter: list[int]
+) -> dict[str, Any]:
     latencies: list[float] = []
     server_ms: list[float] = []
     errors = 0
@@ -133,7 +137,10 @@ async def run_phase(url: str, payloads: list[bytes], total: int, concurrency: in
         elapsed = time.perf_counter() - started
     ordered, handled = sorted(latencies), sorted(server_ms) or [0.0]
     return {
-        "concurrency": concurrency, "requests": len(latencies), "errors": errors, "seconds": round(elapsed, 3),
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "errors": errors,
+        "seconds": round(elapsed, 3),
         "requests_per_s": round(len(latencies) / elapsed, 2),
         "p50_ms": round(1000 * statistics.median(ordered), 2),
         "p99_ms": round(1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 2),
@@ -146,8 +153,10 @@ def batch_stats(url: str) -> dict[str, float]:
     text = httpx.get(url + "/metrics").text
     values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if line and line[0] != "#"}
     count = values.get("pixel_llm_batch_requests_count", 0.0)
-    return {"model_calls": count,
-            "mean_requests_per_call": round(values.get("pixel_llm_batch_requests_sum", 0.0) / count, 2) if count else 0.0}
+    return {
+        "model_calls": count,
+        "mean_requests_per_call": round(values.get("pixel_llm_batch_requests_sum", 0.0) / count, 2) if count else 0.0,
+    }
 
 
 def main() -> None:
@@ -175,8 +184,16 @@ def main() -> None:
     port = free_port()
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    flags = ["--device", args.device, "--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms),
-             "--max-queue", str(max(512, 2 * args.concurrency))]
+    flags = [
+        "--device",
+        args.device,
+        "--max-batch-size",
+        str(args.max_batch_size),
+        "--max-wait-ms",
+        str(args.max_wait_ms),
+        "--max-queue",
+        str(max(512, 2 * args.concurrency)),
+    ]
     server = start_server(checkpoint, port, flags, work / "server.err")
     url = f"http://127.0.0.1:{port}"
     counter = [0]
@@ -186,7 +203,9 @@ def main() -> None:
         sequential = asyncio.run(run_phase(url, payloads, args.sequential, 1, args.max_seconds, [0]))
         before = batch_stats(url)
         with RssSampler(server.pid, counter) as sampler:
-            concurrent = asyncio.run(run_phase(url, payloads, args.requests, args.concurrency, args.max_seconds, counter))
+            concurrent = asyncio.run(
+                run_phase(url, payloads, args.requests, args.concurrency, args.max_seconds, counter)
+            )
         after = batch_stats(url)
     finally:
         server.send_signal(signal.SIGTERM)
@@ -195,29 +214,85 @@ def main() -> None:
     concurrent["mean_requests_per_call"] = round(concurrent["requests"] / calls, 2) if calls else 0.0
     rss = sampler.samples
     tenth = next((r for n, r in rss if n >= concurrent["requests"] // 10), rss[0][1])
-    memory = {"rss_start_mib": round(rss_start / 2**20, 1), "rss_after_10pct_mib": round(tenth / 2**20, 1),
-              "rss_end_mib": round(rss[-1][1] / 2**20, 1), "rss_peak_mib": round(max(r for _, r in rss) / 2**20, 1),
-              "samples": len(rss)}
+    memory = {
+        "rss_start_mib": round(rss_start / 2**20, 1),
+        "rss_after_10pct_mib": round(tenth / 2**20, 1),
+        "rss_end_mib": round(rss[-1][1] / 2**20, 1),
+        "rss_peak_mib": round(max(r for _, r in rss) / 2**20, 1),
+        "samples": len(rss),
+    }
     result = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2),
-                    "server_threads": os.environ.get("OMP_NUM_THREADS"), "torch": torch.__version__,
-                    "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None},
-        "checkpoint": {"path": str(checkpoint), "image_size": config.get("image_size"),
-                       "vision_embed_dim": config.get("vision_embed_dim"), "text_num_layers": config.get("text_num_layers")},
-        "server_flags": flags, "sequential": sequential, "concurrent": concurrent, "memory": memory,
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "load_average_1m": round(os.getloadavg()[0], 2),
+            "server_threads": os.environ.get("OMP_NUM_THREADS"),
+            "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None,
+        },
+        "checkpoint": {
+            "path": str(checkpoint),
+            "image_size": config.get("image_size"),
+            "vision_embed_dim": config.get("vision_embed_dim"),
+            "text_num_layers": config.get("text_num_layers"),
+        },
+        "server_flags": flags,
+        "sequential": sequential,
+        "concurrent": concurrent,
+        "memory": memory,
     }
     write_json_atomic(args.out, result)
-    rows = [[name, phase["requests"], phase["requests_per_s"], phase["p50_ms"], phase["p99_ms"], phase["server_p50_ms"],
-             phase["server_p99_ms"], phase["errors"], calls_per]
-            for name, phase, calls_per in (("sequential (1 client)", sequential, 1.0),
-                                           (f"{args.concurrency} concurrent clients", concurrent,
-                                            concurrent["mean_requests_per_call"]))]
-    print("\n".join(table(["load", "requests", "req/s", "p50 ms", "p99 ms", "handler p50 ms", "handler p99 ms",
-                            "errors", "requests per model call"], rows)))
-    print("\n".join(table(["RSS start MiB", "after 10 % MiB", "end MiB", "peak MiB"],
-                          [[memory["rss_start_mib"], memory["rss_after_10pct_mib"], memory["rss_end_mib"],
-                            memory["rss_peak_mib"]]])))
+    rows = [
+        [
+            name,
+            phase["requests"],
+            phase["requests_per_s"],
+            phase["p50_ms"],
+            phase["p99_ms"],
+            phase["server_p50_ms"],
+            phase["server_p99_ms"],
+            phase["errors"],
+            calls_per,
+        ]
+        for name, phase, calls_per in (
+            ("sequential (1 client)", sequential, 1.0),
+            (f"{args.concurrency} concurrent clients", concurrent, concurrent["mean_requests_per_call"]),
+        )
+    ]
+    print(
+        "\n".join(
+            table(
+                [
+                    "load",
+                    "requests",
+                    "req/s",
+                    "p50 ms",
+                    "p99 ms",
+                    "handler p50 ms",
+                    "handler p99 ms",
+                    "errors",
+                    "requests per model call",
+                ],
+                rows,
+            )
+        )
+    )
+    print(
+        "\n".join(
+            table(
+                ["RSS start MiB", "after 10 % MiB", "end MiB", "peak MiB"],
+                [
+                    [
+                        memory["rss_start_mib"],
+                        memory["rss_after_10pct_mib"],
+                        memory["rss_end_mib"],
+                        memory["rss_peak_mib"],
+                    ]
+                ],
+            )
+        )
+    )
     print(f"wrote {args.out}")
 
 

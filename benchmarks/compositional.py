@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from learn_shapes import _threads, evaluate_checkpoint, run_checkpoints, run_ours  # noqa: E402
+from learn_shapes import _threads, evaluate_checkpoint, run_checkpoints, run_ours
 
-from geometry_os.fileio import write_json_atomic  # noqa: E402
-from geometry_os.plugins.datasets.shapes import has_pair, parse_pairs  # noqa: E402
-from geometry_os.systems.pixel_llm.metrics import normalize  # noqa: E402
+from geometry_os.fileio import write_json_atomic
+from geometry_os.plugins.datasets.shapes import has_pair, parse_pairs
+from geometry_os.systems.pixel_llm.metrics import normalize
 
 DEFAULT_HOLD_OUT = "red circle,green square,blue triangle,yellow diamond,purple circle,white square"
 
@@ -38,14 +38,19 @@ def per_pair(scored: dict[str, Any], pairs: list[str]) -> dict[str, dict[str, fl
     out = {}
     for text in pairs:
         pair = parse_pairs(text)
-        hits = [normalize(p) == normalize(c) for p, c, scene in zip(predictions, test_set.captions, test_set.scenes)
-                if has_pair(scene, pair)]
+        hits = [
+            normalize(p) == normalize(c)
+            for p, c, scene in zip(predictions, test_set.captions, test_set.scenes)
+            if has_pair(scene, pair)
+        ]
         out[text] = {"exact_match": sum(hits) / max(len(hits), 1), "n": len(hits)}
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--hold-out", default=DEFAULT_HOLD_OUT, help="'COLOUR KIND,...' pairs kept out of training")
     parser.add_argument("--budget-s", type=float, default=600, help="training time (trainer.max_time_s)")
     parser.add_argument("--config", default="configs/shapes_small.toml", help="the recipe (train --config)")
@@ -63,21 +68,34 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(args.run_dir or f"runs/compositional-{time.strftime('%Y%m%d-%H%M%S')}")
     if run_dir.exists() and any(run_dir.iterdir()):
         parser.error(f"{run_dir} is not empty (the trainer would resume from it)")
-    result: dict[str, Any] = {"hold_out": pairs, "budget_s": args.budget_s, "seed": args.seed, "num_scenes": args.num_scenes,
-                              "config": args.config, "set": args.set, "run_dir": str(run_dir), "cpu_threads": _threads()}
+    result: dict[str, Any] = {
+        "hold_out": pairs,
+        "budget_s": args.budget_s,
+        "seed": args.seed,
+        "num_scenes": args.num_scenes,
+        "config": args.config,
+        "set": args.set,
+        "run_dir": str(run_dir),
+        "cpu_threads": _threads(),
+    }
     result.update(run_ours(args, run_dir))  # test_best / test_latest: in distribution (no held-out pair)
     for name, folder in run_checkpoints(run_dir).items():
         scored = evaluate_checkpoint(folder, args.eval_n, args.eval_seed, split="compositional", hold_out=pairs)
         result[f"compositional_{name}"] = {
-            **{k: v for k, v in scored.items() if not k.startswith("_")}, "per_pair": per_pair(scored, pairs)}
+            **{k: v for k, v in scored.items() if not k.startswith("_")},
+            "per_pair": per_pair(scored, pairs),
+        }
     if args.out:
         write_json_atomic(args.out, result)
     print(json.dumps(result, indent=2))
     best = result.get("compositional_best") or {}
     if best:
-        print(f"exact match: compositional {100 * best['exact_match']:.1f} %, in distribution "
-              f"{100 * result['test_best']['exact_match']:.1f} %; per pair: "
-              + ", ".join(f"{p} {100 * v['exact_match']:.0f} %" for p, v in best["per_pair"].items()), flush=True)
+        print(
+            f"exact match: compositional {100 * best['exact_match']:.1f} %, in distribution "
+            f"{100 * result['test_best']['exact_match']:.1f} %; per pair: "
+            + ", ".join(f"{p} {100 * v['exact_match']:.0f} %" for p, v in best["per_pair"].items()),
+            flush=True,
+        )
     return 0
 
 

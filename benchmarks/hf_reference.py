@@ -14,7 +14,7 @@ from typing import Any
 def build_hf_model(preset: dict[str, Any], attn_implementation: str = "sdpa") -> Any:
     """A randomly initialised ``VisionEncoderDecoderModel`` matching ``preset`` (a ``PRESETS`` entry
     or ``PixelLLMConfig`` dump), in eval mode, with generation ids <pad>=0 <bos>=1 <eos>=2."""
-    from transformers import GPT2Config, GPT2LMHeadModel, ViTConfig, ViTModel, VisionEncoderDecoderModel
+    from transformers import GPT2Config, GPT2LMHeadModel, VisionEncoderDecoderModel, ViTConfig, ViTModel
 
     vision_dim = preset["vision_embed_dim"]
     text_dim = preset["text_embed_dim"]

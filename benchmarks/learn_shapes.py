@@ -47,7 +47,7 @@ class LoadSampler:
             if self._stop.wait(interval):
                 return
 
-    def __enter__(self) -> "LoadSampler":
+    def __enter__(self) -> LoadSampler:
         self._thread.start()
         return self
 
@@ -57,7 +57,11 @@ class LoadSampler:
 
     def summary(self) -> dict[str, float]:
         s = self.samples or [os.getloadavg()[0]]
-        return {"mean": round(sum(s) / len(s), 2), "max": round(max(s), 2), "at_end_1_5_15": [round(x, 2) for x in os.getloadavg()]}
+        return {
+            "mean": round(sum(s) / len(s), 2),
+            "max": round(max(s), 2),
+            "at_end_1_5_15": [round(x, 2) for x in os.getloadavg()],
+        }
 
 
 # ---- evaluation ----------------------------------------------------------------------------------------
@@ -69,7 +73,8 @@ def test_scenes(n: int, seed: int, config: Any, split: str = "test", hold_out: l
     from geometry_os.systems.pixel_llm.components import get_component
 
     return get_component("dataset", "shapes").build(
-        {"n": n, "seed": seed, "split": split, "hold_out": hold_out or [], **config.image_options()})
+        {"n": n, "seed": seed, "split": split, "hold_out": hold_out or [], **config.image_options()}
+    )
 
 
 def score(predictions: list[str], test_set: Any) -> dict[str, Any]:
@@ -85,7 +90,8 @@ def score(predictions: list[str], test_set: Any) -> dict[str, Any]:
         out[f"n_{k}_shapes"] = n
     out["errors"] = [
         {"prediction": p, "reference": r}
-        for p, r in zip(predictions, test_set.captions) if normalize(p) != normalize(r)
+        for p, r in zip(predictions, test_set.captions)
+        if normalize(p) != normalize(r)
     ][:5]
     return out
 
@@ -96,8 +102,9 @@ def images_of(test_set: Any) -> Any:
     return torch.stack([test_set[i]["image"] for i in range(len(test_set))])
 
 
-def evaluate_checkpoint(folder: Path, n: int, seed: int, batch_size: int = 100, split: str = "test",
-                        hold_out: list[str] | None = None) -> dict[str, Any]:
+def evaluate_checkpoint(
+    folder: Path, n: int, seed: int, batch_size: int = 100, split: str = "test", hold_out: list[str] | None = None
+) -> dict[str, Any]:
     """Greedy captions of ``n`` scenes of ``split`` by the checkpoint in ``folder``; the result also keeps
     the predictions and the scenes (``predictions``, ``test_set``) under private keys for callers."""
     from geometry_os.systems.pixel_llm.inference import GenerationConfig, generate_caption
@@ -106,8 +113,14 @@ def evaluate_checkpoint(folder: Path, n: int, seed: int, batch_size: int = 100, 
     model, tokenizer = PixelLLM.from_pretrained(folder)
     model.eval()
     c = model.config
-    generation = GenerationConfig(max_length=c.max_seq_len, bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id,
-                                  pad_token_id=c.pad_token_id, strategy="greedy", return_dict_in_generate=True)
+    generation = GenerationConfig(
+        max_length=c.max_seq_len,
+        bos_token_id=c.bos_token_id,
+        eos_token_id=c.eos_token_id,
+        pad_token_id=c.pad_token_id,
+        strategy="greedy",
+        return_dict_in_generate=True,
+    )
     test_set = test_scenes(n, seed, c, split, hold_out)
     images = images_of(test_set)
     predictions: list[str] = []
@@ -159,8 +172,18 @@ def geo_os() -> str:
 
 
 def run_ours(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
-    command = [geo_os(), "pixel-llm", "train", "--preset", "small", "--out", str(run_dir), "--quiet",
-               "--num-scenes", str(args.num_scenes)]
+    command = [
+        geo_os(),
+        "pixel-llm",
+        "train",
+        "--preset",
+        "small",
+        "--out",
+        str(run_dir),
+        "--quiet",
+        "--num-scenes",
+        str(args.num_scenes),
+    ]
     if args.config:
         command += ["--config", args.config]
     for item in [f"trainer.max_time_s={args.budget_s}", f"trainer.seed={args.seed}", *args.set]:
@@ -169,8 +192,12 @@ def run_ours(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     start = time.perf_counter()
     with LoadSampler() as load:
         subprocess.run(command, check=True)
-    result: dict[str, Any] = {"command": " ".join(command), "wall_s": round(time.perf_counter() - start, 1),
-                              "load_average": load.summary(), **training_summary(run_dir)}
+    result: dict[str, Any] = {
+        "command": " ".join(command),
+        "wall_s": round(time.perf_counter() - start, 1),
+        "load_average": load.summary(),
+        **training_summary(run_dir),
+    }
     for name, folder in run_checkpoints(run_dir).items():
         scored = evaluate_checkpoint(folder, args.eval_n, args.eval_seed, hold_out=getattr(args, "hold_out", None))
         result[f"test_{name}"] = {k: v for k, v in scored.items() if not k.startswith("_")}
@@ -197,13 +224,16 @@ def run_hf(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     t = config.trainer
     start = time.perf_counter()
     train_set = get_component("dataset", "shapes").build(
-        {"n": args.num_scenes, "seed": t.seed, "split": "train", **config.image_options()})
+        {"n": args.num_scenes, "seed": t.seed, "split": "train", **config.image_options()}
+    )
     tokenizer = train_set.tokenizer
     data_s = time.perf_counter() - start
     torch.manual_seed(t.seed)
     model = build_hf_model({**config.model_dump(), "vocab_size": len(tokenizer)}).train()
     loader = make_dataloader(train_set, t.batch_size, shuffle=True, seed=t.seed)
-    optimizer = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2))
+    optimizer = torch.optim.AdamW(
+        param_groups(model, t.weight_decay), lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2)
+    )
     clock = {"t": 0.0}
     steps_per_epoch = len(loader)
     total = t.max_steps or t.num_epochs * steps_per_epoch
@@ -216,10 +246,12 @@ def run_hf(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
             loader.batch_sampler.set_epoch(epoch)
             for batch in loader:
                 ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-                logits = model(pixel_values=batch["images"], decoder_input_ids=ids[:, :-1],
-                               decoder_attention_mask=mask[:, :-1]).logits
-                loss = F.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100,
-                                       label_smoothing=t.label_smoothing)
+                logits = model(
+                    pixel_values=batch["images"], decoder_input_ids=ids[:, :-1], decoder_attention_mask=mask[:, :-1]
+                ).logits
+                loss = F.cross_entropy(
+                    logits.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100, label_smoothing=t.label_smoothing
+                )
                 loss.backward()
                 if t.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
@@ -230,13 +262,19 @@ def run_hf(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
                 scheduler.step()
                 step += 1
                 if step % t.log_interval == 0:
-                    log.write(json.dumps({"step": step, "epoch": epoch, "loss": loss.item(), "lr": lr,
-                                          "train_time_s": clock["t"]}) + "\n")
+                    log.write(
+                        json.dumps(
+                            {"step": step, "epoch": epoch, "loss": loss.item(), "lr": lr, "train_time_s": clock["t"]}
+                        )
+                        + "\n"
+                    )
                     log.flush()
                 if clock["t"] >= t.max_time_s or step >= total:
                     break
             epoch += 1
-    log.write(json.dumps({"step": step, "epoch": epoch, "loss": loss.item(), "lr": lr, "train_time_s": clock["t"]}) + "\n")
+    log.write(
+        json.dumps({"step": step, "epoch": epoch, "loss": loss.item(), "lr": lr, "train_time_s": clock["t"]}) + "\n"
+    )
     log.close()
     model.eval()
     test_set = test_scenes(args.eval_n, args.eval_seed, config)
@@ -244,16 +282,34 @@ def run_hf(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     predictions: list[str] = []
     with torch.inference_mode():
         for s in range(0, len(images), 100):
-            out = model.generate(pixel_values=images[s : s + 100], max_length=config.max_seq_len, do_sample=False,
-                                 num_beams=1)
+            out = model.generate(
+                pixel_values=images[s : s + 100], max_length=config.max_seq_len, do_sample=False, num_beams=1
+            )
             predictions += [tokenizer.decode(row.tolist()) for row in out]
     return {
         "model": "HF VisionEncoderDecoderModel (ViT + GPT-2, sdpa), benchmarks/hf_reference.py",
-        "data_s": round(data_s, 1), "steps": step, "train_time_s": round(clock["t"], 1), "batch_size": t.batch_size,
-        "images_per_s": round(step * t.batch_size / max(clock["t"], 1e-9), 1), "load_average": load.summary(),
-        "metrics_jsonl": str(run_dir / "metrics.jsonl"), "trainer": t.model_dump(include={
-            "learning_rate", "batch_size", "warmup_steps", "lr_scheduler", "lr_decay_over", "weight_decay",
-            "adam_beta1", "adam_beta2", "max_grad_norm", "label_smoothing", "min_lr_ratio"}),
+        "data_s": round(data_s, 1),
+        "steps": step,
+        "train_time_s": round(clock["t"], 1),
+        "batch_size": t.batch_size,
+        "images_per_s": round(step * t.batch_size / max(clock["t"], 1e-9), 1),
+        "load_average": load.summary(),
+        "metrics_jsonl": str(run_dir / "metrics.jsonl"),
+        "trainer": t.model_dump(
+            include={
+                "learning_rate",
+                "batch_size",
+                "warmup_steps",
+                "lr_scheduler",
+                "lr_decay_over",
+                "weight_decay",
+                "adam_beta1",
+                "adam_beta2",
+                "max_grad_norm",
+                "label_smoothing",
+                "min_lr_ratio",
+            }
+        ),
         "test_final": score(predictions, test_set),
     }
 
@@ -286,7 +342,9 @@ def plot(results: list[str], out: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--budget-s", type=float, default=600, help="training time (trainer.max_time_s)")
     parser.add_argument("--config", help="config file for the train command (e.g. configs/shapes_small.toml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to train --set")
@@ -306,8 +364,16 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(args.run_dir or f"runs/learn-{args.reference}-{time.strftime('%Y%m%d-%H%M%S')}")
     if run_dir.exists() and any(run_dir.iterdir()):
         parser.error(f"{run_dir} is not empty (the trainer would resume from it)")
-    result = {"reference": args.reference, "budget_s": args.budget_s, "seed": args.seed, "num_scenes": args.num_scenes,
-              "set": args.set, "config": args.config, "run_dir": str(run_dir), "cpu_threads": _threads()}
+    result = {
+        "reference": args.reference,
+        "budget_s": args.budget_s,
+        "seed": args.seed,
+        "num_scenes": args.num_scenes,
+        "set": args.set,
+        "config": args.config,
+        "run_dir": str(run_dir),
+        "cpu_threads": _threads(),
+    }
     result.update(run_ours(args, run_dir) if args.reference == "ours" else run_hf(args, run_dir))
     text = json.dumps(result, indent=2)
     print(text)
@@ -316,9 +382,14 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).write_text(text + "\n")
     head = result.get("test_best") or result.get("test_final") or {}
     if head:
-        per = " / ".join(f"{100 * head[k]:.0f}" for k in sorted(head) if k.startswith("exact_match_") and k.endswith("_shapes"))
-        print(f"exact match {100 * head['exact_match']:.1f} % ({per} for 1/2/3 shapes), {result.get('steps')} steps, "
-              f"{result.get('images_per_s')} img/s, load {result['load_average']['mean']}", flush=True)
+        per = " / ".join(
+            f"{100 * head[k]:.0f}" for k in sorted(head) if k.startswith("exact_match_") and k.endswith("_shapes")
+        )
+        print(
+            f"exact match {100 * head['exact_match']:.1f} % ({per} for 1/2/3 shapes), {result.get('steps')} steps, "
+            f"{result.get('images_per_s')} img/s, load {result['load_average']['mean']}",
+            flush=True,
+        )
     return 0
 
 

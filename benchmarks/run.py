@@ -30,8 +30,9 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -42,16 +43,22 @@ from bench_generate import MAX_REPEATS, MIN_SECONDS, run_case, summarise, table 
 from hf_reference import build_hf_model  # noqa: E402
 
 from geometry_os.fileio import atomic_write_text, write_json_atomic  # noqa: E402
-from geometry_os.systems.pixel_llm.cpu_bf16 import EMULATED_BF16  # noqa: E402
 from geometry_os.systems.pixel_llm import create_pixel_llm  # noqa: E402
 from geometry_os.systems.pixel_llm.config import PRESETS  # noqa: E402
+from geometry_os.systems.pixel_llm.cpu_bf16 import EMULATED_BF16  # noqa: E402
 
 CAPTION_TOKENS = 24
 TRAIN_BATCH = {"tiny": 8, "small": 32, "base": 8}
 # (steps per timed repeat, repeats) per (preset, dtype): base bf16 is emulated on CPUs without
 # AVX512-BF16/AMX and runs many times slower than fp32, so it gets the fewest iterations.
-TRAIN_STEPS = {("tiny", "fp32"): 3, ("tiny", "bf16"): 2, ("small", "fp32"): 6, ("small", "bf16"): 1,
-               ("base", "fp32"): 1, ("base", "bf16"): 1}
+TRAIN_STEPS = {
+    ("tiny", "fp32"): 3,
+    ("tiny", "bf16"): 2,
+    ("small", "fp32"): 6,
+    ("small", "bf16"): 1,
+    ("base", "fp32"): 1,
+    ("base", "bf16"): 1,
+}
 MARKER = "benchmarks/run.py"
 DOC = HERE.parent / "docs" / "performance.md"
 
@@ -72,8 +79,9 @@ def make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=True)
 
 
-def train_step_fn(model: torch.nn.Module, which: str, batch: int, size: int, vocab: int,
-                  amp: torch.dtype | None) -> Callable[[], float]:
+def train_step_fn(
+    model: torch.nn.Module, which: str, batch: int, size: int, vocab: int, amp: torch.dtype | None
+) -> Callable[[], float]:
     g = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, size, size, generator=g)
     ids = torch.randint(3, vocab, (batch, CAPTION_TOKENS), generator=g)
@@ -122,8 +130,10 @@ def bench_train(preset: str, dtype: str, repeats: int, quick: bool, peaks: dict[
     cfg = PRESETS[preset]
     batch = TRAIN_BATCH[preset]
     ours, hf = build_models(preset)
-    steps = {name: train_step_fn(m, name, batch, cfg["image_size"], cfg["vocab_size"], amp)
-             for name, m in (("ours", ours), ("hf", hf))}
+    steps = {
+        name: train_step_fn(m, name, batch, cfg["image_size"], cfg["vocab_size"], amp)
+        for name, m in (("ours", ours), ("hf", hf))
+    }
     n = TRAIN_STEPS[(preset, dtype)]
     rates: dict[str, list[float]] = {"ours": [], "hf": []}
     flops = {}
@@ -141,14 +151,26 @@ def bench_train(preset: str, dtype: str, repeats: int, quick: bool, peaks: dict[
             for _ in range(n):
                 fn()
             rates[name].append(n * batch / (time.perf_counter() - t))
-    out: dict[str, Any] = {"preset": preset, "dtype": dtype, "batch": batch, "caption_tokens": CAPTION_TOKENS,
-                           "steps_per_repeat": n, "repeats": max(repeats, 1)}
+    out: dict[str, Any] = {
+        "preset": preset,
+        "dtype": dtype,
+        "batch": batch,
+        "caption_tokens": CAPTION_TOKENS,
+        "steps_per_repeat": n,
+        "repeats": max(repeats, 1),
+    }
     for name in rates:
         s = summarise(rates[name])
         achieved = flops[name] / batch * s["median"]
-        out[name] = {"images_per_s": s["median"], "min": s["min"], "max": s["max"], "all": rates[name],
-                     "flops_per_step": flops[name], "achieved_flops": achieved,
-                     "mfu": achieved / peaks[dtype]}
+        out[name] = {
+            "images_per_s": s["median"],
+            "min": s["min"],
+            "max": s["max"],
+            "all": rates[name],
+            "flops_per_step": flops[name],
+            "achieved_flops": achieved,
+            "mfu": achieved / peaks[dtype],
+        }
     out["ratio"] = out["ours"]["images_per_s"] / out["hf"]["images_per_s"]
     return out
 
@@ -161,11 +183,15 @@ def bench_generate(preset: str, repeats: int, min_seconds: float) -> list[dict]:
     ours, hf = ours.eval(), hf.eval()
     results = []
     for decoding, batch in GENERATE_CASES[preset]:
-        results.append(run_case(ours, hf, preset, decoding, batch, repeats, torch.device("cpu"), torch.float32,
-                                min_seconds))
+        results.append(
+            run_case(ours, hf, preset, decoding, batch, repeats, torch.device("cpu"), torch.float32, min_seconds)
+        )
         r = results[-1]
-        print(f"  generate {preset:5s} {decoding:6s} b{batch:<2d} ours {r['ours']['captions_per_s']:8.1f} "
-              f"hf {r['hf']['captions_per_s']:8.1f} captions/s  ours/HF {r['ratio']:.2f}", flush=True)
+        print(
+            f"  generate {preset:5s} {decoding:6s} b{batch:<2d} ours {r['ours']['captions_per_s']:8.1f} "
+            f"hf {r['hf']['captions_per_s']:8.1f} captions/s  ours/HF {r['ratio']:.2f}",
+            flush=True,
+        )
     return results
 
 
@@ -199,9 +225,23 @@ def memory_child(which: str, preset: str, steps: int) -> None:
 def bench_memory(preset: str, steps: int) -> dict:
     out: dict[str, Any] = {"preset": preset, "batch": TRAIN_BATCH[preset], "steps": steps}
     for which in ("ours", "hf"):
-        proc = subprocess.run([sys.executable, __file__, "--memory-child", which, "--presets", preset,
-                               "--repeats", str(steps), "--threads", str(torch.get_num_threads())],
-                              capture_output=True, text=True, check=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--memory-child",
+                which,
+                "--presets",
+                preset,
+                "--repeats",
+                str(steps),
+                "--threads",
+                str(torch.get_num_threads()),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         out[which] = json.loads(proc.stdout.strip().splitlines()[-1])
     out["ratio"] = out["ours"]["peak_rss_mib"] / out["hf"]["peak_rss_mib"]
     return out
@@ -216,38 +256,71 @@ def spread(d: dict, key: str) -> str:
 
 def markdown(results: dict) -> str:
     meta = results["meta"]
-    lines = [f"Machine: {meta['machine']}; load average before / after: {meta['load_before']} / "
-             f"{meta['load_after']}; torch {meta['torch']}, transformers {meta['transformers']}; "
-             f"median of {meta['repeats']} alternating repeats (min-max; generation: of the runs in its "
-             f"column, cheap cases repeating until each model has run {meta.get('generate_min_seconds', 0):g} s "
-             f"or {meta.get('generate_max_repeats', meta['repeats'])} runs).",
-             f"Reproduce: `{meta['command']}`", ""]
+    lines = [
+        f"Machine: {meta['machine']}; load average before / after: {meta['load_before']} / "
+        f"{meta['load_after']}; torch {meta['torch']}, transformers {meta['transformers']}; "
+        f"median of {meta['repeats']} alternating repeats (min-max; generation: of the runs in its "
+        f"column, cheap cases repeating until each model has run {meta.get('generate_min_seconds', 0):g} s "
+        f"or {meta.get('generate_max_repeats', meta['repeats'])} runs).",
+        f"Reproduce: `{meta['command']}`",
+        "",
+    ]
     if results.get("peaks"):
         p = results["peaks"]
         bf16 = meta.get("bf16", "emulated")
-        lines += [f"Measured matmul peak: fp32 (2048^3) {p['fp32'] / 1e9:.0f} GFLOP/s, "
-                  f"bf16 (1024^3, {bf16}) {p['bf16'] / 1e9:.1f} GFLOP/s.", ""]
+        lines += [
+            f"Measured matmul peak: fp32 (2048^3) {p['fp32'] / 1e9:.0f} GFLOP/s, "
+            f"bf16 (1024^3, {bf16}) {p['bf16'] / 1e9:.1f} GFLOP/s.",
+            "",
+        ]
+
     def ratio(r: dict) -> str:
         return f"**{r['ratio']:.2f}x**"
 
     def mfu(r: dict) -> list[str]:
         cells = [f"{100 * r[n]['mfu']:.1f}%" for n in ("ours", "hf")]
         if r["dtype"] == "bf16" and meta.get("bf16", "emulated") == "emulated":  # add fp32's: see the peak
-            cells = [f"{c} ({100 * r[n]['achieved_flops'] / results['peaks']['fp32']:.0f}% of fp32 peak)"
-                     for c, n in zip(cells, ("ours", "hf"))]
+            cells = [
+                f"{c} ({100 * r[n]['achieved_flops'] / results['peaks']['fp32']:.0f}% of fp32 peak)"
+                for c, n in zip(cells, ("ours", "hf"))
+            ]
         return cells
 
-    lines += table(["training", "batch", "ours images/s", "HF images/s", "ours/HF", "MFU ours", "MFU HF"],
-                   [[f"{r['preset']} {r['dtype']}", r["batch"], spread(r["ours"], "images_per_s"),
-                     spread(r["hf"], "images_per_s"), ratio(r), *mfu(r)] for r in results.get("train", [])])
-    lines += table(["generation (24 new tokens, fp32)", "batch", "runs", "ours captions/s", "HF captions/s",
-                    "ours/HF"],
-                   [[f"{r['preset']} {r['decoding']}", r["batch"], r.get("repeats", meta["repeats"]),
-                     spread(r["ours"], "captions_per_s"), spread(r["hf"], "captions_per_s"), ratio(r)]
-                    for r in results.get("generate", [])])
-    lines += table(["peak RSS, fp32 training (own process)", "batch", "ours MiB", "HF MiB", "ours/HF"],
-                   [[r["preset"], r["batch"], f"{r['ours']['peak_rss_mib']:.0f}", f"{r['hf']['peak_rss_mib']:.0f}",
-                     ratio(r)] for r in results.get("memory", [])])
+    lines += table(
+        ["training", "batch", "ours images/s", "HF images/s", "ours/HF", "MFU ours", "MFU HF"],
+        [
+            [
+                f"{r['preset']} {r['dtype']}",
+                r["batch"],
+                spread(r["ours"], "images_per_s"),
+                spread(r["hf"], "images_per_s"),
+                ratio(r),
+                *mfu(r),
+            ]
+            for r in results.get("train", [])
+        ],
+    )
+    lines += table(
+        ["generation (24 new tokens, fp32)", "batch", "runs", "ours captions/s", "HF captions/s", "ours/HF"],
+        [
+            [
+                f"{r['preset']} {r['decoding']}",
+                r["batch"],
+                r.get("repeats", meta["repeats"]),
+                spread(r["ours"], "captions_per_s"),
+                spread(r["hf"], "captions_per_s"),
+                ratio(r),
+            ]
+            for r in results.get("generate", [])
+        ],
+    )
+    lines += table(
+        ["peak RSS, fp32 training (own process)", "batch", "ours MiB", "HF MiB", "ours/HF"],
+        [
+            [r["preset"], r["batch"], f"{r['ours']['peak_rss_mib']:.0f}", f"{r['hf']['peak_rss_mib']:.0f}", ratio(r)]
+            for r in results.get("memory", [])
+        ],
+    )
     return "\n".join(lines)
 
 
@@ -276,16 +349,25 @@ def write_doc(table: str, path: Path = DOC, name: str = MARKER, heading: str | N
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", default=None, help="comma-separated: tiny,small,base (default small,base)")
-    parser.add_argument("--only", choices=["train", "generate", "memory"], action="append",
-                        help="run only these sections (repeatable)")
+    parser.add_argument(
+        "--only", choices=["train", "generate", "memory"], action="append", help="run only these sections (repeatable)"
+    )
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="tiny preset, a few iterations (smoke test)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
-    parser.add_argument("--doc", type=Path, default=None,
-                        help=f"Markdown file to update between markers (default {DOC.relative_to(HERE.parent)}; "
-                             "--quick writes none unless given)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (on a machine shared with other jobs, 1 is far steadier)")
+    parser.add_argument(
+        "--doc",
+        type=Path,
+        default=None,
+        help=f"Markdown file to update between markers (default {DOC.relative_to(HERE.parent)}; "
+        "--quick writes none unless given)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (on a machine shared with other jobs, 1 is far steadier)",
+    )
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -307,16 +389,22 @@ def main(argv: list[str] | None = None) -> int:
     if "train" in sections:
         n = 512 if args.quick else 2048
         results["peaks"] = {"fp32": matmul_peak(torch.float32, n), "bf16": matmul_peak(torch.bfloat16, n // 2, 0.0)}
-        print(f"matmul peak: fp32 {results['peaks']['fp32'] / 1e9:.0f} GFLOP/s, "
-              f"bf16 {results['peaks']['bf16'] / 1e9:.0f} GFLOP/s", flush=True)
+        print(
+            f"matmul peak: fp32 {results['peaks']['fp32'] / 1e9:.0f} GFLOP/s, "
+            f"bf16 {results['peaks']['bf16'] / 1e9:.0f} GFLOP/s",
+            flush=True,
+        )
         for preset in presets:
             for dtype in ("fp32", "bf16"):
                 reps = 0 if preset == "base" and dtype == "bf16" and not args.quick else repeats
                 r = bench_train(preset, dtype, reps, args.quick, results["peaks"])
                 results["train"].append(r)
-                print(f"  train {preset:5s} {dtype} b{r['batch']:<2d} ours {r['ours']['images_per_s']:8.1f} "
-                      f"hf {r['hf']['images_per_s']:8.1f} images/s  ours/HF {r['ratio']:.2f}  "
-                      f"MFU {100 * r['ours']['mfu']:.1f}% / {100 * r['hf']['mfu']:.1f}%", flush=True)
+                print(
+                    f"  train {preset:5s} {dtype} b{r['batch']:<2d} ours {r['ours']['images_per_s']:8.1f} "
+                    f"hf {r['hf']['images_per_s']:8.1f} images/s  ours/HF {r['ratio']:.2f}  "
+                    f"MFU {100 * r['ours']['mfu']:.1f}% / {100 * r['hf']['mfu']:.1f}%",
+                    flush=True,
+                )
     if "train" in sections:  # a busy machine can depress one measurement: peak = the better of two
         n = 512 if args.quick else 2048
         results["peaks"]["fp32"] = max(results["peaks"]["fp32"], matmul_peak(torch.float32, n))
@@ -331,18 +419,37 @@ def main(argv: list[str] | None = None) -> int:
         for preset in presets:
             r = bench_memory(preset, 2 if args.quick or preset == "base" else 5)
             results["memory"].append(r)
-            print(f"  memory {preset:5s} ours {r['ours']['peak_rss_mib']:.0f} MiB  hf {r['hf']['peak_rss_mib']:.0f} MiB"
-                  f"  ours/HF {r['ratio']:.2f}", flush=True)
+            print(
+                f"  memory {preset:5s} ours {r['ours']['peak_rss_mib']:.0f} MiB  hf {r['hf']['peak_rss_mib']:.0f} MiB"
+                f"  ours/HF {r['ratio']:.2f}",
+                flush=True,
+            )
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else ""
+    )
     results["meta"] = {
         "machine": f"{cpu}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
-                   f"cpu capability {torch.backends.cpu.get_cpu_capability()}",
-        "kind": machine_kind(), "bf16": "emulated" if EMULATED_BF16 else "native",
-        "load_before": load_before, "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-        "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
-        "repeats": repeats, "generate_min_seconds": min_seconds, "generate_max_repeats": MAX_REPEATS,
+        f"cpu capability {torch.backends.cpu.get_cpu_capability()}",
+        "kind": machine_kind(),
+        "bf16": "emulated" if EMULATED_BF16 else "native",
+        "load_before": load_before,
+        "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "repeats": repeats,
+        "generate_min_seconds": min_seconds,
+        "generate_max_repeats": MAX_REPEATS,
         "seconds": round(time.perf_counter() - started, 1),
         "command": "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }

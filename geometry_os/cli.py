@@ -17,7 +17,8 @@ import os
 import select
 import sys
 import warnings
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import click
 
@@ -77,7 +78,7 @@ def one_line_diagnostics() -> Iterator[None]:
     print as single ``Warning:`` lines instead of Python's two-line ``file:line: Category: ...`` form."""
     previous = warnings.showwarning
 
-    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
+    def show(message, category, filename, lineno, file=None, line=None):
         echo_warning(message)
 
     logger = logging.getLogger("geometry_os")

@@ -8,8 +8,9 @@ imports torch.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -142,4 +143,3 @@ def plural(kind: str) -> str:
 
 def _listing(table: dict[str, Component]) -> str:
     return ", ".join(table) if table else "(none)"
-

@@ -10,8 +10,9 @@ import json
 import os
 import stat
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 def parse_json(text: str, source: object, error: type[Exception] = ValueError, what: str = "JSON") -> Any:

@@ -13,10 +13,11 @@ import importlib.metadata
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pluggy
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -148,14 +149,16 @@ class SystemCall:
 class System:
     """One system: its plugin manager, components and calls."""
 
-    def __init__(self, name: str, entry: SystemEntry, host: "Host") -> None:
+    def __init__(self, name: str, entry: SystemEntry, host: Host) -> None:
         self.name = name
         self.description = entry.description
         self.host = host
         self.hookspecs = _import_named(entry.hookspecs, f"systems.{name}.hookspecs")
         kinds = getattr(self.hookspecs, "COMPONENT_KINDS", None)
         if not isinstance(kinds, dict):
-            raise RegistryError(f"systems.{name}.hookspecs: module {entry.hookspecs!r} defines no COMPONENT_KINDS mapping")
+            raise RegistryError(
+                f"systems.{name}.hookspecs: module {entry.hookspecs!r} defines no COMPONENT_KINDS mapping"
+            )
         self.pm = pluggy.PluginManager(name)
         self.pm.add_hookspecs(self.hookspecs)
         self.components = ComponentRegistry(kinds, entry.defaults)
@@ -326,7 +329,9 @@ class Host:
                 info.error = f"a plugin named '{info.name}' is already loaded"
                 info.name = f"{info.name} [{info.distribution}]"
                 system.plugins[info.name] = info
-                warnings.warn(f"plugin '{ep.name}'{_dist(info)} not loaded: {info.error}", PluginLoadWarning)
+                warnings.warn(
+                    f"plugin '{ep.name}'{_dist(info)} not loaded: {info.error}", PluginLoadWarning, stacklevel=2
+                )
                 continue
             system.load_plugin(info, ep.load)
 

@@ -7,8 +7,13 @@ from pathlib import Path
 
 import torch
 
-CAPTIONS = ["a red circle left of a blue square", "two cats sleeping on a sofa", "a dog runs on the beach",
-            "a man riding a bicycle down the street", "a plate of food with broccoli"]
+CAPTIONS = [
+    "a red circle left of a blue square",
+    "two cats sleeping on a sofa",
+    "a dog runs on the beach",
+    "a man riding a bicycle down the street",
+    "a plate of food with broccoli",
+]
 EOT = "<|endoftext|>"
 
 
@@ -19,7 +24,9 @@ def gpt2_tokenizer_backend():
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
     tok.train_from_iterator(CAPTIONS * 4, trainer=trainer)
     tok.add_special_tokens([EOT])
     return tok
@@ -52,15 +59,42 @@ def save_gpt2_tokenizer(folder: Path, vocab_merges: bool = False):
 
 def make_ved(folder: Path, enc_dim: int = 48, dec_dim: int = 32):
     """ViT (32 px, patch 8, 2 layers) + GPT-2 (2 layers) VisionEncoderDecoderModel with different widths."""
-    from transformers import GPT2Config, GPT2LMHeadModel, ViTConfig, ViTImageProcessor, ViTModel, VisionEncoderDecoderModel
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        VisionEncoderDecoderModel,
+        ViTConfig,
+        ViTImageProcessor,
+        ViTModel,
+    )
 
     hf_tok = save_gpt2_tokenizer(folder)
     eot = hf_tok.convert_tokens_to_ids(EOT)
     torch.manual_seed(0)
-    enc = ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=enc_dim, num_hidden_layers=2, num_attention_heads=2,
-                             intermediate_size=2 * enc_dim), add_pooling_layer=False)
-    dec = GPT2LMHeadModel(GPT2Config(vocab_size=len(hf_tok), n_positions=32, n_embd=dec_dim, n_layer=2, n_head=2,
-                                     add_cross_attention=True, is_decoder=True, bos_token_id=eot, eos_token_id=eot))
+    enc = ViTModel(
+        ViTConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=enc_dim,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=2 * enc_dim,
+        ),
+        add_pooling_layer=False,
+    )
+    dec = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(hf_tok),
+            n_positions=32,
+            n_embd=dec_dim,
+            n_layer=2,
+            n_head=2,
+            add_cross_attention=True,
+            is_decoder=True,
+            bos_token_id=eot,
+            eos_token_id=eot,
+        )
+    )
     model = VisionEncoderDecoderModel(encoder=enc, decoder=dec)
     model.config.decoder_start_token_id = model.config.pad_token_id = model.config.eos_token_id = eot
     perturb(model)

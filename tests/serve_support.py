@@ -15,8 +15,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-WORDS = ("a red blue green small large circle square triangle left right of above below the and "
-         "big tiny dark light one two three").split()
+WORDS = (
+    "a red blue green small large circle square triangle left right of above below the and "
+    "big tiny dark light one two three"
+).split()
 
 
 def make_checkpoint(folder: Path, seed: int = 0) -> Path:
@@ -26,14 +28,19 @@ def make_checkpoint(folder: Path, seed: int = 0) -> Path:
     from geometry_os.systems.pixel_llm import create_pixel_llm
 
     tokenizer = SimpleVocabulary([" ".join(WORDS)])
-    model = create_pixel_llm(vocab_size=len(tokenizer), preset="tiny", text_num_layers=2, max_seq_len=12,
-                             tie_word_embeddings=False).eval()
+    model = create_pixel_llm(
+        vocab_size=len(tokenizer), preset="tiny", text_num_layers=2, max_seq_len=12, tie_word_embeddings=False
+    ).eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
                 continue
-            std = 0.1 if p.dim() == 1 else (1.0 if "wte" in name or "wpe" in name or "pos" in name else min(p.shape) ** -0.5)
+            std = (
+                0.1
+                if p.dim() == 1
+                else (1.0 if "wte" in name or "wpe" in name or "pos" in name else min(p.shape) ** -0.5)
+            )
             p.normal_(0.0, std, generator=g)
     model.save_pretrained(folder, tokenizer=tokenizer)
     return folder
@@ -77,7 +84,9 @@ class ServerProcess:
         geo_os = Path(sys.executable).with_name("geo-os")
         command = [str(geo_os), "pixel-llm", "serve", "--checkpoint", str(checkpoint), "--port", str(self.port), *args]
         self.process = subprocess.Popen(
-            command, stdout=self.stdout_path.open("wb"), stderr=self.stderr_path.open("wb"),
+            command,
+            stdout=self.stdout_path.open("wb"),
+            stderr=self.stderr_path.open("wb"),
             env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
         )
         try:

@@ -17,8 +17,9 @@ pytest.importorskip("transformers")  # the HF reference model
 
 
 def run(script: str, *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), *args], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return proc
 
@@ -34,9 +35,11 @@ def run_module(monkeypatch):
 def test_run_quick_writes_json_and_doc_table(tmp_path, run_module):
     out, doc = tmp_path / "latest.json", tmp_path / "performance.md"
     kind = run_module.machine_kind()  # this machine's table: replaced; another kind's: kept
-    doc.write_text(f"# Performance\n\nprose before\n\n<!-- benchmarks/run.py {kind}: begin -->\nold\n"
-                   f"<!-- benchmarks/run.py {kind}: end -->\n\n<!-- benchmarks/run.py OTHER, bf16 native: begin -->\n"
-                   "other machine\n<!-- benchmarks/run.py OTHER, bf16 native: end -->\n\nprose after\n")
+    doc.write_text(
+        f"# Performance\n\nprose before\n\n<!-- benchmarks/run.py {kind}: begin -->\nold\n"
+        f"<!-- benchmarks/run.py {kind}: end -->\n\n<!-- benchmarks/run.py OTHER, bf16 native: begin -->\n"
+        "other machine\n<!-- benchmarks/run.py OTHER, bf16 native: end -->\n\nprose after\n"
+    )
     run("run.py", "--quick", "--threads", "1", "--out", str(out), "--doc", str(doc))
     results = json.loads(out.read_text())
     from geometry_os.systems.pixel_llm.cpu_bf16 import EMULATED_BF16
@@ -116,8 +119,21 @@ def test_bench_data_tiny(tmp_path):
 @pytest.mark.slow
 def test_compositional_benchmark_reports_each_held_out_pair(tmp_path):
     out = tmp_path / "comp.json"
-    run("compositional.py", "--budget-s", "3", "--num-scenes", "64", "--eval-n", "24", "--hold-out",
-        "red circle,blue square", "--run-dir", str(tmp_path / "run"), "--out", str(out))
+    run(
+        "compositional.py",
+        "--budget-s",
+        "3",
+        "--num-scenes",
+        "64",
+        "--eval-n",
+        "24",
+        "--hold-out",
+        "red circle,blue square",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--out",
+        str(out),
+    )
     result = json.loads(out.read_text())
     assert result["hold_out"] == ["blue square", "red circle"]
     for name in ("best", "latest"):
@@ -131,8 +147,20 @@ def test_compositional_benchmark_reports_each_held_out_pair(tmp_path):
 def test_bench_serve_quick(tmp_path):
     pytest.importorskip("starlette", reason="the serve extra is not installed")
     out = tmp_path / "serve.json"
-    proc = run("bench_serve.py", "--quick", "--threads", "1", "--requests", "60", "--sequential", "10",
-               "--concurrency", "8", "--out", str(out))
+    proc = run(
+        "bench_serve.py",
+        "--quick",
+        "--threads",
+        "1",
+        "--requests",
+        "60",
+        "--sequential",
+        "10",
+        "--concurrency",
+        "8",
+        "--out",
+        str(out),
+    )
     result = json.loads(out.read_text())
     assert result["sequential"]["requests"] == 10 and result["concurrent"]["requests"] == 60
     assert result["sequential"]["errors"] == 0 and result["concurrent"]["errors"] == 0

@@ -48,8 +48,11 @@ EMPTY_CASES = {
     "all empty": (["", ""], [[""], [""]]),
     "long captions, one empty": (
         ["a small red circle left of a large blue square", "", "a green triangle above a white diamond"],
-        [["a small red circle left of a large blue square", "a red circle and a blue square"],
-         ["a large white diamond"], ["a green triangle above a white diamond", "a triangle over a diamond"]],
+        [
+            ["a small red circle left of a large blue square", "a red circle and a blue square"],
+            ["a large white diamond"],
+            ["a green triangle above a white diamond", "a triangle over a diamond"],
+        ],
     ),
 }
 
@@ -185,12 +188,15 @@ def test_simple_tokenizer_keeps_words_whole_and_round_trips(script):
     assert caption_words(vocab.decode(ids)) == words
 
 
-@pytest.mark.parametrize("a, b", [
-    ("লাল বল", "লিল বল"),  # Bengali: a different vowel sign is a different word
-    ("लाल", "लील"),  # Devanagari
-    ("சிவப்பு", "சவப்பு"),  # Tamil
-    ("cafe\u0301", "cafe\u0300"),  # decomposed é vs è
-])
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("লাল বল", "লিল বল"),  # Bengali: a different vowel sign is a different word
+        ("लाल", "लील"),  # Devanagari
+        ("சிவப்பு", "சவப்பு"),  # Tamil
+        ("cafe\u0301", "cafe\u0300"),  # decomposed é vs è
+    ],
+)
 def test_words_differing_only_in_combining_marks_are_different(a, b):
     assert exact_match([a], [[b]]) == 0.0
     assert caption_metrics([a], [[b]])["bleu_1"] < 1.0
@@ -230,8 +236,13 @@ def test_caption_tokens_split_words_from_punctuation():
 def test_vocab_files_of_version_1_keep_their_tokens(tmp_path):
     """A vocabulary saved before words kept apostrophes and marks encodes and decodes as it always did,
     so its checkpoint captions the same; new vocabularies are version 2."""
-    old = {"format": "geometry_os.simple_vocab", "version": 1, "min_freq": 1, "max_size": None,
-           "tokens": ["<pad>", "<bos>", "<eos>", "<unk>", "a", "man", "'", "s", "hat", ",", "ল", "া"]}
+    old = {
+        "format": "geometry_os.simple_vocab",
+        "version": 1,
+        "min_freq": 1,
+        "max_size": None,
+        "tokens": ["<pad>", "<bos>", "<eos>", "<unk>", "a", "man", "'", "s", "hat", ",", "ল", "া"],
+    }
     path = tmp_path / "vocab.json"
     path.write_text(json.dumps(old, ensure_ascii=False))
     vocab = SimpleVocabulary.load(path)
@@ -247,8 +258,11 @@ def test_vocab_files_of_version_1_keep_their_tokens(tmp_path):
 
 def test_vocab_version_must_be_an_integer(tmp_path):
     path = tmp_path / "vocab.json"
-    path.write_text(json.dumps({"format": "geometry_os.simple_vocab", "version": True,
-                                "tokens": ["<pad>", "<bos>", "<eos>", "<unk>"]}))
+    path.write_text(
+        json.dumps(
+            {"format": "geometry_os.simple_vocab", "version": True, "tokens": ["<pad>", "<bos>", "<eos>", "<unk>"]}
+        )
+    )
     with pytest.raises(ValueError, match='unsupported "version" True'):
         SimpleVocabulary.load(path)
 
@@ -262,8 +276,11 @@ def test_lint_counts_words_and_finds_duplicates_after_normalisation(tmp_path):
     from geometry_os.plugins.datasets.lint import lint_file
 
     Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "red.png")
-    entries = [{"image": "red.png", "caption": "A man’s hat , red."}, {"image": "red.png", "caption": "a man's hat, red."},
-               {"image": "red.png", "caption": "लाल गेंद"}]
+    entries = [
+        {"image": "red.png", "caption": "A man’s hat , red."},
+        {"image": "red.png", "caption": "a man's hat, red."},
+        {"image": "red.png", "caption": "लाल गेंद"},
+    ]
     (tmp_path / "data.json").write_text(json.dumps(entries, ensure_ascii=False))
     report, _, _ = lint_file(str(tmp_path / "data.json"), None, None, 10**8, 1)
     assert any("entry 1: duplicates entry 0" in w for w in report["warnings"])
@@ -319,14 +336,24 @@ def test_bpe_files_saved_with_the_byte_level_pattern_keep_it(tmp_path):
     from geometry_os.plugins.bpe.tokenizer import BPETokenizer
 
     old = Tokenizer(models.BPE(unk_token="<unk>"))
-    old.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase(),
-                                           normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()])
+    old.normalizer = normalizers.Sequence(
+        [normalizers.NFKC(), normalizers.Lowercase(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()]
+    )
     old.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     old.decoder = decoders.ByteLevel()
-    old.train_from_iterator(["লাল বল", "a man's hat"] * 3, trainers.BpeTrainer(
-        vocab_size=300, min_frequency=1, special_tokens=["<pad>", "<bos>", "<eos>", "<unk>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    old.post_processor = processors.TemplateProcessing(single="<bos> $A <eos>", special_tokens=[("<bos>", 1), ("<eos>", 2)])
+    old.train_from_iterator(
+        ["লাল বল", "a man's hat"] * 3,
+        trainers.BpeTrainer(
+            vocab_size=300,
+            min_frequency=1,
+            special_tokens=["<pad>", "<bos>", "<eos>", "<unk>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
+    old.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <eos>", special_tokens=[("<bos>", 1), ("<eos>", 2)]
+    )
     (tmp_path / "tokenizer.json").write_text(old.to_str())
     loaded = BPETokenizer.load(tmp_path / "tokenizer.json")
     for text in ["লাল বল", "a man's hat", "লিল"]:
@@ -347,9 +374,12 @@ def test_a_checkpoint_with_a_version_1_vocabulary_captions_as_before(tmp_path, m
     torch.manual_seed(0)
     model = create_pixel_llm(vocab_size=len(tokens), preset="tiny")
     model.save_pretrained(tmp_path / "ckpt", tokenizer=SimpleVocabulary(["placeholder"]))
-    (tmp_path / "ckpt" / "tokenizer.json").write_text(json.dumps(
-        {"format": "geometry_os.simple_vocab", "version": 1, "min_freq": 1, "max_size": None, "tokens": tokens},
-        ensure_ascii=False))
+    (tmp_path / "ckpt" / "tokenizer.json").write_text(
+        json.dumps(
+            {"format": "geometry_os.simple_vocab", "version": 1, "min_freq": 1, "max_size": None, "tokens": tokens},
+            ensure_ascii=False,
+        )
+    )
     model, vocab = PixelLLM.from_pretrained(tmp_path / "ckpt")
     ids = [1, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 12, 2]
     assert vocab.encode("A man's hat, red. লাল") == ids

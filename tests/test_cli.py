@@ -8,10 +8,9 @@ import sys
 
 import pytest
 from click.testing import CliRunner
+from conftest import make_plugin_dist
 
 from geometry_os.cli import cli
-
-from conftest import make_plugin_dist
 
 
 def run(*args: str, env: dict[str, str] | None = None):
@@ -94,20 +93,27 @@ def test_config_errors_are_one_line_naming_the_field(tmp_path):
     )
     assert_one_line_error(
         CliRunner().invoke(cli, ["pixel-llm", "info", "--preset", "tiny", "--set", "patch_size=7"]),
-        "patch_size=7", "image_size=32",
+        "patch_size=7",
+        "image_size=32",
     )
     assert_one_line_error(
         CliRunner().invoke(cli, ["pixel-llm", "info", "--preset", "tiny", "--set", "vision_num_layers=-2"]),
-        "vision_num_layers", "-2",
+        "vision_num_layers",
+        "-2",
     )
     assert_one_line_error(
         CliRunner().invoke(cli, ["pixel-llm", "info", "--preset", "tiny", "--set", "encoder=nope"]),
-        "unknown encoder 'nope'", "vit",
+        "unknown encoder 'nope'",
+        "vit",
     )
-    assert_one_line_error(CliRunner().invoke(cli, ["pixel-llm", "info", "--config", str(tmp_path / "x.toml")]), "x.toml", "not found")
+    assert_one_line_error(
+        CliRunner().invoke(cli, ["pixel-llm", "info", "--config", str(tmp_path / "x.toml")]), "x.toml", "not found"
+    )
     bad_json = tmp_path / "c.json"
     bad_json.write_text('{"image_size": 64,}')
-    assert_one_line_error(CliRunner().invoke(cli, ["pixel-llm", "info", "--config", str(bad_json)]), "c.json:1:", "malformed JSON")
+    assert_one_line_error(
+        CliRunner().invoke(cli, ["pixel-llm", "info", "--config", str(bad_json)]), "c.json:1:", "malformed JSON"
+    )
     assert_one_line_error(CliRunner().invoke(cli, ["pixel-llm", "info", "--preset", "huge"]), "unknown preset 'huge'")
 
 
@@ -122,8 +128,9 @@ def test_real_subprocess_help_is_fast_and_imports_no_torch():
 
 
 def test_geo_os_console_script_reports_user_error_without_traceback(tmp_path):
-    exe = subprocess.run([sys.executable, "-m", "geometry_os.cli", "pixel-llm", "info", "--set", "nope"],
-                         capture_output=True, text=True)
+    exe = subprocess.run(
+        [sys.executable, "-m", "geometry_os.cli", "pixel-llm", "info", "--set", "nope"], capture_output=True, text=True
+    )
     assert exe.returncode == 1 and "Traceback" not in exe.stderr
     assert "expected key=value" in exe.stderr
 
@@ -131,8 +138,10 @@ def test_geo_os_console_script_reports_user_error_without_traceback(tmp_path):
 def test_a_bad_registry_is_named_not_reported_as_a_missing_command(tmp_path):
     bad = tmp_path / "registry.toml"
     bad.write_text("[systems\n")
-    for registry, needle in ((tmp_path / "typo.toml", "typo.toml: registry file not found"),
-                             (bad, "registry.toml: invalid TOML")):
+    for registry, needle in (
+        (tmp_path / "typo.toml", "typo.toml: registry file not found"),
+        (bad, "registry.toml: invalid TOML"),
+    ):
         result = CliRunner().invoke(cli, ["--registry", str(registry), "pixel-llm", "info"])
         assert result.exit_code == 1 and needle in result.output and "No such command" not in result.output
         assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, result.output
@@ -150,15 +159,22 @@ def test_ctrl_c_prints_one_line_and_exits_130(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli_module.main(["plugins"])
     assert exit_info.value.code == 130 and "Error: interrupted" in capsys.readouterr().err
-    for argv, code in ((["--version"], 0), (["plugins", "--bogus"], 2), (["--registry", "/nope.toml", "pixel-llm", "info"], 1)):
+    for argv, code in (
+        (["--version"], 0),
+        (["plugins", "--bogus"], 2),
+        (["--registry", "/nope.toml", "pixel-llm", "info"], 1),
+    ):
         with pytest.raises(SystemExit) as exit_info:
             cli_module.main(argv)
         assert exit_info.value.code == code, argv
 
 
 def test_a_registry_naming_a_wrong_hookspecs_module_is_one_line(tmp_path):
-    for hookspecs, needle in (("geometry_os.systems.pixel_llm.hookspec", "cannot import"), ("", "cannot import"),
-                              ("geometry_os.errors", "defines no COMPONENT_KINDS")):
+    for hookspecs, needle in (
+        ("geometry_os.systems.pixel_llm.hookspec", "cannot import"),
+        ("", "cannot import"),
+        ("geometry_os.errors", "defines no COMPONENT_KINDS"),
+    ):
         registry = tmp_path / "registry.toml"
         registry.write_text(f'[systems.pixel_llm]\nhookspecs = "{hookspecs}"\n')
         result = CliRunner().invoke(cli, ["--registry", str(registry), "pixel-llm", "info"])

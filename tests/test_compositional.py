@@ -68,8 +68,21 @@ def test_max_objects_draws_longer_valid_scenes():
 
 def test_make_shapes_cli_writes_the_compositional_split(tmp_path):
     out = tmp_path / "ds"
-    result = CliRunner().invoke(geo_os, ["pixel-llm", "make-shapes", "--out", str(out), "--n", "100",
-                                         "--hold-out", "red circle,blue square", "--max-objects", "4"])
+    result = CliRunner().invoke(
+        geo_os,
+        [
+            "pixel-llm",
+            "make-shapes",
+            "--out",
+            str(out),
+            "--n",
+            "100",
+            "--hold-out",
+            "red circle,blue square",
+            "--max-objects",
+            "4",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "10 compositional" in result.output
     held = parse_pairs("red circle,blue square")
@@ -82,11 +95,14 @@ def test_make_shapes_cli_writes_the_compositional_split(tmp_path):
     assert max(e["caption"].split().count("a") for e in json.loads((out / "train.json").read_text())) == 4
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--hold-out", "pink circle"], "'pink circle' is not 'COLOUR KIND'"),
-    (["--splits", "train=0.5,compositional=0.5"], "not 'captions' or 'compositional'"),
-    (["--max-objects", "6"], "--max-objects"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--hold-out", "pink circle"], "'pink circle' is not 'COLOUR KIND'"),
+        (["--splits", "train=0.5,compositional=0.5"], "not 'captions' or 'compositional'"),
+        (["--max-objects", "6"], "--max-objects"),
+    ],
+)
 def test_make_shapes_cli_refuses_bad_options_in_one_line(tmp_path, args, message):
     result = CliRunner().invoke(geo_os, ["pixel-llm", "make-shapes", "--out", str(tmp_path / "x"), "--n", "10", *args])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output

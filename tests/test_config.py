@@ -37,7 +37,10 @@ def test_typo_is_an_error_naming_the_field():
     "fields,needle",
     [
         ({"image_size": 64, "patch_size": 7}, "patch_size=7 must divide image_size=64"),
-        ({"vision_embed_dim": 100, "vision_num_heads": 3}, "vision_embed_dim=100 must be divisible by vision_num_heads=3"),
+        (
+            {"vision_embed_dim": 100, "vision_num_heads": 3},
+            "vision_embed_dim=100 must be divisible by vision_num_heads=3",
+        ),
         ({"text_num_layers": 2, "num_cross_attention_layers": 3}, "num_cross_attention_layers=3 exceeds"),
         ({"vocab_size": -1}, "vocab_size"),
         ({"decoder": "nope"}, "unknown decoder 'nope'; registered decoders: xattn"),
@@ -71,7 +74,7 @@ def test_presets_validate_and_small_uses_sincos_positions():
 
 def test_file_then_overrides(tmp_path):
     path = tmp_path / "train.toml"
-    path.write_text('text_num_layers = 3\n[trainer]\nlearning_rate = 0.001\n')
+    path.write_text("text_num_layers = 3\n[trainer]\nlearning_rate = 0.001\n")
     config = load_config(path, ["trainer.learning_rate=0.0005", "vocab_size=300"], preset="tiny")
     assert config.text_num_layers == 3 and config.trainer.learning_rate == 0.0005 and config.vocab_size == 300
     assert config.image_size == 32  # from the preset
@@ -81,7 +84,12 @@ def test_file_then_overrides(tmp_path):
 
 
 def test_override_parsing():
-    assert parse_overrides(["a.b=1", "c=hello", "d=[1, 2]", "e=true"]) == {"a": {"b": 1}, "c": "hello", "d": [1, 2], "e": True}
+    assert parse_overrides(["a.b=1", "c=hello", "d=[1, 2]", "e=true"]) == {
+        "a": {"b": 1},
+        "c": "hello",
+        "d": [1, 2],
+        "e": True,
+    }
     with pytest.raises(ConfigError, match="expected key=value"):
         parse_overrides(["novalue"])
 

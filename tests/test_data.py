@@ -58,8 +58,13 @@ def dataset(path, **kw) -> ImageTextDataset:
 
 
 def test_seed_json_list(folder):
-    path = write(folder / "captions.json", [{"image": "images/red.png", "caption": "a red square"},
-                                            {"image": "images/blue.png", "caption": "a blue circle"}])
+    path = write(
+        folder / "captions.json",
+        [
+            {"image": "images/red.png", "caption": "a red square"},
+            {"image": "images/blue.png", "caption": "a blue circle"},
+        ],
+    )
     ds = ImageTextDataset(str(path), tokenizer=VOCAB.encode, config=SMALL)
     assert len(ds) == 2 and ds.tokenizer is VOCAB
     item = ds[1]
@@ -81,11 +86,14 @@ def test_plain_callable_tokenizer(folder):
 
 
 def test_several_captions_per_image_and_references(folder):
-    path = write(folder / "c.json", [
-        {"image": "images/red.png", "captions": ["a red square", "a square"]},
-        {"image": "images/blue.png", "caption": "a blue circle"},
-        {"image": "images/red.png", "caption": "red"},
-    ])
+    path = write(
+        folder / "c.json",
+        [
+            {"image": "images/red.png", "captions": ["a red square", "a square"]},
+            {"image": "images/blue.png", "caption": "a blue circle"},
+            {"image": "images/red.png", "caption": "red"},
+        ],
+    )
     ds = dataset(path)
     assert len(ds) == 4
     red, blue = str(folder / "images/red.png"), str(folder / "images/blue.png")
@@ -96,12 +104,17 @@ def test_several_captions_per_image_and_references(folder):
 
 def test_coco_captions(folder):
     coco = {
-        "info": {}, "licenses": [],
-        "images": [{"id": 1, "file_name": "red.png", "width": 8, "height": 8, "license": 1},
-                   {"id": 2, "file_name": "blue.png"}],
-        "annotations": [{"id": 10, "image_id": 2, "caption": "a blue circle"},
-                        {"id": 11, "image_id": 1, "caption": "a red square"},
-                        {"id": 12, "image_id": 2, "caption": "blue"}],
+        "info": {},
+        "licenses": [],
+        "images": [
+            {"id": 1, "file_name": "red.png", "width": 8, "height": 8, "license": 1},
+            {"id": 2, "file_name": "blue.png"},
+        ],
+        "annotations": [
+            {"id": 10, "image_id": 2, "caption": "a blue circle"},
+            {"id": 11, "image_id": 1, "caption": "a red square"},
+            {"id": 12, "image_id": 2, "caption": "blue"},
+        ],
     }
     ds = dataset(write(folder / "coco.json", coco), image_root=folder / "images")
     assert [c for _, c in ds.references] == [["a blue circle", "blue"], ["a red square"]]
@@ -114,8 +127,10 @@ def test_coco_captions(folder):
         ({"annotations": [{"image_id": 9, "caption": "x"}]}, r'annotations\[0\]: "image_id" 9 is not'),
         ({"annotations": [{"image_id": 1, "caption": ""}]}, r'annotations\[0\]: "caption" must be a non-empty'),
         ({"annotations": [{"image_id": 1, "caption": "x", "score": 1}]}, r'annotations\[0\]: unknown key "score"'),
-        ({"images": [{"id": 1, "file_name": "a.png"}, {"id": 1, "file_name": "b.png"}]},
-         r'images\[1\]: duplicate "id" 1'),
+        (
+            {"images": [{"id": 1, "file_name": "a.png"}, {"id": 1, "file_name": "b.png"}]},
+            r'images\[1\]: duplicate "id" 1',
+        ),
         ({"images": [{"id": 1}]}, r'images\[0\]: "file_name" must be a non-empty string'),
         ({"images": {}}, '"images" must be a list'),
         ({"extra": 1}, 'unknown top-level COCO key "extra"'),
@@ -129,8 +144,11 @@ def test_coco_errors(tmp_path, change, message):
 
 
 def test_json_lines(folder):
-    lines = ['{"image": "images/red.png", "caption": "a red square"}', "",
-             '{"image": "images/blue.png", "captions": ["a blue circle", "blue"]}']
+    lines = [
+        '{"image": "images/red.png", "caption": "a red square"}',
+        "",
+        '{"image": "images/blue.png", "captions": ["a blue circle", "blue"]}',
+    ]
     ds = dataset(write(folder / "data.jsonl", "\n".join(lines) + "\n"))
     assert ds.captions == ["a red square", "a blue circle", "blue"]
 
@@ -192,8 +210,10 @@ def test_malformed_json_has_line_and_column(tmp_path):
         ([["a.png", "x"]], 'entry 0: expected an object with "image" and "caption", got list'),
         ([{"caption": "x"}], 'entry 0: missing "image"'),
         ([{"image": "", "caption": "x"}], 'entry 0: "image" must be a non-empty string'),
-        ([{"image": "a.png", "caption": "x"}, {"image": "a.png", "caption": ""}],
-         'entry 1: "caption" must be a non-empty string, got \'\''),
+        (
+            [{"image": "a.png", "caption": "x"}, {"image": "a.png", "caption": ""}],
+            "entry 1: \"caption\" must be a non-empty string, got ''",
+        ),
         ([{"image": "a.png", "caption": "  "}], 'entry 0: "caption" must be a non-empty string'),
         ([{"image": "a.png", "caption": 5}], 'entry 0: "caption" must be a non-empty string, got 5'),
         ([{"image": "a.png", "caption": None}], 'entry 0: "caption" must be a non-empty string, got None'),
@@ -217,6 +237,7 @@ def test_data_error_is_a_user_error():
 
 def _ihdr_png(width: int, height: int) -> bytes:
     """A PNG header claiming ``width`` x ``height`` with (almost) no pixel data: a decompression bomb stand-in."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
@@ -257,8 +278,10 @@ def test_truncated_image(tmp_path):
 
 def test_max_image_pixels_from_config(tmp_path):
     png(tmp_path / "a.png", size=(20, 20))
-    ds = dataset(write(tmp_path / "c.json", [{"image": "a.png", "caption": "a"}]),
-                 config=DatasetConfig(image_size=8, max_image_pixels=399))
+    ds = dataset(
+        write(tmp_path / "c.json", [{"image": "a.png", "caption": "a"}]),
+        config=DatasetConfig(image_size=8, max_image_pixels=399),
+    )
     with pytest.raises(DataError, match="20x20 = 400 pixels, over max_image_pixels=399"):
         ds[0]
 
@@ -267,8 +290,13 @@ def test_max_image_pixels_from_config(tmp_path):
 
 
 def test_skip_bad_entries_at_load_with_one_warning(folder, caplog):
-    data = [{"image": "images/red.png", "caption": "a"}, {"image": "images/red.png", "caption": ""},
-            {"image": "images/blue.png", "caption": "b"}, {"image": 3, "caption": "c"}, {"img": "x"}]
+    data = [
+        {"image": "images/red.png", "caption": "a"},
+        {"image": "images/red.png", "caption": ""},
+        {"image": "images/blue.png", "caption": "b"},
+        {"image": 3, "caption": "c"},
+        {"img": "x"},
+    ]
     with caplog.at_level(logging.WARNING):
         ds = dataset(write(folder / "c.json", data), config=DatasetConfig(image_size=8, on_error="skip"))
     assert ds.captions == ["a", "b"]
@@ -302,8 +330,12 @@ def test_skip_whole_file_problems_still_raise(tmp_path):
 
 def test_skip_unreadable_images_on_access_and_validate(folder, caplog):
     (folder / "images" / "bad.png").write_bytes(b"not a png")
-    data = [{"image": "images/red.png", "caption": "a"}, {"image": "images/bad.png", "captions": ["b", "b2"]},
-            {"image": "images/missing.png", "caption": "c"}, {"image": "images/blue.png", "caption": "d"}]
+    data = [
+        {"image": "images/red.png", "caption": "a"},
+        {"image": "images/bad.png", "captions": ["b", "b2"]},
+        {"image": "images/missing.png", "caption": "c"},
+        {"image": "images/blue.png", "caption": "d"},
+    ]
     path = write(folder / "c.json", data)
     skip = DatasetConfig(image_size=8, on_error="skip")
     ds = dataset(path, config=skip)
@@ -380,8 +412,10 @@ def test_augmentation_never_flips_left_and_right(tmp_path):
     image = Image.new("RGB", (32, 32), (255, 0, 0))
     image.paste((0, 0, 255), (16, 0, 32, 32))
     image.save(tmp_path / "lr.png")
-    ds = dataset(write(tmp_path / "c.json", [{"image": "lr.png", "caption": "a"}]),
-                 config=DatasetConfig(image_size=16, augment=True))
+    ds = dataset(
+        write(tmp_path / "c.json", [{"image": "lr.png", "caption": "a"}]),
+        config=DatasetConfig(image_size=16, augment=True),
+    )
     torch.manual_seed(0)
     for _ in range(20):
         x = ds[0]["image"]
@@ -393,13 +427,19 @@ def test_captions_are_truncated_keeping_eos(folder):
     ids = dataset(path, config=DatasetConfig(image_size=8, max_length=4))[0]["input_ids"].tolist()
     assert ids == VOCAB.encode("a blue circle left")[:3] + [2]
     assert dataset(path, config=DatasetConfig(image_size=8), tokenizer=lambda t: list(range(5, 80)))[0][
-        "input_ids"].tolist() == list(range(5, 69))
+        "input_ids"
+    ].tolist() == list(range(5, 69))
 
 
 def test_dataset_config_errors_name_the_field():
-    for kwargs, field in [({"image_size": 0}, "image_size"), ({"max_length": 2}, "max_length"),
-                          ({"imagesize": 3}, "imagesize"), ({"std": (1, 0, 1)}, "std"),
-                          ({"on_error": "ignore"}, "on_error"), ({"mean": (1, 2)}, "mean")]:
+    for kwargs, field in [
+        ({"image_size": 0}, "image_size"),
+        ({"max_length": 2}, "max_length"),
+        ({"imagesize": 3}, "imagesize"),
+        ({"std": (1, 0, 1)}, "std"),
+        ({"on_error": "ignore"}, "on_error"),
+        ({"mean": (1, 2)}, "mean"),
+    ]:
         with pytest.raises(ValidationError, match=field):
             DatasetConfig(**kwargs)
     assert DatasetConfig().mean == (0.485, 0.456, 0.406) and DatasetConfig().max_image_pixels == 64_000_000
@@ -410,9 +450,11 @@ def test_dataset_config_errors_name_the_field():
 
 @pytest.fixture
 def three(folder) -> ImageTextDataset:
-    data = [{"image": "images/red.png", "caption": "a red square"},
-            {"image": "images/blue.png", "caption": "a blue circle left of a green square"},
-            {"image": "images/red.png", "caption": "a cat"}]
+    data = [
+        {"image": "images/red.png", "caption": "a red square"},
+        {"image": "images/blue.png", "caption": "a blue circle left of a green square"},
+        {"image": "images/red.png", "caption": "a cat"},
+    ]
     return dataset(write(folder / "c.json", data), config=DatasetConfig(image_size=8))
 
 
@@ -435,9 +477,13 @@ def test_dataloader_custom_pad_id_sampler_and_generator(three):
     batch = next(iter(create_dataloader(three, batch_size=3, pad_token_id=7, sampler=[2, 0, 1])))
     assert batch["indices"].tolist() == [2, 0, 1]
     assert batch["input_ids"][0, 4:].tolist() == [7] * 6 and (batch["labels"][0, 4:] == -100).all()
-    orders = [[b["indices"].tolist()
-               for b in create_dataloader(three, batch_size=1, generator=torch.Generator().manual_seed(5))]
-              for _ in range(2)]
+    orders = [
+        [
+            b["indices"].tolist()
+            for b in create_dataloader(three, batch_size=1, generator=torch.Generator().manual_seed(5))
+        ]
+        for _ in range(2)
+    ]
     assert orders[0] == orders[1]
 
 

@@ -45,7 +45,9 @@ def write_coco(root: Path, n_train: int = 12, n_val: int = 4, size: int = 32) ->
             render_scene(scene, size).save(folder / f"{i:04d}.png")
             images.append({"id": i, "file_name": f"{split}/{i:04d}.png"})
             annotations.append({"id": i, "image_id": i, "caption": caption(scene)})
-        (root / "annotations" / f"captions_{split}.json").write_text(json.dumps({"images": images, "annotations": annotations}))
+        (root / "annotations" / f"captions_{split}.json").write_text(
+            json.dumps({"images": images, "annotations": annotations})
+        )
     return root
 
 
@@ -69,11 +71,36 @@ def coco_run(tmp_path_factory) -> tuple[Path, Path, object]:
     root = write_coco(tmp_path_factory.mktemp("coco"))
     run = root / "run"
     result = invoke(
-        "train", "--preset", "tiny", "--data", str(root / "annotations" / "captions_train.json"),
-        "--val-data", str(root / "annotations" / "captions_val.json"), "--image-root", str(root / "images"),
-        "--max-steps", "3", "--epochs", "2", "--batch-size", "4", "--lr", "0.002", "--max-time", "300",
-        "--tokenizer", "bpe", "--out", str(run), "--quiet", "--set", "trainer.warmup_steps=1",
-        "--set", "trainer.checkpoint_interval=1", "--set", "trainer.val_interval=1",
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        str(root / "annotations" / "captions_train.json"),
+        "--val-data",
+        str(root / "annotations" / "captions_val.json"),
+        "--image-root",
+        str(root / "images"),
+        "--max-steps",
+        "3",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--lr",
+        "0.002",
+        "--max-time",
+        "300",
+        "--tokenizer",
+        "bpe",
+        "--out",
+        str(run),
+        "--quiet",
+        "--set",
+        "trainer.warmup_steps=1",
+        "--set",
+        "trainer.checkpoint_interval=1",
+        "--set",
+        "trainer.val_interval=1",
     )
     return root, run, result
 
@@ -90,12 +117,24 @@ def test_coco_layout_trains_from_the_cli_with_image_root(coco_run):
 
 def test_without_image_root_the_coco_images_are_looked_for_beside_the_annotations(coco_run, tmp_path):
     root, _, _ = coco_run
-    result = invoke("train", "--preset", "tiny", "--data", str(root / "annotations" / "captions_train.json"),
-                    "--max-steps", "1", "--out", str(tmp_path / "r"), "--quiet")
+    result = invoke(
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        str(root / "annotations" / "captions_train.json"),
+        "--max-steps",
+        "1",
+        "--out",
+        str(tmp_path / "r"),
+        "--quiet",
+    )
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert f"{root / 'annotations' / 'train' / '0000.png'}: no such file" in result.output  # when the set is built
-    assert f"relative image paths start from image_root (default: the caption file's folder) {root / 'annotations'}" in (
-        " ".join(result.output.split()))
+    assert (
+        f"relative image paths start from image_root (default: the caption file's folder) {root / 'annotations'}"
+        in (" ".join(result.output.split()))
+    )
 
 
 def test_train_flags_reach_the_trainer_settings(coco_run):
@@ -112,10 +151,17 @@ def test_validation_set_uses_the_training_tokenizer(monkeypatch, tmp_path):
     from geometry_os.systems.pixel_llm.config import load_config
 
     root = write_coco(tmp_path, n_train=6, n_val=2)
-    config = load_config(None, [f"trainer.data={root / 'annotations' / 'captions_train.json'}",
-                                f"trainer.val_data={root / 'annotations' / 'captions_val.json'}",
-                                f"trainer.image_root={root / 'images'}", f"trainer.val_image_root={root / 'images'}",
-                                "trainer.tokenizer=bpe"], "tiny")
+    config = load_config(
+        None,
+        [
+            f"trainer.data={root / 'annotations' / 'captions_train.json'}",
+            f"trainer.val_data={root / 'annotations' / 'captions_val.json'}",
+            f"trainer.image_root={root / 'images'}",
+            f"trainer.val_image_root={root / 'images'}",
+            "trainer.tokenizer=bpe",
+        ],
+        "tiny",
+    )
     train_set, val_set, tokenizer = train_cli._datasets(config, None)
     assert train_set.tokenizer is tokenizer and val_set.tokenizer is tokenizer
 
@@ -130,9 +176,12 @@ def test_image_root_has_one_meaning_on_every_command(coco_run, tmp_path):
     assert evaluated.exit_code == 0, evaluated.output
     assert json.loads(evaluated.stdout)["num_images"] == 4
     missing = str(tmp_path / "nowhere")
-    for args in (("lint-data", val), ("eval", "--data", val, "--checkpoint", str(run / "best")),
-                 ("train", "--data", val, "--out", str(tmp_path / "r")),
-                 ("train", "--data", val, "--val-data", val, "--out", str(tmp_path / "r"), "--val-image-root")):
+    for args in (
+        ("lint-data", val),
+        ("eval", "--data", val, "--checkpoint", str(run / "best")),
+        ("train", "--data", val, "--out", str(tmp_path / "r")),
+        ("train", "--data", val, "--val-data", val, "--out", str(tmp_path / "r"), "--val-image-root"),
+    ):
         flag = () if args[-1] == "--val-image-root" else ("--image-root",)
         result = invoke(*args, *flag, missing)
         assert result.exit_code == 2, (args, result.output)
@@ -143,21 +192,44 @@ def test_set_image_root_is_a_trainer_setting():
     from geometry_os.systems.pixel_llm.config import load_config
 
     config = load_config(None, ["image_root=imgs", "trainer.val_image_root=val_imgs", "tokenizer=bpe"], "tiny")
-    assert (config.trainer.image_root, config.trainer.val_image_root, config.trainer.tokenizer) == ("imgs", "val_imgs", "bpe")
+    assert (config.trainer.image_root, config.trainer.val_image_root, config.trainer.tokenizer) == (
+        "imgs",
+        "val_imgs",
+        "bpe",
+    )
 
 
 def test_unknown_tokenizer_is_one_line(coco_run, tmp_path):
     root, _, _ = coco_run
-    result = invoke("train", "--preset", "tiny", "--data", str(root / "annotations" / "captions_train.json"),
-                    "--image-root", str(root / "images"), "--tokenizer", "wordpiece", "--out", str(tmp_path / "r"))
+    result = invoke(
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        str(root / "annotations" / "captions_train.json"),
+        "--image-root",
+        str(root / "images"),
+        "--tokenizer",
+        "wordpiece",
+        "--out",
+        str(tmp_path / "r"),
+    )
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "wordpiece" in result.output and "bpe" in result.output and "simple" in result.output
 
 
 def test_help_says_where_the_other_keys_are_and_info_shows_the_trainer():
     help_text = invoke("train", "--help").output
-    for flag in ("--max-steps", "--epochs", "--batch-size", "--lr", "--max-time", "--tokenizer", "--image-root",
-                 "--val-image-root"):
+    for flag in (
+        "--max-steps",
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--max-time",
+        "--tokenizer",
+        "--image-root",
+        "--val-image-root",
+    ):
         assert flag in help_text
     assert "docs/configuration.md" in " ".join(help_text.split())
     info = invoke("info", "--preset", "tiny", "--set", "trainer.warmup_steps=7")
@@ -198,12 +270,26 @@ def test_checkpoint_run_folder_resolves_to_best_then_latest(coco_run, tmp_path, 
 def test_trainer_load_checkpoint_takes_a_run_folder(coco_run, tmp_path):
     root, run, _ = coco_run
     model, tokenizer = PixelLLM.from_pretrained(run / "best")
-    dataset = ImageTextDataset(root / "annotations" / "captions_train.json", tokenizer=tokenizer,
-                               config=DatasetConfig(**model.config.image_options()), image_root=root / "images")
+    dataset = ImageTextDataset(
+        root / "annotations" / "captions_train.json",
+        tokenizer=tokenizer,
+        config=DatasetConfig(**model.config.image_options()),
+        image_root=root / "images",
+    )
     loader = create_dataloader(dataset, batch_size=4)
-    trainer = PixelLLMTrainer(model.train(), TrainerConfig(checkpoint_dir=str(tmp_path / "c"), max_steps=3, warmup_steps=1,
-                                                           batch_size=4, learning_rate=0.002, use_amp=False),
-                              loader, quiet=True)
+    trainer = PixelLLMTrainer(
+        model.train(),
+        TrainerConfig(
+            checkpoint_dir=str(tmp_path / "c"),
+            max_steps=3,
+            warmup_steps=1,
+            batch_size=4,
+            learning_rate=0.002,
+            use_amp=False,
+        ),
+        loader,
+        quiet=True,
+    )
     state = trainer.load_checkpoint(run)
     assert state is not None and trainer.global_step == 3  # the latest checkpoint of the run, resumed
 
@@ -222,11 +308,16 @@ def test_dataset_with_default_image_options_takes_the_models(tmp_path):
     assert dataset[0]["image"].shape[-1] == 224
     model = tiny(len(dataset.tokenizer))
     loader = create_dataloader(dataset, batch_size=3)
-    trainer = PixelLLMTrainer(model, TrainerConfig(checkpoint_dir=str(tmp_path / "c"), max_steps=1, use_amp=False,
-                                                   warmup_steps=0), loader, quiet=True)
+    trainer = PixelLLMTrainer(
+        model,
+        TrainerConfig(checkpoint_dir=str(tmp_path / "c"), max_steps=1, use_amp=False, warmup_steps=0),
+        loader,
+        quiet=True,
+    )
     assert dataset.config.image_size == 32 and dataset[0]["image"].shape == (3, 32, 32)
-    assert trainer._notices == ["training data: its DatasetConfig left image_size at the default; "
-                                "using the model's image_size=32"]
+    assert trainer._notices == [
+        "training data: its DatasetConfig left image_size at the default; using the model's image_size=32"
+    ]
     trainer.train()
 
 
@@ -245,9 +336,15 @@ def test_batches_of_another_size_are_refused_at_the_first_step(tmp_path):
 
     scenes = get_component("dataset", "shapes").build({"n": 6, "seed": 0, "image_size": 48})
     loader = create_dataloader(torch.utils.data.Subset(scenes, range(6)), batch_size=3)  # no DatasetConfig to read
-    trainer = PixelLLMTrainer(tiny(len(scenes.tokenizer)), TrainerConfig(checkpoint_dir=str(tmp_path / "c"), warmup_steps=1,
-                                                                         use_amp=False), loader, quiet=True)
-    with pytest.raises(ImageSizeError, match="a batch has 48x48-pixel images but the model was built for image_size=32"):
+    trainer = PixelLLMTrainer(
+        tiny(len(scenes.tokenizer)),
+        TrainerConfig(checkpoint_dir=str(tmp_path / "c"), warmup_steps=1, use_amp=False),
+        loader,
+        quiet=True,
+    )
+    with pytest.raises(
+        ImageSizeError, match="a batch has 48x48-pixel images but the model was built for image_size=32"
+    ):
         trainer.train()
     assert trainer.global_step == 0
 
@@ -334,8 +431,11 @@ def test_step_interval_keeps_save_total_limit_folders(tmp_path):
 
 
 def test_warmup_longer_than_the_run_is_scaled_to_it(tmp_path):
-    assert fitted_warmup(100, 20) == (2, "trainer.warmup_steps=100 is not shorter than the run (20 steps); "
-                                          "warming up over 2 steps instead (a tenth of the run)")
+    assert fitted_warmup(100, 20) == (
+        2,
+        "trainer.warmup_steps=100 is not shorter than the run (20 steps); "
+        "warming up over 2 steps instead (a tenth of the run)",
+    )
     assert fitted_warmup(10, 20) == (10, None) and fitted_warmup(0, 5) == (0, None) and fitted_warmup(1, 1) == (1, None)
     dataset = ImageTextDataset(write_list(tmp_path / "d", 4))
     loader = create_dataloader(dataset, batch_size=4)
@@ -348,12 +448,25 @@ def test_warmup_longer_than_the_run_is_scaled_to_it(tmp_path):
 
 def test_warmup_notice_is_one_cli_line(tmp_path):
     data = write_list(tmp_path / "d", 4)
-    result = invoke("train", "--preset", "tiny", "--data", str(data), "--max-steps", "2", "--out", str(tmp_path / "r"),
-                    "--batch-size", "4")
+    result = invoke(
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        str(data),
+        "--max-steps",
+        "2",
+        "--out",
+        str(tmp_path / "r"),
+        "--batch-size",
+        "4",
+    )
     assert result.exit_code == 0, result.output
     lines = [line for line in result.stderr.splitlines() if "warmup_steps" in line]
-    assert lines == ["Warning: trainer.warmup_steps=100 is not shorter than the run (2 steps); warming up "
-                     "over 1 step instead (a tenth of the run)"]
+    assert lines == [
+        "Warning: trainer.warmup_steps=100 is not shorter than the run (2 steps); warming up "
+        "over 1 step instead (a tenth of the run)"
+    ]
 
 
 def test_time_estimate_after_the_first_steps(tmp_path, monkeypatch, capsys):
@@ -399,10 +512,20 @@ def test_system_calls_take_image_roots_and_run_folders(tmp_path):
 
     root = write_coco(tmp_path / "coco", n_train=6, n_val=2)
     host = Host()
-    summary = host.call("pixel_llm.train", preset="tiny", data=str(root / "annotations" / "captions_train.json"),
-                        val_data=str(root / "annotations" / "captions_val.json"), image_root=str(root / "images"),
-                        out=str(tmp_path / "run"), overrides=["trainer.max_steps=2", "trainer.warmup_steps=1"])
+    summary = host.call(
+        "pixel_llm.train",
+        preset="tiny",
+        data=str(root / "annotations" / "captions_train.json"),
+        val_data=str(root / "annotations" / "captions_val.json"),
+        image_root=str(root / "images"),
+        out=str(tmp_path / "run"),
+        overrides=["trainer.max_steps=2", "trainer.warmup_steps=1"],
+    )
     assert summary["global_step"] == 2
-    metrics = host.call("pixel_llm.evaluate", checkpoint=str(tmp_path / "run"),
-                        data=str(root / "annotations" / "captions_val.json"), image_root=str(root / "images"))
+    metrics = host.call(
+        "pixel_llm.evaluate",
+        checkpoint=str(tmp_path / "run"),
+        data=str(root / "annotations" / "captions_val.json"),
+        image_root=str(root / "images"),
+    )
     assert metrics["num_images"] == 2

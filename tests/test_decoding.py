@@ -213,7 +213,9 @@ def test_cache_equals_no_cache(seed, name, fields):
 def test_one_beam_equals_greedy(seed):
     model, images = eos_model(seed)
     greedy = generate_caption(model, images, max_length=MAX_SEQ, return_dict_in_generate=True)
-    beam = generate_caption(model, images, max_length=MAX_SEQ, strategy="beam", num_beams=1, return_dict_in_generate=True)
+    beam = generate_caption(
+        model, images, max_length=MAX_SEQ, strategy="beam", num_beams=1, return_dict_in_generate=True
+    )
     assert torch.equal(beam.sequences, greedy.sequences)
     assert torch.allclose(beam.sequence_scores, greedy.sequence_scores, atol=1e-5)
 
@@ -223,7 +225,9 @@ def test_one_beam_equals_greedy(seed):
 def test_degenerate_sampling_equals_greedy(seed, warp):
     model, images = eos_model(seed)
     greedy = generate_caption(model, images, max_length=MAX_SEQ)
-    sampled = generate_caption(model, images, max_length=MAX_SEQ, do_sample=True, seed=seed, **{"temperature": 0.7, **warp})
+    sampled = generate_caption(
+        model, images, max_length=MAX_SEQ, do_sample=True, seed=seed, **{"temperature": 0.7, **warp}
+    )
     assert torch.equal(sampled, greedy)
 
 
@@ -233,7 +237,10 @@ def test_batched_equals_one_at_a_time(seed, fields):
     model, images = eos_model(seed, **fields)
     batched = generate_caption(model, images, max_length=MAX_SEQ, return_dict_in_generate=True, **fields)
     assert len(set(lengths_of(batched.sequences))) > 1, "captions must end at different lengths"
-    singles = [generate_caption(model, image[None], max_length=MAX_SEQ, return_dict_in_generate=True, **fields) for image in images]
+    singles = [
+        generate_caption(model, image[None], max_length=MAX_SEQ, return_dict_in_generate=True, **fields)
+        for image in images
+    ]
     assert [trimmed(r) for r in batched.sequences] == [trimmed(r) for s in singles for r in s.sequences]
     single_scores = torch.cat([s.sequence_scores for s in singles])
     assert torch.allclose(batched.sequence_scores, single_scores, atol=1e-5)
@@ -294,7 +301,11 @@ def test_wide_beam_finds_the_exhaustive_optimum(seed):
         winners = {row: set() for row in range(len(images))}
         for lp in (0.0, 1.0, 2.0):
             out = beam_search_decode(
-                model, images, num_beams=width, max_new_tokens=new_tokens, length_penalty=lp,
+                model,
+                images,
+                num_beams=width,
+                max_new_tokens=new_tokens,
+                length_penalty=lp,
                 return_dict_in_generate=True,
             )
             with torch.inference_mode():
@@ -313,7 +324,12 @@ def test_early_stopping_only_stops_sooner(seed):
     best = {}
     for mode in (True, False, "never"):
         out = beam_search_decode(
-            model, images, num_beams=3, max_length=MAX_SEQ, early_stopping=mode, length_penalty=1.5,
+            model,
+            images,
+            num_beams=3,
+            max_length=MAX_SEQ,
+            early_stopping=mode,
+            length_penalty=1.5,
             return_dict_in_generate=True,
         )
         best[mode] = out.scores_penalised
@@ -323,8 +339,9 @@ def test_early_stopping_only_stops_sooner(seed):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_beam_without_eos_returns_unfinished_beams(seed):
     model = make_model(seed, eos_bias=-1e4)
-    out = beam_search_decode(model, make_images(seed, 3), num_beams=3, num_return_sequences=2, max_length=9,
-                             return_dict_in_generate=True)
+    out = beam_search_decode(
+        model, make_images(seed, 3), num_beams=3, num_return_sequences=2, max_length=9, return_dict_in_generate=True
+    )
     assert out.sequences.shape == (6, 9)
     assert not (out.sequences == EOS).any()
     assert torch.isfinite(out.sequence_scores).all()
@@ -342,7 +359,11 @@ def has_repeated_ngram(tokens: tuple[int, ...], n: int) -> bool:
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_no_repeat_ngram_size(seed, n):
     model, images = make_model(seed, eos_bias=-1e4), make_images(seed, 6)  # full-length captions
-    runs = [{}, {"do_sample": True, "seed": seed, "num_return_sequences": 2}, {"num_beams": 3, "num_return_sequences": 3}]
+    runs = [
+        {},
+        {"do_sample": True, "seed": seed, "num_return_sequences": 2},
+        {"num_beams": 3, "num_return_sequences": 3},
+    ]
     free = [trimmed(r) for fields in runs for r in generate_caption(model, images, max_length=MAX_SEQ, **fields)]
     assert any(has_repeated_ngram(t, n) for t in free), "the ban must have something to do"
     for fields in runs:
@@ -357,14 +378,23 @@ def test_bans_never_leave_a_row_without_tokens(fields):
     """5 tokens, no token twice, no <eos> before 8: from step 5 every token is banned; the caption
     must still come out (repeating, since min_length outranks the n-gram ban), without NaN."""
     model = make_model(0, vocab=5, eos_bias=-2.0)
-    out = generate_caption(model, make_images(0, 2), max_length=10, min_length=8, no_repeat_ngram_size=1,
-                           return_dict_in_generate=True, **fields)
+    out = generate_caption(
+        model,
+        make_images(0, 2),
+        max_length=10,
+        min_length=8,
+        no_repeat_ngram_size=1,
+        return_dict_in_generate=True,
+        **fields,
+    )
     assert all(n >= 9 for n in lengths_of(out.sequences))
     assert torch.isfinite(out.sequence_scores).all()
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("fields", [{"do_sample": True, "num_return_sequences": 3}, {"num_beams": 4, "num_return_sequences": 3}])
+@pytest.mark.parametrize(
+    "fields", [{"do_sample": True, "num_return_sequences": 3}, {"num_beams": 4, "num_return_sequences": 3}]
+)
 def test_num_return_sequences(seed, fields):
     model, images = eos_model(seed, n_images=3)
     out = generate_caption(model, images, max_length=MAX_SEQ, return_dict_in_generate=True, **seeded(fields, seed))
@@ -421,7 +451,9 @@ def test_seeded_sampling(seed):
 @pytest.mark.parametrize("fields", [{}, {"num_beams": 3, "num_return_sequences": 2}])
 def test_output_attentions(seed, fields):
     model, images = eos_model(seed, n_images=4)
-    out = generate_caption(model, images, max_length=MAX_SEQ, output_attentions=True, return_dict_in_generate=True, **fields)
+    out = generate_caption(
+        model, images, max_length=MAX_SEQ, output_attentions=True, return_dict_in_generate=True, **fields
+    )
     lengths = lengths_of(out.sequences)
     assert len(out.cross_attentions) == out.sequences.shape[1] - 1
     for t, att in enumerate(out.cross_attentions, start=1):
@@ -526,15 +558,21 @@ def test_a_tokenizer_smaller_than_the_vocabulary_only_gets_ids_it_can_decode(num
     images = make_images(0, 4)
     unrestricted = generate_caption(model, images, max_length=12, num_beams=num_beams)
     assert int(unrestricted.max()) >= len(vocab)  # without the tokenizer they do come up
-    out = generate_caption(model, images, max_length=12, num_beams=num_beams, tokenizer=vocab,
-                           return_dict_in_generate=True)
+    out = generate_caption(
+        model, images, max_length=12, num_beams=num_beams, tokenizer=vocab, return_dict_in_generate=True
+    )
     assert int(out.sequences.max()) < len(vocab) and len(out.texts) == 4
 
 
 # ---- edge cases: no new tokens, lengths beyond the model, bans that leave nothing, ignored options -----
 
-STRATEGIES = [{}, {"do_sample": True, "seed": 0}, {"do_sample": True, "seed": 0, "num_return_sequences": 2},
-              {"num_beams": 3}, {"num_beams": 3, "num_return_sequences": 2}]
+STRATEGIES = [
+    {},
+    {"do_sample": True, "seed": 0},
+    {"do_sample": True, "seed": 0, "num_return_sequences": 2},
+    {"num_beams": 3},
+    {"num_beams": 3, "num_return_sequences": 2},
+]
 
 
 @pytest.mark.parametrize("fields", STRATEGIES)
@@ -549,8 +587,16 @@ def test_no_new_tokens_gives_the_bos_alone_in_every_strategy(fields, length):
         def decode(self, ids, skip_special_tokens=True):
             return " ".join(f"w{i}" for i in ids if not (skip_special_tokens and i <= 3))
 
-    out = generate_caption(model, make_images(0, 2), tokenizer=Tokenizer(), return_dict_in_generate=True,
-                           output_scores=True, output_attentions=True, **length, **fields)
+    out = generate_caption(
+        model,
+        make_images(0, 2),
+        tokenizer=Tokenizer(),
+        return_dict_in_generate=True,
+        output_scores=True,
+        output_attentions=True,
+        **length,
+        **fields,
+    )
     assert out.sequences.tolist() == [[BOS]] * rows
     assert out.sequence_scores.tolist() == [0.0] * rows and out.scores_penalised.tolist() == [0.0] * rows
     assert out.token_scores.shape == (rows, 0) and out.cross_attentions == []
@@ -568,8 +614,11 @@ def test_a_length_beyond_max_seq_len_is_a_notice_not_a_silent_cut():
     from geometry_os.systems.pixel_llm.inference import GenerationLengthWarning
 
     model, images = make_model(0, eos_bias=-9.0), make_images(0, 1)  # never ends early: runs to the cap
-    for fields, named in [({"max_length": 100}, "max_length=100"), ({"max_new_tokens": 40}, "max_new_tokens=40"),
-                          ({"max_length": 100, "num_beams": 2}, "max_length=100")]:
+    for fields, named in [
+        ({"max_length": 100}, "max_length=100"),
+        ({"max_new_tokens": 40}, "max_new_tokens=40"),
+        ({"max_length": 100, "num_beams": 2}, "max_length=100"),
+    ]:
         with pytest.warns(GenerationLengthWarning, match=f"{named} is beyond the model's max_seq_len={MAX_SEQ}"):
             out = generate_caption(model, images, **fields)
         assert out.shape[1] == MAX_SEQ
@@ -585,8 +634,14 @@ ALL_BUT_EOS = [t for t in range(32) if t != EOS]
 
 @pytest.mark.parametrize("fields", [{}, {"do_sample": True, "seed": 0}, {"num_beams": 3}])
 def test_suppressing_every_token_but_eos_gives_finite_scores(fields):
-    out = generate_caption(make_model(0), make_images(0, 2), suppress_tokens=ALL_BUT_EOS, output_scores=True,
-                           return_dict_in_generate=True, **fields)
+    out = generate_caption(
+        make_model(0),
+        make_images(0, 2),
+        suppress_tokens=ALL_BUT_EOS,
+        output_scores=True,
+        return_dict_in_generate=True,
+        **fields,
+    )
     assert out.sequences.tolist() == [[BOS, EOS]] * 2
     assert out.sequence_scores.tolist() == [0.0, 0.0] and out.token_scores.tolist() == [[0.0], [0.0]]
 
@@ -595,8 +650,14 @@ def test_suppressing_every_token_but_eos_gives_finite_scores(fields):
 @pytest.mark.parametrize(
     "bans, message",
     [
-        ({"suppress_tokens": list(range(32))}, "suppress_tokens bans all 32 tokens of the vocabulary: no token can be generated"),
-        ({"suppress_tokens": ALL_BUT_EOS, "min_length": 3}, "bans every token but eos_token_id=2, which min_length=3 bans"),
+        (
+            {"suppress_tokens": list(range(32))},
+            "suppress_tokens bans all 32 tokens of the vocabulary: no token can be generated",
+        ),
+        (
+            {"suppress_tokens": ALL_BUT_EOS, "min_length": 3},
+            "bans every token but eos_token_id=2, which min_length=3 bans",
+        ),
     ],
 )
 def test_bans_that_leave_no_token_are_refused_in_one_line(fields, bans, message):
@@ -613,11 +674,22 @@ def test_beam_needs_as_many_possible_captions_as_it_returns():
 
     model, images = make_model(0), make_images(0, 2)
     bans = [t for t in range(32) if t not in (EOS, 5)]
-    out = generate_caption(model, images, suppress_tokens=bans, max_new_tokens=2, num_beams=4, num_return_sequences=3,
-                           return_dict_in_generate=True)
+    out = generate_caption(
+        model,
+        images,
+        suppress_tokens=bans,
+        max_new_tokens=2,
+        num_beams=4,
+        num_return_sequences=3,
+        return_dict_in_generate=True,
+    )
     assert torch.isfinite(out.sequence_scores).all()
     for image in range(2):
-        assert {trimmed(r) for r in out.sequences[3 * image : 3 * image + 3]} == {(BOS, EOS), (BOS, 5, EOS), (BOS, 5, 5)}
+        assert {trimmed(r) for r in out.sequences[3 * image : 3 * image + 3]} == {
+            (BOS, EOS),
+            (BOS, 5, EOS),
+            (BOS, 5, 5),
+        }
     with pytest.raises(ConfigError, match="num_return_sequences=4: suppress_tokens leaves only 3 possible caption"):
         generate_caption(model, images, suppress_tokens=bans, max_new_tokens=2, num_beams=4, num_return_sequences=4)
     with pytest.raises(ConfigError, match="leaves only 1 possible caption"):

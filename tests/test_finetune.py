@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from geometry_os.plugins.amp_trainer import checkpointing as ckpt
-from geometry_os.plugins.amp_trainer.trainer import PixelLLMTrainer
 
 from geometry_os.cli import cli
 from geometry_os.errors import ConfigError
+from geometry_os.plugins.amp_trainer import checkpointing as ckpt
+from geometry_os.plugins.amp_trainer.trainer import PixelLLMTrainer
 from geometry_os.systems.pixel_llm import PixelLLM, create_pixel_llm, lora
 from geometry_os.systems.pixel_llm.components import get_component
 from geometry_os.systems.pixel_llm.config import TrainerConfig
@@ -41,10 +41,20 @@ def tiny_model(vocab: int, seed: int = 0, **overrides) -> PixelLLM:
     return create_pixel_llm(vocab_size=vocab, preset="tiny", **overrides)
 
 
-def make_trainer(tmp_path: Path, val: bool = False, model_seed: int = 0, quiet: bool = True, **fields) -> PixelLLMTrainer:
+def make_trainer(
+    tmp_path: Path, val: bool = False, model_seed: int = 0, quiet: bool = True, **fields
+) -> PixelLLMTrainer:
     train_set = shapes()
-    values = dict(learning_rate=3e-3, warmup_steps=1, batch_size=8, use_amp=False, checkpoint_dir=str(tmp_path / "ckpt"),
-                  log_interval=1, seed=0, num_epochs=1)
+    values = dict(
+        learning_rate=3e-3,
+        warmup_steps=1,
+        batch_size=8,
+        use_amp=False,
+        checkpoint_dir=str(tmp_path / "ckpt"),
+        log_interval=1,
+        seed=0,
+        num_epochs=1,
+    )
     cfg = TrainerConfig(**{**values, **fields})
     loader = PixelLLMTrainer.make_dataloader(train_set, cfg.batch_size, seed=0)
     val_loader = None
@@ -78,7 +88,9 @@ def test_frozen_parameters_stay_bitwise_equal_and_get_no_optimizer_state(tmp_pat
     trainer = make_trainer(tmp_path, max_steps=4, freeze=["encoder.blocks.0-0.*", "decoder.wte"], quiet=False)
     model = trainer.model
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    assert frozen == {n for n, _ in model.named_parameters() if n.startswith("encoder.blocks.0.")} | {"decoder.wte.weight"}
+    assert frozen == {n for n, _ in model.named_parameters() if n.startswith("encoder.blocks.0.")} | {
+        "decoder.wte.weight"
+    }
     before = snapshot(model)
     trainer.train()
     after = snapshot(model)
@@ -158,6 +170,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
 def test_gradient_checkpointing_recomputes_the_blocks(monkeypatch):
     """The blocks really run through torch.utils.checkpoint (not only the flag is set)."""
     import torch.utils.checkpoint as tuc
+
     from geometry_os.plugins.vit import model as vit_model
     from geometry_os.plugins.xattn import model as xattn_model
 
@@ -194,7 +207,9 @@ def test_lora_trains_only_adapters_and_merged_logits_equal_unmerged(tmp_path):
     assert all(torch.equal(base_before[k], base_after[k]) for k in base_before)  # base bitwise unchanged
     params = dict(model.named_parameters())
     assert optimizer_state_params(trainer) == {id(params[n]) for n in adapters}
-    assert any(lora.lora_modules(model)[m].parametrizations.weight[0].lora_B.abs().max() > 0 for m in lora.lora_modules(model))
+    assert any(
+        lora.lora_modules(model)[m].parametrizations.weight[0].lora_B.abs().max() > 0 for m in lora.lora_modules(model)
+    )
 
     model.eval()
     images, ids = torch.rand(3, 3, 32, 32), torch.randint(4, 20, (3, 6))
@@ -216,7 +231,7 @@ def test_lora_trains_only_adapters_and_merged_logits_equal_unmerged(tmp_path):
     from safetensors import safe_open
 
     with safe_open(str(folder / lora.ADAPTER_WEIGHTS), framework="pt") as f:
-        assert all(".lora_" in k for k in f.keys())  # noqa: SIM118 - safe_open is not a dict
+        assert all(".lora_" in k for k in f.keys())
     loaded, _ = PixelLLM.from_pretrained(folder)
     assert not lora.has_lora(loaded)
     with torch.no_grad():
@@ -265,8 +280,9 @@ def test_lora_targets_that_match_nothing_are_an_error(tmp_path):
 def test_early_stopping_stops_at_the_right_step_on_a_scripted_curve(tmp_path, monkeypatch):
     # validated every step; best at step 3, then 3 validations without a better value: stops after step 6
     curve = iter([0.1, 0.2, 0.5, 0.4, 0.5, 0.3, 0.9, 0.9])
-    trainer = make_trainer(tmp_path, val=True, max_steps=8, val_interval=1, early_stopping_patience=3,
-                           best_metric="bleu_4")
+    trainer = make_trainer(
+        tmp_path, val=True, max_steps=8, val_interval=1, early_stopping_patience=3, best_metric="bleu_4"
+    )
     monkeypatch.setattr(trainer, "validate", lambda: {"val_loss": 1.0, "bleu_4": next(curve)})
     summary = trainer.train()
     assert summary["global_step"] == 6 and summary["stopped_early"] is True
@@ -279,10 +295,14 @@ def test_early_stopping_stops_at_the_right_step_on_a_scripted_curve(tmp_path, mo
 
 def test_early_stopping_counter_resumes(tmp_path, monkeypatch):
     curve = iter([0.5, 0.4, 0.3, 0.2, 0.1])
-    first = make_trainer(tmp_path, val=True, max_steps=2, val_interval=1, early_stopping_patience=2, best_metric="bleu_4")
+    first = make_trainer(
+        tmp_path, val=True, max_steps=2, val_interval=1, early_stopping_patience=2, best_metric="bleu_4"
+    )
     monkeypatch.setattr(first, "validate", lambda: {"val_loss": 1.0, "bleu_4": next(curve)})
     first.train()  # step 1 best, step 2 one without improvement
-    resumed = make_trainer(tmp_path, val=True, max_steps=5, val_interval=1, early_stopping_patience=2, best_metric="bleu_4")
+    resumed = make_trainer(
+        tmp_path, val=True, max_steps=5, val_interval=1, early_stopping_patience=2, best_metric="bleu_4"
+    )
     resumed.resume("latest")
     assert resumed.early_stopping.since_best == 1
     monkeypatch.setattr(resumed, "validate", lambda: {"val_loss": 1.0, "bleu_4": next(curve)})
@@ -307,22 +327,54 @@ def test_tensorboard_events_beside_metrics_jsonl(tmp_path):
 @pytest.mark.slow
 def test_train_flags_set_the_controls_and_resume_keeps_them(tmp_path):
     out = tmp_path / "run"
-    common = ["pixel-llm", "train", "--preset", "tiny", "--num-scenes", "32", "--set", "image_size=32",
-              "--set", "patch_size=8", "--set", "trainer.batch_size=16", "--set", "trainer.use_amp=false",
-              "--out", str(out), "--quiet"]
-    result = CliRunner().invoke(cli, [*common, "--set", "trainer.max_steps=2", "--freeze", "encoder",
-                                      "--lora-rank", "2", "--early-stopping-patience", "3", "--layer-decay", "0.8",
-                                      "--gradient-checkpointing"])
+    common = [
+        "pixel-llm",
+        "train",
+        "--preset",
+        "tiny",
+        "--num-scenes",
+        "32",
+        "--set",
+        "image_size=32",
+        "--set",
+        "patch_size=8",
+        "--set",
+        "trainer.batch_size=16",
+        "--set",
+        "trainer.use_amp=false",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    result = CliRunner().invoke(
+        cli,
+        [
+            *common,
+            "--set",
+            "trainer.max_steps=2",
+            "--freeze",
+            "encoder",
+            "--lora-rank",
+            "2",
+            "--early-stopping-patience",
+            "3",
+            "--layer-decay",
+            "0.8",
+            "--gradient-checkpointing",
+        ],
+    )
     assert result.exit_code == 0, result.output
     saved = ckpt.read_state(out / ckpt.step_name(2))["trainer_config"]
     assert saved["freeze"] == ["encoder"] and saved["lora_rank"] == 2 and saved["early_stopping_patience"] == 3
     assert saved["layer_decay"] == 0.8 and saved["gradient_checkpointing"] is True
     assert (out / ckpt.step_name(2) / lora.ADAPTER_WEIGHTS).is_file()
-    result = CliRunner().invoke(cli, [*common[:-3], "--resume", "latest", "--out", str(out), "--quiet",
-                                      "--set", "trainer.max_steps=3"])
+    result = CliRunner().invoke(
+        cli, [*common[:-3], "--resume", "latest", "--out", str(out), "--quiet", "--set", "trainer.max_steps=3"]
+    )
     assert result.exit_code == 0, result.output
     state = ckpt.read_state(out / ckpt.step_name(3))
     assert state["trainer_config"]["lora_rank"] == 2
     bad = CliRunner().invoke(cli, [*common, "--freeze", "encoder.blocks.3-1.*"])
     assert bad.exit_code != 0 and bad.output.strip().splitlines()[-1] == (
-        "Error: trainer.freeze: 'encoder.blocks.3-1.*': range 3-1 runs backwards")
+        "Error: trainer.freeze: 'encoder.blocks.3-1.*': range 3-1 runs backwards"
+    )

@@ -39,25 +39,42 @@ def write_all_formats(root: Path) -> dict[str, str]:
     specs = {}
     (root / "list.json").write_text(json.dumps([{"image": f"images/{k}", "captions": v} for k, v in SET.items()]))
     specs["json"] = str(root / "list.json")
-    (root / "lines.jsonl").write_text("".join(json.dumps({"image": f"images/{k}", "captions": v}) + "\n" for k, v in SET.items()))
+    (root / "lines.jsonl").write_text(
+        "".join(json.dumps({"image": f"images/{k}", "captions": v}) + "\n" for k, v in SET.items())
+    )
     specs["jsonl"] = str(root / "lines.jsonl")
     images = [{"id": i, "file_name": f"images/{k}"} for i, k in enumerate(SET)]
-    annotations = [{"id": 10 * i + j, "image_id": i, "caption": c} for i, (k, v) in enumerate(SET.items()) for j, c in enumerate(v)]
+    annotations = [
+        {"id": 10 * i + j, "image_id": i, "caption": c} for i, (k, v) in enumerate(SET.items()) for j, c in enumerate(v)
+    ]
     (root / "coco.json").write_text(json.dumps({"images": images, "annotations": annotations}))
     specs["coco"] = str(root / "coco.json")
     splits = {"a.png": "train", "b.png": "restval", "c.png": "train"}
-    karpathy = [{"filepath": "images", "filename": k, "split": splits[k], "imgid": i,
-                 "sentences": [{"raw": c, "tokens": c.split()} for c in v]} for i, (k, v) in enumerate(SET.items())]
-    karpathy += [{"filepath": "images", "filename": "v.png", "split": "val", "sentences": [{"raw": "a dark square"}]},
-                 {"filepath": "images", "filename": "t.png", "split": "test", "sentences": [{"raw": "a black square"}]}]
+    karpathy = [
+        {
+            "filepath": "images",
+            "filename": k,
+            "split": splits[k],
+            "imgid": i,
+            "sentences": [{"raw": c, "tokens": c.split()} for c in v],
+        }
+        for i, (k, v) in enumerate(SET.items())
+    ]
+    karpathy += [
+        {"filepath": "images", "filename": "v.png", "split": "val", "sentences": [{"raw": "a dark square"}]},
+        {"filepath": "images", "filename": "t.png", "split": "test", "sentences": [{"raw": "a black square"}]},
+    ]
     (root / "dataset_coco.json").write_text(json.dumps({"images": karpathy, "dataset": "coco"}))
     specs["karpathy"] = str(root / "dataset_coco.json")
     (root / "captions.token").write_text(
-        "".join(f"images/{k}#{j}\t{c}\n" for k, v in SET.items() for j, c in enumerate(v)))
+        "".join(f"images/{k}#{j}\t{c}\n" for k, v in SET.items() for j, c in enumerate(v))
+    )
     specs["flickr"] = str(root / "captions.token")
     meta = root / "meta_jsonl"
     write_images(meta)
-    (meta / "metadata.jsonl").write_text("".join(json.dumps({"file_name": k, "text": v}) + "\n" for k, v in SET.items()))
+    (meta / "metadata.jsonl").write_text(
+        "".join(json.dumps({"file_name": k, "text": v}) + "\n" for k, v in SET.items())
+    )
     specs["imagefolder-jsonl"] = str(meta)
     meta_csv = root / "meta_csv"
     write_images(meta_csv)
@@ -129,7 +146,6 @@ def test_train_reads_every_format_through_the_registry(formats, monkeypatch):
 
 def test_eval_reads_every_format_through_the_registry(formats, monkeypatch, tmp_path):
     from geometry_os.plugins.simple_vocab.vocab import SimpleVocabulary
-
     from geometry_os.systems.pixel_llm import captioning, create_pixel_llm
 
     vocab = SimpleVocabulary([c for v in SET.values() for c in v])
@@ -162,7 +178,9 @@ def test_lint_data_reads_every_format_through_the_registry(formats):
 
 def test_karpathy_splits_count_restval_as_train(formats):
     spec = formats["karpathy"]
-    names = {s: sorted({Path(r.image).name for r in read_caption_data(spec, split=s)[0]}) for s in ("train", "val", "test")}
+    names = {
+        s: sorted({Path(r.image).name for r in read_caption_data(spec, split=s)[0]}) for s in ("train", "val", "test")
+    }
     assert names == {"train": ["a.png", "b.png", "c.png"], "val": ["v.png"], "test": ["t.png"]}
     assert len(read_caption_data(spec)[0]) == 6  # no split: every image
 

@@ -15,11 +15,10 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
+from conftest import make_plugin_dist
 from PIL import Image
 
 from geometry_os.cli import SIGPIPE_STATUS, cli, main, one_line_diagnostics
-
-from conftest import make_plugin_dist
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -78,10 +77,18 @@ def test_a_sampling_flag_selects_sampling(ws):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--strategy", "greedy", "--top-k", "5"], "Error: --top-k only affects sampling, which --strategy greedy does not do"),
-        (["--num-beams", "3", "--seed", "1", "--top-p", "0.9"],
-         "Error: --top-p, --seed only affect sampling, which --num-beams 3 does not do"),
-        (["--strategy", "beam", "--temperature", "0.7"], "Error: --temperature only affects sampling, which --strategy beam does not do"),
+        (
+            ["--strategy", "greedy", "--top-k", "5"],
+            "Error: --top-k only affects sampling, which --strategy greedy does not do",
+        ),
+        (
+            ["--num-beams", "3", "--seed", "1", "--top-p", "0.9"],
+            "Error: --top-p, --seed only affect sampling, which --num-beams 3 does not do",
+        ),
+        (
+            ["--strategy", "beam", "--temperature", "0.7"],
+            "Error: --temperature only affects sampling, which --strategy beam does not do",
+        ),
     ],
 )
 def test_sampling_flags_with_greedy_or_beam_are_one_line_usage_errors(ws, flags, message):
@@ -91,8 +98,19 @@ def test_sampling_flags_with_greedy_or_beam_are_one_line_usage_errors(ws, flags,
 
 
 def test_eval_sweep_refuses_the_flags_it_would_ignore(ws):
-    result = invoke("pixel-llm", "eval", "--checkpoint", ws / "ckpt", "--data", ws / "data.json", "--sweep",
-                    "--temperature", "0.7", "--num-beams", "2")
+    result = invoke(
+        "pixel-llm",
+        "eval",
+        "--checkpoint",
+        ws / "ckpt",
+        "--data",
+        ws / "data.json",
+        "--sweep",
+        "--temperature",
+        "0.7",
+        "--num-beams",
+        "2",
+    )
     assert result.exit_code == 2
     assert lines(result.stderr) == [
         "Error: --sweep compares its own decoding settings; --num-beams, --temperature would be ignored (only "
@@ -156,8 +174,13 @@ def test_a_folder_whose_images_are_all_in_sub_folders(ws, folder):
 def test_the_caption_system_call_takes_recursive(ws, folder):
     from geometry_os.host import Host
 
-    rows = Host().call("pixel_llm.caption", checkpoint=str(ws / "ckpt"), images=[str(folder)], recursive=True,
-                       generation={"max_length": 4})
+    rows = Host().call(
+        "pixel_llm.caption",
+        checkpoint=str(ws / "ckpt"),
+        images=[str(folder)],
+        recursive=True,
+        generation={"max_length": 4},
+    )
     assert [r["image"] for r in rows] == [str(folder / p) for p in ("a.png", "sub/b.png", "sub/deeper/c.png")]
 
 
@@ -166,25 +189,32 @@ def test_the_caption_system_call_takes_recursive(ws, folder):
 
 def test_python_warnings_and_log_records_print_as_one_warning_line(capsys):
     with one_line_diagnostics():
-        warnings.warn("first line\n  second line", UserWarning)
+        warnings.warn("first line\n  second line", UserWarning, stacklevel=1)
         logging.getLogger("geometry_os.systems.pixel_llm.data").warning("data.json: skipped 1 of 3 entries")
         logging.getLogger("geometry_os.plugins.x").error("bad thing")
     assert capsys.readouterr().err.splitlines() == [
-        "Warning: first line second line", "Warning: data.json: skipped 1 of 3 entries", "Error: bad thing"]
+        "Warning: first line second line",
+        "Warning: data.json: skipped 1 of 3 entries",
+        "Error: bad thing",
+    ]
 
 
 def test_per_image_errors_and_the_hosts_plugin_warnings_use_the_same_prefixes(ws, tmp_path, monkeypatch):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
     result = invoke("pixel-llm", "caption", ws / "0.png", broken, "--checkpoint", ws / "ckpt")
-    assert result.exit_code == 1 and lines(result.stderr) == [f"Error: {broken}: cannot identify image file "
-                                                              "(not an image, or a format Pillow cannot read)"]
-    root = make_plugin_dist(tmp_path / "dist", "geo-broken", "0.1", "geo_broken", "raise ImportError('no lib')\n", "broken")
+    assert result.exit_code == 1 and lines(result.stderr) == [
+        f"Error: {broken}: cannot identify image file (not an image, or a format Pillow cannot read)"
+    ]
+    root = make_plugin_dist(
+        tmp_path / "dist", "geo-broken", "0.1", "geo_broken", "raise ImportError('no lib')\n", "broken"
+    )
     monkeypatch.syspath_prepend(str(root))
     result = invoke("pixel-llm", "components")
     assert result.exit_code == 0
     assert [line for line in lines(result.stderr)] == [
-        "Warning: plugin 'broken' (geo-broken 0.1) failed to load: ImportError: no lib"]
+        "Warning: plugin 'broken' (geo-broken 0.1) failed to load: ImportError: no lib"
+    ]
 
 
 def test_the_vocab_size_notice_is_a_warning_line(capsys):
@@ -196,7 +226,8 @@ def test_the_vocab_size_notice_is_a_warning_line(capsys):
     config = _fit_vocabulary(preset_config("tiny"), vocab, quiet=False)
     assert config.vocab_size == len(vocab)
     assert capsys.readouterr().err.splitlines() == [
-        f"Warning: vocab_size set to {len(vocab)}, the tokenizer's size (the config said 64)"]
+        f"Warning: vocab_size set to {len(vocab)}, the tokenizer's size (the config said 64)"
+    ]
 
 
 def test_no_other_diagnostic_prefix_is_left_in_the_sources():
@@ -225,7 +256,9 @@ def all_options(group: click.Group, path: list[str]):
 def test_every_option_of_every_command_has_help_text():
     options = list(all_options(cli, ["geo-os"]))
     assert len({command for command, _ in options}) >= 10  # the pixel-llm group's commands are walked
-    missing = [f"{command} {'/'.join(option.opts)}" for command, option in options if not option.help and not option.hidden]
+    missing = [
+        f"{command} {'/'.join(option.opts)}" for command, option in options if not option.help and not option.hidden
+    ]
     assert missing == []
 
 

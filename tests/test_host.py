@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import textwrap
-import warnings
 
 import pytest
+from conftest import make_plugin_dist
 
 from geometry_os.errors import ComponentError, ConfigError, GeometryOSError, PluginError, RegistryError
 from geometry_os.host import Host, PluginLoadWarning, default_registry_path, read_registry, set_host
 from geometry_os.systems.pixel_llm.config import PixelLLMConfig
-
-from conftest import make_plugin_dist
 
 DEFAULT_COMPONENTS = {
     "encoder": {"vit"},
@@ -49,11 +47,22 @@ def test_third_party_entry_point_plugin_is_listed_and_buildable(toy_plugin):
     host = Host()
     set_host(host)
     toy = host.system("pixel_llm").plugins["toy"]
-    assert (toy.source, toy.distribution, toy.version, toy.status) == ("entry point", "geo-toy-plugin", "1.2.3", "loaded")
+    assert (toy.source, toy.distribution, toy.version, toy.status) == (
+        "entry point",
+        "geo-toy-plugin",
+        "1.2.3",
+        "loaded",
+    )
     assert toy.components == ["encoder:toy"]
     config = PixelLLMConfig(
-        encoder="toy", image_size=32, patch_size=8, vision_embed_dim=16, text_embed_dim=32,
-        text_num_layers=1, vocab_size=20, max_seq_len=16,
+        encoder="toy",
+        image_size=32,
+        patch_size=8,
+        vision_embed_dim=16,
+        text_embed_dim=32,
+        text_num_layers=1,
+        vocab_size=20,
+        max_seq_len=16,
     )
     import torch
 
@@ -83,14 +92,14 @@ def test_plugin_failing_on_import_is_recorded_and_the_rest_works(tmp_path, monke
         Host()
 
 
-RAISES_IN_REGISTER = textwrap.dedent('''
+RAISES_IN_REGISTER = textwrap.dedent("""
     from geometry_os.systems.pixel_llm.hookspecs import hookimpl
 
     @hookimpl
     def register_encoders(register):
         register("half", lambda cfg: None)
         raise ValueError("registration blew up")
-''')
+""")
 
 
 def test_plugin_raising_during_registration_leaves_no_components(tmp_path, monkeypatch):
@@ -102,25 +111,28 @@ def test_plugin_raising_during_registration_leaves_no_components(tmp_path, monke
     assert host.system("pixel_llm").plugins["half"].status == "failed"
 
 
-WRONG_SIGNATURE = textwrap.dedent('''
+WRONG_SIGNATURE = textwrap.dedent("""
     from geometry_os.systems.pixel_llm.hookspecs import hookimpl
 
     @hookimpl
     def register_encoders(register, extra_argument):
         pass
-''')
-UNKNOWN_HOOK = textwrap.dedent('''
+""")
+UNKNOWN_HOOK = textwrap.dedent("""
     from geometry_os.systems.pixel_llm.hookspecs import hookimpl
 
     @hookimpl
     def register_spaceships(register):
         pass
-''')
+""")
 
 
 @pytest.mark.parametrize(
     "module,source,needle",
-    [("geo_bad_signature", WRONG_SIGNATURE, "extra_argument"), ("geo_unknown_hook", UNKNOWN_HOOK, "register_spaceships")],
+    [
+        ("geo_bad_signature", WRONG_SIGNATURE, "extra_argument"),
+        ("geo_unknown_hook", UNKNOWN_HOOK, "register_spaceships"),
+    ],
 )
 def test_invalid_hookimpls_are_refused_naming_the_plugin(tmp_path, monkeypatch, module, source, needle):
     root = make_plugin_dist(tmp_path, "geo-bad-hook", "0.3", module, source, "badhook")
@@ -132,14 +144,14 @@ def test_invalid_hookimpls_are_refused_naming_the_plugin(tmp_path, monkeypatch, 
     assert not host.system("pixel_llm").pm.has_plugin("badhook")
 
 
-DUPLICATE = textwrap.dedent('''
+DUPLICATE = textwrap.dedent("""
     from geometry_os.systems.pixel_llm.hookspecs import hookimpl
 
     @hookimpl
     def register_encoders(register):
         register("vit", lambda cfg: None)
-''')
-OVERRIDE = DUPLICATE.replace('lambda cfg: None)', 'lambda: "mine", override=True)')
+""")
+OVERRIDE = DUPLICATE.replace("lambda cfg: None)", 'lambda: "mine", override=True)')
 
 
 def test_duplicate_component_names_both_plugins(tmp_path, monkeypatch):
@@ -175,7 +187,9 @@ def test_disabling_a_default_plugin_removes_its_components(monkeypatch):
 def test_user_registry_can_disable_plugins_and_is_validated(tmp_path):
     text = default_registry_path().read_text()
     user = tmp_path / "registry.toml"
-    user.write_text(text.replace('[plugins.bpe]\nsystem = "pixel_llm"', '[plugins.bpe]\nenabled = false\nsystem = "pixel_llm"'))
+    user.write_text(
+        text.replace('[plugins.bpe]\nsystem = "pixel_llm"', '[plugins.bpe]\nenabled = false\nsystem = "pixel_llm"')
+    )
     host = Host(user, entry_points=False)
     assert host.system("pixel_llm").plugins["bpe"].status == "disabled"
     bad = tmp_path / "bad.toml"
@@ -223,5 +237,7 @@ def test_a_lazy_factory_whose_module_exits_is_a_component_error(tmp_path, monkey
     (tmp_path / "geo_quitter.py").write_text("import sys\nsys.exit(4)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     component = Component("encoder", "quitter", "geo_quitter:Encoder", None, "quitting")
-    with pytest.raises(ComponentError, match=r"encoder 'quitter' \(plugin 'quitting'\): cannot load factory .*SystemExit"):
+    with pytest.raises(
+        ComponentError, match=r"encoder 'quitter' \(plugin 'quitting'\): cannot load factory .*SystemExit"
+    ):
         component.load()

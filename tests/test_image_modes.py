@@ -34,12 +34,15 @@ def greys(path: Path) -> list[int]:
 
 def png16(path: Path, colour_type: int, pixels: list[tuple[int, ...]]) -> Path:
     """A one-row 16-bit PNG (colour type 2: RGB, 6: RGBA) written by hand (Pillow cannot write these)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     raw = b"\0" + b"".join(struct.pack(f">{len(p)}H", *p) for p in pixels)
     header = struct.pack(">IIBBBBB", len(pixels), 1, 16, colour_type, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
     return path
 
 

@@ -61,7 +61,9 @@ def test_shape_weights_change_only_the_mix_of_scene_sizes():
 
 
 def test_shapes_component_takes_the_mix():
-    dataset = get_component("dataset", "shapes").build({"n": 20, "split": "train", "image_size": 32, "shape_weights": [0, 1, 0]})
+    dataset = get_component("dataset", "shapes").build(
+        {"n": 20, "split": "train", "image_size": 32, "shape_weights": [0, 1, 0]}
+    )
     assert {len(s) for s in dataset.scenes} == {2}
 
 
@@ -74,11 +76,33 @@ def test_recommended_config_loads_on_the_small_preset():
 
 def test_cli_uses_the_mix_for_training_scenes_only(tmp_path):
     out = tmp_path / "runs"
-    result = CliRunner().invoke(cli, [
-        "pixel-llm", "train", "--preset", "tiny", "--num-scenes", "30", "--quiet", "--out", str(out),
-        "--set", "trainer.max_steps=2", "--set", "trainer.batch_size=8", "--set", "trainer.use_amp=false",
-        "--set", "trainer.synthetic_shape_weights=[0,0,1]", "--set", "trainer.max_time_s=60",
-        "--set", "trainer.lr_decay_over=time"], catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli,
+        [
+            "pixel-llm",
+            "train",
+            "--preset",
+            "tiny",
+            "--num-scenes",
+            "30",
+            "--quiet",
+            "--out",
+            str(out),
+            "--set",
+            "trainer.max_steps=2",
+            "--set",
+            "trainer.batch_size=8",
+            "--set",
+            "trainer.use_amp=false",
+            "--set",
+            "trainer.synthetic_shape_weights=[0,0,1]",
+            "--set",
+            "trainer.max_time_s=60",
+            "--set",
+            "trainer.lr_decay_over=time",
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     state = json.loads((out / "step-00000002" / "trainer_state.json").read_text())
     assert state["trainer_config"]["synthetic_shape_weights"] == [0, 0, 1]
@@ -110,10 +134,28 @@ def test_training_and_captioning_normalise_images_as_the_model_config_says(tmp_p
     assert default_set[0]["image"].min() < -1.5  # ImageNet normalisation: black is about -2
 
     out = tmp_path / "run"
-    result = CliRunner().invoke(cli, [
-        "pixel-llm", "train", "--preset", "tiny", "--num-scenes", "30", "--quiet", "--out", str(out),
-        "--set", "trainer.max_steps=1", "--set", "trainer.batch_size=8", "--set", "trainer.use_amp=false",
-        *[arg for item in unit for arg in ("--set", item)]], catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli,
+        [
+            "pixel-llm",
+            "train",
+            "--preset",
+            "tiny",
+            "--num-scenes",
+            "30",
+            "--quiet",
+            "--out",
+            str(out),
+            "--set",
+            "trainer.max_steps=1",
+            "--set",
+            "trainer.batch_size=8",
+            "--set",
+            "trainer.use_amp=false",
+            *[arg for item in unit for arg in ("--set", item)],
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     model, _ = PixelLLM.from_pretrained(out / "step-00000001")
     assert preprocessing_config(model).mean == (0.0, 0.0, 0.0) and preprocessing_config(model).std == (1.0, 1.0, 1.0)
@@ -125,7 +167,17 @@ def test_demo_trains_with_the_recommended_recipe():
     demo = load_config(None, FULL["overrides"], FULL["preset"])
     recipe = load_config(ROOT / "configs" / "shapes_small.toml", (), "small")
     assert demo.model_dict() == recipe.model_dict()
-    same = ("learning_rate", "batch_size", "warmup_steps", "lr_scheduler", "lr_decay_over", "weight_decay",
-            "adam_beta1", "adam_beta2", "max_grad_norm", "use_amp")
+    same = (
+        "learning_rate",
+        "batch_size",
+        "warmup_steps",
+        "lr_scheduler",
+        "lr_decay_over",
+        "weight_decay",
+        "adam_beta1",
+        "adam_beta2",
+        "max_grad_norm",
+        "use_amp",
+    )
     assert {k: getattr(demo.trainer, k) for k in same} == {k: getattr(recipe.trainer, k) for k in same}
     assert demo.trainer.max_time_s <= recipe.trainer.max_time_s  # the demo leaves room for its evaluation

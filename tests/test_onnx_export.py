@@ -151,7 +151,9 @@ def test_greedy_captions_equal_pytorch_on_20_images(loaded, images, batch_size):
     distinct = {tuple(runner.generate(x[i : i + 1]).sequences[0]) for i in range(len(images))}
     assert len(distinct) >= 8 and len(lengths) >= 3, (len(distinct), lengths)
     # and suppressing the ids the tokenizer cannot decode matters: unsuppressed, some would be chosen
-    raw, _ = runner.step(np.full((len(images), 1), 1), runner.empty_cache(len(images)), runner.cross_kv(runner.encode(x)))
+    raw, _ = runner.step(
+        np.full((len(images), 1), 1), runner.empty_cache(len(images)), runner.cross_kv(runner.encode(x))
+    )
     assert (raw.argmax(axis=-1) >= len(tokenizer)).any()
 
     # from the files: the same captions and scores as the caption command's path
@@ -198,11 +200,15 @@ def test_caption_onnx_command_prints_what_caption_prints(checkpoint, exported, i
 def test_caption_onnx_reports_an_unreadable_image_and_captions_the_rest(exported, images, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
-    result = CliRunner().invoke(cli, ["pixel-llm", "caption-onnx", str(exported), str(images[0]), str(bad),
-                                      str(images[1])])
+    result = CliRunner().invoke(
+        cli, ["pixel-llm", "caption-onnx", str(exported), str(images[0]), str(bad), str(images[1])]
+    )
     assert result.exit_code == 1
     assert [line.split("\t")[0] for line in result.stdout.splitlines()] == [str(images[0]), str(images[1])]
-    assert result.stderr.strip() == f"Error: {bad}: cannot identify image file (not an image, or a format Pillow cannot read)"
+    assert (
+        result.stderr.strip()
+        == f"Error: {bad}: cannot identify image file (not an image, or a format Pillow cannot read)"
+    )
 
 
 def test_max_new_tokens_min_length_and_suppress_tokens(loaded, images):
@@ -248,8 +254,10 @@ def test_missing_extra_is_one_line_naming_the_extra(checkpoint, exported, tmp_pa
     monkeypatch.setitem(sys.modules, "onnxscript", None)
     with pytest.raises(GeometryOSError, match=r"ONNX export needs the 'onnxscript' package"):
         export_onnx(checkpoint, tmp_path / "out")
-    assert_one_line_error(run("export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out")),
-                          "pip install 'geometry-os[onnx]'")
+    assert_one_line_error(
+        run("export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out")),
+        "pip install 'geometry-os[onnx]'",
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -258,14 +266,25 @@ def test_third_party_encoder_is_refused_in_one_line(toy_plugin, tmp_path):
     from geometry_os.systems.pixel_llm import PixelLLM
     from geometry_os.systems.pixel_llm.config import PixelLLMConfig
 
-    config = PixelLLMConfig(encoder="toy", image_size=32, patch_size=8, vision_embed_dim=16, text_embed_dim=32,
-                            text_num_layers=1, vocab_size=20, max_seq_len=16)
+    config = PixelLLMConfig(
+        encoder="toy",
+        image_size=32,
+        patch_size=8,
+        vision_embed_dim=16,
+        text_embed_dim=32,
+        text_num_layers=1,
+        vocab_size=20,
+        max_seq_len=16,
+    )
     tokenizer = get_component("tokenizer", "simple").load()(["a red circle"])
     folder = PixelLLM(config).save_pretrained(tmp_path / "toy", tokenizer=tokenizer)
     with pytest.raises(ComponentError, match="encoder 'toy' cannot be exported to ONNX .*supports encoder 'vit'"):
         export_onnx(folder, tmp_path / "out")
-    assert_one_line_error(run("export", "--checkpoint", str(folder), "--out", str(tmp_path / "out")),
-                          "config.json", "encoder 'toy' cannot be exported")
+    assert_one_line_error(
+        run("export", "--checkpoint", str(folder), "--out", str(tmp_path / "out")),
+        "config.json",
+        "encoder 'toy' cannot be exported",
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -275,8 +294,9 @@ def test_bad_folders_are_one_line_errors(checkpoint, exported, tmp_path):
 
     with pytest.raises(CheckpointError, match="manifest.json: missing"):
         OnnxCaptioner(checkpoint)  # a checkpoint is not an export
-    assert_one_line_error(run("caption-onnx", str(tmp_path / "nope"), str(exported / "manifest.json")),
-                          "export folder not found")
+    assert_one_line_error(
+        run("caption-onnx", str(tmp_path / "nope"), str(exported / "manifest.json")), "export folder not found"
+    )
     no_tokenizer = create_pixel_llm(preset="tiny").save_pretrained(tmp_path / "bare")
     with pytest.raises(CheckpointError, match="has no tokenizer"):
         export_onnx(no_tokenizer, tmp_path / "out")
@@ -296,8 +316,10 @@ def test_bad_folders_are_one_line_errors(checkpoint, exported, tmp_path):
         OnnxCaptioner(copy)
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    assert_one_line_error(run("export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "mine")),
-                          "refusing to replace a folder that holds other files")
+    assert_one_line_error(
+        run("export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "mine")),
+        "refusing to replace a folder that holds other files",
+    )
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
@@ -311,11 +333,20 @@ def test_other_layouts_export_too(tmp_path, images):
 
     torch.manual_seed(0)
     vocab = get_component("tokenizer", "simple").load()(["a red circle left of a blue square"])
-    model = create_pixel_llm(preset="tiny", vocab_size=len(vocab), text_num_layers=3, num_cross_attention_layers=1,
-                             tie_word_embeddings=False, vision_pos_embed="learned",
-                             encoder_options={"stem": "conv", "class_token": True, "pre_norm": True, "act": "quick_gelu"},
-                             vision_embed_dim=48, image_interpolation="bicubic", image_resize="shorter_crop",
-                             image_crop_pct=0.875, image_rescale_factor=1 / 127.5).eval()
+    model = create_pixel_llm(
+        preset="tiny",
+        vocab_size=len(vocab),
+        text_num_layers=3,
+        num_cross_attention_layers=1,
+        tie_word_embeddings=False,
+        vision_pos_embed="learned",
+        encoder_options={"stem": "conv", "class_token": True, "pre_norm": True, "act": "quick_gelu"},
+        vision_embed_dim=48,
+        image_interpolation="bicubic",
+        image_resize="shorter_crop",
+        image_crop_pct=0.875,
+        image_rescale_factor=1 / 127.5,
+    ).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() >= 2 and "norm" not in name:
@@ -337,4 +368,5 @@ def test_other_layouts_export_too(tmp_path, images):
         image = load_image(str(path), runner.max_image_pixels)
         np.testing.assert_allclose(runner.preprocess(image), transform(image).numpy(), rtol=0, atol=1e-5)
     assert [r.caption for r in runner.caption_files(images[:8], batch_size=4)] == [
-        r.caption for r in caption_images(model, vocab, images[:8], batch_size=4)]
+        r.caption for r in caption_images(model, vocab, images[:8], batch_size=4)
+    ]

@@ -7,17 +7,20 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from pretrained_refs import make_ved, perturb, save_gpt2_tokenizer
 
 from geometry_os.cli import cli
 from geometry_os.plugins.pretrained.convert import import_pretrained
 from geometry_os.systems.pixel_llm.model import PixelLLM
 
-from pretrained_refs import make_ved, perturb, save_gpt2_tokenizer
-
 transformers = pytest.importorskip("transformers")
 PHOTOS = Path(__file__).parent / "data" / "photos"
-CAPTIONS = {"face.jpg": "a woman in a navy uniform", "medals.jpg": "medals on a navy uniform",
-            "hat.jpg": "a white navy hat", "flag.jpg": "a flag behind a woman"}
+CAPTIONS = {
+    "face.jpg": "a woman in a navy uniform",
+    "medals.jpg": "medals on a navy uniform",
+    "hat.jpg": "a white navy hat",
+    "flag.jpg": "a flag behind a woman",
+}
 
 
 def write_data(tmp_path: Path) -> Path:
@@ -32,11 +35,33 @@ def test_finetune_imported_captioner_on_real_photos(tmp_path):
     make_ved(folder)
     ckpt = import_pretrained(folder, tmp_path / "imported")
     run = tmp_path / "run"
-    args = ["pixel-llm", "train", "--init-from", str(ckpt), "--data", str(write_data(tmp_path)), "--out", str(run),
-            "--quiet", "--set", "trainer.max_steps=40", "--set", "trainer.batch_size=4", "--set", "trainer.learning_rate=3e-3",
-            "--set", "trainer.lr_scheduler=constant",
-            "--set", "trainer.warmup_steps=0", "--set", "trainer.log_interval=1", "--set", "trainer.use_amp=false",
-            "--set", "trainer.val_interval=1000"]
+    args = [
+        "pixel-llm",
+        "train",
+        "--init-from",
+        str(ckpt),
+        "--data",
+        str(write_data(tmp_path)),
+        "--out",
+        str(run),
+        "--quiet",
+        "--set",
+        "trainer.max_steps=40",
+        "--set",
+        "trainer.batch_size=4",
+        "--set",
+        "trainer.learning_rate=3e-3",
+        "--set",
+        "trainer.lr_scheduler=constant",
+        "--set",
+        "trainer.warmup_steps=0",
+        "--set",
+        "trainer.log_interval=1",
+        "--set",
+        "trainer.use_amp=false",
+        "--set",
+        "trainer.val_interval=1000",
+    ]
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "loaded" in result.output and "0 start fresh" in result.output
@@ -61,7 +86,9 @@ def test_finetune_imported_captioner_on_real_photos(tmp_path):
     from geometry_os.systems.pixel_llm.inference import generate_caption
 
     config = preprocessing_config(model)
-    pixels = build_transform(config)(load_image(str(PHOTOS / "face.jpg"), config.max_image_pixels, draft_size=config.image_size))
+    pixels = build_transform(config)(
+        load_image(str(PHOTOS / "face.jpg"), config.max_image_pixels, draft_size=config.image_size)
+    )
     ids = generate_caption(model, pixels[None], tokenizer=tok)
     text = out.output.rstrip("\n").split("\t", 1)[1]
     assert text == tok.decode(ids[0]) and text.strip()
@@ -74,13 +101,36 @@ def test_init_from_gpt2_lists_fresh_cross_attention(tmp_path):
     folder = tmp_path / "gpt2"
     hf_tok = save_gpt2_tokenizer(folder)
     torch.manual_seed(0)
-    ref = GPT2LMHeadModel(GPT2Config(vocab_size=len(hf_tok), n_positions=32, n_embd=32, n_layer=2, n_head=2,
-                                     bos_token_id=len(hf_tok) - 1, eos_token_id=len(hf_tok) - 1))
+    ref = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(hf_tok),
+            n_positions=32,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            bos_token_id=len(hf_tok) - 1,
+            eos_token_id=len(hf_tok) - 1,
+        )
+    )
     perturb(ref)
     ref.save_pretrained(str(folder))
-    args = ["pixel-llm", "train", "--init-from", str(folder), "--data", str(write_data(tmp_path)), "--out",
-            str(tmp_path / "run"), "--quiet", "--set", "trainer.max_steps=1", "--set", "trainer.batch_size=4",
-            "--set", "trainer.use_amp=false"]
+    args = [
+        "pixel-llm",
+        "train",
+        "--init-from",
+        str(folder),
+        "--data",
+        str(write_data(tmp_path)),
+        "--out",
+        str(tmp_path / "run"),
+        "--quiet",
+        "--set",
+        "trainer.max_steps=1",
+        "--set",
+        "trainer.batch_size=4",
+        "--set",
+        "trainer.use_amp=false",
+    ]
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     for layer in (0, 1):
@@ -94,8 +144,21 @@ def test_init_from_refuses_an_unexplained_shape_mismatch(tmp_path):
     folder = tmp_path / "ved"
     make_ved(folder)
     ckpt = import_pretrained(folder, tmp_path / "imported")
-    args = ["pixel-llm", "train", "--init-from", str(ckpt), "--data", str(write_data(tmp_path)), "--out",
-            str(tmp_path / "run"), "--quiet", "--set", "trainer.max_steps=1", "--config", str(ckpt / "config.json")]
+    args = [
+        "pixel-llm",
+        "train",
+        "--init-from",
+        str(ckpt),
+        "--data",
+        str(write_data(tmp_path)),
+        "--out",
+        str(tmp_path / "run"),
+        "--quiet",
+        "--set",
+        "trainer.max_steps=1",
+        "--config",
+        str(ckpt / "config.json"),
+    ]
     model_cfg = json.loads((ckpt / "config.json").read_text())["model"]
     model_cfg["text_embed_dim"] = 64
     (tmp_path / "cfg.json").write_text(json.dumps(model_cfg))
@@ -116,5 +179,7 @@ def test_init_from_own_checkpoint_explains_a_new_vocabulary(tmp_path):
     report = apply_init(model, source)
     assert report["vocabulary"] == ["decoder.wte.weight"] and report["fresh"] == ["decoder.wte.weight"]
     assert report["dropped"] == [] and len(report["loaded"]) == len(model.state_dict()) - 1
-    assert torch.equal(model.state_dict()["decoder.blocks.0.kv_x.weight"], source.weights["decoder.blocks.0.kv_x.weight"])
+    assert torch.equal(
+        model.state_dict()["decoder.blocks.0.kv_x.weight"], source.weights["decoder.blocks.0.kv_x.weight"]
+    )
     assert "vocab_size differs (64 -> 80)" in "\n".join(describe(report, source))

@@ -8,14 +8,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from pretrained_refs import make_ved
 
 from geometry_os.cli import cli as main
 from geometry_os.errors import CheckpointError
 from geometry_os.plugins.pretrained.convert import import_pretrained
 from geometry_os.systems.pixel_llm.inference import generate_caption
 from geometry_os.systems.pixel_llm.model import PixelLLM
-
-from pretrained_refs import make_ved
 
 transformers = pytest.importorskip("transformers")
 
@@ -63,7 +62,7 @@ def test_captions_token_identical_to_hf_generate(ved, num_beams):
         ref = hf_model.generate(pixel_values=pixels, max_length=16, num_beams=num_beams, do_sample=False)
     ours = generate_caption(model, pixels, max_length=16, num_beams=num_beams, tokenizer=tok)
     assert ours.tolist() == ref[:, : ours.shape[1]].tolist()
-    assert (ref[:, ours.shape[1]:] == tok.pad_token_id).all()
+    assert (ref[:, ours.shape[1] :] == tok.pad_token_id).all()
     assert tok.batch_decode(ours) == hf_tok.batch_decode(ref, skip_special_tokens=True)
 
 
@@ -86,7 +85,9 @@ def test_caption_command_prints_hf_text(ved, tmp_path):
     processor = ViTImageProcessor.from_pretrained(str(folder))
     pixels = processor(Image.open(path).convert("RGB"), return_tensors="pt").pixel_values
     with torch.no_grad():
-        ref = hf_model.generate(pixel_values=pixels, max_new_tokens=20)  # transformers 5 defaults: greedy, 20 new tokens
+        ref = hf_model.generate(
+            pixel_values=pixels, max_new_tokens=20
+        )  # transformers 5 defaults: greedy, 20 new tokens
     expected = hf_tok.decode(ref[0], skip_special_tokens=True)
     result = CliRunner().invoke(main, ["pixel-llm", "caption", str(path), "--checkpoint", str(out)])
     assert result.exit_code == 0, result.output
@@ -107,15 +108,21 @@ def test_unknown_architecture_and_missing_tensor_are_one_line(tmp_path, ved):
     del tensors["decoder.transformer.h.1.crossattention.q_attn.weight"]
     (bad / "config.json").write_text((folder / "config.json").read_text())
     save_file(tensors, str(bad / "model.safetensors"))
-    with pytest.raises(CheckpointError, match=r"missing tensor decoder\.transformer\.h\.1\.crossattention\.q_attn\.weight"):
+    with pytest.raises(
+        CheckpointError, match=r"missing tensor decoder\.transformer\.h\.1\.crossattention\.q_attn\.weight"
+    ):
         import_pretrained(bad, tmp_path / "o2")
     result = CliRunner().invoke(main, ["pixel-llm", "import", str(bad), "--out", str(tmp_path / "o3")])
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "missing tensor decoder.transformer.h.1.crossattention.q_attn.weight" in result.output
     tensors = load_file(str(folder / "model.safetensors"))
-    tensors["decoder.transformer.h.0.mlp.c_fc.weight"] = tensors["decoder.transformer.h.0.mlp.c_fc.weight"][:, :100].contiguous()
+    tensors["decoder.transformer.h.0.mlp.c_fc.weight"] = tensors["decoder.transformer.h.0.mlp.c_fc.weight"][
+        :, :100
+    ].contiguous()
     save_file(tensors, str(bad / "model.safetensors"))
-    with pytest.raises(CheckpointError, match=r"tensor decoder\.transformer\.h\.0\.mlp\.c_fc\.weight has shape \(32, 100\)"):
+    with pytest.raises(
+        CheckpointError, match=r"tensor decoder\.transformer\.h\.0\.mlp\.c_fc\.weight has shape \(32, 100\)"
+    ):
         import_pretrained(bad, tmp_path / "o4")
 
 
@@ -140,7 +147,8 @@ def test_caption_images_one_liner_matches_the_command(ved, tmp_path):
         ref = hf_model.generate(pixel_values=pixels, max_new_tokens=20)
     assert results[1]["caption"] == hf_tok.decode(ref[0], skip_special_tokens=True)
     assert caption_images(pil, model=model, tokenizer=tok, num_beams=3)[0]["caption"] == hf_tok.decode(
-        hf_model.generate(pixel_values=pixels, num_beams=3, max_new_tokens=20)[0], skip_special_tokens=True)
+        hf_model.generate(pixel_values=pixels, num_beams=3, max_new_tokens=20)[0], skip_special_tokens=True
+    )
 
 
 def test_pytorch_model_bin_and_vocab_merges_give_the_same_checkpoint(ved, tmp_path):
@@ -148,7 +156,7 @@ def test_pytorch_model_bin_and_vocab_merges_give_the_same_checkpoint(ved, tmp_pa
 
     from safetensors.torch import load_file
 
-    folder, out, *_ , model, tok = ved
+    folder, out, *_, model, tok = ved
     other = tmp_path / "bin"
     shutil.copytree(folder, other)
     torch.save(load_file(str(other / "model.safetensors")), other / "pytorch_model.bin")

@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pretrained_refs import perturb, save_gpt2_tokenizer
 
 from geometry_os.plugins.pretrained.convert import import_pretrained
 from geometry_os.systems.pixel_llm.model import PixelLLM
-
-from pretrained_refs import perturb, save_gpt2_tokenizer
 
 transformers = pytest.importorskip("transformers")
 
@@ -32,8 +31,16 @@ def test_hf_vit(tmp_path):
     from transformers import ViTConfig, ViTModel
 
     torch.manual_seed(0)
-    ref = ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=48, num_hidden_layers=2, num_attention_heads=2,
-                             intermediate_size=96)).eval()
+    ref = ViTModel(
+        ViTConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=96,
+        )
+    ).eval()
     perturb(ref)
     ref.save_pretrained(str(tmp_path / "vit"))
     out = import_pretrained(tmp_path / "vit", tmp_path / "ckpt", preset="tiny")
@@ -46,12 +53,22 @@ def test_hf_vit(tmp_path):
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
 def test_clip_and_siglip_vision_towers(tmp_path, kind):
     if kind == "clip":
-        from transformers import CLIPVisionConfig as Config, CLIPVisionModel as Model
+        from transformers import CLIPVisionConfig as Config
+        from transformers import CLIPVisionModel as Model
     else:
-        from transformers import SiglipVisionConfig as Config, SiglipVisionModel as Model
+        from transformers import SiglipVisionConfig as Config
+        from transformers import SiglipVisionModel as Model
     torch.manual_seed(0)
-    ref = Model(Config(image_size=32, patch_size=8, hidden_size=48, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=96)).eval()
+    ref = Model(
+        Config(
+            image_size=32,
+            patch_size=8,
+            hidden_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=96,
+        )
+    ).eval()
     perturb(ref)
     ref.save_pretrained(str(tmp_path / kind))
     out = import_pretrained(tmp_path / kind, tmp_path / "ckpt", preset="tiny")
@@ -63,13 +80,33 @@ def test_timm_vit(tmp_path):
     timm = pytest.importorskip("timm")
     from safetensors.torch import save_file
 
-    ref = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=128, depth=2,
-                            num_heads=2, num_classes=0).eval()
+    ref = timm.create_model(
+        "vit_base_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        embed_dim=128,
+        depth=2,
+        num_heads=2,
+        num_classes=0,
+    ).eval()
     perturb(ref)
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "model.safetensors"))
     # a timm Hub folder keeps the pretrained_cfg beside the weights: its preprocessing is imported
-    (tmp_path / "config.json").write_text(json.dumps({"architecture": "vit_base_patch16_224", "pretrained_cfg": {
-        "interpolation": "bicubic", "crop_pct": 0.9, "crop_mode": "center", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "architecture": "vit_base_patch16_224",
+                "pretrained_cfg": {
+                    "interpolation": "bicubic",
+                    "crop_pct": 0.9,
+                    "crop_mode": "center",
+                    "mean": [0.5, 0.5, 0.5],
+                    "std": [0.5, 0.5, 0.5],
+                },
+            }
+        )
+    )
     out = import_pretrained(tmp_path / "model.safetensors", tmp_path / "ckpt", preset="tiny")
     with torch.no_grad():
         check_tokens(encoder_of(out)(PIXELS), ref.forward_features(PIXELS))
@@ -98,7 +135,17 @@ def test_gpt2_alone_self_attention_path_equals_gpt2(tmp_path):
     folder = tmp_path / "gpt2"
     hf_tok = save_gpt2_tokenizer(folder, vocab_merges=True)
     torch.manual_seed(0)
-    ref = GPT2LMHeadModel(GPT2Config(vocab_size=len(hf_tok), n_positions=32, n_embd=32, n_layer=2, n_head=2, bos_token_id=len(hf_tok) - 1, eos_token_id=len(hf_tok) - 1)).eval()
+    ref = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(hf_tok),
+            n_positions=32,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            bos_token_id=len(hf_tok) - 1,
+            eos_token_id=len(hf_tok) - 1,
+        )
+    ).eval()
     perturb(ref)
     ref.save_pretrained(str(folder))
     out = import_pretrained(folder, tmp_path / "ckpt", preset="tiny")
@@ -128,8 +175,12 @@ def test_hf_tokenizer_eos_equals_pad_everywhere(tmp_path):
     ids = tok.encode("a dog runs on the beach")
     assert ids[0] == ids[-1] == eot and eot not in ids[1:-1]
     assert truncate(ids, 4, tok.eos_token_id) == [*ids[:3], eot]
-    batch = CaptionCollator(tok.pad_token_id)([{"image": torch.zeros(3, 2, 2), "input_ids": torch.tensor(x), "caption": "",
-                                               "image_path": "", "index": 0} for x in (ids, ids[:3])])
+    batch = CaptionCollator(tok.pad_token_id)(
+        [
+            {"image": torch.zeros(3, 2, 2), "input_ids": torch.tensor(x), "caption": "", "image_path": "", "index": 0}
+            for x in (ids, ids[:3])
+        ]
+    )
     assert batch["labels"][0, -1] == eot  # the final eos is learned although it equals pad
     assert (batch["labels"][1, 3:] == -100).all()
     tok.save(tmp_path / "saved.json")
@@ -146,14 +197,16 @@ def test_hf_tokenizer_eos_equals_pad_everywhere(tmp_path):
     seqs = generate_caption(model.eval(), PIXELS, max_length=6, tokenizer=tok)
     assert (seqs[:, 0] == eot).all()
     with pytest.raises(ValueError, match="pad_token_id=400"):
-        HFTokenizer.from_file(tmp_path / "tokenizer.json", bos_token_id=eot, eos_token_id=eot, pad_token_id=400)  # outside the vocabulary
+        HFTokenizer.from_file(
+            tmp_path / "tokenizer.json", bos_token_id=eot, eos_token_id=eot, pad_token_id=400
+        )  # outside the vocabulary
 
 
 def test_preprocessing_of_a_jpeg_matches_hf_and_timm(tmp_path):
     from transformers import CLIPImageProcessor, ViTImageProcessor
 
-    from geometry_os.systems.pixel_llm.data import build_transform
     from geometry_os.plugins.pretrained.preprocessing import hf_preprocessing, timm_preprocessing
+    from geometry_os.systems.pixel_llm.data import build_transform
     from geometry_os.systems.pixel_llm.data_config import DatasetConfig
 
     rng = np.random.default_rng(0)
@@ -162,14 +215,21 @@ def test_preprocessing_of_a_jpeg_matches_hf_and_timm(tmp_path):
     image = Image.open(tmp_path / "p.jpg").convert("RGB")
 
     def ours(fields, size):
-        opts = {"image_size": size, "mean": fields.get("image_mean", (0.5,) * 3), "std": fields.get("image_std", (0.5,) * 3),
-                "interpolation": fields.get("image_interpolation", "bilinear"), "resize": fields.get("image_resize", "squash"),
-                "crop_pct": fields.get("image_crop_pct", 1.0)}
+        opts = {
+            "image_size": size,
+            "mean": fields.get("image_mean", (0.5,) * 3),
+            "std": fields.get("image_std", (0.5,) * 3),
+            "interpolation": fields.get("image_interpolation", "bilinear"),
+            "resize": fields.get("image_resize", "squash"),
+            "crop_pct": fields.get("image_crop_pct", 1.0),
+        }
         return build_transform(DatasetConfig(**opts))(image), opts
 
     levels = lambda a, b, std: ((a - b).abs() * torch.tensor(std)[:, None, None] * 255).max().item()  # noqa: E731
-    for processor in (ViTImageProcessor(size={"height": 32, "width": 32}),
-                      CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})):
+    for processor in (
+        ViTImageProcessor(size={"height": 32, "width": 32}),
+        CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+    ):
         fields = hf_preprocessing(processor.to_dict(), "test")
         mine, opts = ours(fields, 32)
         ref = processor(image, return_tensors="pt").pixel_values[0]
@@ -177,8 +237,14 @@ def test_preprocessing_of_a_jpeg_matches_hf_and_timm(tmp_path):
     pytest.importorskip("timm")
     from timm.data import create_transform, resolve_data_config
 
-    cfg = {"input_size": (3, 32, 32), "interpolation": "bicubic", "crop_pct": 0.875, "crop_mode": "center",
-           "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+    cfg = {
+        "input_size": (3, 32, 32),
+        "interpolation": "bicubic",
+        "crop_pct": 0.875,
+        "crop_mode": "center",
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+    }
     ref = create_transform(**resolve_data_config(cfg))(image)
     mine, opts = ours(timm_preprocessing(cfg), 32)
     assert levels(mine, ref, opts["std"]) <= 1.0 + 1e-3
@@ -199,12 +265,32 @@ def test_generation_defaults_and_ids_come_from_the_model_unless_set():
     from geometry_os.systems.pixel_llm.generation_config import GenerationConfig
     from geometry_os.systems.pixel_llm.inference import _model_defaults, _resolve_config
 
-    model = create_pixel_llm(vocab_size=64, preset="tiny", bos_token_id=63, eos_token_id=63, pad_token_id=63,
-                             generation={"max_new_tokens": 5, "num_beams": 3})
+    model = create_pixel_llm(
+        vocab_size=64,
+        preset="tiny",
+        bos_token_id=63,
+        eos_token_id=63,
+        pad_token_id=63,
+        generation={"max_new_tokens": 5, "num_beams": 3},
+    )
     config = _model_defaults(_resolve_config(GenerationConfig(), {}), model, None)
-    assert (config.max_new_tokens, config.num_beams, config.bos_token_id, config.eos_token_id, config.pad_token_id) == (5, 3, 63, 63, 63)
-    config = _model_defaults(_resolve_config(GenerationConfig(max_length=9, num_beams=1, eos_token_id=7), {}), model, None)
-    assert (config.max_new_tokens, config.total_length, config.num_beams, config.eos_token_id, config.bos_token_id) == (None, 9, 1, 7, 63)
+    assert (config.max_new_tokens, config.num_beams, config.bos_token_id, config.eos_token_id, config.pad_token_id) == (
+        5,
+        3,
+        63,
+        63,
+        63,
+    )
+    config = _model_defaults(
+        _resolve_config(GenerationConfig(max_length=9, num_beams=1, eos_token_id=7), {}), model, None
+    )
+    assert (config.max_new_tokens, config.total_length, config.num_beams, config.eos_token_id, config.bos_token_id) == (
+        None,
+        9,
+        1,
+        7,
+        63,
+    )
 
     class Tok:  # a tokenizer's ids win over the model config's
         bos_token_id, eos_token_id, pad_token_id = 10, 11, 12
@@ -226,8 +312,17 @@ def test_gpt2_file_with_old_buffers_imports_and_unknown_tensors_are_refused(tmp_
 
     folder = tmp_path / "gpt2"
     hf_tok = save_gpt2_tokenizer(folder)
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(hf_tok), n_positions=32, n_embd=32, n_layer=2, n_head=2,
-                               bos_token_id=len(hf_tok) - 1, eos_token_id=len(hf_tok) - 1)).save_pretrained(str(folder))
+    GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(hf_tok),
+            n_positions=32,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            bos_token_id=len(hf_tok) - 1,
+            eos_token_id=len(hf_tok) - 1,
+        )
+    ).save_pretrained(str(folder))
     tensors = load_file(str(folder / "model.safetensors"))
     prefix = next(k for k in tensors if k.endswith("wte.weight"))[: -len("wte.weight")]
     tensors[prefix + "h.0.attn.bias"] = torch.ones(1, 1, 32, 32)  # the causal-mask buffer of old GPT-2 files

@@ -16,12 +16,15 @@ from geometry_os.cli import cli
 from geometry_os.host import Host
 from geometry_os.systems.pixel_llm.metrics import caption_metrics, cider_d, normalize, tokenize
 
-
 # ---- metrics -----------------------------------------------------------------------------------------
 
 PREDICTIONS = ["a red circle", "a small blue square left of a large red circle", "A green, diamond!", "a blue square"]
-REFERENCES = [["a red circle", "red circle"], ["a small blue square left of a large red circle"],
-              ["a green diamond", "one green diamond"], ["a large blue square above a red circle"]]
+REFERENCES = [
+    ["a red circle", "red circle"],
+    ["a small blue square left of a large red circle"],
+    ["a green diamond", "one green diamond"],
+    ["a large blue square above a red circle"],
+]
 
 
 def test_metrics_equal_pycocoevalcap_scorers():
@@ -68,15 +71,37 @@ def test_metrics_reject_mismatched_inputs():
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("product")
     runner = CliRunner()
-    result = runner.invoke(cli, ["pixel-llm", "make-shapes", "--out", str(root / "shapes"), "--n", "24",
-                                 "--image-size", "32", "--seed", "3"])
+    result = runner.invoke(
+        cli,
+        ["pixel-llm", "make-shapes", "--out", str(root / "shapes"), "--n", "24", "--image-size", "32", "--seed", "3"],
+    )
     assert result.exit_code == 0, result.output
-    result = runner.invoke(cli, [
-        "pixel-llm", "train", "--preset", "tiny", "--data", str(root / "shapes" / "train.json"),
-        "--val-data", str(root / "shapes" / "val.json"), "--out", str(root / "ck"), "--quiet",
-        "--set", "trainer.max_steps=8", "--set", "trainer.batch_size=8", "--set", "trainer.warmup_steps=1",
-        "--set", "trainer.use_amp=false", "--set", "trainer.learning_rate=0.003",
-    ])
+    result = runner.invoke(
+        cli,
+        [
+            "pixel-llm",
+            "train",
+            "--preset",
+            "tiny",
+            "--data",
+            str(root / "shapes" / "train.json"),
+            "--val-data",
+            str(root / "shapes" / "val.json"),
+            "--out",
+            str(root / "ck"),
+            "--quiet",
+            "--set",
+            "trainer.max_steps=8",
+            "--set",
+            "trainer.batch_size=8",
+            "--set",
+            "trainer.warmup_steps=1",
+            "--set",
+            "trainer.use_amp=false",
+            "--set",
+            "trainer.learning_rate=0.003",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return root
 
@@ -89,15 +114,44 @@ def test_caption_command_text_json_and_strategies(workspace):
     lines = result.stdout.strip().splitlines()
     assert len(lines) == len(list(Path(images).glob("*.png"))) and all("\t" in line for line in lines)
     pattern = str(workspace / "shapes" / "images" / "*" / "00000[0-1].png")
-    beam = runner.invoke(cli, ["pixel-llm", "caption", pattern, "--checkpoint", str(workspace / "ck" / "best"),
-                               "--strategy", "beam", "--num-beams", "3", "--json"])
+    beam = runner.invoke(
+        cli,
+        [
+            "pixel-llm",
+            "caption",
+            pattern,
+            "--checkpoint",
+            str(workspace / "ck" / "best"),
+            "--strategy",
+            "beam",
+            "--num-beams",
+            "3",
+            "--json",
+        ],
+    )
     rows = json.loads(beam.stdout)
     assert beam.exit_code == 0 and rows and {"image", "caption", "score", "penalised_score"} <= set(rows[0])
-    sampled = runner.invoke(cli, ["pixel-llm", "caption", pattern, "--checkpoint", str(workspace / "ck" / "best"),
-                                  "--strategy", "sample", "--top-p", "0.9", "--seed", "1", "--json"])
+    sampled = runner.invoke(
+        cli,
+        [
+            "pixel-llm",
+            "caption",
+            pattern,
+            "--checkpoint",
+            str(workspace / "ck" / "best"),
+            "--strategy",
+            "sample",
+            "--top-p",
+            "0.9",
+            "--seed",
+            "1",
+            "--json",
+        ],
+    )
     assert sampled.exit_code == 0 and len(json.loads(sampled.stdout)) == len(rows)
-    unknown = runner.invoke(cli, ["pixel-llm", "caption", images, "--checkpoint", str(workspace / "ck" / "best"),
-                                  "--strategy", "nope"])
+    unknown = runner.invoke(
+        cli, ["pixel-llm", "caption", images, "--checkpoint", str(workspace / "ck" / "best"), "--strategy", "nope"]
+    )
     assert unknown.exit_code == 1 and "unknown decoding_strategy 'nope'" in unknown.output
 
 
@@ -105,8 +159,9 @@ def test_caption_reports_a_bad_image_and_keeps_the_others(workspace, tmp_path):
     good = next((workspace / "shapes" / "images" / "train").glob("*.png"))
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not a png")
-    result = CliRunner().invoke(cli, ["pixel-llm", "caption", str(good), str(bad), "--checkpoint",
-                                      str(workspace / "ck" / "best")])
+    result = CliRunner().invoke(
+        cli, ["pixel-llm", "caption", str(good), str(bad), "--checkpoint", str(workspace / "ck" / "best")]
+    )
     assert result.exit_code == 1
     assert str(good) in result.stdout and f"{bad}: cannot identify image file" in result.stderr
     assert "Traceback" not in result.output
@@ -114,8 +169,14 @@ def test_caption_reports_a_bad_image_and_keeps_the_others(workspace, tmp_path):
 
 def test_eval_command_and_sweep(workspace):
     runner = CliRunner()
-    args = ["pixel-llm", "eval", "--checkpoint", str(workspace / "ck" / "best"), "--data",
-            str(workspace / "shapes" / "val.json")]
+    args = [
+        "pixel-llm",
+        "eval",
+        "--checkpoint",
+        str(workspace / "ck" / "best"),
+        "--data",
+        str(workspace / "shapes" / "val.json"),
+    ]
     table = runner.invoke(cli, args)
     assert table.exit_code == 0, table.output
     assert "exact" in table.stdout and "CIDEr-D" in table.stdout
@@ -128,8 +189,9 @@ def test_eval_command_and_sweep(workspace):
 def test_explain_writes_one_panel_per_word(workspace, tmp_path):
     image = next((workspace / "shapes" / "images" / "train").glob("*.png"))
     out = tmp_path / "attn.png"
-    result = CliRunner().invoke(cli, ["pixel-llm", "explain", str(image), "--checkpoint",
-                                      str(workspace / "ck" / "best"), "--out", str(out)])
+    result = CliRunner().invoke(
+        cli, ["pixel-llm", "explain", str(image), "--checkpoint", str(workspace / "ck" / "best"), "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     caption = result.stdout.splitlines()[0]
     words = len(caption.split())
@@ -141,7 +203,6 @@ def test_explain_writes_one_panel_per_word(workspace, tmp_path):
         assert png.size[0] == cols * 160  # PANEL pixels per panel
         rows = (words + cols - 1) // cols
         assert png.size[1] == 24 + rows * (160 + 18)
-
 
 
 def test_explain_and_caption_feed_the_model_the_same_pixels(workspace, tmp_path, monkeypatch):
@@ -157,7 +218,9 @@ def test_explain_and_caption_feed_the_model_the_same_pixels(workspace, tmp_path,
     model, tokenizer = PixelLLM.from_pretrained(workspace / "ck" / "best")
     fed = []
     real = inference.generate_caption
-    monkeypatch.setattr(inference, "generate_caption", lambda m, pixels, **kw: fed.append(pixels) or real(m, pixels, **kw))
+    monkeypatch.setattr(
+        inference, "generate_caption", lambda m, pixels, **kw: fed.append(pixels) or real(m, pixels, **kw)
+    )
     list(captioning.caption_images(model, tokenizer, [jpeg]))
     explain.explain_image(model, tokenizer, str(jpeg))
     assert len(fed) == 2 and torch.equal(fed[0], fed[1])
@@ -166,8 +229,12 @@ def test_explain_and_caption_feed_the_model_the_same_pixels(workspace, tmp_path,
 def test_system_calls_through_the_host(workspace):
     host = Host()
     checkpoint = str(workspace / "ck" / "best")
-    captions = host.call("pixel_llm.caption", checkpoint=checkpoint,
-                         images=[str(workspace / "shapes" / "images" / "val")], generation={"num_beams": 2})
+    captions = host.call(
+        "pixel_llm.caption",
+        checkpoint=checkpoint,
+        images=[str(workspace / "shapes" / "images" / "val")],
+        generation={"num_beams": 2},
+    )
     assert captions and all(isinstance(row["caption"], str) for row in captions)
     json.dumps(captions)
     metrics = host.call("pixel_llm.evaluate", checkpoint=checkpoint, data=str(workspace / "shapes" / "val.json"))
@@ -175,9 +242,13 @@ def test_system_calls_through_the_host(workspace):
     json.dumps(metrics)
     info = host.call("pixel_llm.info", preset="tiny")
     assert info["parameters"]["total"] > 0
-    summary = host.call("pixel_llm.train", preset="tiny", num_scenes=32, out=str(workspace / "ck-call"),
-                        overrides=["trainer.max_steps=2", "trainer.batch_size=8", "trainer.warmup_steps=1",
-                                   "trainer.use_amp=false"])
+    summary = host.call(
+        "pixel_llm.train",
+        preset="tiny",
+        num_scenes=32,
+        out=str(workspace / "ck-call"),
+        overrides=["trainer.max_steps=2", "trainer.batch_size=8", "trainer.warmup_steps=1", "trainer.use_amp=false"],
+    )
     assert summary["global_step"] == 2 and (workspace / "ck-call" / "latest").exists()
     with pytest.raises(Exception, match="generation.num_beams"):
         host.call("pixel_llm.caption", checkpoint=checkpoint, images=["x.png"], generation={"num_beams": 0})
@@ -185,8 +256,10 @@ def test_system_calls_through_the_host(workspace):
     from geometry_os.systems.pixel_llm import create_pixel_llm
 
     bare = create_pixel_llm(vocab_size=16, preset="tiny").save_pretrained(workspace / "no-tokenizer")
-    for call, extra in (("pixel_llm.caption", {"images": [str(workspace / "shapes" / "images" / "val")]}),
-                        ("pixel_llm.evaluate", {"data": str(workspace / "shapes" / "val.json")})):
+    for call, extra in (
+        ("pixel_llm.caption", {"images": [str(workspace / "shapes" / "images" / "val")]}),
+        ("pixel_llm.evaluate", {"data": str(workspace / "shapes" / "val.json")}),
+    ):
         with pytest.raises(CheckpointError, match="no-tokenizer: this checkpoint has no tokenizer"):
             host.call(call, checkpoint=str(bare), **extra)
 
@@ -194,8 +267,12 @@ def test_system_calls_through_the_host(workspace):
 def test_real_geo_os_subprocess_captions(workspace):
     exe = Path(sys.executable).with_name("geo-os")
     image = next((workspace / "shapes" / "images" / "test").glob("*.png"))
-    result = subprocess.run([str(exe), "pixel-llm", "caption", str(image), "--checkpoint", str(workspace / "ck" / "best")],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [str(exe), "pixel-llm", "caption", str(image), "--checkpoint", str(workspace / "ck" / "best")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(str(image))
 

@@ -21,8 +21,7 @@ from geometry_os.host import Host
 from geometry_os.plugins.amp_trainer import validation
 from geometry_os.plugins.amp_trainer.trainer import PixelLLMTrainer
 from geometry_os.plugins.simple_vocab.vocab import SimpleVocabulary
-from geometry_os.systems.pixel_llm import create_pixel_llm
-from geometry_os.systems.pixel_llm import captioning
+from geometry_os.systems.pixel_llm import captioning, create_pixel_llm
 from geometry_os.systems.pixel_llm.config import TrainerConfig
 from geometry_os.systems.pixel_llm.data import ImageTextDataset, group_references
 from geometry_os.systems.pixel_llm.metrics import caption_metrics
@@ -54,8 +53,11 @@ def write_interleaved(folder: Path) -> Path:
     """COCO with annotations interleaved: image 0 caption a, image 1 caption a, ..., image 0 caption b, ..."""
     names = list(CAPTIONS)
     images = [{"id": i, "file_name": f"{name}.png"} for i, name in enumerate(names)]
-    annotations = [{"id": 10 * k + i, "image_id": i, "caption": CAPTIONS[name][k]}
-                   for k in range(3) for i, name in enumerate(names)]
+    annotations = [
+        {"id": 10 * k + i, "image_id": i, "caption": CAPTIONS[name][k]}
+        for k in range(3)
+        for i, name in enumerate(names)
+    ]
     path = folder / "coco.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations}))
     return path
@@ -187,8 +189,9 @@ def test_evaluate_system_call_uses_every_reference(folder, checkpoint, fixed_cap
 @pytest.mark.parametrize("order", WRITERS)
 def test_eval_command_uses_every_reference(folder, checkpoint, fixed_captions, order):
     data = WRITERS[order](folder)
-    result = CliRunner().invoke(cli, ["pixel-llm", "eval", "--checkpoint", str(checkpoint), "--data", str(data),
-                                      "--batch-size", "1", "--json"])
+    result = CliRunner().invoke(
+        cli, ["pixel-llm", "eval", "--checkpoint", str(checkpoint), "--data", str(data), "--batch-size", "1", "--json"]
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.output)
     assert sorted(fixed_captions) == sorted(CAPTIONS)
@@ -241,8 +244,10 @@ def test_under_ddp_references_from_every_process_are_merged():
         is_main = True
 
         def gather_objects(self, mine):
-            other = ([("b.png", "a blue square")],
-                     [(1, "a.png", "a big red square"), (2, "b.png", "a blue square"), (0, "a.png", "a red square")])
+            other = (
+                [("b.png", "a blue square")],
+                [(1, "a.png", "a big red square"), (2, "b.png", "a blue square"), (0, "a.png", "a red square")],
+            )
             return [mine, other]
 
         def broadcast_object(self, obj):
@@ -266,13 +271,24 @@ def test_validate_a_stream_without_sample_indices(folder, monkeypatch):
     from geometry_os.plugins.amp_trainer.distributed import World
 
     dataset = ImageTextDataset(write_interleaved(folder), config={"image_size": 32})
-    batches = [dict(b, indices=torch.full_like(b["indices"], -1))
-               for b in PixelLLMTrainer.make_dataloader(dataset, 4, shuffle=False)]
-    monkeypatch.setattr(validation, "_generate", lambda model, images, tokenizer: [ANSWER[colour_of(i)] for i in images])
+    batches = [
+        dict(b, indices=torch.full_like(b["indices"], -1))
+        for b in PixelLLMTrainer.make_dataloader(dataset, 4, shuffle=False)
+    ]
+    monkeypatch.setattr(
+        validation, "_generate", lambda model, images, tokenizer: [ANSWER[colour_of(i)] for i in images]
+    )
     torch.manual_seed(0)
     model = create_pixel_llm(vocab_size=len(dataset.tokenizer), preset="tiny")
-    metrics = validation.evaluate(model, batches, to_device=lambda b: b, autocast=contextlib.nullcontext, world=World(),
-                                  tokenizer=dataset.tokenizer, max_samples=500)
+    metrics = validation.evaluate(
+        model,
+        batches,
+        to_device=lambda b: b,
+        autocast=contextlib.nullcontext,
+        world=World(),
+        tokenizer=dataset.tokenizer,
+        max_samples=500,
+    )
     right = expected(ANSWER)
     assert metrics["exact_match"] == 1.0 and metrics["num_images"] == 3
     assert metrics["cider_d"] == pytest.approx(right["cider_d"], abs=1e-12)

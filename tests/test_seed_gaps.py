@@ -16,11 +16,13 @@ from geometry_os.systems.pixel_llm.data import DataError
 
 
 def test_model_classes_import_from_the_package():
-    from geometry_os.systems.pixel_llm import LanguageDecoder, SimpleVocabulary, VisionEncoder
-    from geometry_os.systems.pixel_llm import models
+    from geometry_os.systems.pixel_llm import LanguageDecoder, SimpleVocabulary, VisionEncoder, models
 
-    assert (VisionEncoder, LanguageDecoder, SimpleVocabulary) == (models.VisionEncoder, models.LanguageDecoder,
-                                                                  models.SimpleVocabulary)
+    assert (VisionEncoder, LanguageDecoder, SimpleVocabulary) == (
+        models.VisionEncoder,
+        models.LanguageDecoder,
+        models.SimpleVocabulary,
+    )
 
 
 @pytest.mark.parametrize("dim, heads", [(64, 1), (200, 2), (384, 6), (768, 12), (96, 1)])
@@ -52,8 +54,10 @@ def seed_layout(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data" / "images").mkdir(parents=True)
     Image.new("RGB", (8, 8), (200, 30, 30)).save(tmp_path / "data" / "images" / "cat.jpg")
-    entries = [{"image": "images/cat.jpg", "caption": "A cat sitting on a couch"},
-               {"image": "images/dog.jpg", "caption": "A dog playing in the park"}]
+    entries = [
+        {"image": "images/cat.jpg", "caption": "A cat sitting on a couch"},
+        {"image": "images/dog.jpg", "caption": "A dog playing in the park"},
+    ]
     (tmp_path / "data" / "captions.json").write_text(json.dumps(entries))
     return tmp_path
 
@@ -77,8 +81,9 @@ def test_the_documented_keywords_build_an_encoder_and_a_narrower_decoder():
     from geometry_os.systems.pixel_llm import LanguageDecoder, VisionEncoder
 
     encoder = VisionEncoder(image_size=64, patch_size=16, embed_dim=128, num_layers=1, num_heads=4)
-    decoder = LanguageDecoder(vocab_size=100, embed_dim=64, num_layers=2, cross_attention_dim=128,
-                              num_cross_attention_layers=1)
+    decoder = LanguageDecoder(
+        vocab_size=100, embed_dim=64, num_layers=2, cross_attention_dim=128, num_cross_attention_layers=1
+    )
     features = encoder(torch.rand(2, 3, 64, 64))
     assert features.shape == (2, 16, 128)
     assert decoder(torch.randint(0, 100, (2, 5)), features).shape == (2, 5, 100)

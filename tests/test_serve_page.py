@@ -23,9 +23,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 from serve_support import ServerProcess, free_port, make_checkpoint, write_images  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--window-size=900,700"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=900,700",
+]
 SCREENSHOT_ENV = "GEO_OS_SERVE_SCREENSHOT"  # where to also save the screenshot (docs/images/serve_page.png)
 
 
@@ -68,13 +77,24 @@ def test_the_page_captions_an_uploaded_image_in_chromium(tmp_path):
 
     make_checkpoint(tmp_path / "ck")
     (image,) = write_images(tmp_path / "images", 1)
-    expected = json.loads(CliRunner().invoke(cli, ["pixel-llm", "caption", str(image), "--checkpoint",
-                                                   str(tmp_path / "ck"), "--json"]).stdout)[0]["caption"]
+    expected = json.loads(
+        CliRunner()
+        .invoke(cli, ["pixel-llm", "caption", str(image), "--checkpoint", str(tmp_path / "ck"), "--json"])
+        .stdout
+    )[0]["caption"]
     server = ServerProcess(tmp_path / "ck", tmp_path / "logs")
     port = free_port()
     browser = subprocess.Popen(
-        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", f"--remote-debugging-port={port}",
-         server.url + "/"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            CHROMIUM,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--remote-debugging-port={port}",
+            server.url + "/",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline, page = time.monotonic() + 60, None
         while page is None and time.monotonic() < deadline:
@@ -92,8 +112,10 @@ def test_the_page_captions_an_uploaded_image_in_chromium(tmp_path):
             root = tools("DOM.getDocument")["root"]["nodeId"]
             node = tools("DOM.querySelector", nodeId=root, selector="#files")["nodeId"]
             tools("DOM.setFileInputFiles", nodeId=node, files=[str(image)])
-            shown = tools.wait_for("(document.querySelector('.result .caption') || {}).textContent || "
-                                   "(document.querySelector('#error') || {}).textContent")
+            shown = tools.wait_for(
+                "(document.querySelector('.result .caption') || {}).textContent || "
+                "(document.querySelector('#error') || {}).textContent"
+            )
             assert shown == expected
             assert tools.wait_for("(document.querySelector('.result img.attention') || {}).naturalWidth > 0")
             picture = base64.b64decode(tools("Page.captureScreenshot", format="png")["data"])

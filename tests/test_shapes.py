@@ -50,8 +50,11 @@ def test_same_seed_same_scenes_and_pixels():
 
 
 def test_splits_never_share_a_scene_whatever_the_seeds():
-    keys = {(split, seed): {S.scene_key(s) for s in S.make_split(n, seed, split)}
-            for split, n in [("train", 300), ("val", 60), ("test", 60)] for seed in (0, 1)}
+    keys = {
+        (split, seed): {S.scene_key(s) for s in S.make_split(n, seed, split)}
+        for split, n in [("train", 300), ("val", 60), ("test", 60)]
+        for seed in (0, 1)
+    }
     for (split_a, seed_a), a in keys.items():
         assert len(a) == {"train": 300}.get(split_a, 60)  # distinct within a split
         for (split_b, seed_b), b in keys.items():
@@ -84,8 +87,11 @@ def test_captions_follow_the_grammar_and_the_geometry(scenes):
 
 
 def test_fixed_example_caption():
-    scene = (S.Shape("square", "white", "small", 5, 30), S.Shape("diamond", "green", "large", 20, 28),
-             S.Shape("diamond", "red", "small", 36, 5))
+    scene = (
+        S.Shape("square", "white", "small", 5, 30),
+        S.Shape("diamond", "green", "large", 20, 28),
+        S.Shape("diamond", "red", "small", 36, 5),
+    )
     assert S.is_valid(scene)
     assert S.caption(scene) == "a small white square left of a large green diamond below a small red diamond"
 
@@ -190,8 +196,14 @@ def test_make_shapes_custom_splits_and_overwrite(cli, tmp_path):
 
 @pytest.mark.parametrize(
     "splits, message",
-    [("train=0.8,val=0.1", "sum to 0.9"), ("train=0.5,train=0.5", "given twice"), ("train", "NAME=FRACTION"),
-     ("captions=1", "not 'captions'"), ("a=x,b=1", "is not a number"), ("a=0,b=1", r"in \(0, 1\]")],
+    [
+        ("train=0.8,val=0.1", "sum to 0.9"),
+        ("train=0.5,train=0.5", "given twice"),
+        ("train", "NAME=FRACTION"),
+        ("captions=1", "not 'captions'"),
+        ("a=x,b=1", "is not a number"),
+        ("a=0,b=1", r"in \(0, 1\]"),
+    ],
 )
 def test_make_shapes_bad_splits(cli, tmp_path, splits, message):
     result = CliRunner().invoke(cli, ["make-shapes", "--out", str(tmp_path / "o"), "--n", "5", "--splits", splits])
@@ -235,8 +247,9 @@ def test_lint_reports_every_problem(cli, made, tmp_path):
     val += [dict(train[3]), {"image": "images/copy.png", "caption": "a copy"}]
     (made / "train.json").write_text(json.dumps(train))
     (made / "val.json").write_text(json.dumps(val))
-    result = CliRunner().invoke(cli, ["lint-data", str(made / "train.json"), str(made / "val.json"),
-                                      str(tmp_path / "missing.json")])
+    result = CliRunner().invoke(
+        cli, ["lint-data", str(made / "train.json"), str(made / "val.json"), str(tmp_path / "missing.json")]
+    )
     out = result.output
     assert result.exit_code == 1
     assert "000001.png" in out and "cannot identify image file" in out
@@ -251,8 +264,9 @@ def test_lint_reports_every_problem(cli, made, tmp_path):
 
 def test_lint_json_and_vocab(cli, made, tmp_path):
     SimpleVocabulary(["a small large red green circle square"]).save(tmp_path / "vocab.json")
-    result = CliRunner().invoke(cli, ["lint-data", str(made / "train.json"), "--vocab", str(tmp_path / "vocab.json"),
-                                      "--json"])
+    result = CliRunner().invoke(
+        cli, ["lint-data", str(made / "train.json"), "--vocab", str(tmp_path / "vocab.json"), "--json"]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     (file,) = report["files"]
@@ -289,5 +303,7 @@ def test_exact_match_by_shapes_groups_by_the_true_captions_shape_count():
     predictions = [("a large red circle" if i in wrong else t.upper() + " ") for i, t in enumerate(truths)]
     counts = {k: sum(len(s) == k for s in scenes) for k in (1, 2, 3)}
     assert exact_match_by_shapes(predictions, truths) == {
-        1: (1.0, counts[1]), 2: ((counts[2] - 2) / counts[2], counts[2]), 3: (1.0, counts[3])
+        1: (1.0, counts[1]),
+        2: ((counts[2] - 2) / counts[2], counts[2]),
+        3: (1.0, counts[3]),
     }

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from geometry_os.plugins.amp_trainer import checkpointing as ckpt
-from geometry_os.plugins.amp_trainer.trainer import PixelLLMTrainer
-from geometry_os.plugins.datasets.shards import ShardStream
 from PIL import Image
 
 from geometry_os.cli import cli
+from geometry_os.plugins.amp_trainer import checkpointing as ckpt
+from geometry_os.plugins.amp_trainer.trainer import PixelLLMTrainer
+from geometry_os.plugins.datasets.shards import ShardStream
 from geometry_os.systems.pixel_llm import create_pixel_llm
 from geometry_os.systems.pixel_llm.config import TrainerConfig
 from geometry_os.systems.pixel_llm.data import create_dataloader
@@ -68,7 +68,9 @@ def test_workers_see_every_sample_once_per_epoch_in_a_new_order(tmp_path):
         assert sorted(orders[-1]) == all_captions()
     assert orders[0] != orders[1]
     stream.set_epoch(0)  # the same epoch again: the same order (what exact resume relies on)
-    again = [c for batch in create_dataloader(stream, batch_size=5, shuffle=False, num_workers=2) for c in batch["captions"]]
+    again = [
+        c for batch in create_dataloader(stream, batch_size=5, shuffle=False, num_workers=2) for c in batch["captions"]
+    ]
     assert again == orders[0]
 
 
@@ -98,8 +100,23 @@ def test_torchrun_two_ranks_two_workers_see_each_sample_exactly_once_per_epoch(t
     script = tmp_path / "stream_ddp.py"
     script.write_text(DDP_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-                           str(script), pattern, str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--standalone",
+            str(script),
+            pattern,
+            str(tmp_path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for epoch in ("0", "1"):
@@ -110,8 +127,18 @@ def test_torchrun_two_ranks_two_workers_see_each_sample_exactly_once_per_epoch(t
 
 def shard_trainer(tmp_path: Path, pattern: str, model_seed: int = 0, **fields) -> PixelLLMTrainer:
     stream = ShardStream(pattern, config=CONFIG, shuffle_buffer=8, seed=0)
-    cfg = TrainerConfig(**{"learning_rate": 3e-3, "warmup_steps": 1, "batch_size": 8, "use_amp": False, "seed": 0,
-                           "checkpoint_dir": str(tmp_path / "ckpt"), "log_interval": 1, **fields})
+    cfg = TrainerConfig(
+        **{
+            "learning_rate": 3e-3,
+            "warmup_steps": 1,
+            "batch_size": 8,
+            "use_amp": False,
+            "seed": 0,
+            "checkpoint_dir": str(tmp_path / "ckpt"),
+            "log_interval": 1,
+            **fields,
+        }
+    )
     torch.manual_seed(model_seed)
     model = create_pixel_llm(vocab_size=len(stream.tokenizer), preset="tiny")
     return PixelLLMTrainer(model, cfg, create_dataloader(stream, 8, shuffle=False), quiet=True)
@@ -121,8 +148,9 @@ def test_a_run_stopped_mid_epoch_and_resumed_sees_the_rest_of_the_stream(tmp_pat
     """48 samples, batch 8: 6 steps an epoch. Resumed from step 3 (mid-epoch 0) and from step 8 (mid-epoch 1),
     a run reaches the uninterrupted run's weights: the same batches, in the same order."""
     pattern = write_shards(tmp_path / "shards")
-    full = shard_trainer(tmp_path / "full", pattern, max_steps=10, checkpoint_interval=1,
-                         save_total_limit=None)  # every step folder kept: two of them are resumed from
+    full = shard_trainer(
+        tmp_path / "full", pattern, max_steps=10, checkpoint_interval=1, save_total_limit=None
+    )  # every step folder kept: two of them are resumed from
     full.train()
     for at in (3, 8):
         resumed = shard_trainer(tmp_path / f"resumed{at}", pattern, model_seed=9, max_steps=10)
@@ -167,16 +195,38 @@ def test_lint_data_streams_shards_with_a_sample_limit(tmp_path):
     result = CliRunner().invoke(cli, ["pixel-llm", "lint-data", f"webdataset:{tmp_path}/{{000000..000008}}.tar"])
     assert result.exit_code == 1 and "x: no caption member (txt, json)" in result.output
     missing = CliRunner().invoke(cli, ["pixel-llm", "lint-data", f"{tmp_path}/{{000000..000011}}.tar"])
-    assert missing.exit_code == 1 and "shard" in missing.output and "000009.tar not found (and 2 more)" in missing.output
+    assert (
+        missing.exit_code == 1 and "shard" in missing.output and "000009.tar not found (and 2 more)" in missing.output
+    )
 
 
 @pytest.mark.slow
 def test_train_command_streams_shards_with_workers(tmp_path):
     pattern = write_shards(tmp_path / "shards")
-    result = CliRunner().invoke(cli, ["pixel-llm", "train", "--preset", "tiny", "--data", pattern, "--set", "image_size=32",
-                                      "--set", "patch_size=8", "--set", "trainer.max_steps=7", "--set",
-                                      "trainer.batch_size=8", "--set", "trainer.num_workers=2", "--out",
-                                      str(tmp_path / "run"), "--quiet"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "pixel-llm",
+            "train",
+            "--preset",
+            "tiny",
+            "--data",
+            pattern,
+            "--set",
+            "image_size=32",
+            "--set",
+            "patch_size=8",
+            "--set",
+            "trainer.max_steps=7",
+            "--set",
+            "trainer.batch_size=8",
+            "--set",
+            "trainer.num_workers=2",
+            "--out",
+            str(tmp_path / "run"),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     state = ckpt.read_state(tmp_path / "run" / ckpt.step_name(7))
     assert (state["epoch"], state["batch_in_epoch"]) == (1, 1)  # 6 batches in epoch 0, then one

@@ -5,7 +5,6 @@ it expects created first and only sizes reduced where its own values would make 
 from __future__ import annotations
 
 import re
-import runpy
 from pathlib import Path
 
 import pytest
@@ -95,8 +94,13 @@ def test_seed_shell_commands_run_as_documented():
     import sys
 
     folder = REPO / "geometry_os" / "systems" / "pixel_llm"
-    result = subprocess.run([sys.executable, "-m", "pytest", "tests/test_pixel_llm.py", "-v", "-p", "no:cacheprovider"],
-                            cwd=folder, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "tests/test_pixel_llm.py", "-v", "-p", "no:cacheprovider"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     assert "3 passed" in result.stdout
 
@@ -106,6 +110,7 @@ def test_reference_docs_are_current():
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "gen_reference_docs.py"), "--check"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "gen_reference_docs.py"), "--check"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr

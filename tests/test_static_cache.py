@@ -47,17 +47,26 @@ def test_static_cache_in_bf16_agrees_with_fp32():
     """bf16 weights and cache: scores of the fp32 captions within bf16 tolerance."""
     model, images = eos_model(0)
     fp32 = generate_caption(model, images, max_length=MAX_SEQ, return_dict_in_generate=True, output_scores=True)
-    half = generate_caption(model.to(torch.bfloat16), images, max_length=MAX_SEQ, cache_implementation="static",
-                            return_dict_in_generate=True, output_scores=True)
+    half = generate_caption(
+        model.to(torch.bfloat16),
+        images,
+        max_length=MAX_SEQ,
+        cache_implementation="static",
+        return_dict_in_generate=True,
+        output_scores=True,
+    )
     agree = (half.sequences[:, :2] == fp32.sequences[:, :2]).float().mean()
     assert agree >= 0.8  # first tokens mostly the same; later ones may diverge after a near-tie
     assert torch.isfinite(half.sequence_scores).all()
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"num_beams": 3}, "beam search"),
-    ({"output_attentions": True}, "output_attentions"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"num_beams": 3}, "beam search"),
+        ({"output_attentions": True}, "output_attentions"),
+    ],
+)
 def test_unsupported_combinations_are_refused(fields, message):
     with pytest.raises(ValidationError, match=message):
         GenerationConfig(cache_implementation="static", **fields)
@@ -72,8 +81,14 @@ def test_a_decoder_without_a_static_cache_is_named():
 
     model = make_model(0)
     with pytest.raises(ComponentError, match="NoStatic has no static cache"):
-        decode_direct(model, make_images(0, 2), "greedy", decoder=NoStatic(model.decoder), max_length=8,
-                      cache_implementation="static")
+        decode_direct(
+            model,
+            make_images(0, 2),
+            "greedy",
+            decoder=NoStatic(model.decoder),
+            max_length=8,
+            cache_implementation="static",
+        )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
@@ -88,7 +103,9 @@ def test_captured_cuda_graph_gives_the_dynamic_captions(dtype):
     for batch in (images[:4], images[2:6], images[:1], images[:4]):
         dynamic, captured = both(model, batch.cuda())
         assert torch.equal(captured.sequences, dynamic.sequences)
-        assert torch.allclose(captured.sequence_scores, dynamic.sequence_scores, atol=1e-4 if dtype == torch.float32 else 0.1)
+        assert torch.allclose(
+            captured.sequence_scores, dynamic.sequence_scores, atol=1e-4 if dtype == torch.float32 else 0.1
+        )
     assert len(static._CAPTURED[model.decoder]) == 1  # one graph kept per decoder
     model.to("cpu").to("cuda")  # new parameter tensors: the old graph must not be replayed
     dynamic, captured = both(model, images[:4].cuda())

@@ -22,17 +22,44 @@ from geometry_os.plugins.simple_vocab import register_tokenizers as register_sim
 from geometry_os.plugins.simple_vocab.vocab import SimpleVocabulary, detokenize, normalize
 from geometry_os.systems.pixel_llm.protocols import Tokenizer
 
-WORDS = ["a", "small", "large", "red", "green", "blue", "circle", "square", "left", "of", "above", "below",
-         "cat", "sitting", "on", "couch", "dog", "park", "the", "ça", "naïve"]
-CAPTIONS = ["A small red circle left of a large blue square.", "A cat sitting on a couch",
-            "a dog, playing in the park!", " ".join(WORDS)]
-settings.register_profile("fast", max_examples=60, deadline=None,
-                          suppress_health_check=[HealthCheck.function_scoped_fixture])
+WORDS = [
+    "a",
+    "small",
+    "large",
+    "red",
+    "green",
+    "blue",
+    "circle",
+    "square",
+    "left",
+    "of",
+    "above",
+    "below",
+    "cat",
+    "sitting",
+    "on",
+    "couch",
+    "dog",
+    "park",
+    "the",
+    "ça",
+    "naïve",
+]
+CAPTIONS = [
+    "A small red circle left of a large blue square.",
+    "A cat sitting on a couch",
+    "a dog, playing in the park!",
+    " ".join(WORDS),
+]
+settings.register_profile(
+    "fast", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 settings.load_profile("fast")
 
 texts = st.lists(
-    st.tuples(st.sampled_from(WORDS), st.sampled_from(["", ",", ".", "!"]), st.booleans(),
-              st.sampled_from([" ", "  ", "\t"])),
+    st.tuples(
+        st.sampled_from(WORDS), st.sampled_from(["", ",", ".", "!"]), st.booleans(), st.sampled_from([" ", "  ", "\t"])
+    ),
     max_size=12,
 ).map(lambda parts: "".join((w.upper() if up else w) + p + sep for w, p, up, sep in parts))
 
@@ -93,8 +120,9 @@ def test_text_spelling_a_special_token_is_not_special(tok):
 def test_round_trip_property(tok, text):
     ids = tok.encode(text)
     assert tok.encode(tok.decode(ids)) == ids
-    assert tok.decode(ids) == (detokenize(normalize(text)) if tok.__class__ is SimpleVocabulary
-                               else " ".join(text.lower().split()))
+    assert tok.decode(ids) == (
+        detokenize(normalize(text)) if tok.__class__ is SimpleVocabulary else " ".join(text.lower().split())
+    )
 
 
 def test_save_load_round_trip(tok, tmp_path):
@@ -144,7 +172,9 @@ def test_simple_ordering_is_frequency_then_alphabetical():
 
 
 def test_a_single_string_is_one_text(tok):
-    assert type(tok)("zebra crossing").encode("zebra crossing") == type(tok)(["zebra crossing"]).encode("zebra crossing")
+    assert type(tok)("zebra crossing").encode("zebra crossing") == type(tok)(["zebra crossing"]).encode(
+        "zebra crossing"
+    )
 
 
 def test_simple_min_freq_max_size_and_unk():
@@ -175,8 +205,13 @@ def test_simple_train_with_options():
 
 
 def _vocab_file(tmp_path, **changes):
-    data = {"format": "geometry_os.simple_vocab", "version": 1, "min_freq": 1, "max_size": None,
-            "tokens": ["<pad>", "<bos>", "<eos>", "<unk>", "a"]}
+    data = {
+        "format": "geometry_os.simple_vocab",
+        "version": 1,
+        "min_freq": 1,
+        "max_size": None,
+        "tokens": ["<pad>", "<bos>", "<eos>", "<unk>", "a"],
+    }
     data.update(changes)
     path = tmp_path / "vocab.json"
     path.write_text(json.dumps(data))
@@ -193,7 +228,7 @@ def _vocab_file(tmp_path, **changes):
         ({"tokens": ["<pad>", "<bos>", "<eos>", "<unk>", "a", "<eos>"]}, r"duplicate token '<eos>'"),
         ({"tokens": ["<pad>", "<bos>", "<eos>", "<unk>", "a", "a"]}, r"duplicate token 'a'"),
         ({"format": "other"}, '"format" must be'),
-        ({"version": 9}, "unsupported \"version\""),
+        ({"version": 9}, 'unsupported "version"'),
         ({"extra": 1}, "unknown key 'extra'"),
     ],
 )
@@ -284,9 +319,11 @@ def test_registry_finds_both_tokenizers():
 
 
 def test_plugin_modules_do_not_import_torch():
-    code = ("import sys, geometry_os.plugins.simple_vocab, geometry_os.plugins.bpe, geometry_os.plugins.datasets; "
-            "import geometry_os.plugins.simple_vocab.vocab; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys, geometry_os.plugins.simple_vocab, geometry_os.plugins.bpe, geometry_os.plugins.datasets; "
+        "import geometry_os.plugins.simple_vocab.vocab; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr

@@ -33,7 +33,6 @@ from geometry_os.systems.pixel_llm.components import get_component
 from geometry_os.systems.pixel_llm.config import TrainerConfig
 from geometry_os.systems.pixel_llm.data import create_dataloader
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
@@ -56,15 +55,25 @@ def tiny_model(vocab: int, seed: int = 0) -> PixelLLM:
 
 
 def trainer_config(tmp_path: Path, **fields) -> TrainerConfig:
-    values = dict(learning_rate=3e-3, warmup_steps=2, batch_size=8, use_amp=False, checkpoint_dir=str(tmp_path / "ckpt"),
-                  log_interval=1, seed=0, num_epochs=1)
+    values = dict(
+        learning_rate=3e-3,
+        warmup_steps=2,
+        batch_size=8,
+        use_amp=False,
+        checkpoint_dir=str(tmp_path / "ckpt"),
+        log_interval=1,
+        seed=0,
+        num_epochs=1,
+    )
     return TrainerConfig(**{**values, **fields})
 
 
 def make_trainer(tmp_path, n=96, val=False, model_seed=0, quiet=True, loader=None, **fields) -> PixelLLMTrainer:
     train_set = shapes(n)
     cfg = trainer_config(tmp_path, **fields)
-    train_loader = loader(train_set, cfg) if loader else PixelLLMTrainer.make_dataloader(train_set, cfg.batch_size, seed=0)
+    train_loader = (
+        loader(train_set, cfg) if loader else PixelLLMTrainer.make_dataloader(train_set, cfg.batch_size, seed=0)
+    )
     val_loader = None
     if val:
         val_set = shapes(16, "val", train_set.tokenizer)
@@ -137,7 +146,10 @@ def test_weight_decay_skips_biases_norms_and_embeddings():
     decayed = {names[id(p)] for p in decay["params"]}
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert "decoder.blocks.0.fc1.weight" in decayed and "encoder.patch_embed.weight" in decayed
-    assert not any(n.endswith(".bias") or "norm" in n or "embed" in n.split(".")[-1] for n in decayed - {"encoder.patch_embed.weight"})
+    assert not any(
+        n.endswith(".bias") or "norm" in n or "embed" in n.split(".")[-1]
+        for n in decayed - {"encoder.patch_embed.weight"}
+    )
     assert "decoder.wte.weight" not in decayed and "encoder.pos_embed" not in decayed
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
@@ -189,8 +201,13 @@ def test_checkpoints_round_trip_to_identical_logits(tmp_path):
         assert torch.equal(other.model(batch["images"], batch["input_ids"], batch["attention_mask"]).logits, expected)
     assert other.global_step == 2
     folder = tmp_path / "ckpt" / "step-00000002"
-    assert {p.name for p in folder.iterdir()} == {"model.safetensors", "config.json", "tokenizer.json",
-                                                   "trainer_state.json", "optimizer.pt"}
+    assert {p.name for p in folder.iterdir()} == {
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "trainer_state.json",
+        "optimizer.pt",
+    }
     state = json.loads((folder / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and state["epoch"] == 0 and state["batch_in_epoch"] == 2
     assert isinstance(state["rng"][0]["python"][1], list)
@@ -240,8 +257,15 @@ def test_resume_equals_uninterrupted(tmp_path, loader, at):
 
 def test_resume_applies_a_changed_learning_rate_betas_and_weight_decay(tmp_path):
     make_trainer(tmp_path, max_steps=3, warmup_steps=1, lr_scheduler="constant").train()
-    changed = make_trainer(tmp_path, max_steps=4, warmup_steps=1, lr_scheduler="constant", learning_rate=1e-5,
-                           adam_beta2=0.9, weight_decay=0.5)
+    changed = make_trainer(
+        tmp_path,
+        max_steps=4,
+        warmup_steps=1,
+        lr_scheduler="constant",
+        learning_rate=1e-5,
+        adam_beta2=0.9,
+        weight_decay=0.5,
+    )
     changed.resume("latest")
     decay, no_decay = changed.optimizer.param_groups
     assert decay["lr"] == no_decay["lr"] == 1e-5 and changed.scheduler.base_lrs == [1e-5, 1e-5]
@@ -349,8 +373,12 @@ def test_malicious_optimizer_pickle_is_refused(tmp_path, writer):
 def test_mismatched_checkpoint_is_refused_naming_the_field(tmp_path):
     trainer = make_trainer(tmp_path, max_steps=1)
     trainer.train()
-    other = PixelLLMTrainer(create_pixel_llm(vocab_size=40, preset="tiny"), trainer_config(tmp_path / "o"),
-                            trainer.train_dataloader, quiet=True)
+    other = PixelLLMTrainer(
+        create_pixel_llm(vocab_size=40, preset="tiny"),
+        trainer_config(tmp_path / "o"),
+        trainer.train_dataloader,
+        quiet=True,
+    )
     with pytest.raises(CheckpointError, match="vocab_size: checkpoint 21 vs model 40"):
         other.load_checkpoint(tmp_path / "ckpt" / "step-00000001")
 
@@ -425,7 +453,7 @@ def test_readme_training_api_runs_as_written(tmp_path):
 
 # ---- distributed ---------------------------------------------------------------------------------------------
 
-DDP_SCRIPT = textwrap.dedent('''
+DDP_SCRIPT = textwrap.dedent("""
     import sys, torch
     torch.set_num_threads(1)
     from geometry_os.systems.pixel_llm import create_pixel_llm
@@ -441,7 +469,7 @@ DDP_SCRIPT = textwrap.dedent('''
                            max_steps=5, log_interval=1, seed=0)
     loader = PixelLLMTrainer.make_dataloader(data, batch, seed=0)
     PixelLLMTrainer(model, config, loader, quiet=True).train()
-''')
+""")
 
 
 @pytest.mark.slow
@@ -452,16 +480,34 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tmp
     script = tmp_path / "train_ddp.py"
     script.write_text(DDP_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    single = subprocess.run([sys.executable, str(script), str(tmp_path / "one"), "8"], env=env,
-                            capture_output=True, text=True, timeout=300)
+    single = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "one"), "8"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", str(script),
-         str(tmp_path / "two"), "4"],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--standalone",
+            str(script),
+            str(tmp_path / "two"),
+            "4",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["curves.png", "latest", "metrics.jsonl", "step-00000005"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
+        "curves.png",
+        "latest",
+        "metrics.jsonl",
+        "step-00000005",
+    ]
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-5)
     a = load_file(str(tmp_path / "one" / "step-00000005" / "model.safetensors"))
     b = load_file(str(tmp_path / "two" / "step-00000005" / "model.safetensors"))
@@ -503,7 +549,9 @@ def test_cli_train_on_caption_files_then_resume(tmp_path):
     captions = write_caption_file(tmp_path / "data")
     out = tmp_path / "runs"
     args = ["--preset", "tiny", "--data", str(captions), "--val-data", str(captions), "--quiet", "--out", str(out)]
-    result = invoke(*args, "--set", "trainer.max_steps=3", "--set", "trainer.batch_size=4", "--set", "trainer.use_amp=false")
+    result = invoke(
+        *args, "--set", "trainer.max_steps=3", "--set", "trainer.batch_size=4", "--set", "trainer.use_amp=false"
+    )
     assert result.exit_code == 0, result.output
     assert f"checkpoints: {out.resolve()}" in result.output and "step-00000003" in result.output
     model, tokenizer = PixelLLM.from_pretrained(out / "best")
@@ -530,8 +578,10 @@ def test_cli_train_on_caption_files_then_resume(tmp_path):
 
 def test_cli_train_defaults_to_synthetic_shapes_with_a_config_file(tmp_path):
     config = tmp_path / "train.toml"
-    config.write_text(f'[model]\nimage_size = 32\n\n[trainer]\nmax_steps = 2\nbatch_size = 8\n'
-                      f'checkpoint_dir = "{(tmp_path / "runs").as_posix()}"\n')
+    config.write_text(
+        f"[model]\nimage_size = 32\n\n[trainer]\nmax_steps = 2\nbatch_size = 8\n"
+        f'checkpoint_dir = "{(tmp_path / "runs").as_posix()}"\n'
+    )
     result = invoke("--config", str(config), "--preset", "tiny", "--num-scenes", "40", "--quiet")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "runs" / "step-00000002" / "tokenizer.json").is_file()
@@ -542,19 +592,39 @@ def test_cli_train_defaults_to_synthetic_shapes_with_a_config_file(tmp_path):
 def test_cli_user_errors_are_one_line(tmp_path):
     captions = write_caption_file(tmp_path / "data")
     assert_one_line_error(invoke("--preset", "tiny", "--data", str(tmp_path / "missing.json")), "missing.json")
-    assert_one_line_error(invoke("--preset", "tiny", "--data", str(captions), "--set", "trainer.learning_rate=-1"),
-                          "learning_rate")
-    assert_one_line_error(invoke("--preset", "tiny", "--data", str(captions), "--resume", "latest", "--out",
-                                 str(tmp_path / "empty")), "no checkpoint")
+    assert_one_line_error(
+        invoke("--preset", "tiny", "--data", str(captions), "--set", "trainer.learning_rate=-1"), "learning_rate"
+    )
+    assert_one_line_error(
+        invoke("--preset", "tiny", "--data", str(captions), "--resume", "latest", "--out", str(tmp_path / "empty")),
+        "no checkpoint",
+    )
     assert_one_line_error(invoke("--preset", "tiny", "--val-data", str(captions)), "--val-data needs --data")
     bare = create_pixel_llm(vocab_size=5, preset="tiny").save_pretrained(tmp_path / "bare")  # no tokenizer
-    assert_one_line_error(invoke("--data", str(captions), "--resume", str(bare), "--out", str(tmp_path / "b"),
-                                 "--set", "trainer.max_steps=1"), "more than the model's vocab_size=5")
+    assert_one_line_error(
+        invoke(
+            "--data", str(captions), "--resume", str(bare), "--out", str(tmp_path / "b"), "--set", "trainer.max_steps=1"
+        ),
+        "more than the model's vocab_size=5",
+    )
     run = tmp_path / "run"
     (run / "step-00000004").mkdir(parents=True)
-    assert_one_line_error(invoke("--preset", "tiny", "--data", str(captions), "--out", str(run), "--quiet",
-                                 "--set", "trainer.max_steps=1", "--set", "trainer.batch_size=4"),
-                          "already holds a training run")
+    assert_one_line_error(
+        invoke(
+            "--preset",
+            "tiny",
+            "--data",
+            str(captions),
+            "--out",
+            str(run),
+            "--quiet",
+            "--set",
+            "trainer.max_steps=1",
+            "--set",
+            "trainer.batch_size=4",
+        ),
+        "already holds a training run",
+    )
 
 
 def test_max_time_stops_and_saves(tmp_path):
@@ -601,20 +671,30 @@ def test_resumed_settings_are_the_runs_own_under_what_is_set_now(tmp_path, capsy
     saved = TrainerConfig(batch_size=4, seed=7, max_steps=4, checkpoint_dir="/somewhere/else").model_dump(mode="json")
     old = {k: v for k, v in saved.items() if k not in ("data", "val_data", "num_scenes")}  # an older version's
     for trainer_config, warned in ((saved, False), (old, True)):
-        (folder / "trainer_state.json").write_text(json.dumps(
-            {"format": ckpt.STATE_FORMAT, "global_step": 4, "trainer_config": {**trainer_config, "retired": 1}}))
+        (folder / "trainer_state.json").write_text(
+            json.dumps(
+                {"format": ckpt.STATE_FORMAT, "global_step": 4, "trainer_config": {**trainer_config, "retired": 1}}
+            )
+        )
         now = TrainerConfig.model_validate({"max_steps": 9})  # as from --set trainer.max_steps=9
         merged = TrainerConfig.model_validate(_resumed_trainer_settings(folder, now))
         assert (merged.batch_size, merged.seed, merged.max_steps) == (4, 7, 9)  # unknown "retired" dropped
         assert merged.checkpoint_dir == str(tmp_path / "runs")  # next to the resumed checkpoint
         assert ("does not record the run's training data" in capsys.readouterr().err) == warned
     # the machine's own settings are not inherited; a forged value is refused naming the file
-    (folder / "trainer_state.json").write_text(json.dumps({"format": ckpt.STATE_FORMAT, "trainer_config": {
-        **saved, "device": "cuda", "num_workers": 4096, "compile": True}}))
+    (folder / "trainer_state.json").write_text(
+        json.dumps(
+            {
+                "format": ckpt.STATE_FORMAT,
+                "trainer_config": {**saved, "device": "cuda", "num_workers": 4096, "compile": True},
+            }
+        )
+    )
     merged = _resumed_trainer_settings(folder, TrainerConfig())
     assert {"device", "num_workers", "compile"}.isdisjoint(merged)
-    (folder / "trainer_state.json").write_text(json.dumps({"format": ckpt.STATE_FORMAT,
-                                                           "trainer_config": {**saved, "learning_rate": "x"}}))
+    (folder / "trainer_state.json").write_text(
+        json.dumps({"format": ckpt.STATE_FORMAT, "trainer_config": {**saved, "learning_rate": "x"}})
+    )
     with pytest.raises(CheckpointError, match=r"trainer_state\.json: trainer_config.*learning_rate"):
         _resumed_trainer_settings(folder, TrainerConfig())
     # a plain saved model (no trainer state) starts a new run where this run's settings say
@@ -667,8 +747,11 @@ def test_validation_shards_count_every_sample_once(own_loader):
     seen = []
     for rank in range(3):
         data = list(range(10))
-        loader = (PixelLLMTrainer.make_dataloader(data, 4, shuffle=False, collate_fn=list) if own_loader
-                  else DataLoader(data, batch_size=4, collate_fn=list))
+        loader = (
+            PixelLLMTrainer.make_dataloader(data, 4, shuffle=False, collate_fn=list)
+            if own_loader
+            else DataLoader(data, batch_size=4, collate_fn=list)
+        )
         adapted, _ = adapt_loader(loader, 0, World(rank, 3), training=False)
         seen += [i for batch in adapted for i in batch]
     assert sorted(seen) == list(range(10))
@@ -708,8 +791,9 @@ def test_a_failed_rename_puts_the_previous_folder_back(tmp_path, monkeypatch):
 
 
 def test_resume_repairs_a_best_folder_left_behind_by_a_crash(tmp_path, monkeypatch):
-    trainer = make_trainer(tmp_path, max_steps=3, val=True, checkpoint_interval=1, val_interval=1,
-                           save_total_limit=None)  # keeps step 1 for the crash below
+    trainer = make_trainer(
+        tmp_path, max_steps=3, val=True, checkpoint_interval=1, val_interval=1, save_total_limit=None
+    )  # keeps step 1 for the crash below
     monkeypatch.setattr(trainer, "validate", iter([{"val_loss": 0.9}, {"val_loss": 0.5}, {"val_loss": 0.7}]).__next__)
     trainer.train()
     root = tmp_path / "ckpt"

@@ -99,8 +99,11 @@ def test_conv_stem_keeps_the_patch_grid_and_sees_across_patch_borders():
     enc = make(stem="conv", pos_embed="sincos")
     widths = [m.out_channels for m in enc.patch_embed if isinstance(m, torch.nn.Conv2d)]
     assert widths == [32, 32, 32, 32]  # log2(8) = 3 stride-2 convs (32, 64, 128, capped at embed_dim 32), 1x1
-    assert [m.out_channels for m in make(stem="conv", embed_dim=192, num_heads=3).patch_embed
-            if isinstance(m, torch.nn.Conv2d)] == [32, 64, 128, 192]
+    assert [
+        m.out_channels
+        for m in make(stem="conv", embed_dim=192, num_heads=3).patch_embed
+        if isinstance(m, torch.nn.Conv2d)
+    ] == [32, 64, 128, 192]
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in enc.patch_embed)
     with torch.no_grad():
         out = enc(torch.randn(2, 3, 48, 64))
@@ -171,10 +174,14 @@ def test_sincos_table_is_fixed_mae_style():
     r, c = 1.0, 2.0
     expected = torch.tensor(
         [
-            torch.sin(torch.tensor(c)), torch.sin(torch.tensor(c / 100)),
-            torch.cos(torch.tensor(c)), torch.cos(torch.tensor(c / 100)),
-            torch.sin(torch.tensor(r)), torch.sin(torch.tensor(r / 100)),
-            torch.cos(torch.tensor(r)), torch.cos(torch.tensor(r / 100)),
+            torch.sin(torch.tensor(c)),
+            torch.sin(torch.tensor(c / 100)),
+            torch.cos(torch.tensor(c)),
+            torch.cos(torch.tensor(c / 100)),
+            torch.sin(torch.tensor(r)),
+            torch.sin(torch.tensor(r / 100)),
+            torch.cos(torch.tensor(r)),
+            torch.cos(torch.tensor(r / 100)),
         ]
     )
     torch.testing.assert_close(table[5], expected)

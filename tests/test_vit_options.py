@@ -54,8 +54,14 @@ def test_class_token_changes_every_feature():
         assert not torch.allclose(enc(images)[:, 1:], base[:, 1:])  # patches attend to the CLS token
 
 
-@pytest.mark.parametrize("act, fn", [("gelu", F.gelu), ("gelu_tanh", lambda x: F.gelu(x, approximate="tanh")),
-                                     ("quick_gelu", lambda x: x * torch.sigmoid(1.702 * x))])
+@pytest.mark.parametrize(
+    "act, fn",
+    [
+        ("gelu", F.gelu),
+        ("gelu_tanh", lambda x: F.gelu(x, approximate="tanh")),
+        ("quick_gelu", lambda x: x * torch.sigmoid(1.702 * x)),
+    ],
+)
 def test_activation_and_eps_reach_every_block(act, fn):
     enc = make(act=act, norm_eps=1e-12)
     assert all(m.eps == 1e-12 for m in enc.modules() if isinstance(m, torch.nn.LayerNorm))
@@ -76,12 +82,15 @@ def test_pre_norm_final_norm_and_patch_bias():
         assert torch.allclose(enc(images), x, atol=1e-6)  # no norm after the blocks
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    (dict(class_token=True, pos_embed="sincos"), "class_token"),
-    (dict(act="relu"), "act"),
-    (dict(norm_eps=0), "norm_eps"),
-    (dict(patch_bias=False, stem="conv"), "patch_bias"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(class_token=True, pos_embed="sincos"), "class_token"),
+        (dict(act="relu"), "act"),
+        (dict(norm_eps=0), "norm_eps"),
+        (dict(patch_bias=False, stem="conv"), "patch_bias"),
+    ],
+)
 def test_bad_options_name_the_field(kwargs, field):
     with pytest.raises(ValidationError, match=field):
         ViTOptions(**{**TINY, **kwargs})

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from geometry_os.plugins import xattn as xattn_plugin
 from geometry_os.plugins.vit.model import VisionEncoder
 from geometry_os.plugins.xattn import XAttnOptions, cross_attention_layers
-from geometry_os.plugins.xattn.model import KVCache, LanguageDecoder
+from geometry_os.plugins.xattn.model import LanguageDecoder
 from geometry_os.systems.pixel_llm import hookspecs
 from geometry_os.systems.pixel_llm.protocols import Decoder, DecoderCache
 

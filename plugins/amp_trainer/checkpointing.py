@@ -72,11 +72,16 @@ def new_run_refusal(checkpoint_dir: Path) -> str | None:
     ``best`` or a step folder there, which the new one would take over), or None."""
     if not checkpoint_dir.is_dir():
         return None
-    if not ((checkpoint_dir / LATEST).exists() or (checkpoint_dir / BEST).exists()
-            or any(STEP_RE.match(p.name) for p in checkpoint_dir.iterdir())):
+    if not (
+        (checkpoint_dir / LATEST).exists()
+        or (checkpoint_dir / BEST).exists()
+        or any(STEP_RE.match(p.name) for p in checkpoint_dir.iterdir())
+    ):
         return None
-    return (f"{checkpoint_dir} already holds a training run; resume it (train --resume latest, trainer.resume()) "
-            "or train into another checkpoint_dir (--out)")
+    return (
+        f"{checkpoint_dir} already holds a training run; resume it (train --resume latest, trainer.resume()) "
+        "or train into another checkpoint_dir (--out)"
+    )
 
 
 def point_latest(checkpoint_dir: Path, name: str, step: int) -> None:
@@ -233,8 +238,10 @@ def _check_state_types(state: dict[str, Any], path: Path) -> None:
         "best_val_loss": (lambda v: v is None or _number(v), "a number or null"),
         "best_metric_name": (lambda v: v is None or isinstance(v, str), "a string or null"),
         "best_checkpoint": (lambda v: v is None or isinstance(v, str), "a string or null"),
-        "rng": (lambda v: v is None or (isinstance(v, list) and all(r is None or isinstance(r, dict) for r in v)),
-                "a list of objects"),
+        "rng": (
+            lambda v: v is None or (isinstance(v, list) and all(r is None or isinstance(r, dict) for r in v)),
+            "a list of objects",
+        ),
     }
     for key, (ok, what) in checks.items():
         if key in state and not ok(state[key]):

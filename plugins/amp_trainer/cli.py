@@ -13,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import click
 
@@ -25,57 +26,120 @@ from geometry_os.systems.pixel_llm.config import TrainerConfig
 TRAINER_SECTION = {"trainer", *TrainerConfig.model_fields}  # --set keys that leave the model's sizes alone
 # flag -> trainer field, for the settings every run changes (the rest: --set, docs/configuration.md)
 TRAINER_FLAGS = {
-    "out": "checkpoint_dir", "data_path": "data", "val_path": "val_data", "num_scenes": "num_scenes",
-    "image_root": "image_root", "val_image_root": "val_image_root", "max_steps": "max_steps",
-    "epochs": "num_epochs", "batch_size": "batch_size", "lr": "learning_rate", "max_time": "max_time_s",
+    "out": "checkpoint_dir",
+    "data_path": "data",
+    "val_path": "val_data",
+    "num_scenes": "num_scenes",
+    "image_root": "image_root",
+    "val_image_root": "val_image_root",
+    "max_steps": "max_steps",
+    "epochs": "num_epochs",
+    "batch_size": "batch_size",
+    "lr": "learning_rate",
+    "max_time": "max_time_s",
     "tokenizer": "tokenizer",
 }
 
 
-@click.command("train", epilog="Every other setting is a --set key (e.g. --set trainer.warmup_steps=50); all of them "
-               "are listed in docs/configuration.md, and `geo-os pixel-llm info` shows their values.")
+@click.command(
+    "train",
+    epilog="Every other setting is a --set key (e.g. --set trainer.warmup_steps=50); all of them "
+    "are listed in docs/configuration.md, and `geo-os pixel-llm info` shows their values.",
+)
 @config_file_option
 @preset_option
-@click.option("--data", "data_path", metavar="[FORMAT:]PATH",
-              help="Training captions: a file or folder of a registered format (json, jsonl, coco, karpathy, flickr, "
-                   "imagefolder, ...), inferred when unambiguous; a split file gives its train split.")
-@click.option("--val-data", "val_path", metavar="[FORMAT:]PATH", help="Validation captions (a split file: its val split).")
+@click.option(
+    "--data",
+    "data_path",
+    metavar="[FORMAT:]PATH",
+    help="Training captions: a file or folder of a registered format (json, jsonl, coco, karpathy, flickr, "
+    "imagefolder, ...), inferred when unambiguous; a split file gives its train split.",
+)
+@click.option(
+    "--val-data", "val_path", metavar="[FORMAT:]PATH", help="Validation captions (a split file: its val split)."
+)
 @image_root_option
-@click.option("--val-image-root", type=click.Path(exists=True, file_okay=False),
-              help="The same for --val-data (default: --image-root when given, else the validation file's folder).")
+@click.option(
+    "--val-image-root",
+    type=click.Path(exists=True, file_okay=False),
+    help="The same for --val-data (default: --image-root when given, else the validation file's folder).",
+)
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many optimizer steps.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Passes over the training data [default: 10].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per step [default: 32].")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Peak learning rate [default: 1e-4].")
-@click.option("--max-time", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Stop after this many seconds of training.")
-@click.option("--tokenizer", default=None,
-              help="Tokenizer trained on --data's captions: simple, bpe, ... (geo-os pixel-llm components tokenizer) "
-                   "[default: the registry's].")
+@click.option(
+    "--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Peak learning rate [default: 1e-4]."
+)
+@click.option(
+    "--max-time",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Stop after this many seconds of training.",
+)
+@click.option(
+    "--tokenizer",
+    default=None,
+    help="Tokenizer trained on --data's captions: simple, bpe, ... (geo-os pixel-llm components tokenizer) "
+    "[default: the registry's].",
+)
 @set_option
 @click.option("--resume", metavar="DIR|latest", help="Continue from a checkpoint folder, a checkpoint dir or 'latest'.")
-@click.option("--init-from", "init_from", metavar="CKPT|FOLDER",
-              help="Start a new run from these weights (a checkpoint, or a HF / timm / torchvision source converted "
-                   "as `import` does): matching tensors load, the rest start fresh; lists both.")
+@click.option(
+    "--init-from",
+    "init_from",
+    metavar="CKPT|FOLDER",
+    help="Start a new run from these weights (a checkpoint, or a HF / timm / torchvision source converted "
+    "as `import` does): matching tensors load, the rest start fresh; lists both.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar or log lines.")
 @click.option("--out", type=click.Path(file_okay=False), help="Checkpoint folder (overrides trainer.checkpoint_dir).")
-@click.option("--num-scenes", type=click.IntRange(min=1), default=None,
-              help="Synthetic training scenes when no --data is given (validation: a tenth, at most 1000) "
-                   "[default: 10000].")
-@click.option("--freeze", "freeze", multiple=True, metavar="PATTERN",
-              help="Parameters that do not train: encoder, decoder or a name pattern like 'encoder.blocks.0-7.*' "
-                   "(repeatable; trainer.freeze).")
-@click.option("--encoder-learning-rate", type=float, default=None, help="Peak LR of the encoder (trainer.encoder_learning_rate).")
-@click.option("--layer-decay", type=float, default=None, help="Layer-wise LR decay of the encoder, e.g. 0.75 (trainer.layer_decay).")
-@click.option("--gradient-checkpointing", is_flag=True, default=None,
-              help="Recompute block activations in backward: less memory (trainer.gradient_checkpointing).")
-@click.option("--lora-rank", type=click.IntRange(min=0), default=None,
-              help="Train LoRA adapters of this rank on trainer.lora_targets; everything else frozen (trainer.lora_rank).")
-@click.option("--early-stopping-patience", type=click.IntRange(min=1), default=None,
-              help="Stop after this many validations without a new best (trainer.early_stopping_patience).")
-@click.option("--tensorboard", is_flag=True, default=None,
-              help="Also write TensorBoard events to <out>/tensorboard (trainer.tensorboard; 'tensorboard' extra).")
+@click.option(
+    "--num-scenes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Synthetic training scenes when no --data is given (validation: a tenth, at most 1000) [default: 10000].",
+)
+@click.option(
+    "--freeze",
+    "freeze",
+    multiple=True,
+    metavar="PATTERN",
+    help="Parameters that do not train: encoder, decoder or a name pattern like 'encoder.blocks.0-7.*' "
+    "(repeatable; trainer.freeze).",
+)
+@click.option(
+    "--encoder-learning-rate", type=float, default=None, help="Peak LR of the encoder (trainer.encoder_learning_rate)."
+)
+@click.option(
+    "--layer-decay",
+    type=float,
+    default=None,
+    help="Layer-wise LR decay of the encoder, e.g. 0.75 (trainer.layer_decay).",
+)
+@click.option(
+    "--gradient-checkpointing",
+    is_flag=True,
+    default=None,
+    help="Recompute block activations in backward: less memory (trainer.gradient_checkpointing).",
+)
+@click.option(
+    "--lora-rank",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Train LoRA adapters of this rank on trainer.lora_targets; everything else frozen (trainer.lora_rank).",
+)
+@click.option(
+    "--early-stopping-patience",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after this many validations without a new best (trainer.early_stopping_patience).",
+)
+@click.option(
+    "--tensorboard",
+    is_flag=True,
+    default=None,
+    help="Also write TensorBoard events to <out>/tensorboard (trainer.tensorboard; 'tensorboard' extra).",
+)
 @click.pass_context
 def train_command(
     ctx: click.Context,
@@ -102,9 +166,20 @@ def train_command(
     flags = {name: options.pop(name) for name in list(options) if name in TRAINER_FLAGS}
     controls = options  # the fine-tuning flags
     controls["freeze"] = list(controls["freeze"]) or None
-    summary = run_training(config_path, preset, data_path, val_path, overrides, resume, quiet, out, num_scenes,
-                           controls={k: v for k, v in controls.items() if v is not None}, init_from=init_from,
-                           **flags)
+    summary = run_training(
+        config_path,
+        preset,
+        data_path,
+        val_path,
+        overrides,
+        resume,
+        quiet,
+        out,
+        num_scenes,
+        controls={k: v for k, v in controls.items() if v is not None},
+        init_from=init_from,
+        **flags,
+    )
     if summary is not None:
         _report(summary)
 
@@ -215,7 +290,9 @@ def run_training(
                     click.echo(line, err=True)
     trainer_cls = _trainer_class()
     t = config.trainer
-    loader_options = dict(num_workers=t.num_workers, pad_token_id=config.pad_token_id, pin_memory=torch.cuda.is_available())
+    loader_options = dict(
+        num_workers=t.num_workers, pad_token_id=config.pad_token_id, pin_memory=torch.cuda.is_available()
+    )
     from torch.utils.data import IterableDataset
 
     from geometry_os.systems.pixel_llm.data import create_dataloader
@@ -240,7 +317,7 @@ def _one_line_warnings() -> Iterator[None]:
     """Training warnings (collapsed captions, skipped steps) as ``Warning: ...`` lines."""
     previous = warnings.showwarning
 
-    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
+    def show(message, category, filename, lineno, file=None, line=None):
         echo_warning(message)
 
     warnings.showwarning = show
@@ -286,8 +363,10 @@ def _resumed_trainer_settings(folder: Path, current: Any) -> dict[str, Any]:
     except ValidationError as exc:
         raise CheckpointError(format_validation_error(exc, source=f"{folder / STATE}: trainer_config")) from None
     if state and "data" not in saved and current.data is None and os.environ.get("RANK", "0") == "0":
-        echo_warning(f"{folder / STATE} does not record the run's training data (written by an "
-                   "older version); without --data this resume trains on the synthetic shapes scenes")
+        echo_warning(
+            f"{folder / STATE} does not record the run's training data (written by an "
+            "older version); without --data this resume trains on the synthetic shapes scenes"
+        )
     if state:
         saved["checkpoint_dir"] = str(folder.parent)
     return {**saved, **current.model_dump(include=current.model_fields_set)}
@@ -307,7 +386,9 @@ def _datasets(config: Any, tokenizer: Any):
         mix = config.trainer.synthetic_shape_weights
         if tokenizer is None and t.tokenizer is not None:  # else the grammar's own word list
             tokenizer = get_component("tokenizer", t.tokenizer).name
-        train_set = shapes.build({**common, "n": num_scenes, "split": "train", "shape_weights": mix}, tokenizer=tokenizer)
+        train_set = shapes.build(
+            {**common, "n": num_scenes, "split": "train", "shape_weights": mix}, tokenizer=tokenizer
+        )
         val_n = max(1, min(1000, num_scenes // 10))
         val_set = shapes.build({**common, "n": val_n, "split": "val"}, tokenizer=train_set.tokenizer)
         return train_set, val_set, train_set.tokenizer
@@ -322,10 +403,17 @@ def _datasets(config: Any, tokenizer: Any):
         val_set = None
         if val_path:
             val_fmt, val_spec = resolve(val_path)
-            val_set = (val_fmt.stream(val_spec, train_set.tokenizer, dataset_config, shuffle_buffer=0)
-                       if val_fmt is not None and val_fmt.streaming else
-                       ImageTextDataset(val_path, tokenizer=train_set.tokenizer, config=dataset_config,
-                                        split=split_for(val_path, "val"), image_root=t.val_image_root))
+            val_set = (
+                val_fmt.stream(val_spec, train_set.tokenizer, dataset_config, shuffle_buffer=0)
+                if val_fmt is not None and val_fmt.streaming
+                else ImageTextDataset(
+                    val_path,
+                    tokenizer=train_set.tokenizer,
+                    config=dataset_config,
+                    split=split_for(val_path, "val"),
+                    image_root=t.val_image_root,
+                )
+            )
         return train_set, val_set, train_set.tokenizer
     train_split = split_for(data_path, "train")  # a split file (karpathy) trains on its train split
     if tokenizer is None:
@@ -333,12 +421,18 @@ def _datasets(config: Any, tokenizer: Any):
 
         records, _, _ = read_caption_data(data_path, t.image_root, on_error="skip", split=train_split)
         tokenizer = get_component("tokenizer", t.tokenizer).load().train([r.caption for r in records], None)
-    train_set = ImageTextDataset(data_path, tokenizer=tokenizer, config=dataset_config, split=train_split,
-                                 image_root=t.image_root)
+    train_set = ImageTextDataset(
+        data_path, tokenizer=tokenizer, config=dataset_config, split=train_split, image_root=t.image_root
+    )
     val_set = None
     if val_path:
-        val_set = ImageTextDataset(val_path, tokenizer=tokenizer, config=dataset_config, split=split_for(val_path, "val"),
-                                   image_root=t.val_image_root)
+        val_set = ImageTextDataset(
+            val_path,
+            tokenizer=tokenizer,
+            config=dataset_config,
+            split=split_for(val_path, "val"),
+            image_root=t.val_image_root,
+        )
     return train_set, val_set, tokenizer
 
 
@@ -350,9 +444,14 @@ def _fit_vocabulary(config: Any, tokenizer: Any, quiet: bool) -> Any:
 
     if tokenizer is None:
         return config
-    ids = {name: special_id(tokenizer, name, getattr(config, name)) for name in ("pad_token_id", "bos_token_id", "eos_token_id")}
+    ids = {
+        name: special_id(tokenizer, name, getattr(config, name))
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id")
+    }
     if any(getattr(config, name) != value for name, value in ids.items()):
-        config = PixelLLMConfig.model_validate({**config.model_dump(), "vocab_size": max(config.vocab_size, len(tokenizer)), **ids})
+        config = PixelLLMConfig.model_validate(
+            {**config.model_dump(), "vocab_size": max(config.vocab_size, len(tokenizer)), **ids}
+        )
     if len(tokenizer) == config.vocab_size:
         return config
 
@@ -367,8 +466,10 @@ def size_note(preset: str | None, config_path: str | None, overrides: Any, model
     if preset or config_path or any(str(o).split("=")[0].split(".")[0] not in TRAINER_SECTION for o in overrides):
         return None
     count = sum(p.numel() for p in model.parameters())
-    return (f"no --preset: training the full-size base model ({count / 1e6:.0f}M parameters, "
-            f"{model.config.image_size}-px images); on a CPU start with --preset small")
+    return (
+        f"no --preset: training the full-size base model ({count / 1e6:.0f}M parameters, "
+        f"{model.config.image_size}-px images); on a CPU start with --preset small"
+    )
 
 
 def _report(summary: dict[str, Any]) -> None:
@@ -380,4 +481,6 @@ def _report(summary: dict[str, Any]) -> None:
     click.echo(f"checkpoints: {checkpoint_dir.resolve()}")
     click.echo(f"  {LATEST}: {checkpoint_dir / latest}")
     if (checkpoint_dir / BEST).is_dir() and summary["best_metric"] is not None:
-        click.echo(f"  {BEST}: {checkpoint_dir / BEST} ({summary['best_checkpoint']}, metric {summary['best_metric']:.4f})")
+        click.echo(
+            f"  {BEST}: {checkpoint_dir / BEST} ({summary['best_checkpoint']}, metric {summary['best_metric']:.4f})"
+        )

@@ -36,8 +36,9 @@ class MetricsLog:
             except ImportError:
                 from geometry_os.errors import ConfigError
 
-                raise ConfigError("trainer.tensorboard=true needs the tensorboard package: "
-                                  "pip install 'geometry-os[tensorboard]'") from None
+                raise ConfigError(
+                    "trainer.tensorboard=true needs the tensorboard package: pip install 'geometry-os[tensorboard]'"
+                ) from None
             self.tensorboard = SummaryWriter(str(tensorboard_dir))
 
     def _scalars(self, record: dict[str, Any]) -> None:

@@ -70,12 +70,19 @@ def fitted_warmup(warmup_steps: int, total_steps: int) -> tuple[int, str | None]
     scaled = max(1, total_steps // WARMUP_FRACTION)
     if warmup_steps < total_steps or scaled >= warmup_steps:  # it fits, or is already as short as it can be
         return warmup_steps, None
-    return scaled, (f"trainer.warmup_steps={warmup_steps} is not shorter than the run ({_steps(total_steps)}); "
-                    f"warming up over {_steps(scaled)} instead (a tenth of the run)")
+    return scaled, (
+        f"trainer.warmup_steps={warmup_steps} is not shorter than the run ({_steps(total_steps)}); "
+        f"warming up over {_steps(scaled)} instead (a tenth of the run)"
+    )
 
 
-def estimate_line(seconds_per_step: float, steps_per_epoch: int, remaining_steps: int | None,
-                  budget_left_s: float | None, images_per_s: float) -> str:
+def estimate_line(
+    seconds_per_step: float,
+    steps_per_epoch: int,
+    remaining_steps: int | None,
+    budget_left_s: float | None,
+    images_per_s: float,
+) -> str:
     """``expected: 4 min per epoch (120 steps); 38 min for the run (1200 steps) at 42 img/s``."""
     parts = [f"{_duration(seconds_per_step * steps_per_epoch)} per epoch ({_steps(steps_per_epoch)})"]
     run_s = None if remaining_steps is None else seconds_per_step * remaining_steps

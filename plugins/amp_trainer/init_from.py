@@ -79,22 +79,33 @@ def apply_init(model: torch.nn.Module, source: InitSource) -> dict[str, list[Any
                 explained.append(name)
                 fresh.append(name)
                 continue
-            raise CheckpointError(f"{source.folder}: tensor {name} has shape {tuple(tensor.shape)}, the model needs "
-                                  f"{tuple(target.shape)}; change the model config to match or start without --init-from")
+            raise CheckpointError(
+                f"{source.folder}: tensor {name} has shape {tuple(tensor.shape)}, the model needs "
+                f"{tuple(target.shape)}; change the model config to match or start without --init-from"
+            )
         loaded.append(name)
     model.load_state_dict({name: source.weights[name] for name in loaded}, strict=False)
     dropped = sorted(set(source.weights) - set(state))
-    return {"loaded": loaded, "fresh": fresh, "dropped": dropped, "vocabulary": explained,
-            "vocab_size": [model.config.vocab_size]}
+    return {
+        "loaded": loaded,
+        "fresh": fresh,
+        "dropped": dropped,
+        "vocabulary": explained,
+        "vocab_size": [model.config.vocab_size],
+    }
 
 
 def describe(report: dict[str, list[Any]], source: InitSource) -> list[str]:
     """Lines for the user: how many tensors were loaded, and every fresh and dropped tensor by name."""
-    lines = [f"init-from {source.folder}: loaded {len(report['loaded'])} tensors, {len(report['fresh'])} start fresh, "
-             f"{len(report['dropped'])} dropped"]
+    lines = [
+        f"init-from {source.folder}: loaded {len(report['loaded'])} tensors, {len(report['fresh'])} start fresh, "
+        f"{len(report['dropped'])} dropped"
+    ]
     if report["vocabulary"]:
-        lines.append(f"  vocab_size differs ({source.config.vocab_size} -> {report['vocab_size'][0]}): "
-                     f"fresh {', '.join(report['vocabulary'])}")
+        lines.append(
+            f"  vocab_size differs ({source.config.vocab_size} -> {report['vocab_size'][0]}): "
+            f"fresh {', '.join(report['vocabulary'])}"
+        )
     lines += [f"  fresh: {name}" for name in report["fresh"]]
     lines += [f"  dropped: {name}" for name in report["dropped"]]
     return lines

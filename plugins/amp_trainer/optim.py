@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -33,7 +33,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             if isinstance(module, _MATRICES) and name == "weight":
                 matrix = True
             else:  # a raw parameter: a matrix unless it is a norm's, a bias or an embedding table
-                matrix = param.ndim >= 2 and not isinstance(module, _NORMS) and "embed" not in name and "token" not in name
+                matrix = (
+                    param.ndim >= 2 and not isinstance(module, _NORMS) and "embed" not in name and "token" not in name
+                )
             (decay if matrix and id(param) not in embeddings else no_decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -70,16 +72,26 @@ def finetune_param_groups(model: nn.Module, config: TrainerConfig) -> list[dict]
     blocks = {int(m.group(1)) for n in encoder_params if (m := _BLOCK.search("." + n))}
     num_layers = max(blocks) + 1 if blocks else 0
     encoder_lr = config.encoder_learning_rate or lr
-    rest = [{"params": [p for p in g["params"] if id(p) not in encoder_ids], "weight_decay": g["weight_decay"],
-             "lr": lr, "name": f"decoder.{kind}"} for g, kind in zip(groups, ("decay", "no_decay"))]
+    rest = [
+        {
+            "params": [p for p in g["params"] if id(p) not in encoder_ids],
+            "weight_decay": g["weight_decay"],
+            "lr": lr,
+            "name": f"decoder.{kind}",
+        }
+        for g, kind in zip(groups, ("decay", "no_decay"))
+    ]
     by_layer: dict[tuple[int, bool], list] = {}
     for name, param in encoder_params.items():
         if param.requires_grad:
             by_layer.setdefault((encoder_layer_id(name, num_layers), id(param) in decays), []).append(param)
     layered = [
-        {"params": params, "weight_decay": config.weight_decay if decay else 0.0,
-         "lr": encoder_lr * config.layer_decay ** (num_layers + 1 - layer),
-         "name": f"encoder.layer{layer}.{'decay' if decay else 'no_decay'}"}
+        {
+            "params": params,
+            "weight_decay": config.weight_decay if decay else 0.0,
+            "lr": encoder_lr * config.layer_decay ** (num_layers + 1 - layer),
+            "name": f"encoder.layer{layer}.{'decay' if decay else 'no_decay'}",
+        }
         for (layer, decay), params in sorted(by_layer.items(), key=lambda kv: (kv[0][0], not kv[0][1]))
     ]
     return [g for g in rest + layered if g["params"]]

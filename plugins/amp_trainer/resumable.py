@@ -30,12 +30,18 @@ class CheckpointMixin:
         best_checkpoint = name if best else self.best_checkpoint
         self.world.barrier()
         if self.world.is_main:
-            ckpt.write_checkpoint(folder, self.model, self.tokenizer, self._state(rng_json, best_checkpoint), {
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "rng": rng_tensors,
-            })
+            ckpt.write_checkpoint(
+                folder,
+                self.model,
+                self.tokenizer,
+                self._state(rng_json, best_checkpoint),
+                {
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "scaler": self.scaler.state_dict(),
+                    "rng": rng_tensors,
+                },
+            )
             ckpt.point_latest(self.checkpoint_dir, name, self.global_step)
             if best:
                 ckpt.copy_as_best(self.checkpoint_dir, folder)
@@ -92,7 +98,9 @@ class CheckpointMixin:
                 self.scaler.load_state_dict(tensors["scaler"])
         except (ValueError, KeyError, RuntimeError, TypeError) as exc:
             reason = " ".join(str(exc).split())[:200]
-            raise ckpt.CheckpointError(f"{folder / ckpt.OPTIMIZER}: does not fit this model/optimizer: {reason}") from None
+            raise ckpt.CheckpointError(
+                f"{folder / ckpt.OPTIMIZER}: does not fit this model/optimizer: {reason}"
+            ) from None
         self._restore_counters(state, folder)
         self._apply_optimizer_settings()  # after the counters: a time-based schedule reads train_time_s
         rng_json, rng_tensors = state.get("rng") or [None], tensors.get("rng") or [None]
@@ -124,8 +132,15 @@ class CheckpointMixin:
         scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]  # what get_last_lr() logs
 
     def _restore_counters(self, state: dict[str, Any], folder: Path) -> None:
-        for key in ("global_step", "epoch", "batch_in_epoch", "train_time_s", "best_metric", "best_val_loss",
-                    "best_checkpoint"):
+        for key in (
+            "global_step",
+            "epoch",
+            "batch_in_epoch",
+            "train_time_s",
+            "best_metric",
+            "best_val_loss",
+            "best_checkpoint",
+        ):
             setattr(self, key, state.get(key, getattr(self, key)))
         saved_metric = state.get("best_metric_name")  # what the saved best value measures
         if saved_metric and not self.best_metric_name:
@@ -136,8 +151,10 @@ class CheckpointMixin:
         self._started = True
         self._last_save_step = self.global_step
         sampler = self.sampler
-        same_order = sampler is not None and state.get("num_samples") == sampler.num_samples and (
-            state.get("batch_size") == sampler.batch_size and state.get("world_size") == self.world.world_size
+        same_order = (
+            sampler is not None
+            and state.get("num_samples") == sampler.num_samples
+            and (state.get("batch_size") == sampler.batch_size and state.get("world_size") == self.world.world_size)
         )
         dataset = getattr(self.train_dataloader, "dataset", None)
         if sampler is None and hasattr(dataset, "set_epoch") and isinstance(dataset, torch.utils.data.IterableDataset):

@@ -15,8 +15,9 @@ import math
 import random
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -94,9 +95,11 @@ class PixelLLMTrainer(CheckpointMixin):
         model_config = getattr(model, "config", None)
         self.image_size = getattr(model_config, "image_size", None)
         self._notices = [
-            notice for loader, label in ((train_dataloader, "training"), (val_dataloader, "validation"))
+            notice
+            for loader, label in ((train_dataloader, "training"), (val_dataloader, "validation"))
             if model_config is not None and loader is not None
-            for notice in [fit_dataset(loader, model_config, label)] if notice
+            for notice in [fit_dataset(loader, model_config, label)]
+            if notice
         ]
         dataset_tokenizer = getattr(getattr(train_dataloader, "dataset", None), "tokenizer", None)
         self.tokenizer = tokenizer if tokenizer is not None else dataset_tokenizer
@@ -106,7 +109,9 @@ class PixelLLMTrainer(CheckpointMixin):
             self.val_dataloader, _ = adapt_loader(val_dataloader, cfg.seed, self.world, training=False)
         self.amp_dtype = amp_dtype(cfg, self.device)
         self.optimizer = torch.optim.AdamW(  # fused: one kernel for all parameters (CPU and CUDA)
-            finetune_param_groups(self.model, cfg), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+            finetune_param_groups(self.model, cfg),
+            lr=cfg.learning_rate,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
             fused=self.device.type in ("cpu", "cuda"),
         )
         # each group's peak LR and weight decay under this config: a resume applies them to the loaded groups
@@ -126,8 +131,11 @@ class PixelLLMTrainer(CheckpointMixin):
         if cfg.compile:
             self.train_model = torch.compile(self.train_model)
         self.checkpoint_dir = Path(cfg.checkpoint_dir)
-        self.log = MetricsLog(self.checkpoint_dir / METRICS_FILE, enabled=self.world.is_main,
-                              tensorboard_dir=self.checkpoint_dir / TENSORBOARD_DIR if cfg.tensorboard else None)
+        self.log = MetricsLog(
+            self.checkpoint_dir / METRICS_FILE,
+            enabled=self.world.is_main,
+            tensorboard_dir=self.checkpoint_dir / TENSORBOARD_DIR if cfg.tensorboard else None,
+        )
         self.early_stopping = EarlyStopping(cfg.early_stopping_patience)
         # progress: counters saved in trainer_state.json
         self.global_step = self.epoch = self.batch_in_epoch = 0
@@ -161,7 +169,9 @@ class PixelLLMTrainer(CheckpointMixin):
                     raise TrainingError("the training data has no length: set trainer.max_steps") from None
                 return 1
         if batches < 1:
-            raise TrainingError("the training DataLoader yields no batches (dataset smaller than batch_size with drop_last?)")
+            raise TrainingError(
+                "the training DataLoader yields no batches (dataset smaller than batch_size with drop_last?)"
+            )
         return math.ceil(batches / self.config.gradient_accumulation_steps)
 
     def _seed(self) -> None:
@@ -198,13 +208,16 @@ class PixelLLMTrainer(CheckpointMixin):
         self._shown_total = None if cfg.max_time_s is not None and cfg.max_steps is None else self.total_steps
         self._progress = Progress(self._shown_total, self.global_step, self.world.is_main, self.quiet)
         trainable, total = parameter_counts(self.model)
-        self._progress.line(f"parameters: {trainable:,} trainable / {total:,} total ({100 * trainable / total:.1f}%)",
-                            always=True)
+        self._progress.line(
+            f"parameters: {trainable:,} trainable / {total:,} total ({100 * trainable / total:.1f}%)", always=True
+        )
         for notice in self._notices:
             self._progress.line(notice, always=True)
         self._estimate_mark = None
         if cfg.use_amp and self.amp_dtype is None:
-            self._progress.line("use_amp: this CPU has no native bf16, training in fp32 (amp_dtype='bfloat16' forces it)")
+            self._progress.line(
+                "use_amp: this CPU has no native bf16, training in fp32 (amp_dtype='bfloat16' forces it)"
+            )
         try:
             while not self._finished():
                 self.train_epoch()
@@ -306,7 +319,10 @@ class PixelLLMTrainer(CheckpointMixin):
             with sync:
                 with self._autocast():
                     out = self.train_model(
-                        batch["images"], batch["input_ids"], batch.get("attention_mask"), batch["labels"],
+                        batch["images"],
+                        batch["input_ids"],
+                        batch.get("attention_mask"),
+                        batch["labels"],
                         label_smoothing=cfg.label_smoothing,
                     )
                 local = out.loss.float() * n
@@ -314,8 +330,14 @@ class PixelLLMTrainer(CheckpointMixin):
             loss_sum += local.detach()
         elapsed = time.perf_counter() - self._session_start
         over_time = cfg.max_time_s is not None and elapsed >= cfg.max_time_s
-        flags = torch.stack([loss_sum, (~torch.isfinite(loss_sum)).float(), torch.tensor(float(over_time), device=self.device),
-                             torch.tensor(elapsed, device=self.device)])
+        flags = torch.stack(
+            [
+                loss_sum,
+                (~torch.isfinite(loss_sum)).float(),
+                torch.tensor(float(over_time), device=self.device),
+                torch.tensor(elapsed, device=self.device),
+            ]
+        )
         global_loss, nonfinite, out_of_time, elapsed_sum = world.all_reduce_sum(flags).tolist()
         # one clock for all processes, so that a time-based LR schedule gives every replica the same LR
         self.train_time_s = elapsed_sum / world.world_size if world.enabled else elapsed
@@ -384,8 +406,15 @@ class PixelLLMTrainer(CheckpointMixin):
             self._log_mark = (mark_time, images_total)
             return
         self._log_mark = (now, 0)
-        record = {"step": self.global_step, "epoch": self.epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                  "images_per_s": rate, "train_time_s": self.train_time_s}
+        record = {
+            "step": self.global_step,
+            "epoch": self.epoch,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "images_per_s": rate,
+            "train_time_s": self.train_time_s,
+        }
         self.log.write(record)
         if self._progress is not None:
             budget, total = self.config.max_time_s, self._shown_total
@@ -418,11 +447,15 @@ class PixelLLMTrainer(CheckpointMixin):
         budget_left = None if budget is None else max(0.0, budget - self.train_time_s)
         line = estimate_line(per_step, self.steps_per_epoch, remaining, budget_left, counted / elapsed)
         self._progress.line(line, always=True)
-        run_s = min(math.inf if remaining is None else per_step * remaining,
-                    math.inf if budget_left is None else budget_left)
+        run_s = min(
+            math.inf if remaining is None else per_step * remaining, math.inf if budget_left is None else budget_left
+        )
         if self.device.type == "cpu" and run_s > SUGGEST_SMALL_ABOVE_S and self._larger_than_small():
-            self._progress.line("training on the CPU: the `small` preset trains many times faster "
-                                "(geo-os pixel-llm train --preset small)", always=True)
+            self._progress.line(
+                "training on the CPU: the `small` preset trains many times faster "
+                "(geo-os pixel-llm train --preset small)",
+                always=True,
+            )
 
     def _larger_than_small(self) -> bool:
         """Whether the model has more parameters than the ``small`` preset with its vocabulary."""
@@ -440,8 +473,13 @@ class PixelLLMTrainer(CheckpointMixin):
     def _after_step(self, epoch_end: bool) -> None:
         """Validate and save on their step intervals, or at the end of an epoch when no interval is set."""
         cfg, step = self.config, self.global_step
-        validate = self.val_dataloader is not None and self._last_val_step != step and (
-            (cfg.val_interval is not None and step % cfg.val_interval == 0) or (epoch_end and cfg.val_interval is None)
+        validate = (
+            self.val_dataloader is not None
+            and self._last_val_step != step
+            and (
+                (cfg.val_interval is not None and step % cfg.val_interval == 0)
+                or (epoch_end and cfg.val_interval is None)
+            )
         )
         save = (cfg.checkpoint_interval is not None and step % cfg.checkpoint_interval == 0) or (
             epoch_end and cfg.checkpoint_interval is None
@@ -467,15 +505,24 @@ class PixelLLMTrainer(CheckpointMixin):
         if self.val_dataloader is None:
             return {}
         return evaluate(
-            self.model, self.val_dataloader, to_device=self._to_device, autocast=self._autocast, world=self.world,
-            tokenizer=self.tokenizer, max_samples=self.config.val_max_samples,
+            self.model,
+            self.val_dataloader,
+            to_device=self._to_device,
+            autocast=self._autocast,
+            world=self.world,
+            tokenizer=self.tokenizer,
+            max_samples=self.config.val_max_samples,
         )
 
     def _metric_name(self, metrics: dict[str, Any]) -> str:
         if self.best_metric_name:
             if self.best_metric_name not in metrics:  # a typo must not end a long run before its next save
-                warnings.warn(f"best metric {self.best_metric_name!r} is not computed (have: {', '.join(metrics)}); "
-                              "'best' is picked by val_loss instead", RuntimeWarning, stacklevel=3)
+                warnings.warn(
+                    f"best metric {self.best_metric_name!r} is not computed (have: {', '.join(metrics)}); "
+                    "'best' is picked by val_loss instead",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
                 return "val_loss"
             return self.best_metric_name
         return "exact_match" if "exact_match" in metrics else "val_loss"
@@ -487,8 +534,11 @@ class PixelLLMTrainer(CheckpointMixin):
             patience = self.early_stopping.patience
             self.log.write({"step": self.global_step, "event": "early_stop", "validations_since_best": patience})
             if self._progress is not None:
-                self._progress.line(f"early stopping at step {self.global_step}: no better {self.best_measured_by} in "
-                                    f"{patience} validations (best: {self.best_checkpoint or 'this run'})", always=True)
+                self._progress.line(
+                    f"early stopping at step {self.global_step}: no better {self.best_measured_by} in "
+                    f"{patience} validations (best: {self.best_checkpoint or 'this run'})",
+                    always=True,
+                )
         return improved
 
     def _validate_and_rank(self) -> bool:

@@ -13,8 +13,9 @@ caption metrics show it, and a warning says so when most captions are identical.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -94,7 +95,9 @@ def evaluate(
                 out = model(batch["images"], batch["input_ids"], batch.get("attention_mask"), batch["labels"])
             n = count_targets(batch)
             if n:
-                totals += torch.stack([out.loss.double() * n, torch.tensor(float(n), dtype=torch.float64, device=device)])
+                totals += torch.stack(
+                    [out.loss.double() * n, torch.tensor(float(n), dtype=torch.float64, device=device)]
+                )
             if unavailable is None and "captions" in batch:
                 keys, ids = _keys(batch, position, world)
                 samples.extend(zip(ids, keys, batch["captions"]))
@@ -127,8 +130,9 @@ def _keys(batch: dict[str, Any], position: int, world: World) -> tuple[list[Any]
     return keys, ids
 
 
-def _caption_metrics(captions: dict[Any, str], samples: list[tuple[Any, Any, str]], world: World,
-                     max_samples: int) -> dict[str, float]:
+def _caption_metrics(
+    captions: dict[Any, str], samples: list[tuple[Any, Any, str]], world: World, max_samples: int
+) -> dict[str, float]:
     """Merge every process's captions and samples, score them once on the main process, share the result."""
     from geometry_os.systems.pixel_llm.data import group_references
 
@@ -163,8 +167,11 @@ def score(predictions: list[str], references: list[list[str]]) -> dict[str, floa
     try:
         return core.caption_metrics(predictions, references)
     except ImportError:
-        return {"exact_match": core.exact_match(predictions, references), **core.diversity(predictions),
-                "num_images": float(len(predictions))}
+        return {
+            "exact_match": core.exact_match(predictions, references),
+            **core.diversity(predictions),
+            "num_images": float(len(predictions)),
+        }
 
 
 def collapse_message(metrics: dict[str, Any]) -> str | None:

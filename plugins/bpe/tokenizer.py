@@ -11,8 +11,8 @@ special token (``"<eos>"``) is encoded as ordinary bytes. Saved as the library's
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -34,14 +34,21 @@ WORD_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?[\p{L}\p{M}]+| ?\p{N}+| ?[^\s\p{L}\p{M}
 
 def _new_tokenizer() -> Tokenizer:
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.normalizer = normalizers.Sequence([
-        normalizers.NFKC(), normalizers.Lowercase(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip(),
-        normalizers.Prepend(" "),
-    ])
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(WORD_SPLIT), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.normalizer = normalizers.Sequence(
+        [
+            normalizers.NFKC(),
+            normalizers.Lowercase(),
+            normalizers.Replace(Regex(r"\s+"), " "),
+            normalizers.Strip(),
+            normalizers.Prepend(" "),
+        ]
+    )
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(WORD_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     return tok
 
@@ -86,7 +93,7 @@ class BPETokenizer:
         self._attach(Tokenizer.from_str(state["json"]), source="pickled tokenizer")
 
     @classmethod
-    def train(cls, texts: Iterable[str], options: Any = None) -> "BPETokenizer":
+    def train(cls, texts: Iterable[str], options: Any = None) -> BPETokenizer:
         """Train on captions; ``options`` is a ``BPEOptions``, a dict, or None (defaults)."""
         if isinstance(options, dict):
             from geometry_os.plugins.bpe import BPEOptions
@@ -145,7 +152,7 @@ class BPETokenizer:
         atomic_write_text(path, self._tok.to_str(pretty=True))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "BPETokenizer":
+    def load(cls, path: str | os.PathLike) -> BPETokenizer:
         """Read a tokenizer JSON written by ``save``; problems are one-line ValueErrors naming the file."""
         text = read_utf8(path)
         parse_json(text, path, what="tokenizer JSON")

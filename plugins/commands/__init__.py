@@ -17,12 +17,17 @@ config_file_option = click.option(
 )
 preset_option = click.option("--preset", default=None, help="Start from a preset: tiny, small or base.")
 set_option = click.option(
-    "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
     help="Override a config field (repeatable); every key is listed in docs/configuration.md.",
 )
 # The one meaning of --image-root, on every command that reads caption files.
 image_root_option = click.option(
-    "--image-root", type=click.Path(exists=True, file_okay=False), default=None,
+    "--image-root",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
     help="Folder the caption file's relative image paths start from (default: the caption file's own folder).",
 )
 
@@ -32,8 +37,15 @@ def register_commands(cli: click.Group) -> None:
     from .caption import caption_command, eval_command, explain_command
     from .demo import demo_command
 
-    for command in (plugins_command, components_command, info_command, caption_command, eval_command,
-                    explain_command, demo_command):
+    for command in (
+        plugins_command,
+        components_command,
+        info_command,
+        caption_command,
+        eval_command,
+        explain_command,
+        demo_command,
+    ):
         cli.add_command(command)
 
 
@@ -103,8 +115,10 @@ def info_command(
         click.echo(json.dumps(result, indent=2))
         return
     click.echo(f"encoder: {result['config']['encoder']}  decoder: {result['config']['decoder']}")
-    click.echo(f"parameters: {result['parameters']['total']:,} (encoder {result['parameters']['encoder']:,}, "
-               f"decoder {result['parameters']['decoder']:,})")
+    click.echo(
+        f"parameters: {result['parameters']['total']:,} (encoder {result['parameters']['encoder']:,}, "
+        f"decoder {result['parameters']['decoder']:,})"
+    )
     click.echo("config:")
     for key, value in result["config"].items():
         click.echo(f"  {key} = {json.dumps(value)}")

@@ -4,7 +4,8 @@ command bodies only."""
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -19,15 +20,24 @@ def generation_options(command: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--strategy", default=None, help=STRATEGY_HELP),
         click.option("--num-beams", type=int, default=None, help="Beams for beam search (implies --strategy beam)."),
-        click.option("--max-length", type=int, default=None, help="Longest caption in tokens (with <bos>; 1: no new tokens)."),
+        click.option(
+            "--max-length", type=int, default=None, help="Longest caption in tokens (with <bos>; 1: no new tokens)."
+        ),
         click.option("--temperature", type=float, default=None, help="Sampling temperature (selects sampling)."),
-        click.option("--top-k", type=int, default=None, help="Sample from the k most likely tokens (selects sampling)."),
+        click.option(
+            "--top-k", type=int, default=None, help="Sample from the k most likely tokens (selects sampling)."
+        ),
         click.option("--top-p", type=float, default=None, help="Nucleus sampling probability mass (selects sampling)."),
         click.option("--length-penalty", type=float, default=None, help="Beam score = logprob / length**penalty."),
         click.option("--no-repeat-ngram-size", type=int, default=None, help="Never repeat an n-gram of this size."),
         click.option("--seed", type=int, default=None, help="Seed for sampling (selects sampling)."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
-                     help="Images captioned together (more is faster; memory grows with it)."),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(min=1),
+            default=16,
+            show_default=True,
+            help="Images captioned together (more is faster; memory grows with it).",
+        ),
         click.option("--checkpoint", "checkpoint", required=True, type=click.Path(), help=CHECKPOINT_HELP),
         click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ..."),
     ]
@@ -36,8 +46,17 @@ def generation_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-GENERATION_FLAGS = ("strategy", "num_beams", "max_length", "temperature", "top_k", "top_p", "length_penalty",
-                    "no_repeat_ngram_size", "seed")
+GENERATION_FLAGS = (
+    "strategy",
+    "num_beams",
+    "max_length",
+    "temperature",
+    "top_k",
+    "top_p",
+    "length_penalty",
+    "no_repeat_ngram_size",
+    "seed",
+)
 SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "seed")
 
 
@@ -59,9 +78,10 @@ def generation_config(params: dict[str, Any]) -> Any:
     strategy = fields.get("strategy")
     if sampling and (strategy in NOT_SAMPLING or fields.get("num_beams", 1) > 1):
         chosen = f"--strategy {strategy}" if strategy else f"--num-beams {fields['num_beams']}"
-        raise click.UsageError(ctx=click.get_current_context(), message=
-            f"{', '.join(sampling)} only {'affects' if len(sampling) == 1 else 'affect'} sampling, which {chosen} "
-            f"does not do: use --strategy sample (or leave {'it' if len(sampling) == 1 else 'them'} out)"
+        raise click.UsageError(
+            ctx=click.get_current_context(),
+            message=f"{', '.join(sampling)} only {'affects' if len(sampling) == 1 else 'affect'} sampling, which {chosen} "
+            f"does not do: use --strategy sample (or leave {'it' if len(sampling) == 1 else 'them'} out)",
         )
     if strategy == "sample" or (sampling and strategy is None):
         fields["do_sample"] = True
@@ -118,26 +138,48 @@ def caption_command(images: tuple[str, ...], as_json: bool, recursive: bool, **p
 
 
 @click.command("eval")
-@click.option("--data", required=True, metavar="[FORMAT:]PATH",
-              help="Caption data of a registered format (json, jsonl, coco, karpathy, flickr, imagefolder, ...).")
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default=None,
-              help="Only this part of a split file (karpathy; restval counts as train).")
+@click.option(
+    "--data",
+    required=True,
+    metavar="[FORMAT:]PATH",
+    help="Caption data of a registered format (json, jsonl, coco, karpathy, flickr, imagefolder, ...).",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["train", "val", "test"]),
+    default=None,
+    help="Only this part of a split file (karpathy; restval counts as train).",
+)
 @image_root_option
 @click.option("--max-images", type=click.IntRange(min=1), default=None, help="Evaluate the first N images only.")
 @click.option("--sweep", is_flag=True, help="Compare greedy, beam and sampling settings in one table.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @generation_options
-def eval_command(data: str, split: str | None, image_root: str | None, max_images: int | None, sweep: bool, as_json: bool,
-                 **params: Any) -> None:
+def eval_command(
+    data: str,
+    split: str | None,
+    image_root: str | None,
+    max_images: int | None,
+    sweep: bool,
+    as_json: bool,
+    **params: Any,
+) -> None:
     """Caption every image of a caption file and report BLEU-1..4, ROUGE-L, CIDEr-D, exact match."""
     from geometry_os.systems.pixel_llm.captioning import evaluate_dataset
     from geometry_os.systems.pixel_llm.data import ImageTextDataset
 
     if sweep:
-        fixed = [flag(name) for name in GENERATION_FLAGS if name not in ("max_length", "seed") and params.get(name) is not None]
+        fixed = [
+            flag(name)
+            for name in GENERATION_FLAGS
+            if name not in ("max_length", "seed") and params.get(name) is not None
+        ]
         if fixed:
-            raise click.UsageError(ctx=click.get_current_context(), message=f"--sweep compares its own decoding settings; "
-                                   f"{', '.join(fixed)} would be ignored (only --max-length and --seed apply to it)")
+            raise click.UsageError(
+                ctx=click.get_current_context(),
+                message=f"--sweep compares its own decoding settings; "
+                f"{', '.join(fixed)} would be ignored (only --max-length and --seed apply to it)",
+            )
         settings = sweep_settings(params)
     else:
         settings = [("chosen", generation_config(params))]
@@ -170,8 +212,13 @@ def sweep_settings(params: dict[str, Any]) -> list[tuple[str, Any]]:
 
 
 COLUMNS = [
-    ("exact_match", "exact"), ("bleu_4", "BLEU-4"), ("cider_d", "CIDEr-D"), ("rouge_l", "ROUGE-L"),
-    ("distinct_1", "dist-1"), ("distinct_2", "dist-2"), ("identical_fraction", "identical"),
+    ("exact_match", "exact"),
+    ("bleu_4", "BLEU-4"),
+    ("cider_d", "CIDEr-D"),
+    ("rouge_l", "ROUGE-L"),
+    ("distinct_1", "dist-1"),
+    ("distinct_2", "dist-2"),
+    ("identical_fraction", "identical"),
     ("seconds_per_image", "s/img"),
 ]
 

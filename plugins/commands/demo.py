@@ -67,12 +67,25 @@ OUTPUTS = ("checkpoints", "report.md", "metrics.json", "curves.png", "attention.
 
 
 @click.command("demo")
-@click.option("--out", default="pixel-llm-demo", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for the checkpoints and the report (refused if it already holds either).")
-@click.option("--quick", is_flag=True,
-              help="A smoke test: the same path with a tiny model trained for 45 s (about a minute in all).")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the training run (scenes, model, data order) and of the held-out test scenes.")
+@click.option(
+    "--out",
+    default="pixel-llm-demo",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder for the checkpoints and the report (refused if it already holds either).",
+)
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="A smoke test: the same path with a tiny model trained for 45 s (about a minute in all).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the training run (scenes, model, data order) and of the held-out test scenes.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def demo_command(out: str, quick: bool, seed: int, quiet: bool) -> None:
     """Train a captioner on synthetic geometry scenes and write a report (metrics, loss curve,
@@ -94,9 +107,16 @@ def demo_command(out: str, quick: bool, seed: int, quiet: bool) -> None:
     checkpoints = out_dir / "checkpoints"
     click.echo(f"training the {recipe['preset']} preset on {recipe['num_scenes']} synthetic scenes ...")
     start = time.perf_counter()
-    summary = get_component("trainer").load().run(
-        preset=recipe["preset"], overrides=[*recipe["overrides"], f"trainer.seed={seed}"], quiet=quiet,
-        out=str(checkpoints), num_scenes=recipe["num_scenes"],
+    summary = (
+        get_component("trainer")
+        .load()
+        .run(
+            preset=recipe["preset"],
+            overrides=[*recipe["overrides"], f"trainer.seed={seed}"],
+            quiet=quiet,
+            out=str(checkpoints),
+            num_scenes=recipe["num_scenes"],
+        )
     )
     train_s = time.perf_counter() - start
     report = write_report(out_dir, checkpoints, recipe, seed, summary or {}, train_s)
@@ -107,10 +127,10 @@ def evaluate_by_shapes(model: Any, tokenizer: Any, n: int, seed: int) -> tuple[d
     """Greedy exact match on ``n`` held-out test scenes, overall and per number of shapes."""
     import torch
 
-    from geometry_os.systems.pixel_llm.components import get_component
-    from geometry_os.systems.pixel_llm.inference import generate_caption
     from geometry_os.plugins.datasets.shapes import exact_match_by_shapes
+    from geometry_os.systems.pixel_llm.components import get_component
     from geometry_os.systems.pixel_llm.data import per_image
+    from geometry_os.systems.pixel_llm.inference import generate_caption
     from geometry_os.systems.pixel_llm.metrics import caption_metrics
 
     test = get_component("dataset", "shapes").build(
@@ -120,7 +140,8 @@ def evaluate_by_shapes(model: Any, tokenizer: Any, n: int, seed: int) -> tuple[d
     for start in range(0, len(test), 64):
         images = torch.stack([test[i]["image"] for i in range(start, min(start + 64, len(test)))])
         predictions += [
-            tokenizer.decode(row.tolist()) for row in generate_caption(model, images, max_length=model.config.max_seq_len)
+            tokenizer.decode(row.tolist())
+            for row in generate_caption(model, images, max_length=model.config.max_seq_len)
         ]
     truths = test.captions
     metrics = caption_metrics(*per_image(test, predictions))  # one caption per image, all its references
@@ -128,8 +149,9 @@ def evaluate_by_shapes(model: Any, tokenizer: Any, n: int, seed: int) -> tuple[d
     return metrics, test, predictions
 
 
-def write_report(out_dir: Path, checkpoints: Path, recipe: dict[str, Any], seed: int, summary: dict[str, Any],
-                 train_s: float) -> Path:
+def write_report(
+    out_dir: Path, checkpoints: Path, recipe: dict[str, Any], seed: int, summary: dict[str, Any], train_s: float
+) -> Path:
     from PIL import Image
 
     from geometry_os.systems.pixel_llm.checkpoint import resolve_checkpoint_folder
@@ -148,13 +170,19 @@ def write_report(out_dir: Path, checkpoints: Path, recipe: dict[str, Any], seed:
         Image.fromarray(test.images[i].permute(1, 2, 0).numpy()).resize((128, 128), Image.Resampling.NEAREST).save(path)
         rows.append(f"| ![]({path.relative_to(out_dir)}) | {predictions[i]} | {test.captions[i]} |")
     example = images_dir / "example-0.png"
-    attention = render_panels(explain_image(model, tokenizer, str(example)), out_dir / "attention.png") if rows else None
+    attention = (
+        render_panels(explain_image(model, tokenizer, str(example)), out_dir / "attention.png") if rows else None
+    )
     curve = checkpoints / "curves.png"
     if curve.is_file():
         shutil.copyfile(curve, out_dir / "curves.png")
 
-    atomic_write_text(out_dir / "metrics.json", json.dumps({"metrics": metrics, "summary": summary}, indent=2, default=str))
-    per_shapes = ", ".join(f"{k} shape{'s' if k > 1 else ''}: {v:.1%}" for k, v in metrics["exact_match_by_shapes"].items())
+    atomic_write_text(
+        out_dir / "metrics.json", json.dumps({"metrics": metrics, "summary": summary}, indent=2, default=str)
+    )
+    per_shapes = ", ".join(
+        f"{k} shape{'s' if k > 1 else ''}: {v:.1%}" for k, v in metrics["exact_match_by_shapes"].items()
+    )
     lines = [
         "# Pixel LLM demo",
         "",
@@ -162,10 +190,17 @@ def write_report(out_dir: Path, checkpoints: Path, recipe: dict[str, Any], seed:
         f"{summary.get('global_step', '?')} steps in {train_s:.0f} s; evaluated with greedy decoding on "
         f"{len(test)} held-out test scenes.",
         "",
-        *([f"**This is a smoke test** (`--quick`): a tiny model trained for {QUICK_BUDGET_S} s of training time "
-           "checks that the whole path works; its captions are varied and partly right, not good. "
-           "`geo-os pixel-llm demo` without `--quick` trains the `small` model for 9 minutes "
-           "(about 98 % exact match).", ""] if recipe.get("smoke_test") else []),
+        *(
+            [
+                f"**This is a smoke test** (`--quick`): a tiny model trained for {QUICK_BUDGET_S} s of training time "
+                "checks that the whole path works; its captions are varied and partly right, not good. "
+                "`geo-os pixel-llm demo` without `--quick` trains the `small` model for 9 minutes "
+                "(about 98 % exact match).",
+                "",
+            ]
+            if recipe.get("smoke_test")
+            else []
+        ),
         "| metric | value |",
         "|---|---|",
         f"| exact match | {metrics['exact_match']:.1%} ({per_shapes}) |",
@@ -179,11 +214,18 @@ def write_report(out_dir: Path, checkpoints: Path, recipe: dict[str, Any], seed:
         lines += ["## Training curves", "", "![loss and metrics](curves.png)", ""]
     lines += ["## Examples", "", "| image | generated | true |", "|---|---|---|", *rows, ""]
     if attention is not None:
-        lines += ["## Where the model looked", "",
-                  "Cross-attention of each generated word over the image patches (mean over heads and layers):", "",
-                  "![attention](attention.png)", ""]
-    lines += [f"Checkpoint: `{best}` — caption your own images with "
-              f"`geo-os pixel-llm caption IMAGE --checkpoint {best}`.", ""]
+        lines += [
+            "## Where the model looked",
+            "",
+            "Cross-attention of each generated word over the image patches (mean over heads and layers):",
+            "",
+            "![attention](attention.png)",
+            "",
+        ]
+    lines += [
+        f"Checkpoint: `{best}` — caption your own images with `geo-os pixel-llm caption IMAGE --checkpoint {best}`.",
+        "",
+    ]
     report = out_dir / "report.md"
     atomic_write_text(report, "\n".join(lines))
     return report

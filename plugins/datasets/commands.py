@@ -48,8 +48,10 @@ def parse_splits(text: str) -> dict[str, float]:
     for part in text.split(","):
         name, sep, value = part.strip().partition("=")
         if not sep or not _SPLIT_NAME.fullmatch(name) or name in ("captions", COMPOSITIONAL):
-            raise ValueError(f"{part.strip()!r} is not NAME=FRACTION "
-                             f"(NAME: letters, digits, _ or -, not 'captions' or '{COMPOSITIONAL}')")
+            raise ValueError(
+                f"{part.strip()!r} is not NAME=FRACTION "
+                f"(NAME: letters, digits, _ or -, not 'captions' or '{COMPOSITIONAL}')"
+            )
         if name in splits:
             raise ValueError(f"split {name!r} is given twice")
         try:
@@ -78,8 +80,15 @@ def _write_entries(path: Path, entries: list[dict]) -> None:
     path.write_text(f"[\n{body}\n]\n" if entries else "[]\n", encoding="utf-8")
 
 
-def _write_dataset(staging: Path, counts: dict[str, int], seed: int, image_size: int, splits: dict,
-                   hold_out: frozenset[Pair] = frozenset(), max_objects: int = 3) -> None:
+def _write_dataset(
+    staging: Path,
+    counts: dict[str, int],
+    seed: int,
+    image_size: int,
+    splits: dict,
+    hold_out: frozenset[Pair] = frozenset(),
+    max_objects: int = 3,
+) -> None:
     everything = []
     for split, count in counts.items():
         folder = staging / "images" / split
@@ -103,7 +112,8 @@ def _commit(staging: Path, out: Path, names: list[str]) -> None:
         (out / "images").mkdir(exist_ok=True)
         (trash / "images").mkdir()
         names = [f"images/{split.name}" for split in sorted((staging / "images").iterdir())] + [
-            n for n in names if n != "images"]
+            n for n in names if n != "images"
+        ]
     for name in names:
         if (out / name).exists():
             os.replace(out / name, trash / name)
@@ -115,15 +125,38 @@ def _commit(staging: Path, out: Path, names: list[str]) -> None:
 @click.option("--n", "n", required=True, type=click.IntRange(min=1), help="Number of scenes over all splits.")
 @click.option("--seed", default=0, show_default=True, type=int, help="The same seed writes the same scenes.")
 @click.option("--image-size", default=64, show_default=True, type=click.IntRange(min=8), help="Pixels per side.")
-@click.option("--splits", "splits_text", default=_DEFAULT_SPLITS_TEXT, show_default=True,
-              help="NAME=FRACTION,... summing to 1; a split gets <NAME>.json and images/<NAME>/.")
-@click.option("--hold-out", "hold_out_text", default=None, metavar="'COLOUR KIND,...'",
-              help="Colour-kind pairs no split contains; adds a 'compositional' split of scenes that contain one.")
-@click.option("--max-objects", default=3, show_default=True, type=click.IntRange(1, MAX_OBJECTS),
-              help="Shapes per scene are drawn from 1..N (more than 3: longer scenes than the default).")
+@click.option(
+    "--splits",
+    "splits_text",
+    default=_DEFAULT_SPLITS_TEXT,
+    show_default=True,
+    help="NAME=FRACTION,... summing to 1; a split gets <NAME>.json and images/<NAME>/.",
+)
+@click.option(
+    "--hold-out",
+    "hold_out_text",
+    default=None,
+    metavar="'COLOUR KIND,...'",
+    help="Colour-kind pairs no split contains; adds a 'compositional' split of scenes that contain one.",
+)
+@click.option(
+    "--max-objects",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1, MAX_OBJECTS),
+    help="Shapes per scene are drawn from 1..N (more than 3: longer scenes than the default).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace the outputs in a non-empty OUT (other files are kept).")
-def make_shapes(out: Path, n: int, seed: int, image_size: int, splits_text: str, hold_out_text: str | None,
-                max_objects: int, overwrite: bool) -> None:
+def make_shapes(
+    out: Path,
+    n: int,
+    seed: int,
+    image_size: int,
+    splits_text: str,
+    hold_out_text: str | None,
+    max_objects: int,
+    overwrite: bool,
+) -> None:
     """Write N synthetic scenes as PNG files plus caption files (<split>.json and captions.json)."""
     try:
         splits = parse_splits(splits_text)
@@ -152,23 +185,38 @@ def make_shapes(out: Path, n: int, seed: int, image_size: int, splits_text: str,
     click.echo(f"wrote {sum(counts.values())} scenes to {out}: {summary} (captions.json lists all)")
 
 
-make_shapes.help = (f"{make_shapes.help}\n\nCaptions: 'a SIZE COLOUR KIND' joined by relations, left to right. "
-                    f"Colours: {', '.join(COLOURS)}. Kinds: {', '.join(KINDS)}. Sizes: small, large. "
-                    f"Relations: {', '.join(RELATIONS)}.")
+make_shapes.help = (
+    f"{make_shapes.help}\n\nCaptions: 'a SIZE COLOUR KIND' joined by relations, left to right. "
+    f"Colours: {', '.join(COLOURS)}. Kinds: {', '.join(KINDS)}. Sizes: small, large. "
+    f"Relations: {', '.join(RELATIONS)}."
+)
 
 
 @click.command("lint-data")
 @click.argument("data", nargs=-1, required=True, metavar="[FORMAT:]PATH...")
-@click.option("--vocab", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A saved tokenizer JSON: report the out-of-vocabulary rate and lengths in its tokens.")
+@click.option(
+    "--vocab",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A saved tokenizer JSON: report the out-of-vocabulary rate and lengths in its tokens.",
+)
 @image_root_option
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default=None,
-              help="Only this part of a split file (karpathy; restval counts as train).")
-@click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Streamed formats (WebDataset shards): check this many samples, streaming.")
+@click.option(
+    "--split",
+    type=click.Choice(["train", "val", "test"]),
+    default=None,
+    help="Only this part of a split file (karpathy; restval counts as train).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Streamed formats (WebDataset shards): check this many samples, streaming.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def lint_data(data: tuple[str, ...], vocab: Path | None, image_root: str | None, split: str | None, limit: int,
-              as_json: bool) -> None:
+def lint_data(
+    data: tuple[str, ...], vocab: Path | None, image_root: str | None, split: str | None, limit: int, as_json: bool
+) -> None:
     """Check caption data of any registered format and all its images; report every problem; exit 1 if there
     are errors."""
     from geometry_os.plugins.datasets.lint import format_report, lint_files, load_vocab
@@ -179,8 +227,9 @@ def lint_data(data: tuple[str, ...], vocab: Path | None, image_root: str | None,
             tokenizer = load_vocab(vocab)
         except ValueError as e:
             raise click.ClickException(" ".join(str(e).split())) from None
-    report = lint_files([str(p) for p in data], tokenizer, vocab_path=vocab, image_root=image_root, split=split,
-                        limit=limit)
+    report = lint_files(
+        [str(p) for p in data], tokenizer, vocab_path=vocab, image_root=image_root, split=split, limit=limit
+    )
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
     if report["errors"]:
         raise click.exceptions.Exit(1)

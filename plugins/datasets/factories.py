@@ -16,13 +16,22 @@ def build_captions(options: CaptionsOptions, tokenizer: Any = None):
     from geometry_os.systems.pixel_llm.data import ImageTextDataset
 
     config = DatasetConfig(**options.model_dump(exclude={"data_path", "image_root", "split"}))
-    return ImageTextDataset(options.data_path, tokenizer=tokenizer, config=config, image_root=options.image_root,
-                            split=options.split)
+    return ImageTextDataset(
+        options.data_path, tokenizer=tokenizer, config=config, image_root=options.image_root, split=options.split
+    )
 
 
 def build_shapes(options: ShapesOptions, tokenizer: Any = None):
     from geometry_os.plugins.datasets.shapes_dataset import ShapesDataset
 
-    return ShapesDataset(options.n, options.seed, options.image_size, options.split, tokenizer=tokenizer,
-                         shape_weights=options.shape_weights, mean=options.mean, std=options.std,
-                         hold_out=options.hold_out)
+    return ShapesDataset(
+        options.n,
+        options.seed,
+        options.image_size,
+        options.split,
+        tokenizer=tokenizer,
+        shape_weights=options.shape_weights,
+        mean=options.mean,
+        std=options.std,
+        hold_out=options.hold_out,
+    )

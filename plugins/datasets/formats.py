@@ -171,8 +171,10 @@ class ImageFolder(CaptionFormat):
         out = Records(path, root, on_error)
         images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not images:
-            raise DataError(f"{path}: is a directory with no metadata.jsonl, metadata.csv or image files "
-                            "(expected a caption file or an image folder)")
+            raise DataError(
+                f"{path}: is a directory with no metadata.jsonl, metadata.csv or image files "
+                "(expected a caption file or an image folder)"
+            )
         for n, image in enumerate(images):
             text_file = image.with_suffix(".txt")
             if not text_file.is_file():
@@ -234,8 +236,10 @@ class WebDataset(CaptionFormat):
         return path.is_file() and path.suffix == ".tar"
 
     def read(self, path: str, image_root: str | None, on_error: str, split: str | None) -> Read:
-        raise DataError(f"{path}: WebDataset shards are streamed, not read into a list: train with --data "
-                        "webdataset:PATTERN and check them with lint-data --limit")
+        raise DataError(
+            f"{path}: WebDataset shards are streamed, not read into a list: train with --data "
+            "webdataset:PATTERN and check them with lint-data --limit"
+        )
 
     def stream(self, spec: str, tokenizer, config, seed: int = 0, **options):
         from .shards import ShardStream

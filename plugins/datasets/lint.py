@@ -18,10 +18,11 @@ import hashlib
 import math
 import os
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from statistics import mean
-from typing import Any, Sequence
+from typing import Any
 
 from geometry_os.fileio import parse_json, read_utf8
 from geometry_os.systems.pixel_llm.data import CaptionRecord, DataError, load_image
@@ -75,8 +76,7 @@ def _caption_stats(records: Sequence[CaptionRecord], tokenizer: Any) -> tuple[di
 def _summary(lengths: list[int]) -> dict:
     if not lengths:
         return {"min": 0, "max": 0, "mean": 0.0, "histogram": {}}
-    return {"min": min(lengths), "max": max(lengths), "mean": round(mean(lengths), 2),
-            "histogram": histogram(lengths)}
+    return {"min": min(lengths), "max": max(lengths), "mean": round(mean(lengths), 2), "histogram": histogram(lengths)}
 
 
 def _check_images(path: str, records: list[CaptionRecord], max_pixels: int, threads: int) -> list[tuple]:
@@ -112,9 +112,11 @@ def _single_colour(path: str, rgb: Any, label: str) -> str | None:
     except OSError:  # pragma: no cover - it was just read
         transparent = False
     if transparent:
-        return (f"{label}: becomes a single colour {rgb.getpixel((0, 0))} once its transparency is flattened "
-                "onto black, as train does (a dark drawing on a transparent background?); flatten it onto a "
-                "light background first")
+        return (
+            f"{label}: becomes a single colour {rgb.getpixel((0, 0))} once its transparency is flattened "
+            "onto black, as train does (a dark drawing on a transparent background?); flatten it onto a "
+            "light background first"
+        )
     return f"{label}: is a single colour {rgb.getpixel((0, 0))} as loaded: there is nothing to caption"
 
 
@@ -127,11 +129,16 @@ def _coco_images_without_captions(path: str) -> list[str]:
         data = parse_json(read_utf8(path), path, DataError)
     except (DataError, OSError, UnicodeDecodeError):
         return []
-    if not (isinstance(data, dict) and isinstance(data.get("images"), list) and isinstance(data.get("annotations"), list)):
+    if not (
+        isinstance(data, dict) and isinstance(data.get("images"), list) and isinstance(data.get("annotations"), list)
+    ):
         return []
     used = {a.get("image_id") for a in data["annotations"] if isinstance(a, dict) and _hashable(a.get("image_id"))}
-    return [str(i.get("file_name")) for i in data["images"]
-            if isinstance(i, dict) and _hashable(i.get("id")) and i.get("id") not in used]
+    return [
+        str(i.get("file_name"))
+        for i in data["images"]
+        if isinstance(i, dict) and _hashable(i.get("id")) and i.get("id") not in used
+    ]
 
 
 def _hashable(value: Any) -> bool:
@@ -162,8 +169,15 @@ def lint_stream(report: dict[str, Any], spec: str, limit: int) -> dict[str, Any]
     return report
 
 
-def lint_file(path: str, tokenizer: Any, image_root: Any, max_pixels: int, threads: int,
-              split: str | None = None, limit: int = 1000) -> tuple[dict, list, list]:
+def lint_file(
+    path: str,
+    tokenizer: Any,
+    image_root: Any,
+    max_pixels: int,
+    threads: int,
+    split: str | None = None,
+    limit: int = 1000,
+) -> tuple[dict, list, list]:
     """The report of one file (any registered format), its (record, digest) pairs for the checks across
     files, and its records (for the vocabulary check of later files)."""
     report: dict[str, Any] = {"path": path, "entries": 0, "samples": 0, "images": 0, "errors": [], "warnings": []}
@@ -183,8 +197,9 @@ def lint_file(path: str, tokenizer: Any, image_root: Any, max_pixels: int, threa
     unused = _coco_images_without_captions(path)
     if unused:
         shown = ", ".join(unused[:3]) + (", ..." if len(unused) > 3 else "")
-        report["warnings"].append(f"{path}: {len(unused)} of its images have no caption in \"annotations\" "
-                                  f"and are never used: {shown}")
+        report["warnings"].append(
+            f'{path}: {len(unused)} of its images have no caption in "annotations" and are never used: {shown}'
+        )
     checked = _check_images(path, records, max_pixels, threads)
     report["images"] = len(checked)
     report["errors"] += [error for _, error, _, _ in checked if error]
@@ -229,7 +244,9 @@ def lint_files(
     by_bytes: dict[str, dict[str, CaptionRecord]] = {}  # digest -> {caption file: record}
     captions: dict[str, list[CaptionRecord]] = {}
     for path in paths:
-        file_report, images, captions[path] = lint_file(path, tokenizer, image_root, max_image_pixels, threads, split, limit)
+        file_report, images, captions[path] = lint_file(
+            path, tokenizer, image_root, max_image_pixels, threads, split, limit
+        )
         report["files"].append(file_report)
         for record, digest in images:
             by_path.setdefault(os.path.realpath(record.image), {}).setdefault(path, record)
@@ -250,8 +267,9 @@ def lint_files(
     return report
 
 
-def _report_missing_words(files: list[dict[str, Any]], captions: dict[str, list[CaptionRecord]], tokenizer: Any,
-                          vocab_path: Any) -> None:
+def _report_missing_words(
+    files: list[dict[str, Any]], captions: dict[str, list[CaptionRecord]], tokenizer: Any, vocab_path: Any
+) -> None:
     """Warn, per file, about the words the training vocabulary cannot spell: ``--vocab``'s for every file,
     else the one ``train`` would build from the first file's captions, for the other files."""
     paths = list(captions)
@@ -281,8 +299,10 @@ def _report_missing_words(files: list[dict[str, Any]], captions: dict[str, list[
         if missing:
             shown = ", ".join(f"{w!r} ({n}x)" for w, n in missing.most_common(MISSING_WORDS_SHOWN))
             more = f", and {len(missing) - MISSING_WORDS_SHOWN} more" if len(missing) > MISSING_WORDS_SHOWN else ""
-            f["warnings"].append(f"{f['path']}: {len(missing)} word{'s' * (len(missing) != 1)} not in {source}, so the "
-                                 f"model can never produce them: {shown}{more}")
+            f["warnings"].append(
+                f"{f['path']}: {len(missing)} word{'s' * (len(missing) != 1)} not in {source}, so the "
+                f"model can never produce them: {shown}{more}"
+            )
 
 
 def _words(tokenizer: Any, text: str) -> list[str]:

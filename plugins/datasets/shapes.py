@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 from PIL import Image, ImageDraw
 
@@ -64,8 +64,9 @@ def parse_pairs(text: str) -> frozenset[Pair]:
     for part in text.split(","):
         words = part.split()
         if len(words) != 2 or words[0] not in COLOURS or words[1] not in KINDS:
-            raise ValueError(f"{part.strip()!r} is not 'COLOUR KIND' (colours: {', '.join(COLOURS)}; "
-                             f"kinds: {', '.join(KINDS)})")
+            raise ValueError(
+                f"{part.strip()!r} is not 'COLOUR KIND' (colours: {', '.join(COLOURS)}; kinds: {', '.join(KINDS)})"
+            )
         pairs.add((words[0], words[1]))
     return frozenset(pairs)
 
@@ -162,8 +163,10 @@ def sample_scene(rng: random.Random, n_objects: int | None = None, max_tries: in
     """
     n = n_objects if n_objects is not None else 1 + _uniform(rng, 3)
     colours = tuple(COLOURS)
-    return tuple(Shape(KINDS[_uniform(rng, 4)], colours[_uniform(rng, 6)], size, x, y)
-                 for x, y, size in _layout(rng, n, max_tries))
+    return tuple(
+        Shape(KINDS[_uniform(rng, 4)], colours[_uniform(rng, 6)], size, x, y)
+        for x, y, size in _layout(rng, n, max_tries)
+    )
 
 
 def caption(scene: Scene) -> str:

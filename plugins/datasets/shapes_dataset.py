@@ -6,14 +6,21 @@ seed: same pixels, same normalisation (``mean``/``std``, the ``DatasetConfig`` d
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from geometry_os.plugins.datasets.shapes import VOCABULARY, caption, make_split, parse_pairs, render_scene
-from geometry_os.systems.pixel_llm.data import CaptionedImages, CaptionRecord, CaptionTokens, resolve_tokenizer, special_id
-from geometry_os.systems.pixel_llm.protocols import EOS_ID
+from geometry_os.systems.pixel_llm.data import (
+    CaptionedImages,
+    CaptionRecord,
+    CaptionTokens,
+    resolve_tokenizer,
+    special_id,
+)
 from geometry_os.systems.pixel_llm.data_config import IMAGENET_MEAN, IMAGENET_STD, DatasetConfig
+from geometry_os.systems.pixel_llm.protocols import EOS_ID
 
 
 def default_tokenizer() -> Any:
@@ -32,10 +39,19 @@ class ShapesDataset(CaptionedImages):
     Memory: n x 3 x image_size^2 bytes (30 000 scenes at 64 px: 369 MB).
     """
 
-    def __init__(self, n: int, seed: int = 0, image_size: int = 64, split: str = "train", tokenizer: Any = None,
-                 max_length: int = DatasetConfig().max_length, shape_weights: Sequence[float] | None = None,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 hold_out: Sequence[str] = ()):
+    def __init__(
+        self,
+        n: int,
+        seed: int = 0,
+        image_size: int = 64,
+        split: str = "train",
+        tokenizer: Any = None,
+        max_length: int = DatasetConfig().max_length,
+        shape_weights: Sequence[float] | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        hold_out: Sequence[str] = (),
+    ):
         self.config = DatasetConfig(image_size=image_size, max_length=max_length, mean=tuple(mean), std=tuple(std))
         self.seed, self.split = seed, split
         pairs = parse_pairs(",".join(hold_out)) if hold_out else frozenset()
@@ -48,8 +64,9 @@ class ShapesDataset(CaptionedImages):
         if tokenizer is None:
             tokenizer = default_tokenizer()
         self.tokenizer, encode = resolve_tokenizer(tokenizer, self.captions)
-        self.tokens = CaptionTokens(encode, self.captions, self.config.max_length,
-                                    special_id(self.tokenizer, "eos_token_id", EOS_ID))
+        self.tokens = CaptionTokens(
+            encode, self.captions, self.config.max_length, special_id(self.tokenizer, "eos_token_id", EOS_ID)
+        )
         step = image_size * image_size * 3
         pixels = bytearray(n * step)  # allocated once: growing it would copy hundreds of MB
         for i, scene in enumerate(self.scenes):

@@ -25,8 +25,9 @@ from __future__ import annotations
 import io
 import json
 import random
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import IterableDataset
@@ -48,7 +49,9 @@ def _webdataset() -> None:
     try:
         import webdataset  # noqa: F401
     except ImportError:
-        raise DataError("WebDataset shards need the webdataset package: pip install 'geometry-os[webdataset]'") from None
+        raise DataError(
+            "WebDataset shards need the webdataset package: pip install 'geometry-os[webdataset]'"
+        ) from None
 
 
 def expand_shards(pattern: str) -> list[str]:
@@ -104,8 +107,17 @@ class ShardStream(IterableDataset):
     (per consumer). ``tokenizer`` None: the ``simple`` vocabulary trained on the captions of the first
     ``vocab_samples`` samples."""
 
-    def __init__(self, pattern: str, tokenizer: Any = None, config: DatasetConfig | None = None, *,
-                 shuffle_buffer: int = 1000, seed: int = 0, limit: int | None = None, vocab_samples: int = 10000):
+    def __init__(
+        self,
+        pattern: str,
+        tokenizer: Any = None,
+        config: DatasetConfig | None = None,
+        *,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        limit: int | None = None,
+        vocab_samples: int = 10000,
+    ):
         self.pattern, self.config = pattern, config or DatasetConfig()
         self.shards = expand_shards(pattern)
         self.shuffle_buffer, self.seed, self.limit = shuffle_buffer, seed, limit
@@ -153,8 +165,13 @@ class ShardStream(IterableDataset):
                 continue
             for caption in captions:
                 ids = truncate([int(i) for i in self._encode(caption)], self.config.max_length)
-                yield {"image": image, "input_ids": torch.tensor(ids, dtype=torch.long), "caption": caption,
-                       "image_path": label, "index": -1}
+                yield {
+                    "image": image,
+                    "input_ids": torch.tensor(ids, dtype=torch.long),
+                    "caption": caption,
+                    "image_path": label,
+                    "index": -1,
+                }
 
 
 def _limited(samples: Iterator[dict[str, Any]], limit: int | None) -> Iterator[dict[str, Any]]:

@@ -28,10 +28,10 @@ class _History:
     def __init__(self, seq: torch.Tensor, tok: torch.Tensor | None, att: torch.Tensor | None = None):
         self.seq, self.tok, self.att = seq, tok, att
 
-    def take(self, index: torch.Tensor) -> "_History":
+    def take(self, index: torch.Tensor) -> _History:
         return _History(*(None if x is None else x[index] for x in (self.seq, self.tok, self.att)))
 
-    def grouped(self, n: int) -> "_History":
+    def grouped(self, n: int) -> _History:
         """(n * K, ...) rows as (n, K, ...)."""
         return _History(*(None if x is None else x.view(n, -1, *x.shape[1:]) for x in (self.seq, self.tok, self.att)))
 
@@ -108,7 +108,9 @@ class BeamSearchDecoding:
             pool.sum.zero_()
         return self._output(pool, config)
 
-    def _search(self, decoder: Any, features: torch.Tensor, config: GenerationConfig, max_len: int, pool: _Pool) -> None:
+    def _search(
+        self, decoder: Any, features: torch.Tensor, config: GenerationConfig, max_len: int, pool: _Pool
+    ) -> None:
         device = features.device
         B, K = features.shape[0], config.num_beams
         eos, lp = config.eos_token_id, config.length_penalty
@@ -157,7 +159,9 @@ class BeamSearchDecoding:
             beam_scores, keep = torch.where(is_eos, NEG_INF, top).topk(K, dim=1)
             rows = src.gather(1, keep).view(-1)
             running = running.take(rows)
-            running.write(t, tok.gather(1, keep).view(-1), None if tok_logp is None else tok_logp.gather(1, keep).view(-1))
+            running.write(
+                t, tok.gather(1, keep).view(-1), None if tok_logp is None else tok_logp.gather(1, keep).view(-1)
+            )
 
             if t == max_len - 1:  # length cap: unfinished beams of running images join the pool
                 pool.add(images, beam_scores / float(t) ** lp, beam_scores, t + 1, running.grouped(n))

@@ -14,14 +14,15 @@ runs eagerly. Captions equal those of the dynamic cache up to floating-point sum
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from geometry_os.errors import ComponentError
 
 # decoder -> {(rows, max_length, images, N, dtype, device, parameter addresses): captured step}
-_CAPTURED: "weakref.WeakKeyDictionary[Any, dict[tuple, _CapturedStep]]" = weakref.WeakKeyDictionary()
+_CAPTURED: weakref.WeakKeyDictionary[Any, dict[tuple, _CapturedStep]] = weakref.WeakKeyDictionary()
 
 
 class _CapturedStep:
@@ -46,7 +47,9 @@ class _CapturedStep:
         return self.logits
 
 
-def _step_function(decoder: Any, features: torch.Tensor, rows: int, max_len: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def _step_function(
+    decoder: Any, features: torch.Tensor, rows: int, max_len: int
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """``tokens (rows, 1) -> logits (rows, vocab)`` for positions 0, 1, ... of these images."""
     if not supports_static_cache(decoder):
         raise ComponentError(
@@ -56,8 +59,14 @@ def _step_function(decoder: Any, features: torch.Tensor, rows: int, max_len: int
     if features.device.type != "cuda":
         cache = decoder.init_static_cache(features, max_len, rows)
         return lambda tokens: decoder.static_step(tokens, cache)
-    key = (rows, max_len, *features.shape[:2], features.dtype, features.device,
-           tuple(p.data_ptr() for p in decoder.parameters()))  # new weights: a new graph
+    key = (
+        rows,
+        max_len,
+        *features.shape[:2],
+        features.dtype,
+        features.device,
+        tuple(p.data_ptr() for p in decoder.parameters()),
+    )  # new weights: a new graph
     graphs = _CAPTURED.setdefault(decoder, {})
     step = graphs.get(key)
     if step is None:

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
@@ -38,8 +39,18 @@ def _as_id_list(ids: Any) -> list[int]:
 
 def clean_up_tokenization(text: str) -> str:
     """HF ``PreTrainedTokenizerBase.clean_up_tokenization``: no space before punctuation and English contractions."""
-    for old, new in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
-                     (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+    for old, new in (
+        (" .", "."),
+        (" ?", "?"),
+        (" !", "!"),
+        (" ,", ","),
+        (" ' ", "'"),
+        (" n't", "n't"),
+        (" 'm", "'m"),
+        (" 's", "'s"),
+        (" 've", "'ve"),
+        (" 're", "'re"),
+    ):
         text = text.replace(old, new)
     return text
 
@@ -52,8 +63,9 @@ def _parse_backend(text: str, source: Any) -> Tokenizer:
         raise ValueError(f"{source}: not a valid tokenizers JSON: {reason}") from None
 
 
-def gpt2_from_vocab_merges(vocab: str | os.PathLike, merges: str | os.PathLike,
-                           special_tokens: Sequence[str] = ("<|endoftext|>",)) -> Tokenizer:
+def gpt2_from_vocab_merges(
+    vocab: str | os.PathLike, merges: str | os.PathLike, special_tokens: Sequence[str] = ("<|endoftext|>",)
+) -> Tokenizer:
     """GPT-2's byte-level BPE from the slow tokenizer's ``vocab.json`` + ``merges.txt`` (no prefix space,
     as ``GPT2Tokenizer``); ``special_tokens`` found in the vocabulary keep their ids and are marked special
     (skipped by ``decode(skip_special_tokens=True)``)."""
@@ -70,11 +82,23 @@ class HFTokenizer:
     ``unk_token_id`` may be None (byte-level BPE has no unknown token). Ids must lie inside the vocabulary.
     """
 
-    def __init__(self, backend: Tokenizer, bos_token_id: int, eos_token_id: int, pad_token_id: int | None = None,
-                 unk_token_id: int | None = None, clean_up_tokenization_spaces: bool = False, source: Any = "tokenizer"):
+    def __init__(
+        self,
+        backend: Tokenizer,
+        bos_token_id: int,
+        eos_token_id: int,
+        pad_token_id: int | None = None,
+        unk_token_id: int | None = None,
+        clean_up_tokenization_spaces: bool = False,
+        source: Any = "tokenizer",
+    ):
         size = backend.get_vocab_size(with_added_tokens=True)
-        ids = {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id,
-               "pad_token_id": eos_token_id if pad_token_id is None else pad_token_id, "unk_token_id": unk_token_id}
+        ids = {
+            "bos_token_id": bos_token_id,
+            "eos_token_id": eos_token_id,
+            "pad_token_id": eos_token_id if pad_token_id is None else pad_token_id,
+            "unk_token_id": unk_token_id,
+        }
         for name, value in ids.items():
             if value is None and name == "unk_token_id":
                 continue
@@ -87,16 +111,18 @@ class HFTokenizer:
         self._tok = backend
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, **ids: Any) -> "HFTokenizer":
+    def from_file(cls, path: str | os.PathLike, **ids: Any) -> HFTokenizer:
         """A ``tokenizer.json`` (the ``tokenizers`` format) with the given ``*_token_id`` keywords."""
         text = read_utf8(path)
         parse_json(text, path, what="tokenizer JSON")
         return cls(_parse_backend(text, path), source=path, **ids)
 
     @classmethod
-    def train(cls, texts: Any, options: Any = None) -> "HFTokenizer":
-        raise ValueError("the 'hf' tokenizer is not trained: it comes with a pretrained model "
-                         "(geo-os pixel-llm import, or train --init-from an imported checkpoint)")
+    def train(cls, texts: Any, options: Any = None) -> HFTokenizer:
+        raise ValueError(
+            "the 'hf' tokenizer is not trained: it comes with a pretrained model "
+            "(geo-os pixel-llm import, or train --init-from an imported checkpoint)"
+        )
 
     @property
     def backend(self) -> Tokenizer:
@@ -117,7 +143,9 @@ class HFTokenizer:
         return len(self)
 
     def __repr__(self) -> str:
-        return f"HFTokenizer(size={len(self)}, bos={self.bos_token_id}, eos={self.eos_token_id}, pad={self.pad_token_id})"
+        return (
+            f"HFTokenizer(size={len(self)}, bos={self.bos_token_id}, eos={self.eos_token_id}, pad={self.pad_token_id})"
+        )
 
     def token_to_id(self, token: str) -> int | None:
         found = self._tok.token_to_id(token)
@@ -155,15 +183,19 @@ class HFTokenizer:
         return [self.decode(row, skip_special_tokens) for row in rows]
 
     def _data(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, **{k: getattr(self, k) for k in ID_FIELDS},
-                "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
-                "tokenizer": json.loads(self._tok.to_str())}
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            **{k: getattr(self, k) for k in ID_FIELDS},
+            "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
+            "tokenizer": json.loads(self._tok.to_str()),
+        }
 
     def save(self, path: str | os.PathLike) -> None:
         atomic_write_text(path, json.dumps(self._data(), ensure_ascii=False) + "\n")
 
     @classmethod
-    def _from_data(cls, data: Any, source: Any) -> "HFTokenizer":
+    def _from_data(cls, data: Any, source: Any) -> HFTokenizer:
         def fail(why: str) -> ValueError:
             return ValueError(f"{source}: not a valid hf tokenizer file: {why}")
 
@@ -179,10 +211,17 @@ class HFTokenizer:
         if not isinstance(data.get("tokenizer"), dict):
             raise fail('"tokenizer" must be the tokenizers JSON object')
         backend = _parse_backend(json.dumps(data["tokenizer"]), source)
-        return cls(backend, data.get("bos_token_id"), data.get("eos_token_id"), data.get("pad_token_id"),
-                   data.get("unk_token_id"), bool(data.get("clean_up_tokenization_spaces", False)), source=source)
+        return cls(
+            backend,
+            data.get("bos_token_id"),
+            data.get("eos_token_id"),
+            data.get("pad_token_id"),
+            data.get("unk_token_id"),
+            bool(data.get("clean_up_tokenization_spaces", False)),
+            source=source,
+        )
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "HFTokenizer":
+    def load(cls, path: str | os.PathLike) -> HFTokenizer:
         """Read a file written by ``save``; problems are one-line ValueErrors naming the file."""
         return cls._from_data(parse_json(read_utf8(path), path, what="tokenizer JSON"), Path(path))

@@ -10,8 +10,7 @@ import click
 
 @click.command("export")
 @click.option("--checkpoint", required=True, type=click.Path(), help="Checkpoint folder.")
-@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True,
-              help="Export format.")
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True, help="Export format.")
 @click.option("--out", required=True, type=click.Path(), help="Folder to write (replaced if it holds an export).")
 def export_command(checkpoint: str, fmt: str, out: str) -> None:
     """Export a checkpoint to ONNX: encoder, cross-attention K/V and one decoder step with its KV cache
@@ -34,14 +33,28 @@ def export_command(checkpoint: str, fmt: str, out: str) -> None:
 @click.option("--max-length", type=int, default=None, help="Longest caption in tokens (with <bos>).")
 @click.option("--max-new-tokens", type=int, default=None, help="Tokens after <bos>; overrides --max-length.")
 @click.option("--min-length", type=int, default=None, help="Ban <eos> while the caption is shorter.")
-@click.option("--suppress-token", "suppress_tokens", type=int, multiple=True, help="Never generate this id (repeatable).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Images decoded together (memory grows with it).")
+@click.option(
+    "--suppress-token", "suppress_tokens", type=int, multiple=True, help="Never generate this id (repeatable)."
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Images decoded together (memory grows with it).",
+)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array of {image, caption, score, ...}.")
 @click.option("--recursive", "-r", is_flag=True, help="Also caption the images in the sub-folders of a folder.")
-def caption_onnx_command(export_dir: str, images: tuple[str, ...], batch_size: int, threads: int | None,
-                         as_json: bool, recursive: bool, **options: Any) -> None:
+def caption_onnx_command(
+    export_dir: str,
+    images: tuple[str, ...],
+    batch_size: int,
+    threads: int | None,
+    as_json: bool,
+    recursive: bool,
+    **options: Any,
+) -> None:
     """Caption IMAGES (files, folders or glob patterns) with an exported folder and onnxruntime (greedy
     decoding; no torch is imported). Images are found and the output is printed as by the caption
     command (folders, --recursive); unreadable images are reported on stderr and skipped, the exit

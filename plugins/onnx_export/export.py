@@ -81,8 +81,16 @@ def _export(module: Any, args: tuple, path: Path, spec: dict[str, Any], dynamic:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on axis names and deprecations, not ours
         torch.onnx.export(
-            module, args, str(path), dynamo=True, verbose=False, opset_version=OPSET, external_data=False,
-            input_names=list(spec["inputs"]), output_names=list(spec["outputs"]), dynamic_shapes=dynamic,
+            module,
+            args,
+            str(path),
+            dynamo=True,
+            verbose=False,
+            opset_version=OPSET,
+            external_data=False,
+            input_names=list(spec["inputs"]),
+            output_names=list(spec["outputs"]),
+            dynamic_shapes=dynamic,
         )
 
 
@@ -152,8 +160,13 @@ def export_onnx(checkpoint: str | Path, out: str | Path) -> Path:
     plan = [
         ("encoder", EncoderGraph(model.encoder), (pixel_values,), (features,), {"pixel_values": {0: batch}}),
         ("decoder_init", CrossKVGraph(decoder), (features,), (cross_kv,), {"encoder_hidden_states": {0: batch}}),
-        ("decoder_step", DecoderStepGraph(decoder), (input_ids, past_kv, cross_kv), step_out,
-         {"input_ids": {0: batch}, "past_self_kv": {2: batch, 4: past}, "cross_kv": {2: batch}}),
+        (
+            "decoder_step",
+            DecoderStepGraph(decoder),
+            (input_ids, past_kv, cross_kv),
+            step_out,
+            {"input_ids": {0: batch}, "past_self_kv": {2: batch, 4: past}, "cross_kv": {2: batch}},
+        ),
     ]
     replaces = {MANIFEST, PREPROCESSOR, tokenizer_file.name, *GRAPH_FILES.values()}
     with AtomicFolder(Path(out), replaces=replaces) as tmp:
@@ -163,40 +176,48 @@ def export_onnx(checkpoint: str | Path, out: str | Path) -> Path:
             try:
                 _export(module.eval(), args, path, specs[name], dynamic)
             except Exception as exc:  # the exporter's own failure types vary by version
-                raise GeometryOSError(f"{folder}: exporting the {name} graph failed: {type(exc).__name__}: "
-                                      f"{' '.join(str(exc).split())[:300]}") from exc
+                raise GeometryOSError(
+                    f"{folder}: exporting the {name} graph failed: {type(exc).__name__}: "
+                    f"{' '.join(str(exc).split())[:300]}"
+                ) from exc
             verified[name] = _verify(path, args, expected, list(specs[name]["inputs"]))
         shutil.copyfile(tokenizer_file, tmp / tokenizer_file.name)
         image = DatasetConfig(**config.image_options())
         crop = image.resize == "shorter_crop"  # timm's eval transform: shorter side, then a centre crop
-        write_json_atomic(tmp / PREPROCESSOR, {
-            "image_processor_type": "ViTImageProcessor",
-            "do_convert_rgb": True,
-            "do_resize": True,
-            "size": {"shortest_edge": math.floor(s / image.crop_pct)} if crop else {"height": s, "width": s},
-            "resample": 3 if image.interpolation == "bicubic" else 2,  # PIL.Image.BICUBIC / BILINEAR
-            "do_center_crop": crop,
-            "crop_size": {"height": s, "width": s},
-            "do_rescale": True,
-            "rescale_factor": image.rescale_factor,
-            "do_normalize": True,
-            "image_mean": list(image.mean),
-            "image_std": list(image.std),
-        })
-        write_json_atomic(tmp / MANIFEST, {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "geometry_os_version": __version__,
-            "opset": OPSET,
-            "graphs": {name: {"file": GRAPH_FILES[name], **specs[name]} for name in GRAPH_FILES},
-            "special_ids": special,
-            "generation": config.generation,  # the model's default GenerationConfig fields
-            "vocab_size": config.vocab_size,
-            "max_seq_len": config.max_seq_len,
-            "tokenizer": {"component": entry["component"], "file": tokenizer_file.name},
-            "preprocessing": {"file": PREPROCESSOR, "max_image_pixels": image.max_image_pixels},
-            "verified_max_abs_diff": verified,
-            "source_checkpoint": str(folder),
-            "model": config.model_dict(),
-        })
+        write_json_atomic(
+            tmp / PREPROCESSOR,
+            {
+                "image_processor_type": "ViTImageProcessor",
+                "do_convert_rgb": True,
+                "do_resize": True,
+                "size": {"shortest_edge": math.floor(s / image.crop_pct)} if crop else {"height": s, "width": s},
+                "resample": 3 if image.interpolation == "bicubic" else 2,  # PIL.Image.BICUBIC / BILINEAR
+                "do_center_crop": crop,
+                "crop_size": {"height": s, "width": s},
+                "do_rescale": True,
+                "rescale_factor": image.rescale_factor,
+                "do_normalize": True,
+                "image_mean": list(image.mean),
+                "image_std": list(image.std),
+            },
+        )
+        write_json_atomic(
+            tmp / MANIFEST,
+            {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "geometry_os_version": __version__,
+                "opset": OPSET,
+                "graphs": {name: {"file": GRAPH_FILES[name], **specs[name]} for name in GRAPH_FILES},
+                "special_ids": special,
+                "generation": config.generation,  # the model's default GenerationConfig fields
+                "vocab_size": config.vocab_size,
+                "max_seq_len": config.max_seq_len,
+                "tokenizer": {"component": entry["component"], "file": tokenizer_file.name},
+                "preprocessing": {"file": PREPROCESSOR, "max_image_pixels": image.max_image_pixels},
+                "verified_max_abs_diff": verified,
+                "source_checkpoint": str(folder),
+                "model": config.model_dict(),
+            },
+        )
     return Path(out)

@@ -12,9 +12,10 @@ in training (``images.load_image``, a bilinear resize to the model's size, /255,
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -28,8 +29,18 @@ from .export import FORMAT, FORMAT_VERSION, GRAPH_FILES, MANIFEST, require
 
 MAX_JSON_BYTES = 64 * 1024 * 1024
 # GenerationConfig fields the runner honours; every other field must keep its default.
-SUPPORTED_OPTIONS = ("max_length", "max_new_tokens", "min_length", "suppress_tokens", "bos_token_id",
-                     "eos_token_id", "pad_token_id", "return_dict_in_generate", "output_scores", "strategy")
+SUPPORTED_OPTIONS = (
+    "max_length",
+    "max_new_tokens",
+    "min_length",
+    "suppress_tokens",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "return_dict_in_generate",
+    "output_scores",
+    "strategy",
+)
 
 
 def check_generation(config: GenerationConfig) -> None:
@@ -37,11 +48,16 @@ def check_generation(config: GenerationConfig) -> None:
     defaults = GenerationConfig()
     if config.strategy_name != "greedy":
         raise ConfigError(f"the ONNX runner decodes greedily only; got strategy {config.strategy_name!r}")
-    changed = [name for name in GenerationConfig.model_fields
-               if name not in SUPPORTED_OPTIONS and getattr(config, name) != getattr(defaults, name)]
+    changed = [
+        name
+        for name in GenerationConfig.model_fields
+        if name not in SUPPORTED_OPTIONS and getattr(config, name) != getattr(defaults, name)
+    ]
     if changed:
-        raise ConfigError(f"the ONNX runner does not support {', '.join(changed)}; it supports greedy decoding "
-                          "with max_length, max_new_tokens, min_length and suppress_tokens")
+        raise ConfigError(
+            f"the ONNX runner does not support {', '.join(changed)}; it supports greedy decoding "
+            "with max_length, max_new_tokens, min_length and suppress_tokens"
+        )
 
 
 @dataclass
@@ -106,7 +122,9 @@ class OnnxCaptioner:
             raise CheckpointError(f"{manifest_path}: not a Pixel LLM ONNX export (expected format={FORMAT!r})")
         version = m.get("format_version")
         if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
-            raise CheckpointError(f"{manifest_path}: format_version {version!r} is not one this version reads ({FORMAT_VERSION})")
+            raise CheckpointError(
+                f"{manifest_path}: format_version {version!r} is not one this version reads ({FORMAT_VERSION})"
+            )
         self.manifest = m
         try:
             special = m["special_ids"]
@@ -127,7 +145,9 @@ class OnnxCaptioner:
         for name, file in graph_files.items():
             path = _member(folder, file, manifest_path)
             try:
-                self.sessions[name] = ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
+                self.sessions[name] = ort.InferenceSession(
+                    str(path), options, providers=list(providers or ["CPUExecutionProvider"])
+                )
             except Exception as exc:  # onnxruntime raises its own exception types for bad files
                 raise CheckpointError(f"{path}: onnxruntime cannot load it: {one_line(exc)[:300]}") from None
         self.tokenizer = self._load_tokenizer(tokenizer_entry, manifest_path)
@@ -136,8 +156,11 @@ class OnnxCaptioner:
         p = _read_json(path)
         try:
             crop = p.get("do_center_crop", False) is True
-            self.image_size = (int(p["crop_size"]["height"]), int(p["crop_size"]["width"])) if crop else (
-                int(p["size"]["height"]), int(p["size"]["width"]))
+            self.image_size = (
+                (int(p["crop_size"]["height"]), int(p["crop_size"]["width"]))
+                if crop
+                else (int(p["size"]["height"]), int(p["size"]["width"]))
+            )
             self.shortest_edge = int(p["size"]["shortest_edge"]) if crop else None
             if p.get("resample", 2) not in (2, 3):
                 raise ValueError(f"resample={p.get('resample')!r} (2 bilinear or 3 bicubic)")
@@ -209,12 +232,15 @@ class OnnxCaptioner:
     def step(self, input_ids: np.ndarray, past: np.ndarray, cross_kv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """input_ids (B, 1) int64 at position ``past.shape[4]`` -> (logits (B, vocab), cache one longer)."""
         logits, present = self.sessions["decoder_step"].run(
-            None, {"input_ids": input_ids.astype(np.int64), "past_self_kv": past, "cross_kv": cross_kv})
+            None, {"input_ids": input_ids.astype(np.int64), "past_self_kv": past, "cross_kv": cross_kv}
+        )
         return logits, present
 
     # -- decoding -----------------------------------------------------------------------------------
 
-    def _generation(self, config: GenerationConfig | Mapping[str, Any] | None, overrides: dict[str, Any]) -> GenerationConfig:
+    def _generation(
+        self, config: GenerationConfig | Mapping[str, Any] | None, overrides: dict[str, Any]
+    ) -> GenerationConfig:
         if isinstance(config, GenerationConfig):  # only what the caller set, as generate_caption reads it
             data = config.model_dump(include=config.model_fields_set)
         else:
@@ -223,8 +249,13 @@ class OnnxCaptioner:
         defaults = dict(self.manifest.get("generation") or {})  # the model's defaults fill the rest
         if "max_length" in data:
             defaults.pop("max_new_tokens", None)
-        fields = {**defaults, "bos_token_id": self.bos_id, "eos_token_id": self.eos_id, "pad_token_id": self.pad_id,
-                  **data}
+        fields = {
+            **defaults,
+            "bos_token_id": self.bos_id,
+            "eos_token_id": self.eos_id,
+            "pad_token_id": self.pad_id,
+            **data,
+        }
         known = len(self.tokenizer) if hasattr(self.tokenizer, "__len__") else None
         if known is not None and known < self.vocab_size:  # ids the tokenizer could not decode
             fields["suppress_tokens"] = sorted({*(fields.get("suppress_tokens") or ()), *range(known, self.vocab_size)})
@@ -276,8 +307,11 @@ class OnnxCaptioner:
         return OnnxGeneration(sequences, sums, sums / np.maximum(lengths - 1, 1).astype(np.float32), texts)
 
     def caption_files(
-        self, paths: Sequence[str | Path], config: GenerationConfig | Mapping[str, Any] | None = None,
-        batch_size: int = 16, **overrides: Any,
+        self,
+        paths: Sequence[str | Path],
+        config: GenerationConfig | Mapping[str, Any] | None = None,
+        batch_size: int = 16,
+        **overrides: Any,
     ) -> Iterator[CaptionResult]:
         """One ``CaptionResult`` per image, in order, as ``captioning.caption_images`` gives them (an
         unreadable image is a result with ``error``)."""

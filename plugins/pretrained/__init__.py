@@ -13,10 +13,18 @@ from geometry_os.systems.pixel_llm.hookspecs import hookimpl
 @click.command("import")
 @click.argument("source", type=click.Path())
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Checkpoint folder to write.")
-@click.option("--preset", default="small", show_default=True,
-              help="Sizes of the half that starts fresh when SOURCE is an encoder or a decoder alone.")
-@click.option("--image-size", type=click.IntRange(min=1), default=None,
-              help="Image side for a timm / torchvision state dict (default: from its position table).")
+@click.option(
+    "--preset",
+    default="small",
+    show_default=True,
+    help="Sizes of the half that starts fresh when SOURCE is an encoder or a decoder alone.",
+)
+@click.option(
+    "--image-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Image side for a timm / torchvision state dict (default: from its position table).",
+)
 def import_command(source: str, out: str, preset: str, image_size: int | None) -> None:
     """Convert pretrained weights into a checkpoint folder: a HF VisionEncoderDecoder (ViT + GPT-2) folder,
     a HF ViT / CLIP / SigLIP vision folder, a HF GPT-2 folder, or a timm / torchvision ViT state dict."""
@@ -27,8 +35,9 @@ def import_command(source: str, out: str, preset: str, image_size: int | None) -
     dest = import_pretrained(source, out, preset=preset, image_size=image_size)
     data = json.loads((dest / "config.json").read_text(encoding="utf-8"))
     fresh = data.get("import", {}).get("fresh", [])
-    click.echo(f"wrote {dest} ({'with' if data.get('tokenizer') else 'no'} tokenizer; "
-               f"{len(fresh)} tensors start fresh)")
+    click.echo(
+        f"wrote {dest} ({'with' if data.get('tokenizer') else 'no'} tokenizer; {len(fresh)} tensors start fresh)"
+    )
 
 
 @hookimpl

@@ -56,7 +56,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError for anything that is not plain tensors
-        raise CheckpointError(f"{path}: cannot read as a weights-only state dict: {' '.join(str(exc).split())[:200]}") from None
+        raise CheckpointError(
+            f"{path}: cannot read as a weights-only state dict: {' '.join(str(exc).split())[:200]}"
+        ) from None
     if isinstance(data, dict) and isinstance(data.get("state_dict") or data.get("model"), dict):
         data = data.get("state_dict") or data.get("model")
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
@@ -84,8 +86,9 @@ def _prefix(tensors: dict[str, torch.Tensor], suffix: str, label: str) -> str:
 # ---- the parts ---------------------------------------------------------------------------------------------
 
 
-def encoder_part(model_type: str, cfg: dict[str, Any], tensors: dict[str, torch.Tensor], label: str,
-                 prefix: str | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor], Source]:
+def encoder_part(
+    model_type: str, cfg: dict[str, Any], tensors: dict[str, torch.Tensor], label: str, prefix: str | None = None
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], Source]:
     if model_type in ("clip", "siglip"):  # the vision tower of a dual encoder
         cfg, model_type = cfg.get("vision_config") or {}, f"{model_type}_vision_model"
     if model_type == "vit":
@@ -103,8 +106,10 @@ def _check_all_used(src: Source, ignore: tuple[str, ...] = ()) -> None:
     """A tensor of the source that no mapping used means a layout we do not understand: refuse it."""
     left = sorted(k for k in src.tensors if k not in src.used and not k.endswith(ignore))
     if left:
-        raise CheckpointError(f"{src.label}: tensor {left[0]} has no counterpart in the model"
-                              + (f" (and {len(left) - 1} more)" if len(left) > 1 else ""))
+        raise CheckpointError(
+            f"{src.label}: tensor {left[0]} has no counterpart in the model"
+            + (f" (and {len(left) - 1} more)" if len(left) > 1 else "")
+        )
 
 
 # ---- the model -------------------------------------------------------------------------------------------
@@ -115,20 +120,38 @@ def _sizes(enc: dict[str, Any] | None, dec: dict[str, Any] | None, preset: str) 
 
     values = dict(PRESETS[preset])
     if enc:
-        values.update(image_size=enc["image_size"], patch_size=enc["patch_size"], vision_embed_dim=enc["embed_dim"],
-                      vision_num_layers=enc["num_layers"], vision_num_heads=enc["num_heads"], vision_pos_embed="learned")
+        values.update(
+            image_size=enc["image_size"],
+            patch_size=enc["patch_size"],
+            vision_embed_dim=enc["embed_dim"],
+            vision_num_layers=enc["num_layers"],
+            vision_num_heads=enc["num_heads"],
+            vision_pos_embed="learned",
+        )
     if dec:
-        values.update(vocab_size=dec["vocab_size"], text_embed_dim=dec["embed_dim"], text_num_layers=dec["num_layers"],
-                      text_num_heads=dec["num_heads"], max_seq_len=dec["max_seq_len"], mlp_ratio=dec["mlp_ratio"])
+        values.update(
+            vocab_size=dec["vocab_size"],
+            text_embed_dim=dec["embed_dim"],
+            text_num_layers=dec["num_layers"],
+            text_num_heads=dec["num_heads"],
+            max_seq_len=dec["max_seq_len"],
+            mlp_ratio=dec["mlp_ratio"],
+        )
     else:
         values["mlp_ratio"] = 4.0
     return values
 
 
-def build_checkpoint(dest: Path, fields: dict[str, Any], encoder: dict[str, torch.Tensor] | None,
-                     decoder: dict[str, torch.Tensor] | None, tokenizer: Any, source: Path) -> Path:
+def build_checkpoint(
+    dest: Path,
+    fields: dict[str, Any],
+    encoder: dict[str, torch.Tensor] | None,
+    decoder: dict[str, torch.Tensor] | None,
+    tokenizer: Any,
+    source: Path,
+) -> Path:
     """A PixelLLM with ``encoder`` / ``decoder`` tensors loaded (the missing half fresh), saved to ``dest``."""
-    from geometry_os.systems.pixel_llm.checkpoint import AtomicFolder, CONFIG, write_model_files
+    from geometry_os.systems.pixel_llm.checkpoint import CONFIG, AtomicFolder, write_model_files
     from geometry_os.systems.pixel_llm.config import PixelLLMConfig
     from geometry_os.systems.pixel_llm.model import PixelLLM
 
@@ -136,12 +159,17 @@ def build_checkpoint(dest: Path, fields: dict[str, Any], encoder: dict[str, torc
     torch.manual_seed(0)
     model = PixelLLM(config)
     state = model.state_dict()
-    given = {**{f"encoder.{k}": v for k, v in (encoder or {}).items()}, **{f"decoder.{k}": v for k, v in (decoder or {}).items()}}
+    given = {
+        **{f"encoder.{k}": v for k, v in (encoder or {}).items()},
+        **{f"decoder.{k}": v for k, v in (decoder or {}).items()},
+    }
     for name, tensor in given.items():
         if name not in state:
             raise CheckpointError(f"{source}: converted tensor {name} has no place in the model (a mapping bug)")
         if tuple(state[name].shape) != tuple(tensor.shape):
-            raise CheckpointError(f"{source}: tensor {name} has shape {tuple(tensor.shape)}, the model needs {tuple(state[name].shape)}")
+            raise CheckpointError(
+                f"{source}: tensor {name} has shape {tuple(tensor.shape)}, the model needs {tuple(state[name].shape)}"
+            )
     model.load_state_dict(given, strict=False)
     fresh = sorted(k for k in state if k not in given)
     with AtomicFolder(dest) as tmp:
@@ -164,19 +192,41 @@ def _tokenizer(folder: Path, ids: dict[str, int | None]) -> Any:
     elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
         specials = [config.get(k) for k in ("bos_token", "eos_token", "unk_token", "pad_token")]
         specials = [t.get("content") if isinstance(t, dict) else t for t in specials]
-        backend = gpt2_from_vocab_merges(folder / "vocab.json", folder / "merges.txt",
-                                         ["<|endoftext|>", *(t for t in specials if isinstance(t, str))])
+        backend = gpt2_from_vocab_merges(
+            folder / "vocab.json",
+            folder / "merges.txt",
+            ["<|endoftext|>", *(t for t in specials if isinstance(t, str))],
+        )
     else:
         return None
     try:
-        return HFTokenizer(backend, ids["bos_token_id"], ids["eos_token_id"], ids["pad_token_id"],
-                           ids.get("unk_token_id"), cleanup, source=folder)
+        return HFTokenizer(
+            backend,
+            ids["bos_token_id"],
+            ids["eos_token_id"],
+            ids["pad_token_id"],
+            ids.get("unk_token_id"),
+            cleanup,
+            source=folder,
+        )
     except ValueError as exc:
         raise CheckpointError(str(exc)) from None
 
 
-GENERATION_FIELDS = ("max_length", "max_new_tokens", "min_length", "do_sample", "temperature", "top_k", "top_p",
-                     "num_beams", "length_penalty", "early_stopping", "no_repeat_ngram_size", "repetition_penalty")
+GENERATION_FIELDS = (
+    "max_length",
+    "max_new_tokens",
+    "min_length",
+    "do_sample",
+    "temperature",
+    "top_k",
+    "top_p",
+    "num_beams",
+    "length_penalty",
+    "early_stopping",
+    "no_repeat_ngram_size",
+    "repetition_penalty",
+)
 
 
 def generation_defaults(folder: Path) -> dict[str, Any]:
@@ -195,6 +245,7 @@ def generation_defaults(folder: Path) -> dict[str, Any]:
 
 def _special_ids(*configs: dict[str, Any]) -> dict[str, int | None]:
     """bos = decoder_start_token_id (else bos_token_id), eos, pad (else eos): the first config that sets each."""
+
     def first(*keys: str) -> Any:
         for cfg in configs:
             for key in keys:
@@ -203,11 +254,16 @@ def _special_ids(*configs: dict[str, Any]) -> dict[str, int | None]:
         return None
 
     eos = first("eos_token_id")
-    return {"bos_token_id": first("decoder_start_token_id", "bos_token_id"), "eos_token_id": eos,
-            "pad_token_id": first("pad_token_id") if first("pad_token_id") is not None else eos}
+    return {
+        "bos_token_id": first("decoder_start_token_id", "bos_token_id"),
+        "eos_token_id": eos,
+        "pad_token_id": first("pad_token_id") if first("pad_token_id") is not None else eos,
+    }
 
 
-def import_pretrained(source: str | Path, dest: str | Path, preset: str = "small", image_size: int | None = None) -> Path:
+def import_pretrained(
+    source: str | Path, dest: str | Path, preset: str = "small", image_size: int | None = None
+) -> Path:
     """Convert ``source`` (a HF folder or a timm / torchvision state-dict file) into the checkpoint folder ``dest``.
 
     ``preset`` sizes the freshly initialised half when ``source`` is an encoder or a decoder alone;
@@ -231,8 +287,16 @@ def import_pretrained(source: str | Path, dest: str | Path, preset: str = "small
     if model_type in ENCODER_TYPES:
         options, enc, src = encoder_part(model_type, cfg, tensors, label)
         if model_type == "vit":  # the towers of clip / siglip folders carry a text model and heads beside
-            _check_all_used(src, ignore=("pooler.dense.weight", "pooler.dense.bias", "position_ids", "classifier.weight",
-                                         "classifier.bias"))
+            _check_all_used(
+                src,
+                ignore=(
+                    "pooler.dense.weight",
+                    "pooler.dense.bias",
+                    "position_ids",
+                    "classifier.weight",
+                    "classifier.bias",
+                ),
+            )
         fields = _sizes(options, None, preset)
         fields.update(_preprocessing_fields(source, None), encoder_options=_encoder_extra(options))
         return build_checkpoint(dest, fields, enc, None, None, source)
@@ -241,11 +305,16 @@ def import_pretrained(source: str | Path, dest: str | Path, preset: str = "small
         src = Source(tensors, label, prefix)
         options, dec = mapping.gpt2_decoder(src, cfg, cross="h.0.crossattention.c_attn.weight" in src)
         if "lm_head.weight" in tensors and not torch.equal(tensors["lm_head.weight"].float(), dec["wte.weight"]):
-            raise CheckpointError(f"{label}: lm_head.weight differs from the token embedding (untied heads are not supported)")
+            raise CheckpointError(
+                f"{label}: lm_head.weight differs from the token embedding (untied heads are not supported)"
+            )
         # old GPT-2 files carry the causal-mask buffers attn.bias / attn.masked_bias: not weights
         _check_all_used(src, ignore=("lm_head.weight", ".attn.bias", ".attn.masked_bias"))
         fields = _sizes(None, options, preset)
-        ids = _special_ids(read_json_file(source / "generation_config.json") if (source / "generation_config.json").is_file() else {}, cfg)
+        ids = _special_ids(
+            read_json_file(source / "generation_config.json") if (source / "generation_config.json").is_file() else {},
+            cfg,
+        )
         fields.update({k: v for k, v in ids.items() if v is not None}, generation=generation_defaults(source))
         return build_checkpoint(dest, fields, None, dec, _tokenizer(source, ids), source)
     raise CheckpointError(f"{config_path}: unknown architecture model_type={model_type!r} (supported: {SUPPORTED})")
@@ -259,7 +328,9 @@ def _encoder_extra(options: dict[str, Any]) -> dict[str, Any]:
 
 def _preprocessing_fields(folder: Path | None, timm_config: dict[str, Any] | None) -> dict[str, Any]:
     if folder is not None and (folder / "preprocessor_config.json").is_file():
-        return hf_preprocessing(read_json_file(folder / "preprocessor_config.json"), folder / "preprocessor_config.json")
+        return hf_preprocessing(
+            read_json_file(folder / "preprocessor_config.json"), folder / "preprocessor_config.json"
+        )
     if timm_config is not None:
         return timm_preprocessing(timm_config)
     return {}
@@ -268,9 +339,11 @@ def _preprocessing_fields(folder: Path | None, timm_config: dict[str, Any] | Non
 def _import_ved(folder: Path, dest: Path, cfg: dict[str, Any], tensors: dict[str, torch.Tensor], label: str) -> Path:
     enc_cfg, dec_cfg = cfg.get("encoder") or {}, cfg.get("decoder") or {}
     if enc_cfg.get("model_type") not in ("vit",) or dec_cfg.get("model_type") != "gpt2":
-        raise CheckpointError(f"{folder / 'config.json'}: VisionEncoderDecoder with encoder "
-                              f"{enc_cfg.get('model_type')!r} and decoder {dec_cfg.get('model_type')!r} is not supported "
-                              "(supported: vit + gpt2)")
+        raise CheckpointError(
+            f"{folder / 'config.json'}: VisionEncoderDecoder with encoder "
+            f"{enc_cfg.get('model_type')!r} and decoder {dec_cfg.get('model_type')!r} is not supported "
+            "(supported: vit + gpt2)"
+        )
     enc_options, enc, enc_src = encoder_part("vit", enc_cfg, tensors, label, prefix="encoder.")
     proj = None
     if "enc_to_dec_proj.weight" in tensors:
@@ -282,14 +355,20 @@ def _import_ved(folder: Path, dest: Path, cfg: dict[str, Any], tensors: dict[str
     enc_src.used |= dec_src.used
     if "decoder.lm_head.weight" in tensors:
         if not torch.equal(tensors["decoder.lm_head.weight"].float(), dec["wte.weight"]):
-            raise CheckpointError(f"{label}: decoder.lm_head.weight differs from the token embedding (untied heads are not supported)")
+            raise CheckpointError(
+                f"{label}: decoder.lm_head.weight differs from the token embedding (untied heads are not supported)"
+            )
         enc_src.used.add("decoder.lm_head.weight")
     _check_all_used(enc_src, ignore=("pooler.dense.weight", "pooler.dense.bias", "attn.bias", "attn.masked_bias"))
     fields = _sizes(enc_options, dec_options, "tiny")
-    fields.update(cross_attention_dim=enc_options["embed_dim"], encoder_options=_encoder_extra(enc_options),
-                  dropout=0.0)
-    ids = _special_ids(read_json_file(folder / "generation_config.json") if (folder / "generation_config.json").is_file() else {},
-                       cfg, dec_cfg)
+    fields.update(
+        cross_attention_dim=enc_options["embed_dim"], encoder_options=_encoder_extra(enc_options), dropout=0.0
+    )
+    ids = _special_ids(
+        read_json_file(folder / "generation_config.json") if (folder / "generation_config.json").is_file() else {},
+        cfg,
+        dec_cfg,
+    )
     if ids["bos_token_id"] is None or ids["eos_token_id"] is None:
         raise CheckpointError(f"{folder / 'config.json'}: no decoder_start_token_id / eos_token_id")
     fields.update({k: v for k, v in ids.items() if v is not None}, generation=generation_defaults(folder))
@@ -312,8 +391,10 @@ def _import_state_dict_file(path: Path, dest: Path, preset: str, image_size: int
         _check_all_used(src, ignore=("heads.head.weight", "heads.head.bias"))
         timm_cfg = _sidecar(path)
     else:
-        raise CheckpointError(f"{path}: unknown architecture (no timm blocks.0.attn.qkv or torchvision "
-                              f"encoder.layers.encoder_layer_0 tensors; supported: {SUPPORTED})")
+        raise CheckpointError(
+            f"{path}: unknown architecture (no timm blocks.0.attn.qkv or torchvision "
+            f"encoder.layers.encoder_layer_0 tensors; supported: {SUPPORTED})"
+        )
     fields = _sizes(options, None, preset)
     fields.update(_preprocessing_fields(None, timm_cfg), encoder_options=_encoder_extra(options))
     return build_checkpoint(dest, fields, enc, None, None, path)

@@ -24,22 +24,45 @@ def register_commands(cli: click.Group) -> None:
 
 @click.command("serve")
 @click.option("--checkpoint", required=True, type=click.Path(), help="Checkpoint folder.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind; anything but loopback wants --token.")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Interface to bind; anything but loopback wants --token."
+)
 @click.option("--port", type=int, default=8000, show_default=True, help="TCP port (0: any free port).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--workers", type=int, default=1, show_default=True, help="Server processes, each loading the model.")
 @click.option("--max-batch-size", type=int, default=16, show_default=True, help="Images decoded together at most.")
-@click.option("--max-wait-ms", type=float, default=10.0, show_default=True,
-              help="How long a queued request waits for others to batch with.")
+@click.option(
+    "--max-wait-ms",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="How long a queued request waits for others to batch with.",
+)
 @click.option("--max-upload-bytes", type=int, default=20_000_000, show_default=True, help="Request body limit.")
-@click.option("--max-image-pixels", type=int, default=24_000_000, show_default=True,
-              help="Width x height limit per image, checked before decoding.")
+@click.option(
+    "--max-image-pixels",
+    type=int,
+    default=24_000_000,
+    show_default=True,
+    help="Width x height limit per image, checked before decoding.",
+)
 @click.option("--max-images", type=int, default=16, show_default=True, help="Images per request.")
-@click.option("--max-queue", type=int, default=512, show_default=True, help="Images waiting for the model; more get 429.")
-@click.option("--request-timeout", type=float, default=30.0, show_default=True, help="Seconds per caption request; then 504.")
-@click.option("--max-num-beams", type=int, default=8, show_default=True, help="Largest num_beams a request may ask for.")
-@click.option("--token", default=None, envvar="GEO_OS_SERVE_TOKEN", show_envvar=True,
-              help="Bearer token required on /v1/* and /metrics.")
+@click.option(
+    "--max-queue", type=int, default=512, show_default=True, help="Images waiting for the model; more get 429."
+)
+@click.option(
+    "--request-timeout", type=float, default=30.0, show_default=True, help="Seconds per caption request; then 504."
+)
+@click.option(
+    "--max-num-beams", type=int, default=8, show_default=True, help="Largest num_beams a request may ask for."
+)
+@click.option(
+    "--token",
+    default=None,
+    envvar="GEO_OS_SERVE_TOKEN",
+    show_envvar=True,
+    help="Bearer token required on /v1/* and /metrics.",
+)
 @click.option("--allow-train", is_flag=True, help="Offer the pixel_llm.train system call over HTTP.")
 @click.pass_context
 def serve_command(ctx: click.Context, **flags: Any) -> None:
@@ -50,10 +73,10 @@ def serve_command(ctx: click.Context, **flags: Any) -> None:
         raise click.ClickException(
             f"serve needs the web stack ({', '.join(missing)} missing): pip install 'geometry-os[serve]'"
         )
+    from pydantic import ValidationError
+
     from geometry_os.cli import echo_warning, get_cli_host
     from geometry_os.plugins.commands.caption import load_checkpoint
-
-    from pydantic import ValidationError
 
     from .server import run
     from .settings import ServeSettings
@@ -61,10 +84,12 @@ def serve_command(ctx: click.Context, **flags: Any) -> None:
     try:
         settings = ServeSettings(**flags)
     except ValidationError as exc:  # name the flag, not the settings field
-        raise click.ClickException("; ".join(
-            f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']} (got {e.get('input')!r})"
-            for e in exc.errors()
-        )) from None
+        raise click.ClickException(
+            "; ".join(
+                f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']} (got {e.get('input')!r})"
+                for e in exc.errors()
+            )
+        ) from None
     if not settings.loopback and not settings.token:
         echo_warning(f"serving on {settings.host} without --token: anyone who can reach it can use it")
     host = get_cli_host(ctx)

@@ -11,9 +11,10 @@ import logging
 import os
 import sys
 import time
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, MutableMapping
+from typing import Any
 
 import anyio
 import torch
@@ -57,7 +58,9 @@ class ServeState:
     host: Any
     transform: Any
     image_size: int
-    preparing: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(max(1, min(4, os.cpu_count() or 1))))
+    preparing: anyio.CapacityLimiter = field(
+        default_factory=lambda: anyio.CapacityLimiter(max(1, min(4, os.cpu_count() or 1)))
+    )
     draining: bool = False
 
 
@@ -105,11 +108,19 @@ class Gate:
             seconds = time.perf_counter() - started
             state.metrics.request_done(scope["method"], route, status, seconds)
             client = scope.get("client") or ("", 0)
-            access_log.info(json.dumps({
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z", "client": client[0],
-                "method": scope["method"], "path": path, "status": status, "bytes": sent,
-                "duration_ms": round(seconds * 1000, 3),
-            }))
+            access_log.info(
+                json.dumps(
+                    {
+                        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z",
+                        "client": client[0],
+                        "method": scope["method"],
+                        "path": path,
+                        "status": status,
+                        "bytes": sent,
+                        "duration_ms": round(seconds * 1000, 3),
+                    }
+                )
+            )
 
     def _refusal(self, scope: dict, path: str) -> Response | None:
         settings = self.state.settings
@@ -118,8 +129,9 @@ class Gate:
         if settings.token and path not in OPEN_PATHS:
             given = Headers(scope=scope).get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {settings.token}".encode()):
-                return error(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)",
-                             {"WWW-Authenticate": "Bearer"})
+                return error(
+                    401, "missing or wrong bearer token (Authorization: Bearer TOKEN)", {"WWW-Authenticate": "Bearer"}
+                )
         return None
 
 
@@ -175,7 +187,9 @@ async def _read_caption_request(request: Request, settings: ServeSettings) -> tu
         except (MultiPartException, HTTPException) as exc:
             message = getattr(exc, "message", None) or getattr(exc, "detail", "") or str(exc)
             if "Too many files" in message:
-                raise RequestError(413, f"too many images: at most {settings.max_images} per request (--max-images)") from None
+                raise RequestError(
+                    413, f"too many images: at most {settings.max_images} per request (--max-images)"
+                ) from None
             raise RequestError(400, f"malformed multipart body: {message}") from None
         try:
             uploads, options = form_uploads(form)
@@ -209,16 +223,23 @@ async def captions(request: Request) -> Response:
         except BodyTooLarge:
             raise too_large(settings.max_upload_bytes) from None
         if len(uploads) > settings.max_images:
-            raise RequestError(413, f"too many images: {len(uploads)}, at most {settings.max_images} per request "
-                                    "(--max-images)")
+            raise RequestError(
+                413, f"too many images: {len(uploads)}, at most {settings.max_images} per request (--max-images)"
+            )
         options = parse_options(raw_options, settings.max_num_beams)
         try:
             pixels = await anyio.to_thread.run_sync(_prepare, state, uploads, limiter=state.preparing)
         except DataError as exc:
             raise RequestError(422, str(exc)) from None
         loop = asyncio.get_running_loop()
-        job = Job(pixels, options.generation, loop.create_future(), loop, options.return_token_ids,
-                  [u.data for u in uploads] if options.explain else None)
+        job = Job(
+            pixels,
+            options.generation,
+            loop.create_future(),
+            loop,
+            options.return_token_ids,
+            [u.data for u in uploads] if options.explain else None,
+        )
         try:
             state.batcher.submit(job)
         except QueueFull as exc:
@@ -244,15 +265,22 @@ async def captions(request: Request) -> Response:
 
 def _offered_calls(state: ServeState) -> dict[str, Any]:
     return {
-        name: call for name, call in ((c.name, c) for s in state.host.systems.values() for c in s.calls.values())
+        name: call
+        for name, call in ((c.name, c) for s in state.host.systems.values() for c in s.calls.values())
         if call.remote_params is not None and (name != "pixel_llm.train" or state.settings.allow_train)
     }
 
 
 async def list_calls(request: Request) -> Response:
     offered = _offered_calls(_state(request))
-    return JSONResponse({"calls": [{"name": n, "doc": c.doc, "parameters": c.remote_params.model_json_schema()}
-                                   for n, c in sorted(offered.items())]})
+    return JSONResponse(
+        {
+            "calls": [
+                {"name": n, "doc": c.doc, "parameters": c.remote_params.model_json_schema()}
+                for n, c in sorted(offered.items())
+            ]
+        }
+    )
 
 
 async def system_call(request: Request) -> Response:
@@ -326,8 +354,12 @@ def create_app(settings: ServeSettings, model: Any, tokenizer: Any, host: Any) -
     batcher = Batcher(model, tokenizer, metrics_, settings.max_batch_size, settings.max_wait_ms, settings.max_queue)
     state = ServeState(settings, batcher, metrics_, host, build_transform(config), config.image_size)
     routes = [
-        Route("/", page), Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics),
-        Route("/v1/captions", captions, methods=["POST"]), Route("/v1/calls", list_calls),
+        Route("/", page),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+        Route("/v1/captions", captions, methods=["POST"]),
+        Route("/v1/calls", list_calls),
         Route("/v1/calls/{name}", system_call, methods=["POST"]),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: not_found, Exception: internal_error})

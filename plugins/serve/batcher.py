@@ -77,8 +77,9 @@ class Job:
 class Batcher:
     """Owns the model: every decode runs on its one worker thread, so requests never race on it."""
 
-    def __init__(self, model: Any, tokenizer: Any, metrics: Metrics, max_batch_size: int, max_wait_ms: float,
-                 max_queue: int) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, metrics: Metrics, max_batch_size: int, max_wait_ms: float, max_queue: int
+    ) -> None:
         self.model, self.tokenizer, self.metrics = model, tokenizer, metrics
         self.max_batch_size, self.max_wait, self.max_queue = max_batch_size, max_wait_ms / 1000, max_queue
         self._queue: queue.Queue[Job | None] = queue.Queue()
@@ -90,8 +91,10 @@ class Batcher:
         """Queue ``job``; ``QueueFull`` when its images would exceed ``max_queue``."""
         with self._lock:
             if self.metrics.queued_images + job.size > self.max_queue:
-                raise QueueFull(f"the queue is full ({self.metrics.queued_images} images waiting, --max-queue "
-                                f"{self.max_queue}); retry later")
+                raise QueueFull(
+                    f"the queue is full ({self.metrics.queued_images} images waiting, --max-queue "
+                    f"{self.max_queue}); retry later"
+                )
             self.metrics.queued_images += job.size
         self._queue.put(job)
 
@@ -189,8 +192,11 @@ class Batcher:
         return rows
 
     def _sequence(self, out: Any, j: int, job: Job, generation: GenerationConfig) -> dict[str, Any]:
-        row: dict[str, Any] = {"caption": out.texts[j], "score": float(out.sequence_scores[j]),
-                               "penalised_score": float(out.scores_penalised[j])}
+        row: dict[str, Any] = {
+            "caption": out.texts[j],
+            "score": float(out.sequence_scores[j]),
+            "penalised_score": float(out.scores_penalised[j]),
+        }
         ids = out.sequences[j].tolist()
         eos = generation.eos_token_id  # the request's, else the tokenizer's own (as generate_caption picks it)
         if "eos_token_id" not in generation.model_fields_set:
@@ -214,5 +220,9 @@ class Batcher:
 
 def _timings(job: Job, started: float, requests: int, images: int) -> dict[str, Any]:
     now = time.perf_counter()
-    return {"queue_ms": round((started - job.enqueued) * 1000, 3), "decode_ms": round((now - started) * 1000, 3),
-            "batch_requests": requests, "batch_images": images}
+    return {
+        "queue_ms": round((started - job.enqueued) * 1000, 3),
+        "decode_ms": round((now - started) * 1000, 3),
+        "batch_requests": requests,
+        "batch_images": images,
+    }

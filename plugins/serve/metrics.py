@@ -42,8 +42,12 @@ class Metrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.requests: Counter[tuple[str, str, int]] = Counter()  # (method, route, status)
-        self.latency = Histogram("pixel_llm_request_duration_seconds", "Time from request to response.", LATENCY_BUCKETS)
-        self.batch_images = Histogram("pixel_llm_batch_images", "Images decoded together in one model call.", BATCH_BUCKETS)
+        self.latency = Histogram(
+            "pixel_llm_request_duration_seconds", "Time from request to response.", LATENCY_BUCKETS
+        )
+        self.batch_images = Histogram(
+            "pixel_llm_batch_images", "Images decoded together in one model call.", BATCH_BUCKETS
+        )
         self.batch_requests = Histogram(
             "pixel_llm_batch_requests", "Caption requests served by one model call.", BATCH_BUCKETS
         )
@@ -64,23 +68,32 @@ class Metrics:
 
     def render(self) -> str:
         with self._lock:
-            lines = ["# HELP pixel_llm_requests_total HTTP requests by method, route and status.",
-                     "# TYPE pixel_llm_requests_total counter"]
+            lines = [
+                "# HELP pixel_llm_requests_total HTTP requests by method, route and status.",
+                "# TYPE pixel_llm_requests_total counter",
+            ]
             for (method, route, status), count in sorted(self.requests.items()):
                 lines.append(f'pixel_llm_requests_total{{method="{method}",route="{route}",status="{status}"}} {count}')
             errors: Counter[str] = Counter()
             for (_, _, status), count in self.requests.items():
                 if status >= 400:
                     errors[str(status)] += count
-            lines += ["# HELP pixel_llm_errors_total Responses with a 4xx or 5xx status.",
-                      "# TYPE pixel_llm_errors_total counter"]
+            lines += [
+                "# HELP pixel_llm_errors_total Responses with a 4xx or 5xx status.",
+                "# TYPE pixel_llm_errors_total counter",
+            ]
             lines += [f'pixel_llm_errors_total{{status="{s}"}} {n}' for s, n in sorted(errors.items())]
-            lines += ["# HELP pixel_llm_images_total Images captioned.", "# TYPE pixel_llm_images_total counter",
-                      f"pixel_llm_images_total {self.images}",
-                      "# HELP pixel_llm_queue_images Images waiting for the model.", "# TYPE pixel_llm_queue_images gauge",
-                      f"pixel_llm_queue_images {self.queued_images}",
-                      "# HELP pixel_llm_in_flight_requests Requests being served.",
-                      "# TYPE pixel_llm_in_flight_requests gauge", f"pixel_llm_in_flight_requests {self.in_flight}"]
+            lines += [
+                "# HELP pixel_llm_images_total Images captioned.",
+                "# TYPE pixel_llm_images_total counter",
+                f"pixel_llm_images_total {self.images}",
+                "# HELP pixel_llm_queue_images Images waiting for the model.",
+                "# TYPE pixel_llm_queue_images gauge",
+                f"pixel_llm_queue_images {self.queued_images}",
+                "# HELP pixel_llm_in_flight_requests Requests being served.",
+                "# TYPE pixel_llm_in_flight_requests gauge",
+                f"pixel_llm_in_flight_requests {self.in_flight}",
+            ]
             for histogram in (self.latency, self.batch_images, self.batch_requests):
                 lines += histogram.lines()
         return "\n".join(lines) + "\n"

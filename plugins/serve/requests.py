@@ -12,8 +12,9 @@ import base64
 import binascii
 import io
 import json
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, BinaryIO, Callable, MutableMapping
+from typing import Any, BinaryIO
 
 from pydantic import Field, ValidationError
 
@@ -115,8 +116,10 @@ def parse_options(raw: Any, max_num_beams: int) -> Options:
     except ValidationError as exc:
         raise RequestError(400, format_validation_error(exc, source="options")) from None
     if generation.num_beams > max_num_beams:
-        raise RequestError(400, f"options.num_beams: {generation.num_beams} is over this server's limit "
-                                f"{max_num_beams} (--max-num-beams)")
+        raise RequestError(
+            400,
+            f"options.num_beams: {generation.num_beams} is over this server's limit {max_num_beams} (--max-num-beams)",
+        )
     try:
         get_component("decoding_strategy", generation.strategy_name)
     except GeometryOSError as exc:

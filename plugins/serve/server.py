@@ -47,8 +47,13 @@ class DrainingServer(uvicorn.Server):
 def run(settings: ServeSettings, model: Any, tokenizer: Any, host: Any) -> None:
     """Serve until a signal; the model is loaded once (per worker process with ``workers > 1``)."""
     common: dict[str, Any] = dict(
-        host=settings.host, port=settings.port, log_level="warning", access_log=False, server_header=False,
-        timeout_keep_alive=75, timeout_graceful_shutdown=int(settings.request_timeout) + 1,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        timeout_keep_alive=75,
+        timeout_graceful_shutdown=int(settings.request_timeout) + 1,
     )
     if settings.workers == 1:
         app, _ = app_module.create_app(settings, model, tokenizer, host)
@@ -59,6 +64,7 @@ def run(settings: ServeSettings, model: Any, tokenizer: Any, host: Any) -> None:
     # uvicorn's supervisor runs its own Server in each worker: shutdown is uvicorn's graceful one
     # (requests in flight finish; the listening socket closes, so new connections are refused)
     os.environ[SETTINGS_ENV] = settings.model_dump_json()
-    config = uvicorn.Config("geometry_os.plugins.serve.app:app_from_env", factory=True, workers=settings.workers,
-                            **common)
+    config = uvicorn.Config(
+        "geometry_os.plugins.serve.app:app_from_env", factory=True, workers=settings.workers, **common
+    )
     Multiprocess(config, sockets=[config.bind_socket()]).run()

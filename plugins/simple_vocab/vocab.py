@@ -19,8 +19,8 @@ import os
 import re
 import unicodedata
 from collections import Counter
-from pathlib import Path
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from geometry_os.fileio import atomic_write_text, parse_json, read_utf8
 from geometry_os.systems.pixel_llm.protocols import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID
@@ -99,7 +99,7 @@ class SimpleVocabulary:
         self.stoi: dict[str, int] = {tok: i for i, tok in enumerate(tokens)}
 
     @classmethod
-    def train(cls, texts: Iterable[str], options: Any = None) -> "SimpleVocabulary":
+    def train(cls, texts: Iterable[str], options: Any = None) -> SimpleVocabulary:
         """Build from captions; ``options`` is a ``SimpleVocabularyOptions``, a dict, or None (defaults)."""
         if isinstance(options, dict):
             from geometry_os.plugins.simple_vocab import SimpleVocabularyOptions
@@ -151,12 +151,17 @@ class SimpleVocabulary:
         return [self.decode(row, skip_special_tokens) for row in rows]
 
     def save(self, path: str | os.PathLike) -> None:
-        data = {"format": FORMAT, "version": self.version, "min_freq": self.min_freq, "max_size": self.max_size,
-                "tokens": self.itos}
+        data = {
+            "format": FORMAT,
+            "version": self.version,
+            "min_freq": self.min_freq,
+            "max_size": self.max_size,
+            "tokens": self.itos,
+        }
         atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=1) + "\n")
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "SimpleVocabulary":
+    def load(cls, path: str | os.PathLike) -> SimpleVocabulary:
         """Read a file written by ``save``; any problem is a one-line ValueError naming the file."""
         data = parse_json(read_utf8(path), path, what="vocabulary JSON")
         tokens = _check_vocab_json(data, path)

@@ -44,7 +44,9 @@ class ViTOptions(BaseModel):
     patch_size: int = Field(16, gt=0)
     embed_dim: int = Field(768, gt=0)
     num_layers: int = Field(6, gt=0, le=256)  # bounded like PixelLLMConfig.vision_num_layers
-    num_heads: int | None = Field(None, gt=0, description="None: default_num_heads(embed_dim), heads of ~64 channels that divide it (12 for 768)")
+    num_heads: int | None = Field(
+        None, gt=0, description="None: default_num_heads(embed_dim), heads of ~64 channels that divide it (12 for 768)"
+    )
     mlp_ratio: float = Field(4.0, gt=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     in_channels: int = Field(3, gt=0)
@@ -59,21 +61,15 @@ class ViTOptions(BaseModel):
     patch_bias: bool = True
 
     @model_validator(mode="after")
-    def _check_shapes(self) -> "ViTOptions":
+    def _check_shapes(self) -> ViTOptions:
         if self.num_heads is None:  # heads of ~64 channels that divide embed_dim (as PixelLLMConfig)
             self.num_heads = default_num_heads(self.embed_dim)
         if self.image_size % self.patch_size:
-            raise ValueError(
-                f"patch_size={self.patch_size} must divide image_size={self.image_size}"
-            )
+            raise ValueError(f"patch_size={self.patch_size} must divide image_size={self.image_size}")
         if self.embed_dim % self.num_heads:
-            raise ValueError(
-                f"embed_dim={self.embed_dim} must be divisible by num_heads={self.num_heads}"
-            )
+            raise ValueError(f"embed_dim={self.embed_dim} must be divisible by num_heads={self.num_heads}")
         if self.pos_embed == "sincos" and self.embed_dim % 4:
-            raise ValueError(
-                f"embed_dim={self.embed_dim} must be divisible by 4 for pos_embed='sincos'"
-            )
+            raise ValueError(f"embed_dim={self.embed_dim} must be divisible by 4 for pos_embed='sincos'")
         if self.stem == "conv" and self.patch_size & (self.patch_size - 1):
             raise ValueError(f"stem='conv' needs a power-of-two patch_size, got {self.patch_size}")
         if self.class_token and self.pos_embed == "sincos":
@@ -81,9 +77,7 @@ class ViTOptions(BaseModel):
         if not self.patch_bias and self.stem == "conv":
             raise ValueError("patch_bias=False applies to stem='patch' only")
         if int(self.embed_dim * self.mlp_ratio) < 1:
-            raise ValueError(
-                f"mlp_ratio={self.mlp_ratio} gives an empty MLP for embed_dim={self.embed_dim}"
-            )
+            raise ValueError(f"mlp_ratio={self.mlp_ratio} gives an empty MLP for embed_dim={self.embed_dim}")
         return self
 
 

@@ -7,7 +7,8 @@ the last N features back onto the image so that attention can be drawn on it.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -70,8 +71,7 @@ ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": gelu_tanh, "quick_gelu": quick_gelu}
 class Block(nn.Module):
     """Pre-norm transformer block: one fused qkv projection, SDPA (fused kernels), GELU-family MLP."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float, eps: float = 1e-5,
-                 act: str = "gelu"):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float, eps: float = 1e-5, act: str = "gelu"):
         super().__init__()
         self.heads = heads
         self.dropout = dropout
@@ -90,7 +90,9 @@ class Block(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, head_dim)
         y = attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         x = x + self.drop(linear(y.transpose(1, 2).reshape(B, N, D), self.proj.weight, self.proj.bias))
-        return x + self.drop(linear(self.act(linear(self.norm2(x), self.fc1.weight, self.fc1.bias)), self.fc2.weight, self.fc2.bias))
+        return x + self.drop(
+            linear(self.act(linear(self.norm2(x), self.fc1.weight, self.fc1.bias)), self.fc2.weight, self.fc2.bias)
+        )
 
 
 def _options(opts: ViTOptions | Mapping[str, Any] | None, overrides: dict[str, Any]) -> ViTOptions:
@@ -122,8 +124,9 @@ class VisionEncoder(nn.Module):
         if cfg.stem == "conv":
             self.patch_embed: nn.Module = ConvStem(cfg.in_channels, cfg.embed_dim, cfg.patch_size)
         else:
-            self.patch_embed = nn.Conv2d(cfg.in_channels, cfg.embed_dim, cfg.patch_size, cfg.patch_size,
-                                         bias=cfg.patch_bias)
+            self.patch_embed = nn.Conv2d(
+                cfg.in_channels, cfg.embed_dim, cfg.patch_size, cfg.patch_size, bias=cfg.patch_bias
+            )
         # CLS token (pretrained layouts only); its position is row 0 of the table
         self.extra_tokens = 1 if cfg.class_token else 0
         if cfg.class_token:
@@ -212,11 +215,15 @@ class VisionEncoder(nn.Module):
             return F.conv2d(*bf16_rounded(images, weight, bias), stride=self.patch_size).to(torch.bfloat16)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.patch_embed, ConvStem) and (images.shape[-2] % self.patch_size or images.shape[-1] % self.patch_size):
+        if isinstance(self.patch_embed, ConvStem) and (
+            images.shape[-2] % self.patch_size or images.shape[-1] % self.patch_size
+        ):
             # padded stride-2 convs round up where a patchify conv drops the remainder: the grid would
             # no longer be patch_grid()
-            raise ValueError(f"stem='conv' needs image sides that are multiples of patch_size={self.patch_size}, "
-                             f"got {tuple(images.shape[-2:])}")
+            raise ValueError(
+                f"stem='conv' needs image sides that are multiples of patch_size={self.patch_size}, "
+                f"got {tuple(images.shape[-2:])}"
+            )
         x = self._embed(images)
         rows, cols = x.shape[-2:]
         position = self._position(rows, cols)

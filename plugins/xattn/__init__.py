@@ -41,7 +41,9 @@ class XAttnOptions(BaseModel):
     vocab_size: int = Field(50000, gt=0)
     embed_dim: int = Field(768, gt=0)
     num_layers: int = Field(12, gt=0, le=256)  # bounded like PixelLLMConfig.text_num_layers
-    num_heads: int | None = Field(None, gt=0, description="None: default_num_heads(embed_dim), heads of ~64 channels that divide it (12 for 768)")
+    num_heads: int | None = Field(
+        None, gt=0, description="None: default_num_heads(embed_dim), heads of ~64 channels that divide it (12 for 768)"
+    )
     max_seq_len: int = Field(512, gt=0)
     cross_attention_dim: int | None = Field(None, gt=0)
     num_cross_attention_layers: int | None = Field(None, gt=0)
@@ -51,26 +53,18 @@ class XAttnOptions(BaseModel):
     pad_token_id: int = Field(0, ge=0)
 
     @model_validator(mode="after")
-    def _check_shapes(self) -> "XAttnOptions":
+    def _check_shapes(self) -> XAttnOptions:
         if self.num_heads is None:  # heads of ~64 channels that divide embed_dim (as PixelLLMConfig)
             self.num_heads = default_num_heads(self.embed_dim)
         if self.embed_dim % self.num_heads:
-            raise ValueError(
-                f"embed_dim={self.embed_dim} must be divisible by num_heads={self.num_heads}"
-            )
+            raise ValueError(f"embed_dim={self.embed_dim} must be divisible by num_heads={self.num_heads}")
         k = self.num_cross_attention_layers
         if k is not None and k > self.num_layers:
-            raise ValueError(
-                f"num_cross_attention_layers={k} must be between 1 and num_layers={self.num_layers}"
-            )
+            raise ValueError(f"num_cross_attention_layers={k} must be between 1 and num_layers={self.num_layers}")
         if self.pad_token_id >= self.vocab_size:
-            raise ValueError(
-                f"pad_token_id={self.pad_token_id} must be smaller than vocab_size={self.vocab_size}"
-            )
+            raise ValueError(f"pad_token_id={self.pad_token_id} must be smaller than vocab_size={self.vocab_size}")
         if int(self.embed_dim * self.mlp_ratio) < 1:
-            raise ValueError(
-                f"mlp_ratio={self.mlp_ratio} gives an empty MLP for embed_dim={self.embed_dim}"
-            )
+            raise ValueError(f"mlp_ratio={self.mlp_ratio} gives an empty MLP for embed_dim={self.embed_dim}")
         return self
 
     def cross_attention_layers(self) -> tuple[int, ...]:

@@ -15,7 +15,8 @@ bf16 autocast on a CPU that only emulates bf16: see ``geometry_os.systems.pixel_
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -145,8 +146,9 @@ class StaticKVCache:
     def refill(self, cross_kv: torch.Tensor) -> None:
         """Start again with other images' cross K/V (same shape), in place: position 0."""
         if cross_kv.shape != self.cross_kv.shape:
-            raise ValueError(f"cross K/V of shape {tuple(cross_kv.shape)} do not fit this cache's "
-                             f"{tuple(self.cross_kv.shape)}")
+            raise ValueError(
+                f"cross K/V of shape {tuple(cross_kv.shape)} do not fit this cache's {tuple(self.cross_kv.shape)}"
+            )
         self.cross_kv.copy_(cross_kv)
         self.position.zero_()
 

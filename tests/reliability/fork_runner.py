@@ -25,11 +25,11 @@ def warm_up() -> None:
     import torch  # noqa: F401
     import torchvision.transforms.v2  # noqa: F401
 
-    import geometry_os.cli  # noqa: F401
-    import geometry_os.plugins.amp_trainer.cli  # noqa: F401
-    import geometry_os.plugins.amp_trainer.trainer  # noqa: F401
-    import geometry_os.systems.pixel_llm.checkpoint  # noqa: F401
-    import geometry_os.systems.pixel_llm.data  # noqa: F401
+    import geometry_os.cli
+    import geometry_os.plugins.amp_trainer.cli
+    import geometry_os.plugins.amp_trainer.trainer
+    import geometry_os.systems.pixel_llm.checkpoint
+    import geometry_os.systems.pixel_llm.data
     import geometry_os.systems.pixel_llm.model  # noqa: F401
 
 
@@ -48,7 +48,7 @@ def child(request: dict) -> None:
         main(request["argv"])
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except BaseException:  # noqa: BLE001 - report like the interpreter would
+    except BaseException:
         import traceback
 
         traceback.print_exc()

@@ -15,10 +15,9 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
-
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -37,8 +36,14 @@ def child_env(**extra: str) -> dict[str, str]:
     """The environment for child processes: one thread (deterministic, and the machine is shared), no
     registry/plugin overrides leaking in from the caller."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GEO_OS_")}
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0", TOKENIZERS_PARALLELISM="false",
-               MPLBACKEND="Agg", PYTHONDONTWRITEBYTECODE="1")
+    env.update(
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        PYTHONHASHSEED="0",
+        TOKENIZERS_PARALLELISM="false",
+        MPLBACKEND="Agg",
+        PYTHONDONTWRITEBYTECODE="1",
+    )
     env.update(extra)
     return env
 
@@ -57,12 +62,21 @@ class Measured:
     """A child process whose own peak RSS is read with ``os.wait4`` (exact for this child, unlike
     ``RUSAGE_CHILDREN``, which is the maximum over every child the test process ever had)."""
 
-    def __init__(self, args: Sequence[str], cwd: str | os.PathLike | None = None, env: dict | None = None,
-                 stdin: str | None = None) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        cwd: str | os.PathLike | None = None,
+        env: dict | None = None,
+        stdin: str | None = None,
+    ) -> None:
         self.args = [str(a) for a in args]
         self._started = time.perf_counter()
         self.proc = subprocess.Popen(
-            self.args, cwd=cwd, env=env or child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            self.args,
+            cwd=cwd,
+            env=env or child_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
         )
         self._chunks: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
@@ -91,8 +105,14 @@ class Measured:
         for reader in self._readers:
             reader.join()
         text = {k: b"".join(v).decode("utf-8", "replace") for k, v in self._chunks.items()}
-        return Completed(self.args, self.proc.returncode, text["stdout"], text["stderr"], usage.ru_maxrss,
-                         time.perf_counter() - self._started)
+        return Completed(
+            self.args,
+            self.proc.returncode,
+            text["stdout"],
+            text["stderr"],
+            usage.ru_maxrss,
+            time.perf_counter() - self._started,
+        )
 
 
 def run_measured(args: Sequence[str], timeout: float = 300, **kwargs) -> Completed:

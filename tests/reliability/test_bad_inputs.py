@@ -10,10 +10,9 @@ import zlib
 from pathlib import Path
 
 import pytest
-
 from bad_input_cases import CASES, Workspace, check, outcome_of, run_in_process, start_subprocess
-from render_table import DOC, table_ids
 from reliability_support import write_exif_rotated, write_scene
+from render_table import DOC, table_ids
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
@@ -96,6 +95,7 @@ def test_every_pillow_mode_becomes_rgb(mode, tmp_path):
 
 def real_bomb_png(path: Path, side: int = 20000) -> Path:
     """A genuine 1-bit 20000x20000 PNG (all black) of about 50 KB: decoding it as RGB would take 1.2 GB."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from reliability_support import HERE, child_env, geo_os_command
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
@@ -40,10 +39,31 @@ FIGURES: dict[str, object] = {}
 
 def train_args(data: Path, out: Path) -> list[str]:
     return [
-        "pixel-llm", "train", "--preset", "tiny", "--data", str(data), "--out", str(out), "--quiet",
-        "--set", f"trainer.max_steps={MAX_STEPS}", "--set", f"trainer.checkpoint_interval={INTERVAL}",
-        "--set", "trainer.seed=3", "--set", "trainer.use_amp=false", "--set", "trainer.batch_size=8",
-        "--set", "trainer.warmup_steps=4", "--set", "trainer.learning_rate=0.003", "--set", "trainer.log_interval=1",
+        "pixel-llm",
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--quiet",
+        "--set",
+        f"trainer.max_steps={MAX_STEPS}",
+        "--set",
+        f"trainer.checkpoint_interval={INTERVAL}",
+        "--set",
+        "trainer.seed=3",
+        "--set",
+        "trainer.use_amp=false",
+        "--set",
+        "trainer.batch_size=8",
+        "--set",
+        "trainer.warmup_steps=4",
+        "--set",
+        "trainer.learning_rate=0.003",
+        "--set",
+        "trainer.log_interval=1",
     ]
 
 
@@ -53,8 +73,11 @@ class Launcher:
     def __init__(self, cwd: Path) -> None:
         self.cwd = cwd
         self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "fork_runner.py")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            env=child_env(), bufsize=0,
+            [sys.executable, str(HERE / "fork_runner.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=child_env(),
+            bufsize=0,
         )
         self._buffer = b""
         self.runs = 0
@@ -77,8 +100,12 @@ class Launcher:
 
     def start(self, argv: list[str]) -> int:
         self.runs += 1
-        request = {"argv": argv, "cwd": str(self.cwd), "stdout": str(self.cwd / f"run{self.runs}.out"),
-                   "stderr": str(self.cwd / f"run{self.runs}.err")}
+        request = {
+            "argv": argv,
+            "cwd": str(self.cwd),
+            "stdout": str(self.cwd / f"run{self.runs}.out"),
+            "stderr": str(self.cwd / f"run{self.runs}.err"),
+        }
         self.proc.stdin.write((json.dumps(request) + "\n").encode())
         answer = self.read(60)
         assert answer and answer.startswith("pid "), answer
@@ -136,8 +163,10 @@ def check_every_folder_loads(checkpoint_dir: Path) -> int:
 
     folders = [p for p in checkpoint_dir.iterdir() if p.is_dir() and (STEP_DIR.match(p.name) or p.name == "best")]
     for folder in folders:
-        key = (str(folder), tuple(sorted((f.name, f.stat().st_ino, f.stat().st_size, f.stat().st_mtime_ns)
-                                         for f in folder.iterdir())))
+        key = (
+            str(folder),
+            tuple(sorted((f.name, f.stat().st_ino, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir())),
+        )
         if key in _LOADED:
             continue
         model, tokenizer = PixelLLM.from_pretrained(folder)  # raises on any half-written file
@@ -170,8 +199,9 @@ def shapes_data(tmp_path_factory) -> Path:
     from geometry_os.cli import cli
 
     root = tmp_path_factory.mktemp("crash-data")
-    result = CliRunner().invoke(cli, ["pixel-llm", "make-shapes", "--out", str(root), "--n", "40", "--seed", "1",
-                                      "--image-size", "32"])
+    result = CliRunner().invoke(
+        cli, ["pixel-llm", "make-shapes", "--out", str(root), "--n", "40", "--seed", "1", "--image-size", "32"]
+    )
     assert result.exit_code == 0, result.output
     return root / "train.json"
 
@@ -214,8 +244,12 @@ def test_sigkill_at_random_points_then_resume_matches_uninterrupted_run(tmp_path
     interrupted, reference = work / "interrupted", work / "reference"
     # The uninterrupted run: a plain geo-os process, alongside the killed ones.
     reference_run = subprocess.Popen(
-        [*geo_os_command(), *train_args(shapes_data, reference)], cwd=work, env=child_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [*geo_os_command(), *train_args(shapes_data, reference)],
+        cwd=work,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     launcher = Launcher(work)
     rng = random.Random(SEED)
@@ -255,8 +289,10 @@ def test_sigkill_at_random_points_then_resume_matches_uninterrupted_run(tmp_path
                 kills += 1
                 caught_write = bool(set(tmp_folders(interrupted)) - stale)  # this run died mid-write
                 write_kills += caught_write
-                log.append(f"kill {kills}: {mode} (+{steps} steps, +{delay:.3f} s): logged step {logged_step(interrupted)},"
-                           f" checkpoints up to {steps_on_disk(interrupted)[-1:]}, temporary folder left: {caught_write}")
+                log.append(
+                    f"kill {kills}: {mode} (+{steps} steps, +{delay:.3f} s): logged step {logged_step(interrupted)},"
+                    f" checkpoints up to {steps_on_disk(interrupted)[-1:]}, temporary folder left: {caught_write}"
+                )
                 folders_checked += check_every_folder_loads(interrupted)
                 continue
             assert code == 0, f"run {launcher.runs} failed ({code}):\n{out}\n{err}"
@@ -279,7 +315,13 @@ def test_sigkill_at_random_points_then_resume_matches_uninterrupted_run(tmp_path
     assert resumed.keys() == uninterrupted.keys()
     diff = max((resumed[k] - uninterrupted[k]).abs().max().item() for k in resumed)
     assert diff <= 1e-6, f"max |difference| {diff}"
-    FIGURES.update(kills=kills, write_kills=write_kills, runs=launcher.runs, folders_checked=folders_checked,
-                   max_abs_diff=diff, seconds=round(time.perf_counter() - started, 1))
+    FIGURES.update(
+        kills=kills,
+        write_kills=write_kills,
+        runs=launcher.runs,
+        folders_checked=folders_checked,
+        max_abs_diff=diff,
+        seconds=round(time.perf_counter() - started, 1),
+    )
     print(json.dumps(FIGURES))
     print("\n".join(log))

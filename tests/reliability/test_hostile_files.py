@@ -15,9 +15,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
-from geometry_os.cli import cli
-from geometry_os.errors import CheckpointError
 from reliability_support import (
     Measured,
     assert_one_line,
@@ -29,6 +26,9 @@ from reliability_support import (
     safetensors_bytes,
     write_scene,
 )
+
+from geometry_os.cli import cli
+from geometry_os.errors import CheckpointError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
@@ -50,14 +50,48 @@ def workspace(tmp_path_factory) -> dict[str, Path]:
     """A trained step folder (all five files), its data, and an image to caption."""
     root = tmp_path_factory.mktemp("hostile")
     runner = CliRunner()
-    made = runner.invoke(cli, ["pixel-llm", "make-shapes", "--out", str(root / "data"), "--n", "12", "--seed", "2",
-                               "--image-size", "32", "--splits", "train=1.0"])
+    made = runner.invoke(
+        cli,
+        [
+            "pixel-llm",
+            "make-shapes",
+            "--out",
+            str(root / "data"),
+            "--n",
+            "12",
+            "--seed",
+            "2",
+            "--image-size",
+            "32",
+            "--splits",
+            "train=1.0",
+        ],
+    )
     assert made.exit_code == 0, made.output
-    trained = runner.invoke(cli, [
-        "pixel-llm", "train", "--preset", "tiny", "--data", str(root / "data" / "train.json"), "--out", str(root / "ckpt"),
-        "--quiet", "--set", "trainer.max_steps=2", "--set", "trainer.checkpoint_interval=2", "--set", "trainer.use_amp=false",
-        "--set", "trainer.batch_size=4", "--set", "trainer.warmup_steps=1",
-    ])
+    trained = runner.invoke(
+        cli,
+        [
+            "pixel-llm",
+            "train",
+            "--preset",
+            "tiny",
+            "--data",
+            str(root / "data" / "train.json"),
+            "--out",
+            str(root / "ckpt"),
+            "--quiet",
+            "--set",
+            "trainer.max_steps=2",
+            "--set",
+            "trainer.checkpoint_interval=2",
+            "--set",
+            "trainer.use_amp=false",
+            "--set",
+            "trainer.batch_size=4",
+            "--set",
+            "trainer.warmup_steps=1",
+        ],
+    )
     assert trained.exit_code == 0, trained.output
     step = root / "ckpt" / "step-00000002"
     assert {p.name for p in step.iterdir()} >= set(FILES)
@@ -92,9 +126,23 @@ def read_with(reader: str, folder: Path, workspace: dict[str, Path], tmp_path: P
     if reader == "caption_cli":
         args = ["pixel-llm", "caption", str(workspace["image"]), "--checkpoint", str(folder)]
     else:
-        args = ["pixel-llm", "train", "--resume", str(folder), "--data", str(workspace["data"]), "--quiet",
-                "--out", str(tmp_path / "resumed-out"), "--set", "trainer.max_steps=3", "--set", "trainer.use_amp=false",
-                "--set", "trainer.batch_size=4"]
+        args = [
+            "pixel-llm",
+            "train",
+            "--resume",
+            str(folder),
+            "--data",
+            str(workspace["data"]),
+            "--quiet",
+            "--out",
+            str(tmp_path / "resumed-out"),
+            "--set",
+            "trainer.max_steps=3",
+            "--set",
+            "trainer.use_amp=false",
+            "--set",
+            "trainer.batch_size=4",
+        ]
     result = CliRunner().invoke(cli, args)
     if result.exit_code == 0:
         return False, ""
@@ -171,12 +219,15 @@ def test_refusing_a_pickled_optimizer_says_why_and_warns_nothing(case_dir, works
     assert "weights_only` set to `False`" not in line and "posix.system" in line
 
 
-@pytest.mark.parametrize("where, value, needle", [
-    ("group", {"lr": "a"}, "param_groups[0].lr must be a number"),
-    ("group", {"betas": [0.9]}, "param_groups[0].betas must be two numbers"),
-    ("group", {"eps": None}, "param_groups[0].eps must be a number"),
-    ("scheduler", {"last_epoch": "x"}, "scheduler.last_epoch must be an integer"),
-])
+@pytest.mark.parametrize(
+    "where, value, needle",
+    [
+        ("group", {"lr": "a"}, "param_groups[0].lr must be a number"),
+        ("group", {"betas": [0.9]}, "param_groups[0].betas must be two numbers"),
+        ("group", {"eps": None}, "param_groups[0].eps must be a number"),
+        ("scheduler", {"last_epoch": "x"}, "scheduler.last_epoch must be an integer"),
+    ],
+)
 def test_forged_optimizer_values_are_refused_at_load_not_mid_step(where, value, needle, case_dir, workspace, tmp_path):
     """weights_only lets plain values through; those the step computes with are checked when loading."""
     import torch
@@ -198,9 +249,14 @@ FORGED = {
     "header-length-2**63": safetensors_bytes({"a": F32_4}, b"\0" * 16, header_length=2**63 - 1),
     "header-length-zero": safetensors_bytes({}, b"", header_length=0),
     "huge-shape-small-offsets": safetensors_bytes(
-        {"decoder.wte.weight": {"dtype": "F32", "shape": [10**9, 10**9], "data_offsets": [0, 16]}}, b"\0" * 16),
-    "offsets-beyond-file": safetensors_bytes({"a": {"dtype": "F32", "shape": [2**28], "data_offsets": [0, 2**30]}}, b"\0" * 16),
-    "overlapping-offsets": safetensors_bytes({"a": F32_4, "b": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}}, b"\0" * 24),
+        {"decoder.wte.weight": {"dtype": "F32", "shape": [10**9, 10**9], "data_offsets": [0, 16]}}, b"\0" * 16
+    ),
+    "offsets-beyond-file": safetensors_bytes(
+        {"a": {"dtype": "F32", "shape": [2**28], "data_offsets": [0, 2**30]}}, b"\0" * 16
+    ),
+    "overlapping-offsets": safetensors_bytes(
+        {"a": F32_4, "b": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}}, b"\0" * 24
+    ),
     "negative-offset": safetensors_bytes({"a": {"dtype": "F32", "shape": [4], "data_offsets": [-16, 0]}}, b"\0" * 16),
     "unknown-dtype": safetensors_bytes({"a": {"dtype": "PWN", "shape": [4], "data_offsets": [0, 16]}}, b"\0" * 16),
     "header-not-json": b"\x10\0\0\0\0\0\0\0" + b"{not json at all" + b"\0" * 16,
@@ -256,11 +312,14 @@ def spoil_config(folder: Path, fields: dict) -> None:
     path.write_text(json.dumps(data))
 
 
-@pytest.mark.parametrize("text, needle", [
-    ('{"format": "pixel-llm", "format_version": "1", "model": {}}', "format_version must be an integer"),
-    ('{"format": "pixel-llm", "format_version": null, "model": {}}', "format_version must be an integer"),
-    ('{"format": "pixel-llm", "format_version": ' + "9" * 5000 + ', "model": {}}', "malformed JSON"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ('{"format": "pixel-llm", "format_version": "1", "model": {}}', "format_version must be an integer"),
+        ('{"format": "pixel-llm", "format_version": null, "model": {}}', "format_version must be an integer"),
+        ('{"format": "pixel-llm", "format_version": ' + "9" * 5000 + ', "model": {}}', "malformed JSON"),
+    ],
+)
 def test_malformed_config_header_is_refused_in_one_line(text, needle, case_dir, workspace, tmp_path):
     folder = case_dir()
     (folder / "config.json").write_text(text)
@@ -362,9 +421,24 @@ def test_tokenizer_entry_naming_a_path_is_refused(name, case_dir, workspace, tmp
 def test_latest_pointer_out_of_the_checkpoint_dir_is_refused(pointer, case_dir, workspace, tmp_path):
     folder = case_dir()
     (folder.parent / "latest").write_bytes(pointer.encode("latin-1"))
-    result = CliRunner().invoke(cli, [
-        "pixel-llm", "train", "--resume", "latest", "--out", str(folder.parent), "--data", str(workspace["data"]),
-        "--quiet", "--set", "trainer.max_steps=3", "--set", "trainer.use_amp=false"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "pixel-llm",
+            "train",
+            "--resume",
+            "latest",
+            "--out",
+            str(folder.parent),
+            "--data",
+            str(workspace["data"]),
+            "--quiet",
+            "--set",
+            "trainer.max_steps=3",
+            "--set",
+            "trainer.use_amp=false",
+        ],
+    )
     assert result.exit_code != 0 and isinstance(result.exception, SystemExit), result.output
     assert_one_line(result.stderr, "latest")
 
@@ -468,6 +542,10 @@ def test_hostile_checkpoints_allocate_nothing_in_a_fresh_process(tmp_path, works
         assert "\n" not in row["outcome"], f"{name}: {row['outcome']!r}"
         assert row["peak_mb"] - baseline < MEMORY_LIMIT_MB, f"{name}: peak {row['peak_mb']:.0f} MB vs {baseline:.0f} MB"
         assert row["s"] < 20, f"{name} took {row['s']:.1f} s to refuse"
-    FIGURES.update(cases=len(report), baseline_mb=round(baseline), worst_growth_mb=round(
-        max(row["peak_mb"] for row in report.values()) - baseline, 1), slowest_s=round(max(r["s"] for r in report.values()), 2))
+    FIGURES.update(
+        cases=len(report),
+        baseline_mb=round(baseline),
+        worst_growth_mb=round(max(row["peak_mb"] for row in report.values()) - baseline, 1),
+        slowest_s=round(max(r["s"] for r in report.values()), 2),
+    )
     print(json.dumps(FIGURES))

@@ -12,7 +12,6 @@ import random
 from pathlib import Path
 
 import pytest
-
 from reliability_support import Measured, child_env, geo_os_command, make_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
@@ -58,8 +57,21 @@ def test_caption_a_thousand_images_in_one_process_with_bounded_memory(tmp_path):
     assert sum(p.stat().st_size for p in paths) < 50 * 2**20  # small files, large pictures
 
     def caption(*images: str):
-        return Measured([*geo_os_command(), "pixel-llm", "caption", *images, "--checkpoint", str(checkpoint),
-                         "--batch-size", str(BATCH), "--max-length", "12"], env=child_env())
+        return Measured(
+            [
+                *geo_os_command(),
+                "pixel-llm",
+                "caption",
+                *images,
+                "--checkpoint",
+                str(checkpoint),
+                "--batch-size",
+                str(BATCH),
+                "--max-length",
+                "12",
+            ],
+            env=child_env(),
+        )
 
     full = caption(str(tmp_path / "images"))  # the folder: every image in it, sorted
     one_batch = caption(*[str(p) for p in paths[:BATCH]])
@@ -75,9 +87,17 @@ def test_caption_a_thousand_images_in_one_process_with_bounded_memory(tmp_path):
 
     peak_full, peak_batch = full.max_rss_kb / 1024, one_batch.max_rss_kb / 1024
     growth = peak_full - peak_batch
-    FIGURES.update(images=N_IMAGES, batch=BATCH, side=SIDE, peak_rss_mb=round(peak_full), one_batch_peak_rss_mb=round(peak_batch),
-                   growth_mb=round(growth, 1), all_images_decoded_mb=round(ALL_AT_ONCE_MB), seconds=round(full.seconds, 1),
-                   images_per_s=round(N_IMAGES / full.seconds, 1))
+    FIGURES.update(
+        images=N_IMAGES,
+        batch=BATCH,
+        side=SIDE,
+        peak_rss_mb=round(peak_full),
+        one_batch_peak_rss_mb=round(peak_batch),
+        growth_mb=round(growth, 1),
+        all_images_decoded_mb=round(ALL_AT_ONCE_MB),
+        seconds=round(full.seconds, 1),
+        images_per_s=round(N_IMAGES / full.seconds, 1),
+    )
     print(json.dumps(FIGURES))
     assert GROWTH_LIMIT_MB < ALL_AT_ONCE_MB / 4  # the bound would catch holding every image
     assert growth < GROWTH_LIMIT_MB, f"peak RSS {peak_full:.0f} MB vs {peak_batch:.0f} MB for one batch"

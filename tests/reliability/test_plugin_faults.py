@@ -11,12 +11,12 @@ import warnings
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import make_plugin_dist
+from reliability_support import assert_one_line
+
 from geometry_os.cli import cli
 from geometry_os.errors import ComponentError, GeometryOSError
 from geometry_os.host import Host, PluginLoadWarning, set_host
-from reliability_support import assert_one_line
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
@@ -34,13 +34,15 @@ class Options(BaseModel):
 PLUGINS = {
     "import": "raise RuntimeError('boom at import')\n",
     "exit": "import sys\nsys.exit(3)\n",
-    "register": HEADER + """
+    "register": HEADER
+    + """
 @hookimpl
 def register_encoders(register):
     register("half", lambda options: None, Options)  # registered, then rolled back
     raise ValueError("boom while registering")
 """,
-    "factory": HEADER + """
+    "factory": HEADER
+    + """
 def build(options):
     raise MemoryError("boom inside the factory")
 
@@ -49,12 +51,14 @@ def build(options):
 def register_encoders(register):
     register("exploding", build, Options)
 """,
-    "lazy": HEADER + """
+    "lazy": HEADER
+    + """
 @hookimpl
 def register_encoders(register):
     register("ghost", "geo_no_such_module.model:Encoder", Options)
 """,
-    "wrong_type": HEADER + """
+    "wrong_type": HEADER
+    + """
 @hookimpl
 def register_encoders(register):
     register("stringly", lambda options: "an encoder, honestly", Options)
@@ -83,13 +87,15 @@ def register_decoding_strategies(register):
     register("broken", lambda: Broken())
     register("liar", lambda: Liar())
 """,
-    "duplicate": HEADER + """
+    "duplicate": HEADER
+    + """
 @hookimpl
 def register_encoders(register):
     register("mine", lambda options: None, Options)
     register("vit", lambda options: None, Options)  # taken by the built-in vit plugin
 """,
-    "override": HEADER + """
+    "override": HEADER
+    + """
 @hookimpl
 def register_encoders(register):
     register("vit", lambda options: None, Options, override=True)  # replaces the built-in...
@@ -136,13 +142,16 @@ def assert_defaults_still_work() -> None:
     assert out.sequences.shape[0] == 2 and len(out.texts) == 2
 
 
-@pytest.mark.parametrize("kind, reason", [
-    ("import", "RuntimeError: boom at import"),
-    ("exit", "SystemExit: 3"),
-    ("register", "ValueError: boom while registering"),
-    ("duplicate", "encoder 'vit' is registered by both plugin 'vit' and plugin 'fault_duplicate'"),
-    ("override", "ValueError: boom after overriding"),
-])
+@pytest.mark.parametrize(
+    "kind, reason",
+    [
+        ("import", "RuntimeError: boom at import"),
+        ("exit", "SystemExit: 3"),
+        ("register", "ValueError: boom while registering"),
+        ("duplicate", "encoder 'vit' is registered by both plugin 'vit' and plugin 'fault_duplicate'"),
+        ("override", "ValueError: boom after overriding"),
+    ],
+)
 def test_plugin_failing_to_load_is_named_and_rolled_back(kind, reason, tmp_path, monkeypatch):
     name = install(tmp_path, monkeypatch, kind)
     host, messages = load_host()
@@ -167,11 +176,17 @@ def test_plugin_failing_to_add_commands_leaves_the_others(tmp_path, monkeypatch)
     assert_one_line(result.stderr, "plugin 'fault_commands'", "boom while adding commands")
 
 
-@pytest.mark.parametrize("encoder, needle", [
-    ("exploding", "encoder 'exploding' (plugin 'fault_factory') failed to build: MemoryError: boom inside the factory"),
-    ("ghost", "encoder 'ghost' (plugin 'fault_lazy'): cannot load factory 'geo_no_such_module.model:Encoder'"),
-    ("stringly", "encoder 'stringly' (plugin 'fault_wrong_type') factory returned str, expected a torch.nn.Module"),
-])
+@pytest.mark.parametrize(
+    "encoder, needle",
+    [
+        (
+            "exploding",
+            "encoder 'exploding' (plugin 'fault_factory') failed to build: MemoryError: boom inside the factory",
+        ),
+        ("ghost", "encoder 'ghost' (plugin 'fault_lazy'): cannot load factory 'geo_no_such_module.model:Encoder'"),
+        ("stringly", "encoder 'stringly' (plugin 'fault_wrong_type') factory returned str, expected a torch.nn.Module"),
+    ],
+)
 def test_factory_that_fails_or_returns_the_wrong_thing_names_the_plugin(encoder, needle, tmp_path, monkeypatch):
     for kind in ("factory", "lazy", "wrong_type"):
         install(tmp_path, monkeypatch, kind)
@@ -189,11 +204,23 @@ def test_factory_that_fails_or_returns_the_wrong_thing_names_the_plugin(encoder,
     assert_one_line(result.stderr, needle)
 
 
-@pytest.mark.parametrize("strategy, needle", [
-    ("broken", "decoding_strategy 'broken' (plugin 'fault_decoding') failed while decoding: ZeroDivisionError: boom"),
-    ("liar", "decoding_strategy 'liar' (plugin 'fault_decoding') returned str from decode(), expected a GenerationOutput"),
-    ("nodecode", "decoding_strategy 'nodecode' (plugin 'fault_wrong_type') factory returned object, expected an object with a decode()"),
-])
+@pytest.mark.parametrize(
+    "strategy, needle",
+    [
+        (
+            "broken",
+            "decoding_strategy 'broken' (plugin 'fault_decoding') failed while decoding: ZeroDivisionError: boom",
+        ),
+        (
+            "liar",
+            "decoding_strategy 'liar' (plugin 'fault_decoding') returned str from decode(), expected a GenerationOutput",
+        ),
+        (
+            "nodecode",
+            "decoding_strategy 'nodecode' (plugin 'fault_wrong_type') factory returned object, expected an object with a decode()",
+        ),
+    ],
+)
 def test_decoding_strategy_that_fails_names_the_plugin(strategy, needle, tmp_path, monkeypatch):
     from geometry_os.systems.pixel_llm import create_pixel_llm, generate_caption
     from geometry_os.systems.pixel_llm.generation_config import GenerationConfig
@@ -217,8 +244,9 @@ def test_decoding_plugin_failure_through_the_caption_command(tmp_path, monkeypat
     install(tmp_path, monkeypatch, "decoding")
     checkpoint = make_checkpoint(tmp_path / "ckpt")
     image = write_scene(tmp_path / "a.png")
-    result = CliRunner().invoke(cli, ["pixel-llm", "caption", str(image), "--checkpoint", str(checkpoint),
-                                      "--strategy", "broken"])
+    result = CliRunner().invoke(
+        cli, ["pixel-llm", "caption", str(image), "--checkpoint", str(checkpoint), "--strategy", "broken"]
+    )
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
     assert_one_line(result.stderr, "plugin 'fault_decoding'", "boom inside a decoding step")
     fine = CliRunner().invoke(cli, ["pixel-llm", "caption", str(image), "--checkpoint", str(checkpoint)])

@@ -16,8 +16,9 @@ from pydantic import ValidationError
 
 from geometry_os.errors import ConfigError
 
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                       HealthCheck.too_slow])
+FAST = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 FASTER = settings(FAST, max_examples=30)
 
 # ---- tokenizers ---------------------------------------------------------------------------------------
@@ -39,8 +40,11 @@ def simple_cls():
 def bpe():
     from geometry_os.systems.pixel_llm.components import get_component
 
-    corpus = ["a small red circle left of a large blue square", "a green triangle above a white diamond",
-              "émile's café, naïve façade: 42 (or 7)!"] * 5
+    corpus = [
+        "a small red circle left of a large blue square",
+        "a green triangle above a white diamond",
+        "émile's café, naïve façade: 42 (or 7)!",
+    ] * 5
     return get_component("tokenizer", "bpe").load().train(corpus, {"vocab_size": 300, "min_frequency": 1})
 
 
@@ -72,8 +76,14 @@ def test_simple_round_trip_of_any_text_is_its_normal_form(simple_cls, text):
 
 
 @FAST
-@given(tokens=st.lists(st.text(alphabet=string.ascii_lowercase + string.digits + "éß", min_size=1, max_size=8)
-                       | st.sampled_from(list(".,!?;:'\"()-")), min_size=1, max_size=20))
+@given(
+    tokens=st.lists(
+        st.text(alphabet=string.ascii_lowercase + string.digits + "éß", min_size=1, max_size=8)
+        | st.sampled_from(list(".,!?;:'\"()-")),
+        min_size=1,
+        max_size=20,
+    )
+)
 def test_bpe_round_trip_over_its_normalised_alphabet(bpe, tokens):
     """Lowercase NFKC text with single spaces and no outer whitespace decodes to itself (byte-level BPE
     has no unknown tokens)."""
@@ -107,13 +117,39 @@ def test_saved_and_loaded_tokenizers_encode_the_same(tmp_path, simple_cls, bpe, 
 # ---- configs ---------------------------------------------------------------------------------------------
 
 json_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(10**20), max_value=10**20), st.integers(-3, 300),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
-    st.sampled_from(["vit", "xattn", "simple", "bpe", "beam", "greedy", "sample", "auto", "cpu", "cuda", "learned",
-                     "sincos", "cosine", "raise", "skip", "bfloat16", "never"]),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**20), max_value=10**20),
+    st.integers(-3, 300),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from(
+        [
+            "vit",
+            "xattn",
+            "simple",
+            "bpe",
+            "beam",
+            "greedy",
+            "sample",
+            "auto",
+            "cpu",
+            "cuda",
+            "learned",
+            "sincos",
+            "cosine",
+            "raise",
+            "skip",
+            "bfloat16",
+            "never",
+        ]
+    ),
 )
-json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4)
-                           | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
 
 
 def field_dicts(model: type) -> st.SearchStrategy[dict]:
@@ -152,16 +188,33 @@ def test_other_configs_fail_only_with_validation_errors(name, data):
 
 
 override_keys = st.one_of(
-    st.sampled_from(["image_size", "patch_size", "vision_embed_dim", "text_num_layers", "encoder", "decoder",
-                     "trainer.learning_rate", "trainer.batch_size", "encoder_options.pool", "decoder_options.num_layers",
-                     "trainer", "vision_num_heads", "max_seq_len", "vocab_size"]),
+    st.sampled_from(
+        [
+            "image_size",
+            "patch_size",
+            "vision_embed_dim",
+            "text_num_layers",
+            "encoder",
+            "decoder",
+            "trainer.learning_rate",
+            "trainer.batch_size",
+            "encoder_options.pool",
+            "decoder_options.num_layers",
+            "trainer",
+            "vision_num_heads",
+            "max_seq_len",
+            "vocab_size",
+        ]
+    ),
     st.text(alphabet=string.ascii_lowercase + "._", max_size=12),
 )
 
 
 @FAST
-@given(items=st.lists(st.tuples(override_keys, st.one_of(st.text(max_size=10), json_values.map(json.dumps))), max_size=5),
-       preset=st.sampled_from([None, "tiny", "small"]))
+@given(
+    items=st.lists(st.tuples(override_keys, st.one_of(st.text(max_size=10), json_values.map(json.dumps))), max_size=5),
+    preset=st.sampled_from([None, "tiny", "small"]),
+)
 def test_load_config_with_any_set_flags_fails_only_with_config_error(items, preset):
     """``--set KEY=VALUE`` as typed on the command line: the only failure is a one-line ConfigError."""
     from geometry_os.systems.pixel_llm.config import load_config
@@ -175,18 +228,41 @@ def test_load_config_with_any_set_flags_fails_only_with_config_error(items, pres
 # ---- caption files --------------------------------------------------------------------------------------
 
 entry = st.fixed_dictionaries(
-    {}, optional={"image": json_values | st.just("a.png"), "caption": json_values | st.just("a red circle"),
-                  "captions": json_values | st.just(["a", "b"]), "extra": json_values},
+    {},
+    optional={
+        "image": json_values | st.just("a.png"),
+        "caption": json_values | st.just("a red circle"),
+        "captions": json_values | st.just(["a", "b"]),
+        "extra": json_values,
+    },
 )
 caption_documents = st.one_of(
     json_values,
     st.lists(entry | json_values, max_size=5),
-    st.fixed_dictionaries({"images": st.lists(st.fixed_dictionaries({}, optional={
-        "id": json_values, "file_name": json_values | st.just("a.png"), "width": json_values}) | json_values, max_size=3),
-        "annotations": st.lists(st.fixed_dictionaries({}, optional={
-            "image_id": json_values | st.integers(0, 3), "caption": json_values | st.just("a red circle"),
-            "id": json_values}) | json_values, max_size=3)},
-        optional={"info": json_values, "bogus": json_values}),
+    st.fixed_dictionaries(
+        {
+            "images": st.lists(
+                st.fixed_dictionaries(
+                    {}, optional={"id": json_values, "file_name": json_values | st.just("a.png"), "width": json_values}
+                )
+                | json_values,
+                max_size=3,
+            ),
+            "annotations": st.lists(
+                st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "image_id": json_values | st.integers(0, 3),
+                        "caption": json_values | st.just("a red circle"),
+                        "id": json_values,
+                    },
+                )
+                | json_values,
+                max_size=3,
+            ),
+        },
+        optional={"info": json_values, "bogus": json_values},
+    ),
 )
 
 
@@ -196,7 +272,9 @@ def scratch(tmp_path_factory) -> Path:
 
 
 @FAST
-@given(document=caption_documents, suffix=st.sampled_from([".json", ".jsonl"]), on_error=st.sampled_from(["raise", "skip"]))
+@given(
+    document=caption_documents, suffix=st.sampled_from([".json", ".jsonl"]), on_error=st.sampled_from(["raise", "skip"])
+)
 def test_read_caption_file_fails_only_with_data_error(scratch, document, suffix, on_error):
     from geometry_os.systems.pixel_llm.data import DataError, read_caption_file
 

@@ -76,8 +76,9 @@ def _load(params: GenerationParams) -> tuple[Any, Any, Any]:
     if tokenizer is None:
         from geometry_os.errors import CheckpointError
 
-        raise CheckpointError(f"{params.checkpoint}: this checkpoint has no tokenizer, so captions cannot be "
-                              "turned into text")
+        raise CheckpointError(
+            f"{params.checkpoint}: this checkpoint has no tokenizer, so captions cannot be turned into text"
+        )
     return model, tokenizer, generation
 
 
@@ -96,8 +97,9 @@ def evaluate(params: EvaluateParams, host: Any) -> dict[str, Any]:
     from .data import ImageTextDataset
 
     model, tokenizer, generation = _load(params)
-    references = ImageTextDataset(params.data, tokenizer=tokenizer, image_root=params.image_root,
-                                  split=params.split).references
+    references = ImageTextDataset(
+        params.data, tokenizer=tokenizer, image_root=params.image_root, split=params.split
+    ).references
     if params.max_images:
         references = references[: params.max_images]
     return evaluate_dataset(model, tokenizer, references, generation, params.batch_size)
@@ -109,8 +111,12 @@ class TrainParams(StrictModel):
     overrides: list[str] = Field(default_factory=list, description="key=value overrides")
     data: str | None = Field(None, description="training caption file (default: synthetic shapes)")
     val_data: str | None = None
-    image_root: str | None = Field(None, description="folder the image paths of `data` start from (default: its folder)")
-    val_image_root: str | None = Field(None, description="the same for `val_data` (default: image_root, else its folder)")
+    image_root: str | None = Field(
+        None, description="folder the image paths of `data` start from (default: its folder)"
+    )
+    val_image_root: str | None = Field(
+        None, description="the same for `val_data` (default: image_root, else its folder)"
+    )
     tokenizer: str | None = Field(None, description="tokenizer component trained on the captions")
     out: str | None = Field(None, description="checkpoint folder")
     resume: str | None = Field(None, description="checkpoint folder or 'latest'")
@@ -129,19 +135,36 @@ def train(params: TrainParams, host: Any) -> dict[str, Any]:
     if run is None:
         raise ComponentError(f"{trainer.label} has no run() entry point, so it cannot serve pixel_llm.train")
     summary = run(
-        config_path=params.config, preset=params.preset, data_path=params.data, val_path=params.val_data,
-        overrides=params.overrides, resume=params.resume, quiet=True, out=params.out, num_scenes=params.num_scenes,
+        config_path=params.config,
+        preset=params.preset,
+        data_path=params.data,
+        val_path=params.val_data,
+        overrides=params.overrides,
+        resume=params.resume,
+        quiet=True,
+        out=params.out,
+        num_scenes=params.num_scenes,
         **{k: v for k in ("image_root", "val_image_root", "tokenizer") if (v := getattr(params, k)) is not None},
     )
     return json.loads(json.dumps(summary or {}, default=str))
 
 
 CALLS = [
-    SystemCall("pixel_llm.info", InfoParams, info, "Resolved model config, parameter count and trainer settings.",
-               remote_params=RemoteInfoParams),
+    SystemCall(
+        "pixel_llm.info",
+        InfoParams,
+        info,
+        "Resolved model config, parameter count and trainer settings.",
+        remote_params=RemoteInfoParams,
+    ),
     SystemCall("pixel_llm.caption", CaptionParams, caption, "Caption image files with a checkpoint."),
     SystemCall("pixel_llm.evaluate", EvaluateParams, evaluate, "Caption metrics of a checkpoint on a caption file."),
     # over the network only when the server was started with --allow-train (it reads and writes server files)
-    SystemCall("pixel_llm.train", TrainParams, train, "Train a model (as geo-os pixel-llm train) and summarise.",
-               remote_params=TrainParams),
+    SystemCall(
+        "pixel_llm.train",
+        TrainParams,
+        train,
+        "Train a model (as geo-os pixel-llm train) and summarise.",
+        remote_params=TrainParams,
+    ),
 ]

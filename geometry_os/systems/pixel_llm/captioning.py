@@ -12,9 +12,10 @@ import glob
 import os
 import time
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from geometry_os.errors import GeometryOSError
 
@@ -44,8 +45,11 @@ def _folder_images(folder: Path, recursive: bool) -> tuple[list[Path], list[Path
             unsearched = [Path(root) / d for d in dirs]
             dirs[:] = []
         here = Path(root)
-        found.extend(here / f for f in sorted(files)
-                     if not _hidden(f) and Path(f).suffix.lower() in IMAGE_SUFFIXES and (here / f).is_file())
+        found.extend(
+            here / f
+            for f in sorted(files)
+            if not _hidden(f) and Path(f).suffix.lower() in IMAGE_SUFFIXES and (here / f).is_file()
+        )
     return found, unsearched
 
 
@@ -72,8 +76,10 @@ def expand_image_args(args: Sequence[str], recursive: bool = False) -> list[Path
             found, unsearched = _folder_images(path, recursive)
             skipped = _unsearched(unsearched, "sub-folder(s)")
             if not found:
-                raise GeometryOSError(f"{arg}: no images in this folder ({', '.join(sorted(IMAGE_SUFFIXES))})"
-                                      + (f"; {skipped}" if skipped else ""))
+                raise GeometryOSError(
+                    f"{arg}: no images in this folder ({', '.join(sorted(IMAGE_SUFFIXES))})"
+                    + (f"; {skipped}" if skipped else "")
+                )
             if skipped:
                 warnings.warn(f"{arg}: {skipped}", SkippedFoldersWarning, stacklevel=2)
             paths.extend(found)
@@ -147,7 +153,10 @@ def caption_images(
                 results.append(CaptionResult(str(path), None, error=str(exc)))
         if tensors:
             out = generate_caption(
-                model, torch.stack(tensors).to(device), config=generation, tokenizer=tokenizer,
+                model,
+                torch.stack(tensors).to(device),
+                config=generation,
+                tokenizer=tokenizer,
                 return_dict_in_generate=True,
             )
             per_image = generation.num_return_sequences
@@ -177,11 +186,12 @@ def evaluate_dataset(
     bad = [r for r in results if r.error]
     if bad:
         raise DataError(f"{len(bad)} image(s) could not be read, first: {bad[0].error}")
-    metrics: dict[str, Any] = caption_metrics([r.caption or "" for r in results], [refs for _, refs in references], idf_corpus)
+    metrics: dict[str, Any] = caption_metrics(
+        [r.caption or "" for r in results], [refs for _, refs in references], idf_corpus
+    )
     metrics["seconds_per_image"] = elapsed / max(len(results), 1)
     metrics["examples"] = [
         {"image": r.image, "prediction": r.caption, "references": refs}
         for r, (_, refs) in zip(results[:5], references[:5])
     ]
     return metrics
-

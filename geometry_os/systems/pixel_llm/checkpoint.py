@@ -15,8 +15,9 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Collection
 from pathlib import Path
-from typing import Any, Collection
+from typing import Any
 
 import torch
 from pydantic import ValidationError
@@ -68,8 +69,10 @@ class AtomicFolder:
                 others = sorted(p.name for p in self.dest.iterdir() if p.name not in self.replaces or not p.is_file())
                 if others:
                     shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
-                    raise CheckpointError(f"{self.dest}: refusing to replace a folder that holds other files "
-                                          f"({shown}); save to a new or empty folder")
+                    raise CheckpointError(
+                        f"{self.dest}: refusing to replace a folder that holds other files "
+                        f"({shown}); save to a new or empty folder"
+                    )
         self.dest.parent.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir()
         return self.tmp
@@ -190,12 +193,16 @@ def read_checkpoint_config(folder: Path) -> tuple[PixelLLMConfig, dict[str, Any]
     config_path = safe_file(folder, CONFIG)
     data = read_json(config_path)
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("model"), dict):
-        raise CheckpointError(f"{config_path}: not a Pixel LLM checkpoint config (expected format={FORMAT!r} and a 'model' object)")
+        raise CheckpointError(
+            f"{config_path}: not a Pixel LLM checkpoint config (expected format={FORMAT!r} and a 'model' object)"
+        )
     version = data.get("format_version", 0)
     if not isinstance(version, int) or isinstance(version, bool):
         raise CheckpointError(f"{config_path}: format_version must be an integer, got {version!r}")
     if version > FORMAT_VERSION:
-        raise CheckpointError(f"{config_path}: format_version {data['format_version']} is newer than this version supports ({FORMAT_VERSION})")
+        raise CheckpointError(
+            f"{config_path}: format_version {data['format_version']} is newer than this version supports ({FORMAT_VERSION})"
+        )
     try:
         config = PixelLLMConfig.model_validate(data["model"])
     except ValidationError as exc:
@@ -212,9 +219,7 @@ def alias_groups(module: torch.nn.Module) -> list[list[str]]:
     return list(groups.values())
 
 
-def check_weights_header(
-    path: Path, expected: dict[str, torch.Size], required: list[list[str]] | None = None
-) -> None:
+def check_weights_header(path: Path, expected: dict[str, torch.Size], required: list[list[str]] | None = None) -> None:
     """Compare the safetensors header with the model's tensors before loading anything; with ``required``
     (``alias_groups`` of the model) a tensor the model needs but the file lacks is refused too."""
     from safetensors import SafetensorError, safe_open
@@ -225,7 +230,8 @@ def check_weights_header(
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: invalid safetensors file: {' '.join(str(exc).split())}") from None
     mismatched = [
-        f"{name} {shapes[name]} != {tuple(shape)}" for name, shape in expected.items()
+        f"{name} {shapes[name]} != {tuple(shape)}"
+        for name, shape in expected.items()
         if name in shapes and tuple(shapes[name]) != tuple(shape)
     ]
     if mismatched:
@@ -247,7 +253,9 @@ def load_weights(model: torch.nn.Module, path: Path, device: str | torch.device 
     except Exception as exc:
         raise CheckpointError(f"{path}: cannot load weights: {' '.join(str(exc).split())}") from None
     # Tied weights are stored once; their aliases are legitimately "missing".
-    tied = {name for name, p in model.named_parameters(remove_duplicate=False)} - {n for n, _ in model.named_parameters()}
+    tied = {name for name, p in model.named_parameters(remove_duplicate=False)} - {
+        n for n, _ in model.named_parameters()
+    }
     missing = [m for m in missing if m not in tied]
     if missing or unexpected:
         raise CheckpointError(f"{path}: missing tensors {missing[:5]} / unexpected {unexpected[:5]}")
@@ -272,8 +280,10 @@ def load_tokenizer(folder: Path, entry: Any) -> Any:
     except (ValueError, OSError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{file}: cannot load tokenizer: {' '.join(str(exc).split())}") from None
     except Exception as exc:  # a third-party tokenizer's own error type: still one line, naming it
-        raise CheckpointError(f"{file}: tokenizer {entry['component']!r} failed to load: "
-                              f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}") from None
+        raise CheckpointError(
+            f"{file}: tokenizer {entry['component']!r} failed to load: "
+            f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        ) from None
 
 
 # ---- run folders --------------------------------------------------------------------------------------
@@ -294,7 +304,7 @@ def read_latest(checkpoint_dir: Path) -> Path:
         data = read_json(pointer)
         name = data.get("checkpoint") if isinstance(data, dict) else None
         if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
-            raise CheckpointError(f"{pointer}: expected {{\"checkpoint\": \"<folder name>\"}}")
+            raise CheckpointError(f'{pointer}: expected {{"checkpoint": "<folder name>"}}')
         folder = checkpoint_dir / name
         if not (folder / CONFIG).is_file():
             raise CheckpointError(f"{pointer}: names {name}, which is not a complete checkpoint")

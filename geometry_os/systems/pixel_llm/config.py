@@ -40,7 +40,9 @@ class TrainerConfig(StrictModel):
     batch_size: int = Field(32, ge=1, description="used when the trainer builds its own data loader (CLI)")
     num_workers: int = Field(0, ge=0, description="data-loader worker processes")
     use_amp: bool = Field(True, description="mixed precision (see amp_dtype)")
-    amp_dtype: Literal["auto", "bfloat16", "float16"] = Field("auto", description="auto: bf16 on CUDA when supported else fp16 + GradScaler; on CPU bf16 only where native")
+    amp_dtype: Literal["auto", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bf16 on CUDA when supported else fp16 + GradScaler; on CPU bf16 only where native"
+    )
     gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
     max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping (None: off)")
     warmup_steps: int = Field(100, ge=0, description="linear warm-up steps")
@@ -60,7 +62,8 @@ class TrainerConfig(StrictModel):
     )
     val_max_samples: int = Field(500, ge=1, description="images captioned for validation metrics")
     best_metric: str | None = Field(
-        None, description="validation metric that picks `best` (default: exact_match when captions are generated, else loss)"
+        None,
+        description="validation metric that picks `best` (default: exact_match when captions are generated, else loss)",
     )
     checkpoint_interval: int | None = Field(
         500, ge=1, description="save every N optimizer steps and at the end of training (None: after each epoch)"
@@ -92,13 +95,21 @@ class TrainerConfig(StrictModel):
     )
     encoder_learning_rate: float | None = Field(None, gt=0, description="peak LR of the encoder (None: learning_rate)")
     layer_decay: float = Field(
-        1.0, gt=0, le=1,
+        1.0,
+        gt=0,
+        le=1,
         description="layer-wise LR decay of the encoder (BEiT): block i of L gets layer_decay**(L-i) of the "
         "encoder LR, the patch/position embeddings layer_decay**(L+1); 1: off",
     )
-    gradient_checkpointing: bool = Field(False, description="recompute encoder/decoder block activations in backward (less memory)")
-    lora_rank: int = Field(0, ge=0, description="LoRA adapter rank on lora_targets (0: off); all other weights are frozen")
-    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator: the update is (lora_alpha / lora_rank) * B @ A")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute encoder/decoder block activations in backward (less memory)"
+    )
+    lora_rank: int = Field(
+        0, ge=0, description="LoRA adapter rank on lora_targets (0: off); all other weights are frozen"
+    )
+    lora_alpha: float = Field(
+        16.0, gt=0, description="LoRA scaling numerator: the update is (lora_alpha / lora_rank) * B @ A"
+    )
     lora_targets: list[str] = Field(
         default_factory=lambda: ["*.qkv", "*.proj", "*.q_x", "*.kv_x", "*.proj_x"],
         description="linear layers that get LoRA adapters (fnmatch patterns on module names)",
@@ -106,10 +117,18 @@ class TrainerConfig(StrictModel):
     early_stopping_patience: int | None = Field(
         None, ge=1, description="stop after this many validations without a new best metric (None: off)"
     )
-    tensorboard: bool = Field(False, description="also write TensorBoard events to checkpoint_dir/tensorboard ('tensorboard' extra)")
+    tensorboard: bool = Field(
+        False, description="also write TensorBoard events to checkpoint_dir/tensorboard ('tensorboard' extra)"
+    )
     # what `geo-os pixel-llm train` trains on (saved with the run, so `--resume` continues on the same data)
-    data: str | None = Field(None, description="`train` command: training captions, [FORMAT:]PATH of a registered format (a split file: its train split); None: the synthetic shapes scenes")
-    val_data: str | None = Field(None, description="`train` command: validation captions, [FORMAT:]PATH (a split file: its val split; needs `data`)")
+    data: str | None = Field(
+        None,
+        description="`train` command: training captions, [FORMAT:]PATH of a registered format (a split file: its train split); None: the synthetic shapes scenes",
+    )
+    val_data: str | None = Field(
+        None,
+        description="`train` command: validation captions, [FORMAT:]PATH (a split file: its val split; needs `data`)",
+    )
     image_root: str | None = Field(
         None, description="`train` command: folder the image paths of `data` are relative to (None: its folder)"
     )
@@ -117,10 +136,14 @@ class TrainerConfig(StrictModel):
         None, description="`train` command: the same for `val_data` (None: `image_root` when set, else its folder)"
     )
     tokenizer: str | None = Field(
-        None, description="`train` command: tokenizer component trained on `data`'s captions (None: the registry's default)"
+        None,
+        description="`train` command: tokenizer component trained on `data`'s captions (None: the registry's default)",
     )
-    num_scenes: int = Field(10_000, ge=1, description="`train` command without `data`: synthetic training scenes (validation: a tenth, at most 1000)")
-
+    num_scenes: int = Field(
+        10_000,
+        ge=1,
+        description="`train` command without `data`: synthetic training scenes (validation: a tenth, at most 1000)",
+    )
 
     @field_validator("freeze")
     @classmethod
@@ -132,7 +155,7 @@ class TrainerConfig(StrictModel):
         return patterns
 
     @model_validator(mode="after")
-    def _check_lora(self) -> "TrainerConfig":
+    def _check_lora(self) -> TrainerConfig:
         if self.lora_rank and not self.lora_targets:
             raise ValueError("lora_rank > 0 needs at least one lora_targets pattern")
         return self
@@ -147,6 +170,7 @@ def default_num_heads(dim: int) -> int:
     (64 -> 1, 200 -> 2, 384 -> 6)."""
     limit = max(1, dim // 64)
     return next(h for h in range(limit, 0, -1) if dim % h == 0)
+
 
 # Layers per stack. Far above any captioner, and it bounds what a hostile config.json can make the loader
 # build (even on the meta device every layer is Python objects: 10**7 layers would take hours and gigabytes).
@@ -184,22 +208,33 @@ class PixelLLMConfig(StrictModel):
     image_size: int = Field(224, gt=0, description="input images are resized to image_size x image_size")
     patch_size: int = Field(16, gt=0, description="ViT patch side in pixels; must divide image_size")
     image_mean: tuple[float, float, float] = Field(IMAGENET_MEAN, description="normalisation the model expects")
-    image_std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = Field(IMAGENET_STD, description="normalisation the model expects")
-    image_interpolation: Literal["bilinear", "bicubic"] = Field("bilinear", description="resize filter the model expects")
+    image_std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = Field(
+        IMAGENET_STD, description="normalisation the model expects"
+    )
+    image_interpolation: Literal["bilinear", "bicubic"] = Field(
+        "bilinear", description="resize filter the model expects"
+    )
     image_resize: Literal["squash", "shorter_crop"] = Field(
-        "squash", description="squash to image_size x image_size, or shorter side + centre crop (timm, CLIP)")
+        "squash", description="squash to image_size x image_size, or shorter side + centre crop (timm, CLIP)"
+    )
     image_crop_pct: float = Field(1.0, gt=0, le=1, description="image_resize=shorter_crop: fraction kept by the crop")
     image_rescale_factor: PositiveFloat = Field(1 / 255, description="8-bit pixel values times this, before mean/std")
     vision_embed_dim: int = Field(768, gt=0, description="encoder width")
     vision_num_layers: int = Field(6, gt=0, le=MAX_LAYERS, description="encoder transformer blocks")
-    vision_num_heads: int | None = Field(None, gt=0, description="None: default_num_heads(vision_embed_dim), heads of ~64 channels that divide it")
+    vision_num_heads: int | None = Field(
+        None, gt=0, description="None: default_num_heads(vision_embed_dim), heads of ~64 channels that divide it"
+    )
     vision_pos_embed: Literal["learned", "sincos"] = Field(
         "learned", description="patch position embeddings: learned (interpolated) or fixed 2-D sin-cos"
     )
-    vocab_size: int = Field(50000, ge=5, description="token embedding rows (the tokenizer's size when trained by the CLI)")
+    vocab_size: int = Field(
+        50000, ge=5, description="token embedding rows (the tokenizer's size when trained by the CLI)"
+    )
     text_embed_dim: int = Field(768, gt=0, description="decoder width")
     text_num_layers: int = Field(12, gt=0, le=MAX_LAYERS, description="decoder transformer blocks")
-    text_num_heads: int | None = Field(None, gt=0, description="None: default_num_heads(text_embed_dim), heads of ~64 channels that divide it")
+    text_num_heads: int | None = Field(
+        None, gt=0, description="None: default_num_heads(text_embed_dim), heads of ~64 channels that divide it"
+    )
     max_seq_len: int = Field(512, ge=2, description="longest caption in tokens, <bos> and <eos> included")
     cross_attention_dim: int | None = Field(None, gt=0, description="None: vision_embed_dim")
     num_cross_attention_layers: int | None = Field(None, gt=0, description="None: every decoder layer")
@@ -234,7 +269,7 @@ class PixelLLMConfig(StrictModel):
         return data
 
     @model_validator(mode="after")
-    def _check(self) -> "PixelLLMConfig":
+    def _check(self) -> PixelLLMConfig:
         if self.image_size % self.patch_size:
             raise ValueError(f"patch_size={self.patch_size} must divide image_size={self.image_size}")
         for dim_field, heads_field in (("vision_embed_dim", "vision_num_heads"), ("text_embed_dim", "text_num_heads")):
@@ -302,8 +337,12 @@ class PixelLLMConfig(StrictModel):
         """Size and normalisation of the images this model expects: ``DatasetConfig`` / ``shapes`` options,
         the same for training, evaluation and captioning."""
         options = {"image_size": self.image_size, "mean": self.image_mean, "std": self.image_std}
-        preset = {"interpolation": (self.image_interpolation, "bilinear"), "resize": (self.image_resize, "squash"),
-                  "crop_pct": (self.image_crop_pct, 1.0), "rescale_factor": (self.image_rescale_factor, 1 / 255)}
+        preset = {
+            "interpolation": (self.image_interpolation, "bilinear"),
+            "resize": (self.image_resize, "squash"),
+            "crop_pct": (self.image_crop_pct, 1.0),
+            "rescale_factor": (self.image_rescale_factor, 1 / 255),
+        }
         # only what differs from the defaults: datasets that take size, mean and std alone keep working
         options.update({key: value for key, (value, default) in preset.items() if value != default})
         return options
@@ -316,17 +355,41 @@ class PixelLLMConfig(StrictModel):
 # Sizes of the named presets; ``create_pixel_llm(preset=...)`` and ``--preset`` use them.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
-        image_size=32, patch_size=8, vision_embed_dim=32, vision_num_layers=2, vision_num_heads=2,
-        text_embed_dim=32, text_num_layers=2, text_num_heads=2, max_seq_len=32, vocab_size=64,
+        image_size=32,
+        patch_size=8,
+        vision_embed_dim=32,
+        vision_num_layers=2,
+        vision_num_heads=2,
+        text_embed_dim=32,
+        text_num_layers=2,
+        text_num_heads=2,
+        max_seq_len=32,
+        vocab_size=64,
     ),
     "small": dict(
-        image_size=64, patch_size=8, vision_embed_dim=192, vision_num_layers=4, vision_num_heads=3,
-        text_embed_dim=192, text_num_layers=4, text_num_heads=3, max_seq_len=64, vocab_size=1000,
+        image_size=64,
+        patch_size=8,
+        vision_embed_dim=192,
+        vision_num_layers=4,
+        vision_num_heads=3,
+        text_embed_dim=192,
+        text_num_layers=4,
+        text_num_heads=3,
+        max_seq_len=64,
+        vocab_size=1000,
         vision_pos_embed="sincos",
     ),
     "base": dict(
-        image_size=224, patch_size=16, vision_embed_dim=768, vision_num_layers=6, vision_num_heads=12,
-        text_embed_dim=768, text_num_layers=12, text_num_heads=12, max_seq_len=512, vocab_size=50000,
+        image_size=224,
+        patch_size=16,
+        vision_embed_dim=768,
+        vision_num_layers=6,
+        vision_num_heads=12,
+        text_embed_dim=768,
+        text_num_layers=12,
+        text_num_heads=12,
+        max_seq_len=512,
+        vocab_size=50000,
     ),
 }
 
@@ -428,9 +491,10 @@ def __getattr__(name: str) -> Any:
         return GenerationConfig
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 __all__ = [
     "DatasetConfig",
-    "GenerationConfig",
+    "GenerationConfig",  # noqa: F822 (re-exported lazily by __getattr__)
     "PRESETS",
     "PixelLLMConfig",
     "TrainerConfig",

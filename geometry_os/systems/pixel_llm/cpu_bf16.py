@@ -26,8 +26,12 @@ EMULATED_BF16 = not _native_bf16()
 
 def upcast_bf16(x: torch.Tensor) -> bool:
     """Whether autocast asks for bf16 on a CPU that only emulates it."""
-    return (EMULATED_BF16 and x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-            and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+    return (
+        EMULATED_BF16
+        and x.device.type == "cpu"
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    )
 
 
 def bf16_rounded(*ts: torch.Tensor | None) -> list[torch.Tensor | None]:

@@ -23,9 +23,10 @@ import logging
 import math
 import os
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -42,8 +43,9 @@ logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 ENTRY_KEYS = frozenset({"image", "caption", "captions"})
 COCO_KEYS = frozenset({"images", "annotations", "info", "licenses", "type", "categories"})
-COCO_IMAGE_KEYS = frozenset({"id", "file_name", "width", "height", "license", "coco_url", "flickr_url",
-                             "date_captured"})
+COCO_IMAGE_KEYS = frozenset(
+    {"id", "file_name", "width", "height", "license", "coco_url", "flickr_url", "date_captured"}
+)
 COCO_ANNOTATION_KEYS = frozenset({"id", "image_id", "caption"})
 
 
@@ -77,7 +79,9 @@ def _check_keys(obj: Any, allowed: frozenset, what: str) -> dict:
         raise _Bad(f"expected {what}, got {type(obj).__name__}")
     for key in obj:
         if key not in allowed:
-            raise _Bad(f'unknown key {json.dumps(key, ensure_ascii=False)[:60]} (allowed: {", ".join(sorted(allowed))})')  # escaped
+            raise _Bad(
+                f"unknown key {json.dumps(key, ensure_ascii=False)[:60]} (allowed: {', '.join(sorted(allowed))})"
+            )  # escaped
     return obj
 
 
@@ -100,8 +104,9 @@ def _parse_entry(obj: Any) -> tuple[str, list[str]]:
 class _Reader:
     """Reads one caption file into records, raising or collecting entry problems per ``on_error``."""
 
-    def __init__(self, data_path: str | os.PathLike, image_root: str | os.PathLike | None, on_error: str,
-                 kind: str | None = None):
+    def __init__(
+        self, data_path: str | os.PathLike, image_root: str | os.PathLike | None, on_error: str, kind: str | None = None
+    ):
         self.name = str(data_path)
         self.root = str(image_root) if image_root is not None else os.path.dirname(self.name)
         self.on_error = on_error
@@ -142,7 +147,11 @@ class _Reader:
             raise DataError(
                 f'{self.name}: expected a JSON list of {{"image", "caption"}} entries or a COCO object with '
                 f'"images" and "annotations", got {type(data).__name__}'
-                + (f" with keys {', '.join(json.dumps(k, ensure_ascii=False) for k in sorted(data))[:60]}" if isinstance(data, dict) else "")
+                + (
+                    f" with keys {', '.join(json.dumps(k, ensure_ascii=False) for k in sorted(data))[:60]}"
+                    if isinstance(data, dict)
+                    else ""
+                )
             )
 
     def read_list(self, data: list) -> None:
@@ -203,7 +212,9 @@ class _Reader:
 
 
 def read_caption_file(
-    data_path: str | os.PathLike, image_root: str | os.PathLike | None = None, on_error: str = "raise",
+    data_path: str | os.PathLike,
+    image_root: str | os.PathLike | None = None,
+    on_error: str = "raise",
     kind: str | None = None,
 ) -> tuple[list[CaptionRecord], list[tuple[int, str]], list[str]]:
     """Parse a JSON list, JSON Lines or COCO captions file: records, skipped (position, message) and their
@@ -234,18 +245,28 @@ def build_transform(config: DatasetConfig) -> v2.Compose:
     size = (config.image_size, config.image_size)
     mode = v2.InterpolationMode.BICUBIC if config.interpolation == "bicubic" else v2.InterpolationMode.BILINEAR
     if config.augment:
-        geometry = [v2.RandomResizedCrop(size, scale=(0.9, 1.0), ratio=(0.95, 1.05), interpolation=mode, antialias=True)]
+        geometry = [
+            v2.RandomResizedCrop(size, scale=(0.9, 1.0), ratio=(0.95, 1.05), interpolation=mode, antialias=True)
+        ]
         colour = [v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2)]
     elif config.resize == "shorter_crop":  # timm's eval transform: floor(size / crop_pct), centre crop
-        geometry = [v2.Resize(math.floor(config.image_size / config.crop_pct), interpolation=mode, antialias=True),
-                    v2.CenterCrop(size)]
+        geometry = [
+            v2.Resize(math.floor(config.image_size / config.crop_pct), interpolation=mode, antialias=True),
+            v2.CenterCrop(size),
+        ]
         colour = []
     else:
         geometry, colour = [v2.Resize(size, interpolation=mode, antialias=True)], []
     scale = [] if abs(config.rescale_factor * 255 - 1) < 1e-12 else [Rescale(config.rescale_factor * 255)]
     return v2.Compose(
-        [*geometry, v2.ToImage(), v2.ToDtype(torch.float32, scale=True), *scale, *colour,
-         v2.Normalize(list(config.mean), list(config.std))]
+        [
+            *geometry,
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            *scale,
+            *colour,
+            v2.Normalize(list(config.mean), list(config.std)),
+        ]
     )
 
 
@@ -294,8 +315,9 @@ def check_image_root(data_path: str, image_root: str | os.PathLike | None, recor
     first = next(iter(images.values()))
     how = "image_root" if image_root is not None else "image_root (default: the caption file's folder)"
     others = f", nor do the other {len(images) - 1} images" if len(images) > 1 else ""
-    raise DataError(f"{first.image}: no such file ({data_path} {first.where}){others}; relative image paths start "
-                    f"from {how} {root}")
+    raise DataError(
+        f"{first.image}: no such file ({data_path} {first.where}){others}; relative image paths start from {how} {root}"
+    )
 
 
 def summarize_skipped(name: str, reasons: Sequence[str], total: int, what: str) -> str:
@@ -333,8 +355,13 @@ def per_image(dataset: Any, predictions: Sequence[str]) -> tuple[list[str], list
 class CaptionTokens:
     """Token ids of all captions in one flat tensor (no per-caption Python objects for workers to copy)."""
 
-    def __init__(self, encode: Callable[[str], Sequence[int]], captions: Sequence[str], max_length: int,
-                 eos_token_id: int = EOS_ID):
+    def __init__(
+        self,
+        encode: Callable[[str], Sequence[int]],
+        captions: Sequence[str],
+        max_length: int,
+        eos_token_id: int = EOS_ID,
+    ):
         rows = [truncate([int(i) for i in encode(c)], max_length, eos_token_id) for c in captions]
         self.lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), self.lengths.cumsum(0)])
@@ -401,8 +428,9 @@ class ImageTextDataset(CaptionedImages):
         self.records = records
         self.skipped: list[tuple[int | str, str]] = list(skipped)
         self.tokenizer, self._encode = resolve_tokenizer(tokenizer, self.captions)
-        self.tokens = CaptionTokens(self._encode, self.captions, self.config.max_length,
-                                    special_id(self.tokenizer, "eos_token_id", EOS_ID))
+        self.tokens = CaptionTokens(
+            self._encode, self.captions, self.config.max_length, special_id(self.tokenizer, "eos_token_id", EOS_ID)
+        )
         self.transform = build_transform(self.config)
         self._bad: dict[str, str] = {}  # image path -> message, found on access when skipping
 
@@ -473,8 +501,9 @@ class ImageTextDataset(CaptionedImages):
             raise DataError(f"{self.data_path}: no readable images")
         logger.warning(summarize_skipped(self.data_path, [e.reason for _, e in errors], len(first), "images"))
         self.records = [self.records[i] for i in keep]
-        self.tokens = CaptionTokens(self._encode, self.captions, self.config.max_length,
-                                    special_id(self.tokenizer, "eos_token_id", EOS_ID))
+        self.tokens = CaptionTokens(
+            self._encode, self.captions, self.config.max_length, special_id(self.tokenizer, "eos_token_id", EOS_ID)
+        )
         self.skipped.extend(problems)
         self._bad.update(problems)
         return problems

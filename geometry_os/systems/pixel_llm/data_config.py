@@ -20,10 +20,14 @@ class DatasetConfig(BaseModel):
     std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = Field(IMAGENET_STD, description="per-channel std")
     interpolation: Literal["bilinear", "bicubic"] = Field("bilinear", description="resize filter (antialiased, as PIL)")
     resize: Literal["squash", "shorter_crop"] = Field(
-        "squash", description="squash: resize to image_size x image_size; shorter_crop: shorter side to "
-        "floor(image_size / crop_pct), then a centre crop (timm, CLIP)")
+        "squash",
+        description="squash: resize to image_size x image_size; shorter_crop: shorter side to "
+        "floor(image_size / crop_pct), then a centre crop (timm, CLIP)",
+    )
     crop_pct: float = Field(1.0, gt=0, le=1, description="shorter_crop: the fraction of the resized image kept")
-    rescale_factor: PositiveFloat = Field(1 / 255, description="8-bit pixel values are multiplied by this before normalising")
+    rescale_factor: PositiveFloat = Field(
+        1 / 255, description="8-bit pixel values are multiplied by this before normalising"
+    )
     on_error: Literal["raise", "skip"] = Field("raise", description="skip: drop bad entries and unreadable images")
     max_image_pixels: int = Field(
         64_000_000, gt=0, description="decompression-bomb limit, checked from the header before decoding"

@@ -34,8 +34,15 @@ def main() -> None:
     print(f"3. forward pass: logits {tuple(out.logits.shape)}, loss {out.loss.item():.3f}")
 
     with tempfile.TemporaryDirectory() as checkpoint_dir:
-        config = TrainerConfig(learning_rate=3e-3, max_steps=60, warmup_steps=5, batch_size=32, use_amp=False,
-                               checkpoint_dir=checkpoint_dir, log_interval=20)
+        config = TrainerConfig(
+            learning_rate=3e-3,
+            max_steps=60,
+            warmup_steps=5,
+            batch_size=32,
+            use_amp=False,
+            checkpoint_dir=checkpoint_dir,
+            log_interval=20,
+        )
         loader = PixelLLMTrainer.make_dataloader(train_set, config.batch_size, shuffle=True, seed=0)
         summary = PixelLLMTrainer(model, config, loader, tokenizer=tokenizer, quiet=True).train()
         out = model(batch["images"], batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
@@ -46,8 +53,9 @@ def main() -> None:
     ids = model.generate(images, max_length=20)
     print("5. captions (greedy):", [tokenizer.decode(row.tolist()) for row in ids])
 
-    sampled = generate_caption(model, images, config=GenerationConfig(max_length=20, do_sample=True, top_p=0.9,
-                                                                      temperature=0.7, seed=0))
+    sampled = generate_caption(
+        model, images, config=GenerationConfig(max_length=20, do_sample=True, top_p=0.9, temperature=0.7, seed=0)
+    )
     beams = beam_search_decode(model, images, num_beams=3, max_length=20)
     print("6. inference API: sampled", [tokenizer.decode(r.tolist()) for r in sampled])
     print("                  beam-3 ", [tokenizer.decode(r.tolist()) for r in beams])

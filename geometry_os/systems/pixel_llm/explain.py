@@ -37,7 +37,9 @@ class Explanation:
         return self.text or " ".join(self.words)
 
 
-def explain_image(model: Any, tokenizer: Any, path: str | BinaryIO, generation: GenerationConfig | None = None) -> Explanation:
+def explain_image(
+    model: Any, tokenizer: Any, path: str | BinaryIO, generation: GenerationConfig | None = None
+) -> Explanation:
     from .inference import generate_caption
 
     config = preprocessing_config(model)
@@ -49,7 +51,9 @@ def explain_image(model: Any, tokenizer: Any, path: str | BinaryIO, generation: 
         update={"output_attentions": True, "return_dict_in_generate": True, "num_return_sequences": 1}
     )
     out = generate_caption(model, pixels, config=generation, tokenizer=tokenizer)
-    grid = model.encoder.patch_grid(pixels.shape[-2], pixels.shape[-1]) if hasattr(model.encoder, "patch_grid") else None
+    grid = (
+        model.encoder.patch_grid(pixels.shape[-2], pixels.shape[-1]) if hasattr(model.encoder, "patch_grid") else None
+    )
     if grid is None:
         raise GeometryOSError(f"encoder '{model.config.encoder}' does not expose a patch grid to draw attention on")
     ids = out.sequences[0].tolist()[1:]  # drop <bos>
@@ -58,7 +62,7 @@ def explain_image(model: Any, tokenizer: Any, path: str | BinaryIO, generation: 
         if token in (tokenizer.eos_token_id, tokenizer.pad_token_id):
             break
         attention = out.cross_attentions[step][0].float().mean(dim=(0, 1))  # layers, heads -> (N,)
-        grid_map = attention[-grid[0] * grid[1]:].reshape(grid)  # ignore any non-patch tokens in front
+        grid_map = attention[-grid[0] * grid[1] :].reshape(grid)  # ignore any non-patch tokens in front
         span = grid_map.max() - grid_map.min()
         maps.append((grid_map - grid_map.min()) / span if span > 0 else torch.zeros_like(grid_map))
         words.append(tokenizer.decode([token], skip_special_tokens=True).strip() or "?")  # byte-level BPE: " dog"

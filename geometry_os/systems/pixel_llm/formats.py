@@ -60,8 +60,13 @@ class CaptionFormat:
 
         extra = {"data_path", "image_root", "split"}
         config = DatasetConfig(**options.model_dump(exclude=extra))
-        return ImageTextDataset(f"{self.name}:{options.data_path}", tokenizer=tokenizer, config=config,
-                                image_root=options.image_root, split=getattr(options, "split", None))
+        return ImageTextDataset(
+            f"{self.name}:{options.data_path}",
+            tokenizer=tokenizer,
+            config=config,
+            image_root=options.image_root,
+            split=getattr(options, "split", None),
+        )
 
 
 def head(path: Path, size: int = 65536) -> str:
@@ -118,13 +123,17 @@ def resolve(spec: str | os.PathLike) -> tuple[CaptionFormat | None, str]:
     if len(matches) == 1:
         return formats[matches[0]], path
     if not matches:
-        raise DataError(f"{path}: not a caption file or folder of a known format; name one as FORMAT:{path} "
-                        f"(formats: {', '.join(sorted(formats))})")
+        raise DataError(
+            f"{path}: not a caption file or folder of a known format; name one as FORMAT:{path} "
+            f"(formats: {', '.join(sorted(formats))})"
+        )
     raise DataError(f"{path}: could be {' or '.join(sorted(matches))}; name one as FORMAT:{path}")
 
 
 def read_caption_data(
-    spec: str | os.PathLike, image_root: str | os.PathLike | None = None, on_error: str = "raise",
+    spec: str | os.PathLike,
+    image_root: str | os.PathLike | None = None,
+    on_error: str = "raise",
     split: str | None = None,
 ) -> Read:
     """Records of ``[FORMAT:]PATH`` through its registered reader. ``split`` (train/val/test) selects a part
@@ -137,8 +146,9 @@ def read_caption_data(
             raise DataError(f"{path}: split={split!r} needs a format with splits")
         return read_caption_file(path, image_root, on_error)
     if split is not None and not fmt.has_splits:
-        raise DataError(f"{path}: the {fmt.name} format has no splits (split={split!r} is for split files, "
-                        "e.g. karpathy)")
+        raise DataError(
+            f"{path}: the {fmt.name} format has no splits (split={split!r} is for split files, e.g. karpathy)"
+        )
     return fmt.read(path, None if image_root is None else os.fspath(image_root), on_error, split)
 
 

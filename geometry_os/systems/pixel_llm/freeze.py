@@ -10,7 +10,8 @@ No torch here: the config validates patterns before anything is built.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 _RANGE = re.compile(r"^(\d+)-(\d+)$")
 
@@ -48,7 +49,9 @@ def freeze(model: Any, patterns: Iterable[str]) -> list[str]:
         hits = matching(params, pattern)
         if not hits:
             tops = sorted({".".join(n.split(".")[:2]) for n in params})
-            raise ConfigError(f"trainer.freeze: {pattern!r} matches no parameter (names start with: {', '.join(tops[:8])})")
+            raise ConfigError(
+                f"trainer.freeze: {pattern!r} matches no parameter (names start with: {', '.join(tops[:8])})"
+            )
         frozen.update(hits)
     for name in frozen:
         params[name].requires_grad_(False)

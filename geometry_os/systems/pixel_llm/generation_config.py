@@ -50,7 +50,9 @@ class GenerationConfig(StrictModel):
         None, description="token ids never generated (generate_caption adds the ids its tokenizer cannot decode)"
     )
     bos_token_id: int = Field(1, ge=0, description="unless set: the tokenizer's (or the model config's) id")
-    eos_token_id: int = Field(2, ge=0, description="unless set: the tokenizer's (or the model config's) id; may equal pad")
+    eos_token_id: int = Field(
+        2, ge=0, description="unless set: the tokenizer's (or the model config's) id; may equal pad"
+    )
     pad_token_id: int = Field(0, ge=0, description="unless set: the tokenizer's (or the model config's) id")
     seed: int | None = Field(None, ge=0, description="seeds sampling for reproducible captions")
     output_scores: bool = Field(False, description="return per-token log-probs (token_scores)")
@@ -78,7 +80,7 @@ class GenerationConfig(StrictModel):
         return "sample" if self.do_sample else "greedy"
 
     @model_validator(mode="after")
-    def _check_combination(self) -> "GenerationConfig":
+    def _check_combination(self) -> GenerationConfig:
         if self.min_length > self.total_length:
             source = "max_new_tokens + 1" if self.max_new_tokens is not None else "max_length"
             raise ValueError(f"min_length={self.min_length} exceeds {source}={self.total_length}")
@@ -96,11 +98,11 @@ class GenerationConfig(StrictModel):
             )
         if self.cache_implementation == "static" and (name == "beam" or self.output_attentions):
             what = "beam search" if name == "beam" else "output_attentions=True"
-            raise ValueError(f"cache_implementation='static' supports greedy and sampling without attentions, not {what}")
-        if name == "beam" and self.num_return_sequences > self.num_beams:
             raise ValueError(
-                f"num_return_sequences={self.num_return_sequences} must be <= num_beams={self.num_beams}"
+                f"cache_implementation='static' supports greedy and sampling without attentions, not {what}"
             )
+        if name == "beam" and self.num_return_sequences > self.num_beams:
+            raise ValueError(f"num_return_sequences={self.num_return_sequences} must be <= num_beams={self.num_beams}")
         if name in NOT_SAMPLING:
             ignored = [f"{key}={getattr(self, key)}" for key in SAMPLING_OPTIONS if self._sets(key)]
             if ignored:
@@ -133,8 +135,10 @@ class GenerationConfig(StrictModel):
         elif not eos:
             needed = f"suppress_tokens bans all {vocab_size} tokens of the vocabulary"
         elif self.min_length > 1:
-            needed = (f"suppress_tokens bans every token but eos_token_id={self.eos_token_id}, which "
-                      f"min_length={self.min_length} bans at the first step")
+            needed = (
+                f"suppress_tokens bans every token but eos_token_id={self.eos_token_id}, which "
+                f"min_length={self.min_length} bans at the first step"
+            )
         else:
             needed = None
         if needed:

@@ -123,8 +123,10 @@ def load_image(
             image = Image.open(f)
             width, height = image.size
             if width * height > max_pixels:
-                reason = (f"image is {width}x{height} = {width * height} pixels, over max_image_pixels="
-                          f"{max_pixels} (possible decompression bomb); not decoded")
+                reason = (
+                    f"image is {width}x{height} = {width * height} pixels, over max_image_pixels="
+                    f"{max_pixels} (possible decompression bomb); not decoded"
+                )
                 raise DataError(f"{label}: {reason}", reason)
             if draft_size and image.format == "JPEG":
                 image.draft("RGB", (draft_size, draft_size))

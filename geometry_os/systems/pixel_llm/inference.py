@@ -6,8 +6,9 @@ core imports no plugin). Strategies return a ``GenerationOutput``.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -152,7 +153,9 @@ def generate_caption(
     finally:
         model.train(was_training)
     if not isinstance(getattr(out, "sequences", None), torch.Tensor):
-        raise ComponentError(f"{component.label} returned {type(out).__name__} from decode(), expected a GenerationOutput")
+        raise ComponentError(
+            f"{component.label} returned {type(out).__name__} from decode(), expected a GenerationOutput"
+        )
 
     if tokenizer is not None:
         out.texts = [tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in out.sequences]

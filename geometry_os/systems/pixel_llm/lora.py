@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import fnmatch
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -54,7 +55,8 @@ class LoRA(nn.Module):
 def lora_modules(model: nn.Module) -> dict[str, nn.Module]:
     """Module name -> module for every module whose ``weight`` carries a LoRA parametrization."""
     return {
-        name: m for name, m in model.named_modules()
+        name: m
+        for name, m in model.named_modules()
         if parametrize.is_parametrized(m, "weight") and isinstance(m.parametrizations.weight[0], LoRA)
     }
 
@@ -127,8 +129,10 @@ def save_adapter(folder: Path, model: nn.Module) -> None:
     modules = lora_modules(model)
     first = next(iter(modules.values())).parametrizations.weight[0]
     save_file({k: v.contiguous() for k, v in adapter_state_dict(model).items()}, str(folder / ADAPTER_WEIGHTS))
-    write_json_atomic(folder / ADAPTER_CONFIG, {"format": ADAPTER_FORMAT, "rank": first.rank, "alpha": first.alpha,
-                                                "modules": sorted(modules)})
+    write_json_atomic(
+        folder / ADAPTER_CONFIG,
+        {"format": ADAPTER_FORMAT, "rank": first.rank, "alpha": first.alpha, "modules": sorted(modules)},
+    )
 
 
 def read_adapter(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
@@ -162,8 +166,10 @@ def read_adapter(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]
 def _check_shapes(folder: Path, module: nn.Module, name: str, a: torch.Tensor, b: torch.Tensor, rank: int) -> None:
     out_f, in_f = module.weight.shape
     if tuple(a.shape) != (rank, in_f) or tuple(b.shape) != (out_f, rank):
-        raise CheckpointError(f"{folder / ADAPTER_WEIGHTS}: {name} adapter shapes {tuple(a.shape)}, {tuple(b.shape)} "
-                              f"do not fit the weight {tuple(module.weight.shape)} at rank {rank}")
+        raise CheckpointError(
+            f"{folder / ADAPTER_WEIGHTS}: {name} adapter shapes {tuple(a.shape)}, {tuple(b.shape)} "
+            f"do not fit the weight {tuple(module.weight.shape)} at rank {rank}"
+        )
 
 
 def merge_adapter_file(folder: Path, model: nn.Module) -> bool:

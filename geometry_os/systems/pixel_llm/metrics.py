@@ -19,7 +19,7 @@ CIDEr-D's idf comes from the evaluated references by default (as in coco-caption
 from __future__ import annotations
 
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 from .text import caption_words
 

@@ -120,8 +120,10 @@ class PixelLLM(nn.Module):
 
         for kind, module in (("encoder", self.encoder), ("decoder", self.decoder)):
             if not hasattr(module, "gradient_checkpointing"):
-                raise ConfigError(f"gradient_checkpointing: the {kind} component {getattr(self.config, kind)!r} "
-                                  "does not support it (no gradient_checkpointing attribute)")
+                raise ConfigError(
+                    f"gradient_checkpointing: the {kind} component {getattr(self.config, kind)!r} "
+                    "does not support it (no gradient_checkpointing attribute)"
+                )
             module.gradient_checkpointing = enable
 
     def num_parameters(self) -> int:
@@ -134,7 +136,7 @@ class PixelLLM(nn.Module):
         return save_pretrained(self, path, tokenizer=tokenizer)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> tuple["PixelLLM", Any]:
+    def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> tuple[PixelLLM, Any]:
         """``(model, tokenizer)`` from a folder written by ``save_pretrained`` or the trainer, or from a training
         run's folder (``checkpoint_dir``): its ``best`` checkpoint, else its ``latest``, logged as a note."""
         from .checkpoint import load_pretrained

@@ -11,7 +11,8 @@ resize, interpolation, mean and std; files decoded with EXIF orientation and JPE
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -54,7 +55,11 @@ def caption_images(
         images = [images]
     config = preprocessing_config(model)
     transform = build_transform(config)
-    settings = generation.model_dump(exclude_unset=True) if isinstance(generation, GenerationConfig) else dict(generation or {})
+    settings = (
+        generation.model_dump(exclude_unset=True)
+        if isinstance(generation, GenerationConfig)
+        else dict(generation or {})
+    )
     settings.update(generate_kwargs, return_dict_in_generate=True)
     results: list[dict[str, Any]] = []
     for start in range(0, len(images), batch_size):
@@ -68,7 +73,12 @@ def caption_images(
         out = generate_caption(model, torch.stack(pixels).to(model.device), tokenizer=tokenizer, **settings)
         step = out.sequences.shape[0] // len(batch)  # num_return_sequences: the best of each image
         for i, item in enumerate(batch):
-            results.append({"image": None if isinstance(item, Image.Image) else str(item), "caption": out.texts[i * step],
-                             "score": float(out.sequence_scores[i * step]),
-                             "penalised_score": float(out.scores_penalised[i * step])})
+            results.append(
+                {
+                    "image": None if isinstance(item, Image.Image) else str(item),
+                    "caption": out.texts[i * step],
+                    "score": float(out.sequence_scores[i * step]),
+                    "penalised_score": float(out.scores_penalised[i * step]),
+                }
+            )
     return results

@@ -6,7 +6,8 @@ imported for type checking, so importing this module stays cheap.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -76,9 +77,7 @@ class Decoder(Protocol):
     def init_cache(self, encoder_hidden_states: torch.Tensor, max_length: int) -> DecoderCache:
         """A cache for up to ``max_length`` tokens, with cross-attention K/V already computed."""
 
-    def step(
-        self, input_ids: torch.Tensor, cache: DecoderCache, output_attentions: bool = False
-    ) -> Any:
+    def step(self, input_ids: torch.Tensor, cache: DecoderCache, output_attentions: bool = False) -> Any:
         """Feed (B, T_new) tokens, extend the cache, return logits (B, vocab) of the last position.
 
         With ``output_attentions`` returns ``(logits, cross_attentions)`` where cross_attentions is

@@ -27,8 +27,16 @@ def test_forward_and_generate():
 
 
 def test_custom_configuration():
-    config = PixelLLMConfig(image_size=32, patch_size=8, vision_embed_dim=32, vision_num_layers=1,
-                            vocab_size=40, text_embed_dim=32, text_num_layers=1, max_seq_len=16)
+    config = PixelLLMConfig(
+        image_size=32,
+        patch_size=8,
+        vision_embed_dim=32,
+        vision_num_layers=1,
+        vocab_size=40,
+        text_embed_dim=32,
+        text_num_layers=1,
+        max_seq_len=16,
+    )
     assert PixelLLM(config).encode(torch.rand(1, 3, 32, 32)).shape == (1, 16, 32)
 
 
