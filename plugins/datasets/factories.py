@@ -13,7 +13,7 @@ from geometry_os.systems.pixel_llm.data_config import DatasetConfig
 
 
 def build_captions(options: CaptionsOptions, tokenizer: Any = None):
-    from geometry_os.systems.pixel_llm.data import ImageTextDataset
+    from geometry_os.systems.pixel_llm.dataset import ImageTextDataset
 
     config = DatasetConfig(**options.model_dump(exclude={"data_path", "image_root", "split"}))
     return ImageTextDataset(

@@ -1,6 +1,6 @@
 """The caption-data formats this plugin registers (``CaptionFormat`` instances; see the core's ``formats``).
 
-* ``json`` / ``jsonl`` / ``coco``: the core's readers (``data.read_caption_file``).
+* ``json`` / ``jsonl`` / ``coco``: the core's readers (``records.read_caption_file``).
 * ``karpathy``: Karpathy's split files (``dataset_coco.json``, ``dataset_flickr8k.json``, ``dataset_flickr30k.json``
   from "Deep Visual-Semantic Alignments", Karpathy & Fei-Fei 2015): ``{"images": [{"split", "filepath"?,
   "filename", "sentences": [{"raw"}]}]}``; ``restval`` counts as ``train``, as in Karpathy's neuraltalk2
@@ -20,8 +20,9 @@ import re
 from pathlib import Path
 
 from geometry_os.fileio import parse_json, read_utf8
-from geometry_os.systems.pixel_llm.data import DataError, read_caption_file
-from geometry_os.systems.pixel_llm.formats import CaptionFormat, Read, Records, head
+from geometry_os.systems.pixel_llm.formats import CaptionFormat, head
+from geometry_os.systems.pixel_llm.images import DataError
+from geometry_os.systems.pixel_llm.records import Read, Records, read_caption_file
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 CAPTION_COLUMNS = ("text", "caption", "captions")

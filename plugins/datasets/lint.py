@@ -25,9 +25,10 @@ from statistics import mean
 from typing import Any
 
 from geometry_os.fileio import parse_json, read_utf8
-from geometry_os.systems.pixel_llm.data import CaptionRecord, DataError, load_image
 from geometry_os.systems.pixel_llm.data_config import DatasetConfig
 from geometry_os.systems.pixel_llm.formats import read_caption_data, resolve, split_spec
+from geometry_os.systems.pixel_llm.images import DataError, load_image
+from geometry_os.systems.pixel_llm.records import CaptionRecord
 from geometry_os.systems.pixel_llm.text import caption_words, normalize_caption
 
 MISSING_WORDS_SHOWN = 8
