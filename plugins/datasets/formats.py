@@ -19,24 +19,13 @@ import json
 import re
 from pathlib import Path
 
-from geometry_os.fileio import parse_json, read_utf8
+from geometry_os.fileio import parse_json
 from geometry_os.systems.pixel_llm.formats import CaptionFormat, head
 from geometry_os.systems.pixel_llm.images import DataError
-from geometry_os.systems.pixel_llm.records import Read, Records, read_caption_file
+from geometry_os.systems.pixel_llm.records import Read, Records, read_caption_file, read_text
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 CAPTION_COLUMNS = ("text", "caption", "captions")
-
-
-def _read_text(path: str) -> str:
-    try:
-        return read_utf8(path, DataError)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, expected a file") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read: {e.strerror}") from None
 
 
 class _CoreFormat(CaptionFormat):
@@ -93,7 +82,7 @@ class Karpathy(CaptionFormat):
 
     def read(self, path: str, image_root: str | None, on_error: str, split: str | None) -> Read:
         out = Records(path, image_root, on_error)
-        data = parse_json(_read_text(path), path, DataError)
+        data = parse_json(read_text(path), path, DataError)
         if not isinstance(data, dict) or not isinstance(data.get("images"), list):
             raise DataError(f'{path}: expected a Karpathy split file, an object with an "images" list')
         wanted = {"train", "restval"} if split == "train" else {split}
@@ -137,7 +126,7 @@ class Flickr(CaptionFormat):
 
     def read(self, path: str, image_root: str | None, on_error: str, split: str | None) -> Read:
         out = Records(path, image_root, on_error)
-        for n, line in enumerate(_read_text(path).split("\n"), start=1):
+        for n, line in enumerate(read_text(path).split("\n"), start=1):
             line = line.rstrip("\r")
             if not line.strip():
                 continue
@@ -181,7 +170,7 @@ class ImageFolder(CaptionFormat):
             if not text_file.is_file():
                 out.bad(n, f"/{image.name}", f"no caption file {text_file.name} beside it")
                 continue
-            captions = [line.strip() for line in _read_text(str(text_file)).splitlines() if line.strip()]
+            captions = [line.strip() for line in read_text(str(text_file)).splitlines() if line.strip()]
             if not captions:
                 out.bad(n, f"/{text_file.name}", "empty caption file")
                 continue
@@ -190,7 +179,7 @@ class ImageFolder(CaptionFormat):
 
     @staticmethod
     def _jsonl(out: Records):
-        for n, line in enumerate(_read_text(out.name).split("\n"), start=1):
+        for n, line in enumerate(read_text(out.name).split("\n"), start=1):
             if not line.strip():
                 continue
             try:
@@ -200,7 +189,7 @@ class ImageFolder(CaptionFormat):
 
     @staticmethod
     def _csv(out: Records):
-        reader = csv.DictReader(io.StringIO(_read_text(out.name), newline=""))
+        reader = csv.DictReader(io.StringIO(read_text(out.name), newline=""))
         yield from enumerate(reader, start=2)  # line 1 is the header
 
     @staticmethod

@@ -183,6 +183,19 @@ def _read_coco(out: Records, data: dict[str, Any]) -> None:
         out.add(files[image_id], [caption], f"annotations[{i}]", i)
 
 
+def read_text(path: str, expected: str = "a file") -> str:
+    """The UTF-8 text of a data file; ``DataError`` naming ``path`` when it is
+    missing, a folder (``expected`` says what should be there), unreadable or not UTF-8."""
+    try:
+        return read_utf8(path, DataError)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, expected {expected}") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror}") from None
+
+
 def read_caption_file(
     data_path: str | os.PathLike,
     image_root: str | os.PathLike | None = None,
@@ -197,14 +210,7 @@ def read_caption_file(
     wrong top-level shape) always raise ``DataError``.
     """
     out = Records(data_path, image_root, on_error)
-    try:
-        text = read_utf8(out.name, DataError)
-    except FileNotFoundError:
-        raise DataError(f"{out.name}: no such file") from None
-    except IsADirectoryError:
-        raise DataError(f"{out.name}: is a directory, expected a caption file") from None
-    except OSError as e:
-        raise DataError(f"{out.name}: cannot read: {e.strerror}") from None
+    text = read_text(out.name, "a caption file")
     if kind == "jsonl" or (kind is None and out.name.endswith(".jsonl")):
         _read_jsonl(out, text)
         return out.result()
