@@ -28,15 +28,6 @@ class CaptionCollapseWarning(UserWarning):
     """Most validation images got the same caption."""
 
 
-def count_targets(batch: dict[str, Any]) -> int:
-    """Tokens the loss is averaged over: labels after the first position that are not ignored."""
-    labels = batch["labels"]
-    mask = batch.get("attention_mask")
-    if mask is not None:
-        labels = labels.masked_fill(mask == 0, -100)
-    return int((labels[:, 1:] != -100).sum())
-
-
 def generation_unavailable(tokenizer: Any) -> str | None:
     """Why captions cannot be generated (None when they can)."""
     if tokenizer is None or not callable(getattr(tokenizer, "decode", None)):
@@ -92,12 +83,10 @@ def evaluate(
         for position, batch in enumerate(loader):
             batch = to_device(batch)
             with autocast():
-                out = model(batch["images"], batch["input_ids"], batch.get("attention_mask"), batch["labels"])
-            n = count_targets(batch)
-            if n:
-                totals += torch.stack(
-                    [out.loss.double() * n, torch.tensor(float(n), dtype=torch.float64, device=device)]
+                out = model(
+                    batch["images"], batch["input_ids"], batch.get("attention_mask"), batch["labels"], reduction="sum"
                 )
+            totals += torch.stack([out.loss.double(), out.n_tokens.double()])
             if unavailable is None and "captions" in batch:
                 keys, ids = _keys(batch, position, world)
                 samples.extend(zip(ids, keys, batch["captions"]))
@@ -134,7 +123,7 @@ def _caption_metrics(
     captions: dict[Any, str], samples: list[tuple[Any, Any, str]], world: World, max_samples: int
 ) -> dict[str, float]:
     """Merge every process's captions and samples, score them once on the main process, share the result."""
-    from geometry_os.systems.pixel_llm.data import group_references
+    from geometry_os.systems.pixel_llm.dataset import group_references
 
     gathered = world.gather_objects((list(captions.items()), samples))
     metrics: dict[str, float] = {}
