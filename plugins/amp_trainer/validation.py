@@ -3,7 +3,7 @@ subset (the first ``val_max_samples`` images) scored with the core caption metri
 BLEU-1..4, ROUGE-L, CIDEr-D, distinct-1/2 and collapse statistics.
 
 Each image is captioned once and scored against all of its references: every caption the loader yields
-for it over the whole pass (every process's share under DDP), grouped by ``data.group_references`` as
+for it over the whole pass (every process's share under DDP), grouped by ``dataset.group_references`` as
 ``dataset.references`` groups them, whatever the file order (grouped or COCO-interleaved) or batch size.
 
 Loss alone hides the commonest failure of a small captioner: the same caption for every image. The
