@@ -176,6 +176,7 @@ def collapse_message(metrics: dict[str, Any]) -> str | None:
 
 
 def warn_if_collapsed(metrics: dict[str, Any]) -> None:
+    """Issue a ``CaptionCollapseWarning`` with ``collapse_message`` when the captions collapsed."""
     message = collapse_message(metrics)
     if message:
         warnings.warn(message, CaptionCollapseWarning, stacklevel=3)

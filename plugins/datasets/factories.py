@@ -13,6 +13,7 @@ from geometry_os.systems.pixel_llm.data_config import DatasetConfig
 
 
 def build_captions(options: CaptionsOptions, tokenizer: Any = None):
+    """The ``captions`` dataset: an ``ImageTextDataset`` of ``options.data_path`` (any registered format)."""
     from geometry_os.systems.pixel_llm.dataset import ImageTextDataset
 
     config = DatasetConfig(**options.model_dump(exclude={"data_path", "image_root", "split"}))
@@ -22,6 +23,7 @@ def build_captions(options: CaptionsOptions, tokenizer: Any = None):
 
 
 def build_shapes(options: ShapesOptions, tokenizer: Any = None):
+    """The ``shapes`` dataset: ``options.n`` in-memory synthetic scenes of ``options.split``."""
     from geometry_os.plugins.datasets.shapes_dataset import ShapesDataset
 
     return ShapesDataset(

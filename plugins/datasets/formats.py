@@ -41,6 +41,7 @@ class JsonList(_CoreFormat):
     name = kind = "json"
 
     def detect(self, path: Path) -> bool:
+        """A file (not ``.jsonl``) whose text starts with ``[``."""
         return path.is_file() and path.suffix != ".jsonl" and head(path, 4096).lstrip().startswith("[")
 
 
@@ -50,6 +51,7 @@ class JsonLines(_CoreFormat):
     name = kind = "jsonl"
 
     def detect(self, path: Path) -> bool:
+        """A ``.jsonl`` file."""
         return path.is_file() and path.suffix == ".jsonl"
 
 
@@ -66,6 +68,7 @@ class Coco(_CoreFormat):
     name = kind = "coco"
 
     def detect(self, path: Path) -> bool:
+        """A JSON object file whose head has no ``"sentences"`` (that is Karpathy's)."""
         text = _json_object_head(path)
         return text is not None and '"sentences"' not in text
 
@@ -77,10 +80,13 @@ class Karpathy(CaptionFormat):
     has_splits = True
 
     def detect(self, path: Path) -> bool:
+        """A JSON object file whose head has ``"sentences"``."""
         text = _json_object_head(path)
         return text is not None and '"sentences"' in text
 
     def read(self, path: str, image_root: str | None, on_error: str, split: str | None) -> Read:
+        """Records of the images of ``split`` (None: all); ``DataError`` for a file that is not a Karpathy
+        split file, and for a bad entry when ``on_error="raise"``."""
         out = Records(path, image_root, on_error)
         data = parse_json(read_text(path), path, DataError)
         if not isinstance(data, dict) or not isinstance(data.get("images"), list):
@@ -119,12 +125,15 @@ class Flickr(CaptionFormat):
     name = "flickr"
 
     def detect(self, path: Path) -> bool:
+        """A file whose first non-empty line is ``IMAGE#N<TAB>caption``."""
         if not path.is_file():
             return False
         first = next((line for line in head(path, 4096).splitlines() if line.strip()), "")
         return _TOKEN_LINE.match(first) is not None
 
     def read(self, path: str, image_root: str | None, on_error: str, split: str | None) -> Read:
+        """One record per line; ``DataError`` for an unreadable file, and for a bad line when
+        ``on_error="raise"``."""
         out = Records(path, image_root, on_error)
         for n, line in enumerate(read_text(path).split("\n"), start=1):
             line = line.rstrip("\r")
@@ -144,9 +153,13 @@ class ImageFolder(CaptionFormat):
     name = "imagefolder"
 
     def detect(self, path: Path) -> bool:
+        """Any folder."""
         return path.is_dir()
 
     def read(self, path: str, image_root: str | None, on_error: str, split: str | None) -> Read:
+        """Records from ``metadata.jsonl`` / ``metadata.csv``, else from the ``.txt`` beside each image;
+        ``DataError`` for a path that is not a folder or holds neither, and for a bad row or image when
+        ``on_error="raise"``."""
         folder = Path(path)
         if not folder.is_dir():
             raise DataError(f"{path}: not a folder (the imagefolder format reads a folder of images)")
@@ -220,18 +233,22 @@ class WebDataset(CaptionFormat):
     streaming = True
 
     def claims(self, spec: str) -> bool:
+        """A spec naming ``.tar`` files (a brace pattern need not exist as one path)."""
         return ".tar" in spec
 
     def detect(self, path: Path) -> bool:
+        """A ``.tar`` file."""
         return path.is_file() and path.suffix == ".tar"
 
     def read(self, path: str, image_root: str | None, on_error: str, split: str | None) -> Read:
+        """Always ``DataError``: shards are streamed (``stream``), never read into a list."""
         raise DataError(
             f"{path}: WebDataset shards are streamed, not read into a list: train with --data "
             "webdataset:PATTERN and check them with lint-data --limit"
         )
 
     def stream(self, spec: str, tokenizer, config, seed: int = 0, **options):
+        """A ``ShardStream`` of the shards of ``spec``."""
         from .shards import ShardStream
 
         return ShardStream(spec, tokenizer, config, seed=seed, **options)

@@ -36,7 +36,8 @@ MISSING_WORDS_SHOWN = 8
 
 def load_vocab(path: str | os.PathLike) -> Any:
     """A saved tokenizer: an imported model's (``"format": "geometry_os.hf_tokenizer"``) is ``hf``, an HF
-    tokenizers JSON (has "model") ``bpe``, anything else ``simple``."""
+    tokenizers JSON (has "model") ``bpe``, anything else ``simple``. Raises ``ValueError`` naming the file
+    when it is not valid JSON or not a file the tokenizer can load."""
     from geometry_os.errors import GeometryOSError
     from geometry_os.systems.pixel_llm.components import get_component
 

@@ -51,7 +51,8 @@ def _webdataset() -> None:
 
 
 def expand_shards(pattern: str) -> list[str]:
-    """``data/{000000..000003}.tar`` -> the four paths (WebDataset's brace expansion); ``::`` separates lists."""
+    """``data/{000000..000003}.tar`` -> the four paths (WebDataset's brace expansion); ``::`` separates lists.
+    Raises ``DataError`` when a shard does not exist or the webdataset package is missing."""
     _webdataset()
     from webdataset.shardlists import expand_urls
 
@@ -80,6 +81,8 @@ def sample_captions(sample: dict[str, Any]) -> list[str]:
 
 
 def sample_image(sample: dict[str, Any]):
+    """The RGB image of a shard sample (its first ``IMAGE_KEYS`` member); ``ValueError`` when it has none,
+    Pillow's errors when it does not decode."""
     from PIL import Image
 
     key = next((k for k in IMAGE_KEYS if k in sample), None)
