@@ -254,10 +254,10 @@ class WebDataset(CaptionFormat):
         return ShardStream(spec, tokenizer, config, seed=seed, **options)
 
     def __call__(self, options, tokenizer=None):
-        from geometry_os.systems.pixel_llm.data_config import DatasetConfig
+        """The component factory: a ``ShardStream`` of ``options.data_path``."""
+        from geometry_os.systems.pixel_llm.data_config import dataset_config
 
-        config = DatasetConfig(**options.model_dump(exclude={"data_path", "image_root", "split"}))
-        return self.stream(options.data_path, tokenizer, config)
+        return self.stream(options.data_path, tokenizer, dataset_config(options))
 
 
 JSON = JsonList()

@@ -65,15 +65,13 @@ class CaptionFormat:
 
     def __call__(self, options: Any, tokenizer: Any = None) -> Any:
         """The ``dataset`` component factory: an ``ImageTextDataset`` of ``options.data_path``."""
-        from .data_config import DatasetConfig
+        from .data_config import dataset_config
         from .dataset import ImageTextDataset
 
-        extra = {"data_path", "image_root", "split"}
-        config = DatasetConfig(**options.model_dump(exclude=extra))
         return ImageTextDataset(
             f"{self.name}:{options.data_path}",
             tokenizer=tokenizer,
-            config=config,
+            config=dataset_config(options),
             image_root=options.image_root,
             split=getattr(options, "split", None),
         )
