@@ -18,14 +18,16 @@ New code imports from those modules.
 from __future__ import annotations
 
 from geometry_os.systems.pixel_llm.collate import CaptionCollator, create_dataloader
-from geometry_os.systems.pixel_llm.dataset import CaptionedImages, ImageTextDataset, group_references, per_image
-from geometry_os.systems.pixel_llm.images import DataError, load_image, to_rgb
-from geometry_os.systems.pixel_llm.records import (
-    CaptionRecord,
+from geometry_os.systems.pixel_llm.dataset import (
+    CaptionedImages,
+    ImageTextDataset,
     check_image_root,
-    read_caption_file,
+    group_references,
+    per_image,
     summarize_skipped,
 )
+from geometry_os.systems.pixel_llm.images import DataError, load_image, to_rgb
+from geometry_os.systems.pixel_llm.records import CaptionRecord, read_caption_file
 from geometry_os.systems.pixel_llm.targets import IGNORE_INDEX
 from geometry_os.systems.pixel_llm.tokens import CaptionTokens, resolve_tokenizer, special_id, truncate
 from geometry_os.systems.pixel_llm.transforms import Rescale, build_transform

@@ -1,5 +1,6 @@
 """Caption data sets: ``ImageTextDataset`` (records of any registered format, images read on access),
-``CaptionedImages`` (what every caption data set shares) and the reference grouping of evaluation.
+``CaptionedImages`` (what every caption data set shares), the reference grouping of evaluation, and the
+checks made when a data set is built (``check_image_root``, ``summarize_skipped``).
 
 An item is ``{"image": (3, S, S) float tensor, "input_ids": LongTensor, "caption", "image_path", "index"}``
 (see ``protocols.CaptionItem``). Every caption is one sample; ``references`` groups the captions of each
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -21,11 +23,40 @@ from torch.utils.data import Dataset
 from geometry_os.systems.pixel_llm.data_config import DatasetConfig
 from geometry_os.systems.pixel_llm.images import DataError, load_image
 from geometry_os.systems.pixel_llm.protocols import EOS_ID
-from geometry_os.systems.pixel_llm.records import CaptionRecord, check_image_root, summarize_skipped
+from geometry_os.systems.pixel_llm.records import CaptionRecord
 from geometry_os.systems.pixel_llm.tokens import CaptionTokens, resolve_tokenizer, special_id
 from geometry_os.systems.pixel_llm.transforms import build_transform
 
 logger = logging.getLogger(__name__)
+
+
+def check_image_root(data_path: str, image_root: str | os.PathLike | None, records: Sequence[CaptionRecord]) -> None:
+    """Fail when the data set is built, not at the first batch, if the image paths cannot be right: the
+    ``image_root`` folder does not exist, or not one of the file's images does (stops at the first
+    that exists, so a good root costs one ``stat``). Single missing images are left to loading
+    (``on_error``) and ``lint-data``. Raises ``DataError`` naming the path."""
+    root = str(image_root) if image_root is not None else (os.path.dirname(data_path) or ".")
+    if image_root is not None and not os.path.isdir(root):
+        raise DataError(f"{data_path}: image_root {root}: no such folder")
+    images: dict[str, CaptionRecord] = {}
+    for record in records:
+        images.setdefault(record.image, record)
+    if any(os.path.exists(path) for path in images):
+        return
+    first = next(iter(images.values()))
+    how = "image_root" if image_root is not None else "image_root (default: the caption file's folder)"
+    others = f", nor do the other {len(images) - 1} images" if len(images) > 1 else ""
+    raise DataError(
+        f"{first.image}: no such file ({data_path} {first.where}){others}; relative image paths start from {how} {root}"
+    )
+
+
+def summarize_skipped(name: str, reasons: Sequence[str], total: int, what: str) -> str:
+    """One line: how many were skipped and the most common reasons."""
+    counts = Counter(reasons)
+    common = "; ".join(f"{n}x {r}" for r, n in counts.most_common(3))
+    more = f"; and {len(counts) - 3} other reasons" if len(counts) > 3 else ""
+    return f"{name}: skipped {len(reasons)} of {total} {what}: {common}{more} (see dataset.skipped)"
 
 
 def group_references(samples: Iterable[tuple[Any, str]]) -> list[tuple[Any, list[str]]]:
@@ -87,7 +118,7 @@ class ImageTextDataset(CaptionedImages):
     text -> ids (``vocab.encode`` keeps ``vocab``), a tokenizer component's name, or None to train the
     registry's default tokenizer on this file's captions (then pass ``dataset.tokenizer`` to the validation
     set so ids agree). ``split``: a part of a split file (train/val/test). Raises ``DataError`` for a file
-    with no usable entries or whose images cannot be where it says (see ``records.check_image_root``).
+    with no usable entries or whose images cannot be where it says (see ``check_image_root``).
     """
 
     def __init__(

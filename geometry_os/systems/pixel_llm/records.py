@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -228,32 +226,3 @@ def read_caption_file(
             f'"images" and "annotations", got {type(data).__name__}{keys}'
         )
     return out.result()
-
-
-def check_image_root(data_path: str, image_root: str | os.PathLike | None, records: Sequence[CaptionRecord]) -> None:
-    """Fail when the data set is built, not at the first batch, if the image paths cannot be right: the
-    ``image_root`` folder does not exist, or not one of the file's images does (stops at the first
-    that exists, so a good root costs one ``stat``). Single missing images are left to loading
-    (``on_error``) and ``lint-data``. Raises ``DataError`` naming the path."""
-    root = str(image_root) if image_root is not None else (os.path.dirname(data_path) or ".")
-    if image_root is not None and not os.path.isdir(root):
-        raise DataError(f"{data_path}: image_root {root}: no such folder")
-    images: dict[str, CaptionRecord] = {}
-    for record in records:
-        images.setdefault(record.image, record)
-    if any(os.path.exists(path) for path in images):
-        return
-    first = next(iter(images.values()))
-    how = "image_root" if image_root is not None else "image_root (default: the caption file's folder)"
-    others = f", nor do the other {len(images) - 1} images" if len(images) > 1 else ""
-    raise DataError(
-        f"{first.image}: no such file ({data_path} {first.where}){others}; relative image paths start from {how} {root}"
-    )
-
-
-def summarize_skipped(name: str, reasons: Sequence[str], total: int, what: str) -> str:
-    """One line: how many were skipped and the most common reasons."""
-    counts = Counter(reasons)
-    common = "; ".join(f"{n}x {r}" for r, n in counts.most_common(3))
-    more = f"; and {len(counts) - 3} other reasons" if len(counts) > 3 else ""
-    return f"{name}: skipped {len(reasons)} of {total} {what}: {common}{more} (see dataset.skipped)"
