@@ -118,8 +118,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path) -> Path:
     require("onnx", "onnxscript", "onnxruntime", purpose="ONNX export")
     import torch
 
-    from geometry_os.fileio import write_json_atomic
-    from geometry_os.systems.pixel_llm.checkpoint import CONFIG, AtomicFolder, read_checkpoint_config, safe_file
+    from geometry_os.fileio import AtomicFolder, write_json_atomic
+    from geometry_os.systems.pixel_llm.checkpoint import CONFIG, read_checkpoint_config, safe_file
     from geometry_os.systems.pixel_llm.data_config import DatasetConfig
     from geometry_os.systems.pixel_llm.generation_config import GenerationConfig
     from geometry_os.systems.pixel_llm.model import PixelLLM

@@ -151,7 +151,8 @@ def build_checkpoint(
     source: Path,
 ) -> Path:
     """A PixelLLM with ``encoder`` / ``decoder`` tensors loaded (the missing half fresh), saved to ``dest``."""
-    from geometry_os.systems.pixel_llm.checkpoint import CONFIG, AtomicFolder, write_model_files
+    from geometry_os.fileio import AtomicFolder
+    from geometry_os.systems.pixel_llm.checkpoint import CONFIG, TOKENIZER, WEIGHTS, write_model_files
     from geometry_os.systems.pixel_llm.config import PixelLLMConfig
     from geometry_os.systems.pixel_llm.model import PixelLLM
 
@@ -172,7 +173,7 @@ def build_checkpoint(
             )
     model.load_state_dict(given, strict=False)
     fresh = sorted(k for k in state if k not in given)
-    with AtomicFolder(dest) as tmp:
+    with AtomicFolder(dest, replaces=(WEIGHTS, CONFIG, TOKENIZER)) as tmp:
         write_model_files(tmp, model, tokenizer)
         data = json.loads((tmp / CONFIG).read_text(encoding="utf-8"))
         data["import"] = {"source": str(source), "fresh": fresh}
