@@ -40,7 +40,7 @@ def read_utf8(path: str | os.PathLike[str], error: type[Exception] = ValueError)
         raise error(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
-def atomic_save(path: str | os.PathLike[str], save: Callable[[Path], None]) -> Path:
+def atomic_save(path: str | os.PathLike[str], save: Callable[[Path], object]) -> Path:
     """Call ``save(tmp_path)`` (tmp keeps ``path``'s suffix, for writers that look at it), then move it into place.
 
     The result has the permissions a plain write would give: a replaced file keeps its mode, a new one

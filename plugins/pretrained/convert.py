@@ -187,9 +187,9 @@ def _tokenizer(folder: Path, ids: dict[str, int | None]) -> Any:
     config = read_json_file(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
     cleanup = bool(config.get("clean_up_tokenization_spaces", False))
     if (folder / "tokenizer.json").is_file():
-        from geometry_os.plugins.hf_tokenizer.tokenizer import _parse_backend
+        from geometry_os.systems.pixel_llm.tokenizer_files import parse_tokenizers_json
 
-        backend = _parse_backend(read_utf8(folder / "tokenizer.json", CheckpointError), folder / "tokenizer.json")
+        backend = parse_tokenizers_json(read_utf8(folder / "tokenizer.json", CheckpointError), folder / "tokenizer.json")
     elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
         specials = [config.get(k) for k in ("bos_token", "eos_token", "unk_token", "pad_token")]
         specials = [t.get("content") if isinstance(t, dict) else t for t in specials]

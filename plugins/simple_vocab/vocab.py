@@ -26,6 +26,7 @@ from geometry_os.fileio import atomic_write_text, parse_json, read_utf8
 from geometry_os.systems.pixel_llm.protocols import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID
 from geometry_os.systems.pixel_llm.text import caption_tokens
 from geometry_os.systems.pixel_llm.text import detokenize as join_tokens
+from geometry_os.systems.pixel_llm.tokenizer_files import check_file_header, invalid_file
 
 FORMAT = "geometry_os.simple_vocab"
 VERSION = 2  # 1: the tokens of _legacy_tokens, written back by _legacy_detokenize
@@ -173,17 +174,11 @@ class SimpleVocabulary:
 
 def _check_vocab_json(data: Any, path: Any) -> list[str]:
     def fail(why: str) -> ValueError:
-        return ValueError(f"{path}: not a valid simple vocabulary: {why}")
+        return invalid_file(path, "simple vocabulary", why)
 
-    if not isinstance(data, dict):
-        raise fail(f"expected a JSON object, got {type(data).__name__}")
-    if data.get("format") != FORMAT:
-        raise fail(f'"format" must be "{FORMAT}", got {data.get("format")!r}')
-    if type(data.get("version")) is not int or data["version"] not in (1, VERSION):
-        raise fail(f'unsupported "version" {data.get("version")!r} (expected 1 or {VERSION})')
-    unknown = set(data) - {"format", "version", "min_freq", "max_size", "tokens"}
-    if unknown:
-        raise fail(f"unknown key {sorted(unknown)[0]!r}")
+    data = check_file_header(
+        data, path, "simple vocabulary", FORMAT, (1, VERSION), ("format", "version", "min_freq", "max_size", "tokens")
+    )
     tokens = data.get("tokens")
     if not isinstance(tokens, list):
         raise fail(f'"tokens" must be a list of strings, got {type(tokens).__name__}')
