@@ -85,10 +85,21 @@ def fsync_dir(folder: Path) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` to ``path`` as UTF-8, atomically (see :func:`atomic_save`); returns the path.
+
+    Raises:
+        OSError: when the folder is missing or not writable (naming ``path``, not the temporary file).
+    """
     return atomic_save(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
+    """Write ``data`` to ``path`` as indented JSON with a final newline, atomically; returns the path.
+
+    Raises:
+        TypeError: when ``data`` is not JSON-serialisable (nothing is written).
+        OSError: as :func:`atomic_write_text`.
+    """
     return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 

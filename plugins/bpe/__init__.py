@@ -19,4 +19,5 @@ class BPEOptions(BaseModel):
 
 @hookimpl
 def register_tokenizers(register):
+    """Register the ``bpe`` tokenizer (:class:`~.tokenizer.BPETokenizer`, options :class:`BPEOptions`)."""
     register("bpe", "geometry_os.plugins.bpe.tokenizer:BPETokenizer", BPEOptions)

@@ -107,10 +107,12 @@ class BPETokenizer(TokenizersBacked):
         return f"BPETokenizer(size={len(self)})"
 
     def token_to_id(self, token: str) -> int:
+        """The id of ``token``, or the ``<unk>`` id for a token outside the vocabulary."""
         found = self._tok.token_to_id(token)
         return UNK_ID if found is None else found
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``; ``add_special_tokens``: wrapped in ``<bos>`` ... ``<eos>``."""
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
@@ -122,6 +124,7 @@ class BPETokenizer(TokenizersBacked):
         return self._tok.decode(seq, skip_special_tokens=skip_special_tokens).strip()
 
     def save(self, path: str | os.PathLike) -> None:
+        """Write the tokenizer to ``path`` as a ``tokenizers`` JSON file (atomically); ``load`` reads it back."""
         atomic_write_text(path, self._tok.to_str(pretty=True))
 
     @classmethod

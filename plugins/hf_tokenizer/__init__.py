@@ -16,4 +16,5 @@ class HFTokenizerOptions(BaseModel):
 
 @hookimpl
 def register_tokenizers(register):
+    """Register the ``hf`` tokenizer (:class:`~.tokenizer.HFTokenizer`, options :class:`HFTokenizerOptions`)."""
     register("hf", "geometry_os.plugins.hf_tokenizer.tokenizer:HFTokenizer", HFTokenizerOptions)

@@ -113,6 +113,11 @@ class HFTokenizer(TokenizersBacked):
 
     @classmethod
     def train(cls, texts: Any, options: Any = None) -> HFTokenizer:
+        """Refused: the ``hf`` tokenizer comes with a pretrained model.
+
+        Raises:
+            ValueError: always, saying where an ``hf`` tokenizer comes from (``import``, ``train --init-from``).
+        """
         raise ValueError(
             "the 'hf' tokenizer is not trained: it comes with a pretrained model "
             "(geo-os pixel-llm import, or train --init-from an imported checkpoint)"
@@ -130,6 +135,7 @@ class HFTokenizer(TokenizersBacked):
         )
 
     def token_to_id(self, token: str) -> int | None:
+        """The id of ``token``, or ``unk_token_id`` (None for byte-level vocabularies) for an unknown token."""
         found = self._tok.token_to_id(token)
         return self.unk_token_id if found is None else found
 
@@ -161,6 +167,7 @@ class HFTokenizer(TokenizersBacked):
         }
 
     def save(self, path: str | os.PathLike) -> None:
+        """Write the tokenizer (special ids and the ``tokenizers`` JSON) to ``path`` atomically; ``load`` reads it."""
         atomic_write_text(path, json.dumps(self._data(), ensure_ascii=False) + "\n")
 
     @classmethod

@@ -14,6 +14,7 @@ from geometry_os.systems.pixel_llm.hookspecs import hookimpl
 
 @hookimpl
 def register_commands(cli) -> None:
+    """Add the ``export`` and ``caption-onnx`` commands to the ``pixel-llm`` command group ``cli``."""
     from .cli import caption_onnx_command, export_command
 
     cli.add_command(export_command)

@@ -226,6 +226,7 @@ class OnnxCaptioner:
         return self.sessions["decoder_init"].run(None, {"encoder_hidden_states": encoder_hidden_states})[0]
 
     def empty_cache(self, batch: int) -> np.ndarray:
+        """An empty self-attention cache for ``batch`` rows: float32 zeros (layers, 2, batch, heads, 0, head_dim)."""
         layers, heads, head_dim = self.cache_shape
         return np.zeros((layers, 2, batch, heads, 0, head_dim), dtype=np.float32)
 

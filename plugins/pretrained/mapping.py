@@ -51,6 +51,11 @@ class Source:
         return self[name] if name in self else torch.zeros(shape)
 
     def check(self, name: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        """``tensor`` (named ``name`` in the source) when its shape is ``shape``.
+
+        Raises:
+            CheckpointError: naming the tensor, its shape and the expected one.
+        """
         if tuple(tensor.shape) != tuple(shape):
             raise CheckpointError(
                 f"{self.label}: tensor {self.prefix + name} has shape {tuple(tensor.shape)}, "
@@ -60,6 +65,11 @@ class Source:
 
 
 def activation(name: Any, label: str) -> str:
+    """The encoder/decoder ``activation`` option for a HF activation ``name`` (``label`` names the source).
+
+    Raises:
+        CheckpointError: for an activation the model does not implement.
+    """
     if name not in ACTIVATIONS:
         raise CheckpointError(f"{label}: activation {name!r} is not supported (supported: {', '.join(ACTIVATIONS)})")
     return ACTIVATIONS[name]
@@ -294,7 +304,11 @@ def gpt2_decoder(
 ) -> tuple[dict[str, Any], Tensors]:
     """HF GPT-2 (``wte``, ``wpe``, ``h.i.*``, ``ln_f``; ``Conv1D`` weights transposed). ``proj``: the
     VisionEncoderDecoder ``enc_to_dec_proj`` (weight, bias), folded into each ``kv_x``. ``cross=False``:
-    a plain GPT-2 without cross-attention tensors (they start fresh)."""
+    a plain GPT-2 without cross-attention tensors (they start fresh).
+
+    Raises:
+        CheckpointError: a config value the decoder does not implement, or a tensor missing or of the wrong shape.
+    """
     for key, want in (
         ("layer_norm_epsilon", 1e-5),
         ("scale_attn_by_inverse_layer_idx", False),

@@ -19,4 +19,5 @@ class SimpleVocabularyOptions(BaseModel):
 
 @hookimpl
 def register_tokenizers(register):
+    """Register the ``simple`` tokenizer (:class:`~.vocab.SimpleVocabulary`, options :class:`SimpleVocabularyOptions`)."""
     register("simple", "geometry_os.plugins.simple_vocab.vocab:SimpleVocabulary", SimpleVocabularyOptions)

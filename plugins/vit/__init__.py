@@ -83,4 +83,5 @@ class ViTOptions(BaseModel):
 
 @hookimpl
 def register_encoders(register):
+    """Register the ``vit`` encoder (:class:`~.model.VisionEncoder`, options :class:`ViTOptions`)."""
     register("vit", "geometry_os.plugins.vit.model:VisionEncoder", ViTOptions)

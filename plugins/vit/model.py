@@ -50,6 +50,7 @@ class ConvStem(nn.Sequential):
         super().__init__(*layers, nn.Conv2d(width, dim, 1))
 
     def reset_parameters(self) -> None:
+        """Re-initialise every sub-layer as PyTorch does on construction."""
         for m in self.modules():
             if m is not self and hasattr(m, "reset_parameters"):
                 m.reset_parameters()
@@ -85,6 +86,7 @@ class Block(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One pre-norm transformer block: x (B, N, D) -> (B, N, D)."""
         B, N, D = x.shape
         qkv = linear(self.norm1(x), self.qkv.weight, self.qkv.bias).view(B, N, 3, self.heads, D // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, head_dim)
@@ -215,6 +217,11 @@ class VisionEncoder(nn.Module):
             return F.conv2d(*bf16_rounded(images, weight, bias), stride=self.patch_size).to(torch.bfloat16)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) -> patch features (B, N, embed_dim), N the number of patches.
+
+        Raises:
+            ValueError: with ``stem="conv"``, for image sides that are not multiples of ``patch_size``.
+        """
         if isinstance(self.patch_embed, ConvStem) and (
             images.shape[-2] % self.patch_size or images.shape[-1] % self.patch_size
         ):

@@ -61,10 +61,12 @@ class KVCache:
 
     @property
     def length(self) -> int:
+        """Number of positions filled so far."""
         return self._length
 
     @property
     def batch_size(self) -> int:
+        """Number of rows (sequences) the cache holds."""
         return self.self_kv.shape[2]
 
     def _select_rows(self, index: torch.Tensor) -> None:
@@ -103,7 +105,11 @@ class KVCache:
         self._views()
 
     def expand(self, n: int) -> None:
-        """Repeat every row ``n`` times (``repeat_interleave``), in place."""
+        """Repeat every row ``n`` times (``repeat_interleave``), in place.
+
+        Raises:
+            ValueError: for ``n < 1``.
+        """
         if n < 1:
             raise ValueError(f"expand(n={n}): n must be >= 1")
         if n == 1:
@@ -141,10 +147,15 @@ class StaticKVCache:
 
     @property
     def batch_size(self) -> int:
+        """Number of rows (sequences) the cache holds."""
         return self.self_kv.shape[2]
 
     def refill(self, cross_kv: torch.Tensor) -> None:
-        """Start again with other images' cross K/V (same shape), in place: position 0."""
+        """Start again with other images' cross K/V (same shape), in place: position 0.
+
+        Raises:
+            ValueError: when ``cross_kv``'s shape differs from the cache's.
+        """
         if cross_kv.shape != self.cross_kv.shape:
             raise ValueError(
                 f"cross K/V of shape {tuple(cross_kv.shape)} do not fit this cache's {tuple(self.cross_kv.shape)}"
@@ -191,6 +202,10 @@ class DecoderBlock(nn.Module):
         mask: torch.Tensor | None,
         is_causal: bool,
     ) -> torch.Tensor:
+        """One pre-norm decoder block: causal self-attention, cross-attention to ``encoder_hidden_states``
+        (B, N, D) when the block has it, and the MLP; x (B, T, D) -> (B, T, D). ``mask``: the self-attention mask
+        (None with ``is_causal``).
+        """
         B, T, D = x.shape
         p = self.dropout if self.training else 0.0
         q, k, v = self._heads(linear(self.norm1(x), self.qkv.weight, self.qkv.bias), B, 3).unbind(0)
@@ -366,7 +381,11 @@ class LanguageDecoder(nn.Module):
         encoder_hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits (B, T, vocab) for every position; ``attention_mask`` (B, T) is 1 for real tokens."""
+        """Logits (B, T, vocab) for every position; ``attention_mask`` (B, T) is 1 for real tokens.
+
+        Raises:
+            ValueError: for sequences longer than ``max_seq_len``.
+        """
         B, T = input_ids.shape
         if T > self.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds max_seq_len={self.max_seq_len}")
@@ -383,7 +402,11 @@ class LanguageDecoder(nn.Module):
     @torch.no_grad()
     def init_cache(self, encoder_hidden_states: torch.Tensor, max_length: int) -> KVCache:
         """Cross-attention K/V of every cross layer (once per image) and empty self-attention
-        buffers for ``max_length`` tokens (in the dtype the projections produce, e.g. under autocast)."""
+        buffers for ``max_length`` tokens (in the dtype the projections produce, e.g. under autocast).
+
+        Raises:
+            ValueError: when ``max_length`` is not between 1 and ``max_seq_len``.
+        """
         if not 0 < max_length <= self.max_seq_len:
             raise ValueError(f"max_length={max_length} must be between 1 and max_seq_len={self.max_seq_len}")
         cross_kv = self.cross_kv(encoder_hidden_states)
@@ -424,7 +447,12 @@ class LanguageDecoder(nn.Module):
     @torch.no_grad()
     def step(self, input_ids: torch.Tensor, cache: KVCache, output_attentions: bool = False) -> Any:
         """Feed (B, T_new) tokens at positions ``cache.length``..; returns logits (B, vocab) of the
-        last one, or ``(logits, cross_attn)`` with cross_attn (B, cross layers, heads, N)."""
+        last one, or ``(logits, cross_attn)`` with cross_attn (B, cross layers, heads, N).
+
+        Raises:
+            ValueError: when the step would pass the cache's ``max_length`` or ``max_seq_len``, or the batch differs
+                from the cache's.
+        """
         B, T = input_ids.shape
         pos = cache.length
         end = pos + T

@@ -23,6 +23,7 @@ from geometry_os.systems.pixel_llm.inference import GenerationConfig, beam_searc
 
 
 def main() -> None:
+    """Run the five demo steps (data, model, forward pass, a short training loop, captions), printing each."""
     torch.manual_seed(0)
     shapes = get_component("dataset", "shapes")
     train_set = shapes.build({"n": 512, "seed": 0, "split": "train", "image_size": 32})

@@ -49,6 +49,7 @@ class LoRA(nn.Module):
         return (self.lora_B @ self.lora_A) * self.scaling
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        """The adapted weight: ``weight + (alpha / rank) * B @ A``, cast to ``weight``'s dtype (same shape)."""
         return weight + self.delta().to(weight.dtype)
 
 
@@ -62,6 +63,7 @@ def lora_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def has_lora(model: nn.Module) -> bool:
+    """Whether ``model`` has LoRA adapters attached (any parametrized ``nn.Linear``)."""
     return bool(lora_modules(model))
 
 
@@ -136,7 +138,12 @@ def save_adapter(folder: Path, model: nn.Module) -> None:
 
 
 def read_adapter(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
-    """``(config, tensors)`` of the adapter in ``folder``, or None when it has none."""
+    """``(config, tensors)`` of the adapter in ``folder``, or None when it has none.
+
+    Raises:
+        CheckpointError: an adapter config of another format or with a bad rank/alpha/modules, an invalid
+            safetensors file, or tensors that do not match the config's modules.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -173,7 +180,11 @@ def _check_shapes(folder: Path, module: nn.Module, name: str, a: torch.Tensor, b
 
 
 def merge_adapter_file(folder: Path, model: nn.Module) -> bool:
-    """Merge the adapter saved in ``folder`` (if any) into a plain ``model``'s weights; True when merged."""
+    """Merge the adapter saved in ``folder`` (if any) into a plain ``model``'s weights; True when merged.
+
+    Raises:
+        CheckpointError: as :func:`read_adapter`, or when an adapted module is not a linear layer of ``model``.
+    """
     found = read_adapter(folder)
     if found is None:
         return False
@@ -193,7 +204,12 @@ def merge_adapter_file(folder: Path, model: nn.Module) -> bool:
 
 
 def load_adapter_into(folder: Path, model: nn.Module) -> None:
-    """Copy the adapter tensors saved in ``folder`` into ``model``'s attached adapters (a trainer resume)."""
+    """Copy the adapter tensors saved in ``folder`` into ``model``'s attached adapters (a trainer resume).
+
+    Raises:
+        CheckpointError: when ``folder`` holds no adapter, its modules differ from the attached ones, or as
+            :func:`read_adapter`.
+    """
     found = read_adapter(folder)
     modules = lora_modules(model)
     if found is None:

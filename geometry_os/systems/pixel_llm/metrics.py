@@ -35,7 +35,11 @@ def normalize(text: str) -> str:
 
 
 def exact_match(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
-    """Fraction of predictions whose words equal the words of one of their references."""
+    """Fraction of predictions whose words equal the words of one of their references.
+
+    Raises:
+        ValueError: when there are no predictions.
+    """
     if not predictions:
         raise ValueError("no predictions to score")
     hits = sum(normalize(p) in {normalize(r) for r in refs} for p, refs in zip(predictions, references))
@@ -117,7 +121,12 @@ def caption_metrics(
     references: Sequence[Sequence[str]],
     idf_corpus: Sequence[Sequence[str]] | None = None,
 ) -> dict[str, float]:
-    """Corpus-level metrics for one prediction per image against that image's references."""
+    """Corpus-level metrics for one prediction per image against that image's references.
+
+    Raises:
+        ValueError: when the numbers of predictions and reference lists differ, there are no predictions, or
+            an image has no reference.
+    """
     from pycocoevalcap.bleu.bleu import Bleu
 
     if len(predictions) != len(references):
