@@ -98,8 +98,10 @@ class HFTokenizer(TokenizersBacked):
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < size:
                 raise ValueError(f"{source}: {name}={value!r} must be an id below the vocabulary size {size}")
-        self.bos_token_id, self.eos_token_id = ids["bos_token_id"], ids["eos_token_id"]
-        self.pad_token_id, self.unk_token_id = ids["pad_token_id"], ids["unk_token_id"]
+        self.bos_token_id: int = bos_token_id
+        self.eos_token_id: int = eos_token_id
+        self.pad_token_id: int = eos_token_id if pad_token_id is None else pad_token_id
+        self.unk_token_id: int | None = unk_token_id
         self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
         backend.encode_special_tokens = True  # not saved in the JSON; "<|endoftext|>" typed in a caption is text
         self._tok = backend

@@ -63,7 +63,7 @@ class CrossKVGraph(nn.Module):
 
     def __init__(self, decoder: nn.Module):
         super().__init__()
-        self.decoder = decoder
+        self.decoder: Any = decoder  # the xattn LanguageDecoder: its blocks and tables are read directly
 
     def forward(self, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
         """encoder_hidden_states (B, N, D_enc) -> cross_kv (cross layers, 2, B, heads, N, head_dim)."""
@@ -80,7 +80,7 @@ class DecoderStepGraph(nn.Module):
 
     def __init__(self, decoder: nn.Module):
         super().__init__()
-        self.decoder = decoder
+        self.decoder: Any = decoder  # the xattn LanguageDecoder: its blocks and tables are read directly
 
     def forward(
         self, input_ids: torch.Tensor, past_self_kv: torch.Tensor, cross_kv: torch.Tensor

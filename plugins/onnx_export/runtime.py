@@ -182,7 +182,7 @@ class OnnxCaptioner:
         if path.stat().st_size > MAX_JSON_BYTES:
             raise CheckpointError(f"{path}: file too large for a tokenizer ({path.stat().st_size} bytes)")
         try:
-            cls = get_component("tokenizer", entry["component"]).load()
+            cls: Any = get_component("tokenizer", entry["component"]).load()
         except ComponentError as exc:
             raise CheckpointError(f"{source}: {exc}") from None
         try:

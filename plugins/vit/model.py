@@ -7,8 +7,8 @@ the last N features back onto the image so that attention can be drawn on it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from geometry_os.plugins.vit import ViTOptions
-from geometry_os.systems.pixel_llm.cpu_bf16 import attention, bf16_rounded, linear, upcast_bf16
+from geometry_os.systems.pixel_llm.cpu_bf16 import attention, bf16, linear, upcast_bf16
 
 
 def sincos_2d(dim: int, rows: int, cols: int) -> torch.Tensor:
@@ -52,8 +52,9 @@ class ConvStem(nn.Sequential):
     def reset_parameters(self) -> None:
         """Re-initialise every sub-layer as PyTorch does on construction."""
         for m in self.modules():
-            if m is not self and hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+            reset = getattr(m, "reset_parameters", None)
+            if m is not self and callable(reset):
+                reset()
 
 
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
@@ -66,7 +67,11 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x, approximate="tanh")
 
 
-ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": gelu_tanh, "quick_gelu": quick_gelu}
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,
+    "gelu_tanh": gelu_tanh,
+    "quick_gelu": quick_gelu,
+}
 
 
 class Block(nn.Module):
@@ -213,8 +218,9 @@ class VisionEncoder(nn.Module):
         with torch.autocast("cpu", enabled=False):  # emulated bf16, see cpu_bf16
             if isinstance(self.patch_embed, ConvStem):  # small convs: plain fp32
                 return self.patch_embed(images.float()).to(torch.bfloat16)
-            weight, bias = self.patch_embed.weight, self.patch_embed.bias
-            return F.conv2d(*bf16_rounded(images, weight, bias), stride=self.patch_size).to(torch.bfloat16)
+            conv = cast(nn.Conv2d, self.patch_embed)
+            bias = None if conv.bias is None else bf16(conv.bias)
+            return F.conv2d(bf16(images), bf16(conv.weight), bias, stride=self.patch_size).to(torch.bfloat16)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W) -> patch features (B, N, embed_dim), N the number of patches.

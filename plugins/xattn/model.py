@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -439,7 +439,7 @@ class LanguageDecoder(nn.Module):
         position = cache.position
         x = F.embedding(input_ids[:, 0], self.wte.weight) + self.wpe.weight.index_select(0, position)
         mask = (cache.positions <= position).view(1, 1, 1, -1)
-        for block, kv, slot in zip(self.blocks, cache.layers, self._cross_slot):
+        for block, kv, slot in zip(cast("list[DecoderBlock]", self.blocks), cache.layers, self._cross_slot):
             x = block.static_step(x, B, kv, position, mask, None if slot is None else cache.cross[slot])
         position.add_(1)
         return self._logits(x)
@@ -471,7 +471,7 @@ class LanguageDecoder(nn.Module):
 
         x = (F.embedding(input_ids, self.wte.weight) + self.wpe.weight[pos:end]).view(B * T, -1)
         attns = []
-        for block, kv, slot in zip(self.blocks, cache.layers, self._cross_slot):
+        for block, kv, slot in zip(cast("list[DecoderBlock]", self.blocks), cache.layers, self._cross_slot):
             cross_kv = None if slot is None else cache.cross[slot]
             x, attn = block.step(x, B, kv, pos, mask, is_causal, cross_kv, output_attentions)
             if attn is not None:

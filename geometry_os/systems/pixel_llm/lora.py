@@ -20,7 +20,7 @@ import fnmatch
 import math
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -53,13 +53,23 @@ class LoRA(nn.Module):
         return weight + self.delta().to(weight.dtype)
 
 
-def lora_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """Module name -> module for every module whose ``weight`` carries a LoRA parametrization."""
+def lora_modules(model: nn.Module) -> dict[str, nn.Linear]:
+    """Module name -> linear layer for every layer of ``model`` whose ``weight`` carries a LoRA parametrization."""
     return {
         name: m
         for name, m in model.named_modules()
-        if parametrize.is_parametrized(m, "weight") and isinstance(m.parametrizations.weight[0], LoRA)
+        if isinstance(m, nn.Linear) and parametrize.is_parametrized(m, "weight") and isinstance(_first(m), LoRA)
     }
+
+
+def _first(module: nn.Module) -> nn.Module:
+    params: Any = module.parametrizations  # added by torch.nn.utils.parametrize, unknown to the type checker
+    return cast(nn.Module, params.weight[0])
+
+
+def adapter_of(module: nn.Module) -> LoRA:
+    """The LoRA parametrization of a module from :func:`lora_modules`."""
+    return cast(LoRA, _first(module))
 
 
 def has_lora(model: nn.Module) -> bool:
@@ -119,7 +129,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Only the adapter tensors: ``<module>.lora_A`` and ``<module>.lora_B``."""
     state = {}
     for name, module in lora_modules(model).items():
-        adapter = module.parametrizations.weight[0]
+        adapter = adapter_of(module)
         state[f"{name}.lora_A"], state[f"{name}.lora_B"] = adapter.lora_A.detach(), adapter.lora_B.detach()
     return state
 
@@ -129,7 +139,7 @@ def save_adapter(folder: Path, model: nn.Module) -> None:
     from safetensors.torch import save_file
 
     modules = lora_modules(model)
-    first = next(iter(modules.values())).parametrizations.weight[0]
+    first = adapter_of(next(iter(modules.values())))
     save_file({k: v.contiguous() for k, v in adapter_state_dict(model).items()}, str(folder / ADAPTER_WEIGHTS))
     write_json_atomic(
         folder / ADAPTER_CONFIG,
@@ -153,6 +163,7 @@ def read_adapter(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]
     if weights is None:
         return None
     config_path = safe_file(folder, ADAPTER_CONFIG)
+    assert config_path is not None  # a required file: safe_file raises when it is missing
     config = read_json(config_path)
     if not isinstance(config, dict) or config.get("format") != ADAPTER_FORMAT:
         raise CheckpointError(f"{config_path}: not a LoRA adapter config (expected format={ADAPTER_FORMAT!r})")
@@ -170,7 +181,7 @@ def read_adapter(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]
     return config, tensors
 
 
-def _check_shapes(folder: Path, module: nn.Module, name: str, a: torch.Tensor, b: torch.Tensor, rank: int) -> None:
+def _check_shapes(folder: Path, module: nn.Linear, name: str, a: torch.Tensor, b: torch.Tensor, rank: int) -> None:
     out_f, in_f = module.weight.shape
     if tuple(a.shape) != (rank, in_f) or tuple(b.shape) != (out_f, rank):
         raise CheckpointError(
@@ -219,7 +230,7 @@ def load_adapter_into(folder: Path, model: nn.Module) -> None:
         raise CheckpointError(f"{folder / ADAPTER_CONFIG}: adapted modules differ from this run's lora_targets")
     with torch.no_grad():
         for name, module in modules.items():
-            adapter = module.parametrizations.weight[0]
+            adapter = adapter_of(module)
             a, b = tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"]
             _check_shapes(folder, module, name, a, b, adapter.rank)
             adapter.lora_A.copy_(a)
