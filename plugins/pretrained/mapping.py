@@ -119,6 +119,22 @@ def _vit_options(
     )
 
 
+def _hf_vit_options(src: Source, cfg: Mapping[str, Any], eps: float, act: str, **extra: Any) -> dict[str, Any]:
+    """The vit encoder's options from a HF ViT-family vision config: sizes (224 px, patch 16 when absent),
+    ``layer_norm_eps`` (default ``eps``) and ``hidden_act`` (default ``act``); ``extra`` options added."""
+    return _vit_options(
+        cfg.get("image_size", 224),
+        cfg.get("patch_size", 16),
+        cfg["hidden_size"],
+        cfg["num_hidden_layers"],
+        cfg["num_attention_heads"],
+        cfg["intermediate_size"],
+        norm_eps=cfg.get("layer_norm_eps", eps),
+        act=activation(cfg.get("hidden_act", act), src.label),
+        **extra,
+    )
+
+
 def hf_vit_encoder(src: Source, cfg: Mapping[str, Any]) -> tuple[dict[str, Any], Tensors]:
     """HF ``ViTModel`` (``embeddings.*``, ``encoder.layer.i.*``, ``layernorm``)."""
     dim, n, hidden = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"]
@@ -150,18 +166,7 @@ def hf_vit_encoder(src: Source, cfg: Mapping[str, Any]) -> tuple[dict[str, Any],
         }
 
     _blocks(out, src, n, dim, hidden, names)
-    options = _vit_options(
-        cfg.get("image_size", 224),
-        cfg.get("patch_size", 16),
-        dim,
-        n,
-        cfg["num_attention_heads"],
-        hidden,
-        class_token=True,
-        norm_eps=cfg.get("layer_norm_eps", 1e-12),
-        act=activation(cfg.get("hidden_act", "gelu"), src.label),
-    )
-    return options, out
+    return _hf_vit_options(src, cfg, eps=1e-12, act="gelu", class_token=True), out
 
 
 def clip_siglip_encoder(src: Source, cfg: Mapping[str, Any], clip: bool) -> tuple[dict[str, Any], Tensors]:
@@ -199,16 +204,12 @@ def clip_siglip_encoder(src: Source, cfg: Mapping[str, Any], clip: bool) -> tupl
         }
 
     _blocks(out, src, n, dim, hidden, names)
-    options = _vit_options(
-        cfg.get("image_size", 224),
-        cfg.get("patch_size", 16),
-        dim,
-        n,
-        cfg["num_attention_heads"],
-        hidden,
+    options = _hf_vit_options(
+        src,
+        cfg,
+        eps=1e-5 if clip else 1e-6,
+        act="quick_gelu" if clip else "gelu_pytorch_tanh",
         class_token=clip,
-        norm_eps=cfg.get("layer_norm_eps", 1e-5 if clip else 1e-6),
-        act=activation(cfg.get("hidden_act", "quick_gelu" if clip else "gelu_pytorch_tanh"), src.label),
         pre_norm=clip,
         final_norm=not clip,
         patch_bias=not clip,
