@@ -50,6 +50,11 @@ def public_definitions(tree: ast.Module) -> Iterator[tuple[str, Definition]]:
                         yield f"{node.name}.{item.name}", item
 
 
+def is_command(function: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """A click command: its docstring is the command's help, and what it raises is the CLI's one-line error."""
+    return any("command" in ast.unparse(decorator) for decorator in function.decorator_list)
+
+
 def own_raises(function: ast.FunctionDef | ast.AsyncFunctionDef) -> list[str]:
     """Names of the exceptions ``function`` raises in its own body (not in nested functions; bare re-raises
     and ``NotImplementedError`` left out)."""
@@ -81,7 +86,7 @@ def test_raising_functions_say_what_they_raise(module):
     tree = ast.parse((REPO / module).read_text(encoding="utf-8"))
     silent = []
     for name, node in public_definitions(tree):
-        if isinstance(node, ast.ClassDef):
+        if isinstance(node, ast.ClassDef) or is_command(node):
             continue
         raised = own_raises(node)
         doc = (ast.get_docstring(node) or "").lower()

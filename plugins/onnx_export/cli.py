@@ -59,8 +59,6 @@ def caption_onnx_command(
     decoding; no torch is imported). Images are found and the output is printed as by the caption
     command (folders, --recursive); unreadable images are reported on stderr and skipped, the exit
     code is then 1. Beams, sampling and penalties are not supported by the exported runner.
-
-    Exits with status 1 (``SystemExit``) when any image could not be captioned.
     """
     from geometry_os.cli import echo_caption_results
     from geometry_os.systems.pixel_llm.captioning import expand_image_args

@@ -68,10 +68,7 @@ def register_commands(cli: click.Group) -> None:
 @click.pass_context
 def serve_command(ctx: click.Context, **flags: Any) -> None:
     """Serve captions over HTTP: POST /v1/captions, POST /v1/calls/NAME, a web page at /, /healthz,
-    /readyz, /metrics. Concurrent requests are decoded together (dynamic batching).
-
-    Fails (click's one-line error) when the web stack is not installed or a flag value is invalid.
-    """
+    /readyz, /metrics. Concurrent requests are decoded together (dynamic batching)."""
     missing = [name for name in WEB_STACK if importlib.util.find_spec(name) is None]
     if missing:
         raise click.ClickException(
