@@ -21,7 +21,7 @@ from geometry_os.fileio import atomic_write_text
 # Training recipes for the synthetic scenes: the packaged configs/shapes_small.toml (see docs/learning.md for
 # how it was chosen) on a preset, with the time budget leaving room for evaluation.
 RECIPE = "shapes_small.toml"  # in the geometry_os.configs package (the repository's configs/ folder)
-FULL = {
+FULL: dict[str, Any] = {
     "preset": "small",
     "config": RECIPE,
     "num_scenes": 30_000,
@@ -36,7 +36,7 @@ FULL = {
     ],
 }
 QUICK_BUDGET_S = 45  # seconds of training; data, evaluation and the report take the rest of the minute
-QUICK = {  # a smoke test: the same path on a time budget, long enough for varied, partly right captions
+QUICK: dict[str, Any] = {  # a smoke test: the same path on a time budget, long enough for varied, partly right captions
     "preset": "tiny",
     "config": RECIPE,
     "num_scenes": 3000,
