@@ -6,6 +6,9 @@ imported by the core only when a decoder is built (the factory is a lazy ``"modu
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from geometry_os.systems.pixel_llm.config import default_num_heads
@@ -76,6 +79,6 @@ class XAttnOptions(BaseModel):
 
 
 @hookimpl
-def register_decoders(register):
+def register_decoders(register: Callable[..., Any]) -> None:
     """Register the ``xattn`` decoder (:class:`~.model.LanguageDecoder`, options :class:`XAttnOptions`)."""
     register("xattn", "geometry_os.plugins.xattn.model:LanguageDecoder", XAttnOptions)
