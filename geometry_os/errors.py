@@ -7,6 +7,11 @@ lines; Ctrl-C is ``Error: interrupted`` (exit 130).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class GeometryOSError(Exception):
     """Base of every error caused by the user's input, files or plugins (not by a bug)."""
@@ -47,7 +52,7 @@ def one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def format_validation_error(exc, source: str | None = None) -> str:
+def format_validation_error(exc: ValidationError, source: str | None = None) -> str:
     """``source: field.path: message (got value)`` for each error, joined by '; '."""
     parts = []
     for err in exc.errors():

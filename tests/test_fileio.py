@@ -1,5 +1,6 @@
 """geometry_os.fileio: atomic writes keep what a plain write would give (contents, permissions) and
-leave nothing behind when the writer fails; malformed JSON errors name the source and position."""
+leave nothing behind when the writer fails; atomic folders replace only folders of their own files;
+malformed JSON errors name the source and position."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import stat
 
 import pytest
 
-from geometry_os.fileio import atomic_save, atomic_write_text, parse_json, write_json_atomic
+from geometry_os.errors import CheckpointError, ConfigError
+from geometry_os.fileio import AtomicFolder, atomic_save, atomic_write_text, parse_json, write_json_atomic
 
 
 def mode(path) -> int:
@@ -74,3 +76,42 @@ def test_errors_name_the_target_not_the_hidden_temporary(tmp_path):
     with pytest.raises(FileNotFoundError) as info:
         write_json_atomic(missing, {})
     assert info.value.filename == str(missing) and ".tmp" not in str(info.value)
+
+
+def test_atomic_folder_replaces_a_folder_of_its_own_files_and_leaves_no_temporary(tmp_path):
+    dest = tmp_path / "model"
+    dest.mkdir()
+    (dest / "config.json").write_text("old")
+    (dest / "model.safetensors").write_text("old")
+    with AtomicFolder(dest, replaces=("config.json", "model.safetensors")) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".model.tmp-")
+        (tmp / "config.json").write_text("new")
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+    assert [p.name for p in dest.iterdir()] == ["config.json"] and (dest / "config.json").read_text() == "new"
+
+
+def test_atomic_folder_refuses_a_folder_with_other_files_before_writing(tmp_path):
+    dest = tmp_path / "mine"
+    dest.mkdir()
+    (dest / "notes.txt").write_text("the user's")
+    with pytest.raises(
+        CheckpointError, match=r"mine: refusing to replace a folder that holds other files \(notes\.txt\)"
+    ):
+        with AtomicFolder(dest, replaces=("config.json",)):
+            raise AssertionError("not reached")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="exists and is not a folder"):
+        with AtomicFolder(tmp_path / "file", replaces=None, error=ConfigError):
+            raise AssertionError("not reached")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "mine"] and (dest / "notes.txt").is_file()
+
+
+def test_atomic_folder_keeps_the_old_folder_when_the_writer_fails(tmp_path):
+    dest = tmp_path / "best"
+    dest.mkdir()
+    (dest / "config.json").write_text("previous")
+    with pytest.raises(RuntimeError, match="boom"):
+        with AtomicFolder(dest, replaces=None) as tmp:
+            (tmp / "config.json").write_text("half")
+            raise RuntimeError("boom")
+    assert [p.name for p in tmp_path.iterdir()] == ["best"] and (dest / "config.json").read_text() == "previous"

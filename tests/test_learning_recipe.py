@@ -162,9 +162,10 @@ def test_training_and_captioning_normalise_images_as_the_model_config_says(tmp_p
 
 
 def test_demo_trains_with_the_recommended_recipe():
-    from geometry_os.plugins.commands.demo import FULL
+    from geometry_os.plugins.commands.demo import FULL, recipe_path
 
-    demo = load_config(None, FULL["overrides"], FULL["preset"])
+    assert Path(recipe_path(FULL["config"])).read_bytes() == (ROOT / "configs" / "shapes_small.toml").read_bytes()
+    demo = load_config(recipe_path(FULL["config"]), FULL["overrides"], FULL["preset"])
     recipe = load_config(ROOT / "configs" / "shapes_small.toml", (), "small")
     assert demo.model_dict() == recipe.model_dict()
     same = (

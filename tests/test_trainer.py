@@ -771,7 +771,7 @@ def test_stale_folders_are_removed_and_a_folder_moved_aside_is_put_back(tmp_path
 
 
 def test_a_failed_rename_puts_the_previous_folder_back(tmp_path, monkeypatch):
-    from geometry_os.systems.pixel_llm.checkpoint import AtomicFolder
+    from geometry_os.fileio import AtomicFolder
 
     dest = tmp_path / "best"
     dest.mkdir()

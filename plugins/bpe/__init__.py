@@ -3,6 +3,9 @@
 Registering stays cheap: only pydantic and the hookspecs are imported here.
 """
 
+from collections.abc import Callable
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from geometry_os.systems.pixel_llm.hookspecs import hookimpl
@@ -18,5 +21,6 @@ class BPEOptions(BaseModel):
 
 
 @hookimpl
-def register_tokenizers(register):
+def register_tokenizers(register: Callable[..., Any]) -> None:
+    """Register the ``bpe`` tokenizer (:class:`~.tokenizer.BPETokenizer`, options :class:`BPEOptions`)."""
     register("bpe", "geometry_os.plugins.bpe.tokenizer:BPETokenizer", BPEOptions)

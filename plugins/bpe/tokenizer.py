@@ -18,14 +18,12 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 
 from geometry_os.fileio import atomic_write_text, parse_json, read_utf8
 from geometry_os.systems.pixel_llm.protocols import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID
-
-
-def _as_id_list(ids: Any) -> list[int]:
-    seq = ids.tolist() if hasattr(ids, "tolist") else list(ids)
-    if isinstance(seq, int) or any(isinstance(i, (list, tuple)) for i in seq):
-        raise ValueError("decode expects a 1-D sequence of ids; use batch_decode for a batch")
-    return [int(i) for i in seq]
-
+from geometry_os.systems.pixel_llm.tokenizer_files import (
+    TokenizersBacked,
+    as_id_list,
+    check_ids,
+    parse_tokenizers_json,
+)
 
 # GPT-2's pre-tokenizer pattern (tokenizers' ByteLevel use_regex) with \p{M} in the letter classes.
 # Files saved with the earlier ByteLevel pipeline keep it: a tokenizer JSON carries its own pipeline.
@@ -53,7 +51,7 @@ def _new_tokenizer() -> Tokenizer:
     return tok
 
 
-class BPETokenizer:
+class BPETokenizer(TokenizersBacked):
     """Same interface as ``SimpleVocabulary``: encode/decode/batch_decode/len/save/load/train."""
 
     pad_token_id, bos_token_id, eos_token_id, unk_token_id = PAD_ID, BOS_ID, EOS_ID, UNK_ID
@@ -105,50 +103,28 @@ class BPETokenizer:
             min_frequency=getattr(options, "min_frequency", 2),
         )
 
-    @property
-    def backend(self) -> Tokenizer:
-        """The underlying ``tokenizers.Tokenizer``."""
-        return self._tok
-
-    def __len__(self) -> int:
-        return self._tok.get_vocab_size(with_added_tokens=True)
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self)
-
     def __repr__(self) -> str:
         return f"BPETokenizer(size={len(self)})"
 
     def token_to_id(self, token: str) -> int:
+        """The id of ``token``, or the ``<unk>`` id for a token outside the vocabulary."""
         found = self._tok.token_to_id(token)
         return UNK_ID if found is None else found
 
-    def id_to_token(self, index: int) -> str:
-        return self._tok.id_to_token(index)
-
-    def tokenize(self, text: str) -> list[str]:
-        return self._tok.encode(text, add_special_tokens=False).tokens
-
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``; ``add_special_tokens``: wrapped in ``<bos>`` ... ``<eos>``."""
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
         """Text of ``ids``; when skipping specials, stop at the first ``<eos>``."""
-        seq = _as_id_list(ids)
-        size = len(self)
-        for i in seq:
-            if not 0 <= i < size:
-                raise ValueError(f"token id {i} is out of range for a vocabulary of {size}")
+        seq = as_id_list(ids)
+        check_ids(seq, len(self))
         if skip_special_tokens and EOS_ID in seq:
             seq = seq[: seq.index(EOS_ID)]
         return self._tok.decode(seq, skip_special_tokens=skip_special_tokens).strip()
 
-    def batch_decode(self, sequences: Any, skip_special_tokens: bool = True) -> list[str]:
-        rows = sequences.tolist() if hasattr(sequences, "tolist") else sequences
-        return [self.decode(row, skip_special_tokens) for row in rows]
-
     def save(self, path: str | os.PathLike) -> None:
+        """Write the tokenizer to ``path`` as a ``tokenizers`` JSON file (atomically); ``load`` reads it back."""
         atomic_write_text(path, self._tok.to_str(pretty=True))
 
     @classmethod
@@ -156,11 +132,7 @@ class BPETokenizer:
         """Read a tokenizer JSON written by ``save``; problems are one-line ValueErrors naming the file."""
         text = read_utf8(path)
         parse_json(text, path, what="tokenizer JSON")
-        try:
-            tok = Tokenizer.from_str(text)
-        except Exception as e:  # the Rust library raises a bare Exception
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ValueError(f"{path}: not a valid tokenizers JSON: {reason}") from None
+        tok = parse_tokenizers_json(text, path)
         self = cls.__new__(cls)
         self._attach(tok, source=path)
         return self

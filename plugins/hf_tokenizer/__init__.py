@@ -3,6 +3,9 @@
 Registering stays cheap: only pydantic and the hookspecs are imported here.
 """
 
+from collections.abc import Callable
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict
 
 from geometry_os.systems.pixel_llm.hookspecs import hookimpl
@@ -15,5 +18,6 @@ class HFTokenizerOptions(BaseModel):
 
 
 @hookimpl
-def register_tokenizers(register):
+def register_tokenizers(register: Callable[..., Any]) -> None:
+    """Register the ``hf`` tokenizer (:class:`~.tokenizer.HFTokenizer`, options :class:`HFTokenizerOptions`)."""
     register("hf", "geometry_os.plugins.hf_tokenizer.tokenizer:HFTokenizer", HFTokenizerOptions)

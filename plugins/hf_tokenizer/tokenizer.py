@@ -23,18 +23,20 @@ from typing import Any
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from geometry_os.fileio import atomic_write_text, parse_json, read_utf8
+from geometry_os.systems.pixel_llm.tokenizer_files import (
+    TokenizersBacked,
+    as_id_list,
+    check_file_header,
+    check_ids,
+    invalid_file,
+    parse_tokenizers_json,
+)
 
 FORMAT = "geometry_os.hf_tokenizer"
+KIND = "hf tokenizer file"  # what a file that fails the checks is not
 VERSION = 1
 ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id")
 KEYS = frozenset({"format", "version", "clean_up_tokenization_spaces", "tokenizer", *ID_FIELDS})
-
-
-def _as_id_list(ids: Any) -> list[int]:
-    seq = ids.tolist() if hasattr(ids, "tolist") else list(ids)
-    if isinstance(seq, int) or any(isinstance(i, (list, tuple)) for i in seq):
-        raise ValueError("decode expects a 1-D sequence of ids; use batch_decode for a batch")
-    return [int(i) for i in seq]
 
 
 def clean_up_tokenization(text: str) -> str:
@@ -55,14 +57,6 @@ def clean_up_tokenization(text: str) -> str:
     return text
 
 
-def _parse_backend(text: str, source: Any) -> Tokenizer:
-    try:
-        return Tokenizer.from_str(text)
-    except Exception as e:  # the Rust library raises a bare Exception
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f"{source}: not a valid tokenizers JSON: {reason}") from None
-
-
 def gpt2_from_vocab_merges(
     vocab: str | os.PathLike, merges: str | os.PathLike, special_tokens: Sequence[str] = ("<|endoftext|>",)
 ) -> Tokenizer:
@@ -76,7 +70,7 @@ def gpt2_from_vocab_merges(
     return tok
 
 
-class HFTokenizer:
+class HFTokenizer(TokenizersBacked):
     """Same interface as ``SimpleVocabulary`` (encode/decode/batch_decode/len/save/load), special ids given.
 
     ``unk_token_id`` may be None (byte-level BPE has no unknown token). Ids must lie inside the vocabulary.
@@ -104,8 +98,10 @@ class HFTokenizer:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < size:
                 raise ValueError(f"{source}: {name}={value!r} must be an id below the vocabulary size {size}")
-        self.bos_token_id, self.eos_token_id = ids["bos_token_id"], ids["eos_token_id"]
-        self.pad_token_id, self.unk_token_id = ids["pad_token_id"], ids["unk_token_id"]
+        self.bos_token_id: int = bos_token_id
+        self.eos_token_id: int = eos_token_id
+        self.pad_token_id: int = eos_token_id if pad_token_id is None else pad_token_id
+        self.unk_token_id: int | None = unk_token_id
         self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
         backend.encode_special_tokens = True  # not saved in the JSON; "<|endoftext|>" typed in a caption is text
         self._tok = backend
@@ -115,19 +111,19 @@ class HFTokenizer:
         """A ``tokenizer.json`` (the ``tokenizers`` format) with the given ``*_token_id`` keywords."""
         text = read_utf8(path)
         parse_json(text, path, what="tokenizer JSON")
-        return cls(_parse_backend(text, path), source=path, **ids)
+        return cls(parse_tokenizers_json(text, path), source=path, **ids)
 
     @classmethod
     def train(cls, texts: Any, options: Any = None) -> HFTokenizer:
+        """Refused: the ``hf`` tokenizer comes with a pretrained model.
+
+        Raises:
+            ValueError: always, saying where an ``hf`` tokenizer comes from (``import``, ``train --init-from``).
+        """
         raise ValueError(
             "the 'hf' tokenizer is not trained: it comes with a pretrained model "
             "(geo-os pixel-llm import, or train --init-from an imported checkpoint)"
         )
-
-    @property
-    def backend(self) -> Tokenizer:
-        """The underlying ``tokenizers.Tokenizer``."""
-        return self._tok
 
     def __getstate__(self) -> dict:
         return {"json": self._data()}
@@ -135,27 +131,15 @@ class HFTokenizer:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(type(self)._from_data(state["json"], "pickled tokenizer").__dict__)
 
-    def __len__(self) -> int:
-        return self._tok.get_vocab_size(with_added_tokens=True)
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self)
-
     def __repr__(self) -> str:
         return (
             f"HFTokenizer(size={len(self)}, bos={self.bos_token_id}, eos={self.eos_token_id}, pad={self.pad_token_id})"
         )
 
     def token_to_id(self, token: str) -> int | None:
+        """The id of ``token``, or ``unk_token_id`` (None for byte-level vocabularies) for an unknown token."""
         found = self._tok.token_to_id(token)
         return self.unk_token_id if found is None else found
-
-    def id_to_token(self, index: int) -> str:
-        return self._tok.id_to_token(index)
-
-    def tokenize(self, text: str) -> list[str]:
-        return self._tok.encode(text, add_special_tokens=False).tokens
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """``[bos, ids..., eos]`` (or just the ids); the JSON's own post-processor is not applied."""
@@ -165,11 +149,8 @@ class HFTokenizer:
     def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
         """Text of ``ids``; when skipping specials, drop a leading bos, stop at the first eos after it and
         drop the other special tokens (as HF ``decode(skip_special_tokens=True)``)."""
-        seq = _as_id_list(ids)
-        size = len(self)
-        for i in seq:
-            if not 0 <= i < size:
-                raise ValueError(f"token id {i} is out of range for a vocabulary of {size}")
+        seq = as_id_list(ids)
+        check_ids(seq, len(self))
         if skip_special_tokens:
             if seq and seq[0] == self.bos_token_id:
                 seq = seq[1:]
@@ -177,10 +158,6 @@ class HFTokenizer:
                 seq = seq[: seq.index(self.eos_token_id)]
         text = self._tok.decode(seq, skip_special_tokens=skip_special_tokens)
         return clean_up_tokenization(text) if self.clean_up_tokenization_spaces else text
-
-    def batch_decode(self, sequences: Any, skip_special_tokens: bool = True) -> list[str]:
-        rows = sequences.tolist() if hasattr(sequences, "tolist") else sequences
-        return [self.decode(row, skip_special_tokens) for row in rows]
 
     def _data(self) -> dict[str, Any]:
         return {
@@ -192,25 +169,15 @@ class HFTokenizer:
         }
 
     def save(self, path: str | os.PathLike) -> None:
+        """Write the tokenizer (special ids and the ``tokenizers`` JSON) to ``path`` atomically; ``load`` reads it."""
         atomic_write_text(path, json.dumps(self._data(), ensure_ascii=False) + "\n")
 
     @classmethod
     def _from_data(cls, data: Any, source: Any) -> HFTokenizer:
-        def fail(why: str) -> ValueError:
-            return ValueError(f"{source}: not a valid hf tokenizer file: {why}")
-
-        if not isinstance(data, dict):
-            raise fail(f"expected a JSON object, got {type(data).__name__}")
-        if data.get("format") != FORMAT:
-            raise fail(f'"format" must be "{FORMAT}", got {data.get("format")!r}')
-        if data.get("version") != VERSION:
-            raise fail(f'unsupported "version" {data.get("version")!r} (expected {VERSION})')
-        unknown = sorted(set(data) - KEYS)
-        if unknown:
-            raise fail(f"unknown key {unknown[0]!r}")
+        data = check_file_header(data, source, KIND, FORMAT, (VERSION,), KEYS)
         if not isinstance(data.get("tokenizer"), dict):
-            raise fail('"tokenizer" must be the tokenizers JSON object')
-        backend = _parse_backend(json.dumps(data["tokenizer"]), source)
+            raise invalid_file(source, KIND, '"tokenizer" must be the tokenizers JSON object')
+        backend = parse_tokenizers_json(json.dumps(data["tokenizer"]), source)
         return cls(
             backend,
             data.get("bos_token_id"),

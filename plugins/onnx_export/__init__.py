@@ -9,11 +9,17 @@ only click, so registering the commands stays cheap.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from geometry_os.systems.pixel_llm.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    import click
 
 
 @hookimpl
-def register_commands(cli) -> None:
+def register_commands(cli: click.Group) -> None:
+    """Add the ``export`` and ``caption-onnx`` commands to the ``pixel-llm`` command group ``cli``."""
     from .cli import caption_onnx_command, export_command
 
     cli.add_command(export_command)

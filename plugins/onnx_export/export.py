@@ -118,8 +118,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path) -> Path:
     require("onnx", "onnxscript", "onnxruntime", purpose="ONNX export")
     import torch
 
-    from geometry_os.fileio import write_json_atomic
-    from geometry_os.systems.pixel_llm.checkpoint import CONFIG, AtomicFolder, read_checkpoint_config, safe_file
+    from geometry_os.fileio import AtomicFolder, write_json_atomic
+    from geometry_os.systems.pixel_llm.checkpoint import CONFIG, read_checkpoint_config, safe_file
     from geometry_os.systems.pixel_llm.data_config import DatasetConfig
     from geometry_os.systems.pixel_llm.generation_config import GenerationConfig
     from geometry_os.systems.pixel_llm.model import PixelLLM
@@ -137,6 +137,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path) -> Path:
     model, tokenizer = PixelLLM.from_pretrained(folder)
     model = model.float().eval()
     tokenizer_file = safe_file(folder, str(entry.get("file") or "tokenizer.json"))
+    assert tokenizer_file is not None  # a required file: safe_file raises when it is missing
     defaults = GenerationConfig()
     special = {}  # as generate_caption picks them: the tokenizer's, else the model config's
     for kind in ("pad", "bos", "eos"):
@@ -151,7 +152,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path) -> Path:
         pixel_values = torch.rand(2, 3, s, s)
         features = model.encode(pixel_values)
         cross_kv = CrossKVGraph(model.decoder)(features)
-        decoder = model.decoder
+        decoder: Any = model.decoder  # the xattn LanguageDecoder
         head_dim = decoder.embed_dim // decoder.num_heads
         past_kv = torch.randn(decoder.num_layers, 2, 2, decoder.num_heads, 3, head_dim)
         input_ids = torch.tensor([[special["bos"]], [min(4, config.vocab_size - 1)]])

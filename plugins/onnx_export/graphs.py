@@ -53,6 +53,7 @@ class EncoderGraph(nn.Module):
         self.encoder = encoder
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixel_values (B, 3, S, S) float32 -> encoder_hidden_states (B, N, D)."""
         return self.encoder(pixel_values)
 
 
@@ -62,9 +63,10 @@ class CrossKVGraph(nn.Module):
 
     def __init__(self, decoder: nn.Module):
         super().__init__()
-        self.decoder = decoder
+        self.decoder: Any = decoder  # the xattn LanguageDecoder: its blocks and tables are read directly
 
     def forward(self, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+        """encoder_hidden_states (B, N, D_enc) -> cross_kv (cross layers, 2, B, heads, N, head_dim)."""
         blocks = self.decoder.blocks
         return torch.stack([blocks[i].cross_kv(encoder_hidden_states) for i in self.decoder.cross_attention_layers])
 
@@ -78,11 +80,14 @@ class DecoderStepGraph(nn.Module):
 
     def __init__(self, decoder: nn.Module):
         super().__init__()
-        self.decoder = decoder
+        self.decoder: Any = decoder  # the xattn LanguageDecoder: its blocks and tables are read directly
 
     def forward(
         self, input_ids: torch.Tensor, past_self_kv: torch.Tensor, cross_kv: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """input_ids (B, 1), past_self_kv (layers, 2, B, heads, P, head_dim), cross_kv -> logits (B, vocab) and
+        present_self_kv (layers, 2, B, heads, P + 1, head_dim).
+        """
         d = self.decoder
         B = input_ids.shape[0]
         pos = past_self_kv.shape[4]

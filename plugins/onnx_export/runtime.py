@@ -182,7 +182,7 @@ class OnnxCaptioner:
         if path.stat().st_size > MAX_JSON_BYTES:
             raise CheckpointError(f"{path}: file too large for a tokenizer ({path.stat().st_size} bytes)")
         try:
-            cls = get_component("tokenizer", entry["component"]).load()
+            cls: Any = get_component("tokenizer", entry["component"]).load()
         except ComponentError as exc:
             raise CheckpointError(f"{source}: {exc}") from None
         try:
@@ -226,6 +226,7 @@ class OnnxCaptioner:
         return self.sessions["decoder_init"].run(None, {"encoder_hidden_states": encoder_hidden_states})[0]
 
     def empty_cache(self, batch: int) -> np.ndarray:
+        """An empty self-attention cache for ``batch`` rows: float32 zeros (layers, 2, batch, heads, 0, head_dim)."""
         layers, heads, head_dim = self.cache_shape
         return np.zeros((layers, 2, batch, heads, 0, head_dim), dtype=np.float32)
 

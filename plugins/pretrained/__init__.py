@@ -41,5 +41,6 @@ def import_command(source: str, out: str, preset: str, image_size: int | None) -
 
 
 @hookimpl
-def register_commands(cli):
+def register_commands(cli: click.Group) -> None:
+    """Add the ``import`` command to the ``pixel-llm`` command group ``cli``."""
     cli.add_command(import_command)

@@ -37,6 +37,11 @@ SUPPORTED = "vision-encoder-decoder (vit + gpt2), vit, clip(_vision_model), sigl
 
 
 def read_json_file(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path`` (a config file of the source model).
+
+    Raises:
+        CheckpointError: when the file is not UTF-8, not JSON, or not an object.
+    """
     data = parse_json(read_utf8(path, CheckpointError), path, CheckpointError)
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
@@ -44,7 +49,12 @@ def read_json_file(path: Path) -> dict[str, Any]:
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A safetensors file, or a PyTorch pickle read with ``weights_only=True`` (no code runs)."""
+    """A safetensors file, or a PyTorch pickle read with ``weights_only=True`` (no code runs).
+
+    Raises:
+        CheckpointError: an invalid safetensors file, a pickle that is not plain tensors, or a file that
+            holds no state dict.
+    """
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -89,6 +99,13 @@ def _prefix(tensors: dict[str, torch.Tensor], suffix: str, label: str) -> str:
 def encoder_part(
     model_type: str, cfg: dict[str, Any], tensors: dict[str, torch.Tensor], label: str, prefix: str | None = None
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor], Source]:
+    """The encoder of a HF ``model_type`` (``vit``, ``clip``, ``siglip`` or their vision towers) from its config
+    ``cfg`` and ``tensors``: ``(encoder_options, tensors in the vit encoder's names, Source)``. ``prefix``: where
+    the encoder's tensors start (found from a known tensor when None); ``label`` names the source in errors.
+
+    Raises:
+        CheckpointError: an unknown ``model_type``, or a tensor missing or of the wrong shape.
+    """
     if model_type in ("clip", "siglip"):  # the vision tower of a dual encoder
         cfg, model_type = cfg.get("vision_config") or {}, f"{model_type}_vision_model"
     if model_type == "vit":
@@ -150,8 +167,14 @@ def build_checkpoint(
     tokenizer: Any,
     source: Path,
 ) -> Path:
-    """A PixelLLM with ``encoder`` / ``decoder`` tensors loaded (the missing half fresh), saved to ``dest``."""
-    from geometry_os.systems.pixel_llm.checkpoint import CONFIG, AtomicFolder, write_model_files
+    """A PixelLLM with ``encoder`` / ``decoder`` tensors loaded (the missing half fresh), saved to ``dest``.
+
+    Raises:
+        CheckpointError: a converted tensor with no place in the model or of the wrong shape, or a ``dest``
+            that holds other files (see :class:`~geometry_os.fileio.AtomicFolder`).
+    """
+    from geometry_os.fileio import AtomicFolder
+    from geometry_os.systems.pixel_llm.checkpoint import CONFIG, TOKENIZER, WEIGHTS, write_model_files
     from geometry_os.systems.pixel_llm.config import PixelLLMConfig
     from geometry_os.systems.pixel_llm.model import PixelLLM
 
@@ -172,7 +195,7 @@ def build_checkpoint(
             )
     model.load_state_dict(given, strict=False)
     fresh = sorted(k for k in state if k not in given)
-    with AtomicFolder(dest) as tmp:
+    with AtomicFolder(dest, replaces=(WEIGHTS, CONFIG, TOKENIZER)) as tmp:
         write_model_files(tmp, model, tokenizer)
         data = json.loads((tmp / CONFIG).read_text(encoding="utf-8"))
         data["import"] = {"source": str(source), "fresh": fresh}
@@ -186,9 +209,11 @@ def _tokenizer(folder: Path, ids: dict[str, int | None]) -> Any:
     config = read_json_file(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
     cleanup = bool(config.get("clean_up_tokenization_spaces", False))
     if (folder / "tokenizer.json").is_file():
-        from geometry_os.plugins.hf_tokenizer.tokenizer import _parse_backend
+        from geometry_os.systems.pixel_llm.tokenizer_files import parse_tokenizers_json
 
-        backend = _parse_backend(read_utf8(folder / "tokenizer.json", CheckpointError), folder / "tokenizer.json")
+        backend = parse_tokenizers_json(
+            read_utf8(folder / "tokenizer.json", CheckpointError), folder / "tokenizer.json"
+        )
     elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
         specials = [config.get(k) for k in ("bos_token", "eos_token", "unk_token", "pad_token")]
         specials = [t.get("content") if isinstance(t, dict) else t for t in specials]

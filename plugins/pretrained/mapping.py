@@ -51,6 +51,11 @@ class Source:
         return self[name] if name in self else torch.zeros(shape)
 
     def check(self, name: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        """``tensor`` (named ``name`` in the source) when its shape is ``shape``.
+
+        Raises:
+            CheckpointError: naming the tensor, its shape and the expected one.
+        """
         if tuple(tensor.shape) != tuple(shape):
             raise CheckpointError(
                 f"{self.label}: tensor {self.prefix + name} has shape {tuple(tensor.shape)}, "
@@ -60,6 +65,11 @@ class Source:
 
 
 def activation(name: Any, label: str) -> str:
+    """The encoder/decoder ``activation`` option for a HF activation ``name`` (``label`` names the source).
+
+    Raises:
+        CheckpointError: for an activation the model does not implement.
+    """
     if name not in ACTIVATIONS:
         raise CheckpointError(f"{label}: activation {name!r} is not supported (supported: {', '.join(ACTIVATIONS)})")
     return ACTIVATIONS[name]
@@ -109,6 +119,22 @@ def _vit_options(
     )
 
 
+def _hf_vit_options(src: Source, cfg: Mapping[str, Any], eps: float, act: str, **extra: Any) -> dict[str, Any]:
+    """The vit encoder's options from a HF ViT-family vision config: sizes (224 px, patch 16 when absent),
+    ``layer_norm_eps`` (default ``eps``) and ``hidden_act`` (default ``act``); ``extra`` options added."""
+    return _vit_options(
+        cfg.get("image_size", 224),
+        cfg.get("patch_size", 16),
+        cfg["hidden_size"],
+        cfg["num_hidden_layers"],
+        cfg["num_attention_heads"],
+        cfg["intermediate_size"],
+        norm_eps=cfg.get("layer_norm_eps", eps),
+        act=activation(cfg.get("hidden_act", act), src.label),
+        **extra,
+    )
+
+
 def hf_vit_encoder(src: Source, cfg: Mapping[str, Any]) -> tuple[dict[str, Any], Tensors]:
     """HF ``ViTModel`` (``embeddings.*``, ``encoder.layer.i.*``, ``layernorm``)."""
     dim, n, hidden = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"]
@@ -140,18 +166,7 @@ def hf_vit_encoder(src: Source, cfg: Mapping[str, Any]) -> tuple[dict[str, Any],
         }
 
     _blocks(out, src, n, dim, hidden, names)
-    options = _vit_options(
-        cfg.get("image_size", 224),
-        cfg.get("patch_size", 16),
-        dim,
-        n,
-        cfg["num_attention_heads"],
-        hidden,
-        class_token=True,
-        norm_eps=cfg.get("layer_norm_eps", 1e-12),
-        act=activation(cfg.get("hidden_act", "gelu"), src.label),
-    )
-    return options, out
+    return _hf_vit_options(src, cfg, eps=1e-12, act="gelu", class_token=True), out
 
 
 def clip_siglip_encoder(src: Source, cfg: Mapping[str, Any], clip: bool) -> tuple[dict[str, Any], Tensors]:
@@ -189,16 +204,12 @@ def clip_siglip_encoder(src: Source, cfg: Mapping[str, Any], clip: bool) -> tupl
         }
 
     _blocks(out, src, n, dim, hidden, names)
-    options = _vit_options(
-        cfg.get("image_size", 224),
-        cfg.get("patch_size", 16),
-        dim,
-        n,
-        cfg["num_attention_heads"],
-        hidden,
+    options = _hf_vit_options(
+        src,
+        cfg,
+        eps=1e-5 if clip else 1e-6,
+        act="quick_gelu" if clip else "gelu_pytorch_tanh",
         class_token=clip,
-        norm_eps=cfg.get("layer_norm_eps", 1e-5 if clip else 1e-6),
-        act=activation(cfg.get("hidden_act", "quick_gelu" if clip else "gelu_pytorch_tanh"), src.label),
         pre_norm=clip,
         final_norm=not clip,
         patch_bias=not clip,
@@ -294,7 +305,11 @@ def gpt2_decoder(
 ) -> tuple[dict[str, Any], Tensors]:
     """HF GPT-2 (``wte``, ``wpe``, ``h.i.*``, ``ln_f``; ``Conv1D`` weights transposed). ``proj``: the
     VisionEncoderDecoder ``enc_to_dec_proj`` (weight, bias), folded into each ``kv_x``. ``cross=False``:
-    a plain GPT-2 without cross-attention tensors (they start fresh)."""
+    a plain GPT-2 without cross-attention tensors (they start fresh).
+
+    Raises:
+        CheckpointError: a config value the decoder does not implement, or a tensor missing or of the wrong shape.
+    """
     for key, want in (
         ("layer_norm_epsilon", 1e-5),
         ("scale_attn_by_inverse_layer_idx", False),

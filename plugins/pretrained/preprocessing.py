@@ -22,6 +22,12 @@ def _interpolation(value: Any, where: Any) -> str:
 
 
 def hf_preprocessing(cfg: dict[str, Any], where: Any) -> dict[str, Any]:
+    """Image preprocessing fields (``image_mean``/``image_std``, rescale factor, size, interpolation) of the
+    model config from a HF ``preprocessor_config.json`` ``cfg`` (``where`` names it in errors).
+
+    Raises:
+        CheckpointError: for a resampling filter the image pipeline does not offer.
+    """
     out: dict[str, Any] = {"image_interpolation": _interpolation(cfg.get("resample", 2), where)}
     if cfg.get("do_normalize", True):
         out["image_mean"] = tuple(cfg.get("image_mean", (0.5, 0.5, 0.5)))
@@ -41,6 +47,12 @@ def hf_preprocessing(cfg: dict[str, Any], where: Any) -> dict[str, Any]:
 
 
 def timm_preprocessing(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Image preprocessing fields of the model config from a timm ``pretrained_cfg`` (mean/std, interpolation,
+    centre-crop resizing).
+
+    Raises:
+        CheckpointError: for a resampling filter the image pipeline does not offer.
+    """
     out: dict[str, Any] = {"image_interpolation": _interpolation(cfg.get("interpolation", "bicubic"), "pretrained_cfg")}
     if "mean" in cfg and "std" in cfg:
         out["image_mean"], out["image_std"] = tuple(cfg["mean"]), tuple(cfg["std"])

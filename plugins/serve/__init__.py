@@ -19,6 +19,7 @@ WEB_STACK = ("starlette", "uvicorn", "multipart")
 
 @hookimpl
 def register_commands(cli: click.Group) -> None:
+    """Add the ``serve`` command to the ``pixel-llm`` command group ``cli``."""
     cli.add_command(serve_command)
 
 

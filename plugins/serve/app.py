@@ -52,6 +52,10 @@ access_log = logging.getLogger("geometry_os.serve.access")
 
 @dataclass
 class ServeState:
+    """What the app's handlers share: settings, the batcher, metrics, the host, the image transform and size,
+    a limiter for image preparation threads, and whether the server is draining (shutting down).
+    """
+
     settings: ServeSettings
     batcher: Batcher
     metrics: Metrics
@@ -68,6 +72,7 @@ CURRENT: ServeState | None = None  # the state of this process's app, for the se
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """A JSON error response ``{"error": message}`` (message on one line) with HTTP ``status``."""
     return JSONResponse({"error": " ".join(message.split())}, status_code=status, headers=headers)
 
 
@@ -150,20 +155,24 @@ def _state(request: Request) -> ServeState:
 
 
 async def page(request: Request) -> Response:
+    """``GET /``: the web page."""
     return HTMLResponse(PAGE.read_text(encoding="utf-8"))
 
 
 async def healthz(request: Request) -> Response:
+    """``GET /healthz``: 200 while the process serves."""
     return JSONResponse({"status": "ok"})
 
 
 async def readyz(request: Request) -> Response:
+    """``GET /readyz``: 200 when requests are taken, 503 while the server drains."""
     if _state(request).draining:
         return error(503, "the server is shutting down")
     return JSONResponse({"status": "ready"})
 
 
 async def metrics(request: Request) -> Response:
+    """``GET /metrics``: request, latency and batch metrics in the Prometheus text format."""
     return PlainTextResponse(_state(request).metrics.render(), media_type="text/plain; version=0.0.4")
 
 
@@ -214,6 +223,12 @@ def _prepare(state: ServeState, uploads: list[Upload]) -> torch.Tensor:
 
 
 async def captions(request: Request) -> Response:
+    """``POST /v1/captions``: caption the uploaded images (multipart files or a JSON body of base64 images).
+
+    Errors are JSON responses (a ``RequestError`` inside): 400 for a malformed request, 413 for a body or
+    image count over the limits, 415 for another content type, 422 for an unreadable image, 429 when the
+    queue is full, 504 past the request timeout (503 while draining, from the gate).
+    """
     state = _state(request)
     settings, started = state.settings, time.perf_counter()
     form = None
@@ -272,6 +287,7 @@ def _offered_calls(state: ServeState) -> dict[str, Any]:
 
 
 async def list_calls(request: Request) -> Response:
+    """``GET /v1/calls``: the system calls offered over HTTP with their parameter schemas."""
     offered = _offered_calls(_state(request))
     return JSONResponse(
         {
@@ -284,6 +300,11 @@ async def list_calls(request: Request) -> Response:
 
 
 async def system_call(request: Request) -> Response:
+    """``POST /v1/calls/{name}``: run a system call offered over HTTP with the JSON body's parameters.
+
+    Errors are JSON responses (a ``RequestError`` inside): 404 for an unknown call, 403 for one not offered
+    over HTTP, 400 for invalid parameters or a failing call, 413 for a body over the limit.
+    """
     state = _state(request)
     name = request.path_params["name"]
     offered = _offered_calls(state)
@@ -323,11 +344,13 @@ async def system_call(request: Request) -> Response:
 
 
 async def not_found(request: Request, exc: Exception) -> Response:
+    """Starlette's HTTP errors (404, 405) as JSON error responses naming the method and path."""
     status = getattr(exc, "status_code", 404)
     return error(status, f"{request.method} {request.url.path}: {getattr(exc, 'detail', 'not found')}")
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:
+    """An unhandled exception: logged with its traceback, answered with a JSON 500 naming its type only."""
     logging.getLogger(__name__).exception("unhandled error", exc_info=exc)
     return error(500, f"internal error: {type(exc).__name__}")
 
@@ -336,6 +359,7 @@ async def internal_error(request: Request, exc: Exception) -> Response:
 
 
 def configure_access_log() -> None:
+    """Send the JSON access log lines to stdout (once per process)."""
     if not access_log.handlers:
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(message)s"))

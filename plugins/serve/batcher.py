@@ -50,6 +50,7 @@ class Job:
 
     @property
     def size(self) -> int:
+        """Number of images in the job."""
         return int(self.pixels.shape[0])
 
     @property
@@ -60,6 +61,8 @@ class Job:
         return self.generation.model_dump_json()
 
     def resolve(self, result: Any = None, error: BaseException | None = None) -> None:
+        """Settle the job's future with ``result`` (or ``error``) from the worker thread, unless it is done."""
+
         def settle() -> None:
             if self.future.done():  # timed out or the client went away
                 return
@@ -99,6 +102,7 @@ class Batcher:
         self._queue.put(job)
 
     def close(self) -> None:
+        """Stop the worker thread after the queued jobs (waits up to 60 s)."""
         self._queue.put(None)
         self._thread.join(timeout=60)
 

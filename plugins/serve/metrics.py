@@ -21,10 +21,12 @@ class Histogram:
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
+        """Count one observation of ``value`` (seconds or items, as the histogram's buckets)."""
         self.counts[bisect.bisect_left(self.buckets, value)] += 1
         self.sum += value
 
     def lines(self) -> list[str]:
+        """The histogram in the Prometheus text format (HELP, TYPE, cumulative buckets, sum, count)."""
         out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
         total = 0
         for bound, count in zip([*map(_number, self.buckets), "+Inf"], self.counts):
@@ -39,6 +41,8 @@ def _number(value: float) -> str:
 
 
 class Metrics:
+    """The server's counters and histograms (requests by route and status, latency, batch sizes), thread-safe."""
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.requests: Counter[tuple[str, str, int]] = Counter()  # (method, route, status)
@@ -56,17 +60,20 @@ class Metrics:
         self.in_flight = 0
 
     def request_done(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count a finished HTTP request and its duration in seconds."""
         with self._lock:
             self.requests[(method, route, status)] += 1
             self.latency.observe(seconds)
 
     def batch_done(self, images: int, requests: int) -> None:
+        """Count one model call that captioned ``images`` images for ``requests`` requests."""
         with self._lock:
             self.batch_images.observe(images)
             self.batch_requests.observe(requests)
             self.images += images
 
     def render(self) -> str:
+        """All metrics in the Prometheus text format (version 0.0.4)."""
         with self._lock:
             lines = [
                 "# HELP pixel_llm_requests_total HTTP requests by method, route and status.",

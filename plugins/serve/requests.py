@@ -27,23 +27,31 @@ FIXED_OPTIONS = {"return_dict_in_generate", "output_attentions"}  # the service 
 
 
 class RequestError(GeometryOSError):
+    """A request the server refuses: HTTP ``status`` and a one-line message for the JSON error body."""
+
     def __init__(self, status: int, message: str) -> None:
         super().__init__(" ".join(message.split()))
         self.status = status
 
 
 class BodyTooLarge(Exception):
+    """A request body grew past the upload limit while it was read."""
+
     pass
 
 
 @dataclass
 class Upload:
+    """One uploaded image: its name in messages and results, and a binary file object with its bytes."""
+
     name: str  # how messages and results name the image: its file name, or "image N"
     data: BinaryIO
 
 
 @dataclass
 class Options:
+    """A caption request's options: the generation config and the server's own flags."""
+
     generation: GenerationConfig
     return_token_ids: bool = False
     explain: bool = False
@@ -55,6 +63,8 @@ class _Image(StrictModel):
 
 
 class JsonRequest(StrictModel):
+    """A JSON caption request: base64 images (strings or ``{"data", "name"}`` objects) and options."""
+
     images: list[str | _Image] = Field(min_length=1)
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -80,10 +90,17 @@ def limited_receive(receive: Callable[[], Awaitable[Message]], limit: int) -> Ca
 
 
 def too_large(limit: int) -> RequestError:
+    """The 413 error for a body over ``limit`` bytes."""
     return RequestError(413, f"request body over {limit} bytes (--max-upload-bytes)")
 
 
 async def read_json(stream: AsyncIterator[bytes], limit: int) -> Any:
+    """The JSON value of a streamed request body of at most ``limit`` bytes.
+
+    Raises:
+        BodyTooLarge: when the body grows past ``limit``.
+        RequestError: 400 for an empty or malformed body.
+    """
     body = bytearray()
     async for chunk in stream:
         body += chunk
@@ -99,7 +116,12 @@ async def read_json(stream: AsyncIterator[bytes], limit: int) -> Any:
 
 def parse_options(raw: Any, max_num_beams: int) -> Options:
     """The request's options: ``GenerationConfig`` fields (same names, same validation) plus
-    ``return_token_ids`` and ``explain``."""
+    ``return_token_ids`` and ``explain``.
+
+    Raises:
+        RequestError: 400 for options that are not an object, set by the server, of the wrong type, beyond
+            ``max_num_beams``, or invalid as generation settings.
+    """
     from geometry_os.systems.pixel_llm.components import get_component
 
     if not isinstance(raw, dict):
@@ -128,6 +150,11 @@ def parse_options(raw: Any, max_num_beams: int) -> Options:
 
 
 def json_uploads(data: Any) -> tuple[list[Upload], Any]:
+    """The images and raw options of a JSON caption request body ``data``.
+
+    Raises:
+        RequestError: 400 for a body that is not a valid request or an image that is not base64.
+    """
     if not isinstance(data, dict):
         raise RequestError(400, f"JSON body: expected an object with 'images', got {type(data).__name__}")
     try:
@@ -146,6 +173,11 @@ def json_uploads(data: Any) -> tuple[list[Upload], Any]:
 
 
 def form_uploads(form: Any) -> tuple[list[Upload], Any]:
+    """The images and raw options of a multipart caption request ``form``.
+
+    Raises:
+        RequestError: 400 for malformed options JSON, an unknown form field, or no image.
+    """
     uploads: list[Upload] = []
     options: Any = {}
     for key, value in form.multi_items():

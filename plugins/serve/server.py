@@ -17,11 +17,16 @@ from .settings import SETTINGS_ENV, ServeSettings
 
 
 class DrainingServer(uvicorn.Server):
+    """A uvicorn server that drains on SIGINT/SIGTERM: it stops taking requests (``/readyz`` answers 503),
+    finishes those in flight for up to ``drain_timeout`` seconds, then exits.
+    """
+
     def __init__(self, config: uvicorn.Config, drain_timeout: float) -> None:
         super().__init__(config)
         self.drain_timeout = drain_timeout
 
     def handle_exit(self, sig: int, frame: Any) -> None:
+        """First signal: start draining in a thread; a second one (or no app state) exits at once."""
         state = app_module.CURRENT
         if state is None or state.draining or self.should_exit:
             return super().handle_exit(sig, frame)
@@ -37,6 +42,7 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
     async def startup(self, sockets: Any = None) -> None:
+        """Start uvicorn, then print the address it serves on (``geo-os: serving on http://HOST:PORT``) to stderr."""
         await super().startup(sockets)
         for server in getattr(self, "servers", []):
             for sock in server.sockets:

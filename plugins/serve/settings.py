@@ -34,6 +34,7 @@ class ServeSettings(StrictModel):
 
     @property
     def loopback(self) -> bool:
+        """Whether ``host`` is a loopback address (``localhost``, 127.0.0.0/8, ``::1``)."""
         if self.host == "localhost":
             return True
         try:

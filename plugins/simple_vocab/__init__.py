@@ -3,6 +3,9 @@
 Registering stays cheap: only pydantic and the hookspecs are imported here.
 """
 
+from collections.abc import Callable
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from geometry_os.systems.pixel_llm.hookspecs import hookimpl
@@ -18,5 +21,6 @@ class SimpleVocabularyOptions(BaseModel):
 
 
 @hookimpl
-def register_tokenizers(register):
+def register_tokenizers(register: Callable[..., Any]) -> None:
+    """Register the ``simple`` tokenizer (:class:`~.vocab.SimpleVocabulary`, options :class:`SimpleVocabularyOptions`)."""
     register("simple", "geometry_os.plugins.simple_vocab.vocab:SimpleVocabulary", SimpleVocabularyOptions)

@@ -26,6 +26,7 @@ from geometry_os.fileio import atomic_write_text, parse_json, read_utf8
 from geometry_os.systems.pixel_llm.protocols import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID
 from geometry_os.systems.pixel_llm.text import caption_tokens
 from geometry_os.systems.pixel_llm.text import detokenize as join_tokens
+from geometry_os.systems.pixel_llm.tokenizer_files import as_id_list, check_file_header, check_ids, invalid_file
 
 FORMAT = "geometry_os.simple_vocab"
 VERSION = 2  # 1: the tokens of _legacy_tokens, written back by _legacy_detokenize
@@ -57,14 +58,6 @@ def _legacy_detokenize(tokens: Sequence[str]) -> str:
             out.append(" ")
         out.append(tok)
     return "".join(out)
-
-
-def as_id_list(ids: Any) -> list[int]:
-    """Accept a list/tuple of ints or a 1-D tensor/array (anything with ``tolist``)."""
-    seq = ids.tolist() if hasattr(ids, "tolist") else list(ids)
-    if isinstance(seq, int) or any(isinstance(i, (list, tuple)) for i in seq):
-        raise ValueError("decode expects a 1-D sequence of ids; use batch_decode for a batch")
-    return [int(i) for i in seq]
 
 
 class SimpleVocabulary:
@@ -112,21 +105,30 @@ class SimpleVocabulary:
 
     @property
     def vocab_size(self) -> int:
+        """Number of tokens, the four special tokens included (``len(vocab)``)."""
         return len(self.itos)
 
     def __repr__(self) -> str:
         return f"SimpleVocabulary(size={len(self)})"
 
     def token_to_id(self, token: str) -> int:
+        """The id of ``token``, or the ``<unk>`` id for a word outside the vocabulary."""
         return self.stoi.get(token, UNK_ID)
 
     def id_to_token(self, index: int) -> str:
+        """The token of id ``index``.
+
+        Raises:
+            IndexError: for an id beyond the vocabulary.
+        """
         return self.itos[index]
 
     def tokenize(self, text: str) -> list[str]:
+        """The words of ``text`` as the vocabulary splits them (lowercase, punctuation as separate tokens)."""
         return normalize(text) if self.version == VERSION else _legacy_tokens(text)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text`` (unknown words are ``<unk>``); ``add_special_tokens``: wrapped in ``<bos>`` ... ``<eos>``."""
         ids = [self.stoi.get(tok, UNK_ID) for tok in self.tokenize(text)]
         return [BOS_ID, *ids, EOS_ID] if add_special_tokens else ids
 
@@ -134,11 +136,12 @@ class SimpleVocabulary:
         """Text of ``ids``; when skipping specials, stop at the first ``<eos>`` and drop pad/bos.
 
         ``<unk>`` is kept in the text: it stands for a word the vocabulary cannot name.
+
+        Raises:
+            ValueError: for a batch (use ``batch_decode``) or an id outside the vocabulary.
         """
         seq = as_id_list(ids)
-        for i in seq:
-            if not 0 <= i < len(self.itos):
-                raise ValueError(f"token id {i} is out of range for a vocabulary of {len(self.itos)}")
+        check_ids(seq, len(self.itos))
         if skip_special_tokens:
             if EOS_ID in seq:
                 seq = seq[: seq.index(EOS_ID)]
@@ -147,10 +150,16 @@ class SimpleVocabulary:
         return detokenize(tokens) if self.version == VERSION else _legacy_detokenize(tokens)
 
     def batch_decode(self, sequences: Any, skip_special_tokens: bool = True) -> list[str]:
+        """Text of each row of ``sequences`` (a 2-D tensor or a list of id lists), as ``decode`` gives it.
+
+        Raises:
+            ValueError: for an id outside the vocabulary.
+        """
         rows = sequences.tolist() if hasattr(sequences, "tolist") else sequences
         return [self.decode(row, skip_special_tokens) for row in rows]
 
     def save(self, path: str | os.PathLike) -> None:
+        """Write the vocabulary to ``path`` as JSON (atomically); ``load`` reads it back."""
         data = {
             "format": FORMAT,
             "version": self.version,
@@ -173,17 +182,11 @@ class SimpleVocabulary:
 
 def _check_vocab_json(data: Any, path: Any) -> list[str]:
     def fail(why: str) -> ValueError:
-        return ValueError(f"{path}: not a valid simple vocabulary: {why}")
+        return invalid_file(path, "simple vocabulary", why)
 
-    if not isinstance(data, dict):
-        raise fail(f"expected a JSON object, got {type(data).__name__}")
-    if data.get("format") != FORMAT:
-        raise fail(f'"format" must be "{FORMAT}", got {data.get("format")!r}')
-    if type(data.get("version")) is not int or data["version"] not in (1, VERSION):
-        raise fail(f'unsupported "version" {data.get("version")!r} (expected 1 or {VERSION})')
-    unknown = set(data) - {"format", "version", "min_freq", "max_size", "tokens"}
-    if unknown:
-        raise fail(f"unknown key {sorted(unknown)[0]!r}")
+    data = check_file_header(
+        data, path, "simple vocabulary", FORMAT, (1, VERSION), ("format", "version", "min_freq", "max_size", "tokens")
+    )
     tokens = data.get("tokens")
     if not isinstance(tokens, list):
         raise fail(f'"tokens" must be a list of strings, got {type(tokens).__name__}')

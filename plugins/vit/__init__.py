@@ -6,7 +6,8 @@ imported by the core only when an encoder is built (the factory is a lazy ``"mod
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -82,5 +83,6 @@ class ViTOptions(BaseModel):
 
 
 @hookimpl
-def register_encoders(register):
+def register_encoders(register: Callable[..., Any]) -> None:
+    """Register the ``vit`` encoder (:class:`~.model.VisionEncoder`, options :class:`ViTOptions`)."""
     register("vit", "geometry_os.plugins.vit.model:VisionEncoder", ViTOptions)

@@ -7,8 +7,8 @@ the last N features back onto the image so that attention can be drawn on it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from geometry_os.plugins.vit import ViTOptions
-from geometry_os.systems.pixel_llm.cpu_bf16 import attention, bf16_rounded, linear, upcast_bf16
+from geometry_os.systems.pixel_llm.cpu_bf16 import attention, bf16, linear, upcast_bf16
 
 
 def sincos_2d(dim: int, rows: int, cols: int) -> torch.Tensor:
@@ -50,9 +50,11 @@ class ConvStem(nn.Sequential):
         super().__init__(*layers, nn.Conv2d(width, dim, 1))
 
     def reset_parameters(self) -> None:
+        """Re-initialise every sub-layer as PyTorch does on construction."""
         for m in self.modules():
-            if m is not self and hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+            reset = getattr(m, "reset_parameters", None)
+            if m is not self and callable(reset):
+                reset()
 
 
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
@@ -65,7 +67,11 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x, approximate="tanh")
 
 
-ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": gelu_tanh, "quick_gelu": quick_gelu}
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,
+    "gelu_tanh": gelu_tanh,
+    "quick_gelu": quick_gelu,
+}
 
 
 class Block(nn.Module):
@@ -85,6 +91,7 @@ class Block(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One pre-norm transformer block: x (B, N, D) -> (B, N, D)."""
         B, N, D = x.shape
         qkv = linear(self.norm1(x), self.qkv.weight, self.qkv.bias).view(B, N, 3, self.heads, D // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, head_dim)
@@ -211,10 +218,16 @@ class VisionEncoder(nn.Module):
         with torch.autocast("cpu", enabled=False):  # emulated bf16, see cpu_bf16
             if isinstance(self.patch_embed, ConvStem):  # small convs: plain fp32
                 return self.patch_embed(images.float()).to(torch.bfloat16)
-            weight, bias = self.patch_embed.weight, self.patch_embed.bias
-            return F.conv2d(*bf16_rounded(images, weight, bias), stride=self.patch_size).to(torch.bfloat16)
+            conv = cast(nn.Conv2d, self.patch_embed)
+            bias = None if conv.bias is None else bf16(conv.bias)
+            return F.conv2d(bf16(images), bf16(conv.weight), bias, stride=self.patch_size).to(torch.bfloat16)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) -> patch features (B, N, embed_dim), N the number of patches.
+
+        Raises:
+            ValueError: with ``stem="conv"``, for image sides that are not multiples of ``patch_size``.
+        """
         if isinstance(self.patch_embed, ConvStem) and (
             images.shape[-2] % self.patch_size or images.shape[-1] % self.patch_size
         ):

@@ -6,6 +6,9 @@ imported by the core only when a decoder is built (the factory is a lazy ``"modu
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from geometry_os.systems.pixel_llm.config import default_num_heads
@@ -19,6 +22,9 @@ def cross_attention_layers(num_layers: int, k: int | None) -> tuple[int, ...]:
     last one: layer ``i`` has cross-attention iff ``i == round_half_up((j + 1) * num_layers / k) - 1``
     for some ``j`` in ``range(k)`` (computed in integers). E.g. 12 layers, k=4 -> (2, 5, 8, 11);
     6 layers, k=4 -> (1, 2, 4, 5); k=1 -> (num_layers - 1,).
+
+    Raises:
+        ValueError: when ``k`` is not between 1 and ``num_layers``.
     """
     if k is None:
         return tuple(range(num_layers))
@@ -68,9 +74,11 @@ class XAttnOptions(BaseModel):
         return self
 
     def cross_attention_layers(self) -> tuple[int, ...]:
+        """Indices of the layers with cross-attention (see :func:`cross_attention_layers`)."""
         return cross_attention_layers(self.num_layers, self.num_cross_attention_layers)
 
 
 @hookimpl
-def register_decoders(register):
+def register_decoders(register: Callable[..., Any]) -> None:
+    """Register the ``xattn`` decoder (:class:`~.model.LanguageDecoder`, options :class:`XAttnOptions`)."""
     register("xattn", "geometry_os.plugins.xattn.model:LanguageDecoder", XAttnOptions)

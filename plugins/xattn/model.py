@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -61,10 +61,12 @@ class KVCache:
 
     @property
     def length(self) -> int:
+        """Number of positions filled so far."""
         return self._length
 
     @property
     def batch_size(self) -> int:
+        """Number of rows (sequences) the cache holds."""
         return self.self_kv.shape[2]
 
     def _select_rows(self, index: torch.Tensor) -> None:
@@ -103,7 +105,11 @@ class KVCache:
         self._views()
 
     def expand(self, n: int) -> None:
-        """Repeat every row ``n`` times (``repeat_interleave``), in place."""
+        """Repeat every row ``n`` times (``repeat_interleave``), in place.
+
+        Raises:
+            ValueError: for ``n < 1``.
+        """
         if n < 1:
             raise ValueError(f"expand(n={n}): n must be >= 1")
         if n == 1:
@@ -141,10 +147,15 @@ class StaticKVCache:
 
     @property
     def batch_size(self) -> int:
+        """Number of rows (sequences) the cache holds."""
         return self.self_kv.shape[2]
 
     def refill(self, cross_kv: torch.Tensor) -> None:
-        """Start again with other images' cross K/V (same shape), in place: position 0."""
+        """Start again with other images' cross K/V (same shape), in place: position 0.
+
+        Raises:
+            ValueError: when ``cross_kv``'s shape differs from the cache's.
+        """
         if cross_kv.shape != self.cross_kv.shape:
             raise ValueError(
                 f"cross K/V of shape {tuple(cross_kv.shape)} do not fit this cache's {tuple(self.cross_kv.shape)}"
@@ -191,6 +202,10 @@ class DecoderBlock(nn.Module):
         mask: torch.Tensor | None,
         is_causal: bool,
     ) -> torch.Tensor:
+        """One pre-norm decoder block: causal self-attention, cross-attention to ``encoder_hidden_states``
+        (B, N, D) when the block has it, and the MLP; x (B, T, D) -> (B, T, D). ``mask``: the self-attention mask
+        (None with ``is_causal``).
+        """
         B, T, D = x.shape
         p = self.dropout if self.training else 0.0
         q, k, v = self._heads(linear(self.norm1(x), self.qkv.weight, self.qkv.bias), B, 3).unbind(0)
@@ -366,7 +381,11 @@ class LanguageDecoder(nn.Module):
         encoder_hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits (B, T, vocab) for every position; ``attention_mask`` (B, T) is 1 for real tokens."""
+        """Logits (B, T, vocab) for every position; ``attention_mask`` (B, T) is 1 for real tokens.
+
+        Raises:
+            ValueError: for sequences longer than ``max_seq_len``.
+        """
         B, T = input_ids.shape
         if T > self.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds max_seq_len={self.max_seq_len}")
@@ -383,7 +402,11 @@ class LanguageDecoder(nn.Module):
     @torch.no_grad()
     def init_cache(self, encoder_hidden_states: torch.Tensor, max_length: int) -> KVCache:
         """Cross-attention K/V of every cross layer (once per image) and empty self-attention
-        buffers for ``max_length`` tokens (in the dtype the projections produce, e.g. under autocast)."""
+        buffers for ``max_length`` tokens (in the dtype the projections produce, e.g. under autocast).
+
+        Raises:
+            ValueError: when ``max_length`` is not between 1 and ``max_seq_len``.
+        """
         if not 0 < max_length <= self.max_seq_len:
             raise ValueError(f"max_length={max_length} must be between 1 and max_seq_len={self.max_seq_len}")
         cross_kv = self.cross_kv(encoder_hidden_states)
@@ -416,7 +439,7 @@ class LanguageDecoder(nn.Module):
         position = cache.position
         x = F.embedding(input_ids[:, 0], self.wte.weight) + self.wpe.weight.index_select(0, position)
         mask = (cache.positions <= position).view(1, 1, 1, -1)
-        for block, kv, slot in zip(self.blocks, cache.layers, self._cross_slot):
+        for block, kv, slot in zip(cast("list[DecoderBlock]", self.blocks), cache.layers, self._cross_slot):
             x = block.static_step(x, B, kv, position, mask, None if slot is None else cache.cross[slot])
         position.add_(1)
         return self._logits(x)
@@ -424,7 +447,12 @@ class LanguageDecoder(nn.Module):
     @torch.no_grad()
     def step(self, input_ids: torch.Tensor, cache: KVCache, output_attentions: bool = False) -> Any:
         """Feed (B, T_new) tokens at positions ``cache.length``..; returns logits (B, vocab) of the
-        last one, or ``(logits, cross_attn)`` with cross_attn (B, cross layers, heads, N)."""
+        last one, or ``(logits, cross_attn)`` with cross_attn (B, cross layers, heads, N).
+
+        Raises:
+            ValueError: when the step would pass the cache's ``max_length`` or ``max_seq_len``, or the batch differs
+                from the cache's.
+        """
         B, T = input_ids.shape
         pos = cache.length
         end = pos + T
@@ -443,7 +471,7 @@ class LanguageDecoder(nn.Module):
 
         x = (F.embedding(input_ids, self.wte.weight) + self.wpe.weight[pos:end]).view(B * T, -1)
         attns = []
-        for block, kv, slot in zip(self.blocks, cache.layers, self._cross_slot):
+        for block, kv, slot in zip(cast("list[DecoderBlock]", self.blocks), cache.layers, self._cross_slot):
             cross_kv = None if slot is None else cache.cross[slot]
             x, attn = block.step(x, B, kv, pos, mask, is_causal, cross_kv, output_attentions)
             if attn is not None:

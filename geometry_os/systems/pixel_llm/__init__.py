@@ -1,7 +1,9 @@
 """Pixel LLM: image captioning from a ViT encoder and a cross-attention decoder, built from plugins.
 
-Names are imported lazily so that ``import geometry_os.systems.pixel_llm`` (and ``geo-os --help``)
-does not import torch.
+Kept for the original description's API: the names its snippets and API reference import from this package
+(``PixelLLM``, ``PixelLLMConfig``, ``PixelLLMTrainer``, ``create_pixel_llm``, ``generate_caption``, the model
+classes) stay here, pinned by tests/test_seed_surfaces.py. Names are imported lazily so that
+``import geometry_os.systems.pixel_llm`` (and ``geo-os --help``) does not import torch.
 """
 
 from __future__ import annotations

@@ -11,11 +11,7 @@ which tensor or field is wrong.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import shutil
-import uuid
-from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +20,7 @@ from pydantic import ValidationError
 
 from geometry_os import __version__
 from geometry_os.errors import CheckpointError, ComponentError, ConfigError, format_validation_error
-from geometry_os.fileio import fsync_dir, parse_json, read_utf8, write_json_atomic
+from geometry_os.fileio import AtomicFolder, parse_json, read_utf8, write_json_atomic
 
 from .components import get_component
 from .config import PixelLLMConfig
@@ -42,66 +38,6 @@ BEST = "best"
 STEP_RE = re.compile(r"^step-(\d{8,})$")
 
 logger = logging.getLogger(__name__)
-
-
-# ---- atomic writes ----------------------------------------------------------------------------------
-
-
-class AtomicFolder:
-    """``with AtomicFolder(dest) as tmp:`` write files into ``tmp``; on success it becomes ``dest``.
-
-    An existing ``dest`` is moved aside first and deleted only after the new folder is in place; on
-    any error the temporary folder is removed and ``dest`` is left as it was. ``replaces``: the file
-    names an existing ``dest`` may hold (None: any, for folders only the trainer writes); a folder with
-    anything else in it is refused before anything is written, so no file of the user's is deleted.
-    """
-
-    def __init__(self, dest: str | Path, replaces: Collection[str] | None = (WEIGHTS, CONFIG, TOKENIZER)) -> None:
-        self.dest = Path(dest)
-        self.replaces = replaces
-        self.tmp = self.dest.with_name(f".{self.dest.name}.tmp-{uuid.uuid4().hex[:8]}")
-
-    def __enter__(self) -> Path:
-        if self.dest.exists() or self.dest.is_symlink():
-            if not self.dest.is_dir() or self.dest.is_symlink():
-                raise CheckpointError(f"{self.dest}: exists and is not a folder; save to a new or empty folder")
-            if self.replaces is not None:
-                others = sorted(p.name for p in self.dest.iterdir() if p.name not in self.replaces or not p.is_file())
-                if others:
-                    shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
-                    raise CheckpointError(
-                        f"{self.dest}: refusing to replace a folder that holds other files "
-                        f"({shown}); save to a new or empty folder"
-                    )
-        self.dest.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp.mkdir()
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        try:
-            for file in self.tmp.iterdir():
-                with open(file, "rb") as f:
-                    os.fsync(f.fileno())
-            fsync_dir(self.tmp)
-            old = None
-            if self.dest.exists():
-                old = self.dest.with_name(f".{self.dest.name}.old-{uuid.uuid4().hex[:8]}")
-                os.rename(self.dest, old)
-            try:
-                os.rename(self.tmp, self.dest)
-            except BaseException:
-                if old is not None:  # put the previous folder back rather than leave nothing under dest
-                    os.rename(old, self.dest)
-                raise
-            fsync_dir(self.dest.parent)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            raise
 
 
 # ---- save -------------------------------------------------------------------------------------------
@@ -160,7 +96,7 @@ def write_model_files(folder: Path, model: torch.nn.Module, tokenizer: Any = Non
 
 def save_pretrained(model: torch.nn.Module, path: str | Path, tokenizer: Any = None) -> Path:
     path = Path(path)
-    with AtomicFolder(path) as tmp:
+    with AtomicFolder(path, replaces=(WEIGHTS, CONFIG, TOKENIZER)) as tmp:
         write_model_files(tmp, model, tokenizer)
     return path
 

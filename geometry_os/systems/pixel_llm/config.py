@@ -258,6 +258,12 @@ class PixelLLMConfig(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _lift_trainer_fields(cls, data: Any) -> Any:
+        """Move flat trainer fields (``PixelLLMConfig(learning_rate=1e-4)``) into ``trainer``.
+
+        Kept for the original description's API, whose training snippets build the trainer's config as
+        ``PixelLLMConfig(learning_rate=..., num_epochs=..., use_amp=..., checkpoint_dir=...)``; pinned by
+        tests/test_seed_surfaces.py. Fields given both flat and in ``trainer``: the flat value wins.
+        """
         if isinstance(data, dict):
             flat = {k: data[k] for k in data if k in TRAINER_FIELDS and k not in cls.model_fields}
             trainer = data.get("trainer") or {}

@@ -34,9 +34,9 @@ def upcast_bf16(x: torch.Tensor) -> bool:
     )
 
 
-def bf16_rounded(*ts: torch.Tensor | None) -> list[torch.Tensor | None]:
-    """Round to bf16 (as autocast would), keep fp32 storage for the fp32 kernels."""
-    return [None if t is None else t.to(torch.bfloat16).float() for t in ts]
+def bf16(t: torch.Tensor) -> torch.Tensor:
+    """``t`` rounded to bf16 (as autocast would), in fp32 storage for the fp32 kernels; same shape."""
+    return t.to(torch.bfloat16).float()
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -44,7 +44,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if not upcast_bf16(x):
         return F.linear(x, weight, bias)
     with torch.autocast("cpu", enabled=False):
-        return F.linear(*bf16_rounded(x, weight, bias)).to(torch.bfloat16)
+        x, weight = bf16(x), bf16(weight)
+        return F.linear(x, weight, None if bias is None else bf16(bias)).to(torch.bfloat16)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) -> torch.Tensor:
@@ -52,4 +53,4 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) 
     if not upcast_bf16(q):
         return F.scaled_dot_product_attention(q, k, v, **kwargs)
     with torch.autocast("cpu", enabled=False):
-        return F.scaled_dot_product_attention(*bf16_rounded(q, k, v), **kwargs).to(torch.bfloat16)
+        return F.scaled_dot_product_attention(bf16(q), bf16(k), bf16(v), **kwargs).to(torch.bfloat16)

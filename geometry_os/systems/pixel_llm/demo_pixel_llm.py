@@ -5,6 +5,9 @@ the inference API, on the built-in synthetic geometry scenes (nothing is downloa
     python demo_pixel_llm.py
 
 For the full job (the small model, about 10 minutes, a report with pictures) run ``geo-os pixel-llm demo``.
+
+Kept for the original description's API: its "Examples" section runs this file from this folder
+(pinned by tests/test_seed_surfaces.py and tests/test_snippets.py).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from geometry_os.systems.pixel_llm.inference import GenerationConfig, beam_searc
 
 
 def main() -> None:
+    """Run the five demo steps (data, model, forward pass, a short training loop, captions), printing each."""
     torch.manual_seed(0)
     shapes = get_component("dataset", "shapes")
     train_set = shapes.build({"n": 512, "seed": 0, "split": "train", "image_size": 32})

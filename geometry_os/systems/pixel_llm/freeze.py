@@ -34,6 +34,7 @@ def pattern_regex(pattern: str) -> re.Pattern[str]:
 
 
 def matching(names: Iterable[str], pattern: str) -> list[str]:
+    """The ``names`` (parameter or module names) that ``pattern`` (see :func:`pattern_regex`) matches whole."""
     regex = pattern_regex(pattern)
     return [n for n in names if regex.fullmatch(n)]
 

@@ -20,7 +20,7 @@ import fnmatch
 import math
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -49,19 +49,31 @@ class LoRA(nn.Module):
         return (self.lora_B @ self.lora_A) * self.scaling
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        """The adapted weight: ``weight + (alpha / rank) * B @ A``, cast to ``weight``'s dtype (same shape)."""
         return weight + self.delta().to(weight.dtype)
 
 
-def lora_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """Module name -> module for every module whose ``weight`` carries a LoRA parametrization."""
+def lora_modules(model: nn.Module) -> dict[str, nn.Linear]:
+    """Module name -> linear layer for every layer of ``model`` whose ``weight`` carries a LoRA parametrization."""
     return {
         name: m
         for name, m in model.named_modules()
-        if parametrize.is_parametrized(m, "weight") and isinstance(m.parametrizations.weight[0], LoRA)
+        if isinstance(m, nn.Linear) and parametrize.is_parametrized(m, "weight") and isinstance(_first(m), LoRA)
     }
 
 
+def _first(module: nn.Module) -> nn.Module:
+    params: Any = module.parametrizations  # added by torch.nn.utils.parametrize, unknown to the type checker
+    return cast(nn.Module, params.weight[0])
+
+
+def adapter_of(module: nn.Module) -> LoRA:
+    """The LoRA parametrization of a module from :func:`lora_modules`."""
+    return cast(LoRA, _first(module))
+
+
 def has_lora(model: nn.Module) -> bool:
+    """Whether ``model`` has LoRA adapters attached (any parametrized ``nn.Linear``)."""
     return bool(lora_modules(model))
 
 
@@ -117,7 +129,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Only the adapter tensors: ``<module>.lora_A`` and ``<module>.lora_B``."""
     state = {}
     for name, module in lora_modules(model).items():
-        adapter = module.parametrizations.weight[0]
+        adapter = adapter_of(module)
         state[f"{name}.lora_A"], state[f"{name}.lora_B"] = adapter.lora_A.detach(), adapter.lora_B.detach()
     return state
 
@@ -127,7 +139,7 @@ def save_adapter(folder: Path, model: nn.Module) -> None:
     from safetensors.torch import save_file
 
     modules = lora_modules(model)
-    first = next(iter(modules.values())).parametrizations.weight[0]
+    first = adapter_of(next(iter(modules.values())))
     save_file({k: v.contiguous() for k, v in adapter_state_dict(model).items()}, str(folder / ADAPTER_WEIGHTS))
     write_json_atomic(
         folder / ADAPTER_CONFIG,
@@ -136,7 +148,12 @@ def save_adapter(folder: Path, model: nn.Module) -> None:
 
 
 def read_adapter(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
-    """``(config, tensors)`` of the adapter in ``folder``, or None when it has none."""
+    """``(config, tensors)`` of the adapter in ``folder``, or None when it has none.
+
+    Raises:
+        CheckpointError: an adapter config of another format or with a bad rank/alpha/modules, an invalid
+            safetensors file, or tensors that do not match the config's modules.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -146,6 +163,7 @@ def read_adapter(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]
     if weights is None:
         return None
     config_path = safe_file(folder, ADAPTER_CONFIG)
+    assert config_path is not None  # a required file: safe_file raises when it is missing
     config = read_json(config_path)
     if not isinstance(config, dict) or config.get("format") != ADAPTER_FORMAT:
         raise CheckpointError(f"{config_path}: not a LoRA adapter config (expected format={ADAPTER_FORMAT!r})")
@@ -163,7 +181,7 @@ def read_adapter(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]
     return config, tensors
 
 
-def _check_shapes(folder: Path, module: nn.Module, name: str, a: torch.Tensor, b: torch.Tensor, rank: int) -> None:
+def _check_shapes(folder: Path, module: nn.Linear, name: str, a: torch.Tensor, b: torch.Tensor, rank: int) -> None:
     out_f, in_f = module.weight.shape
     if tuple(a.shape) != (rank, in_f) or tuple(b.shape) != (out_f, rank):
         raise CheckpointError(
@@ -173,7 +191,11 @@ def _check_shapes(folder: Path, module: nn.Module, name: str, a: torch.Tensor, b
 
 
 def merge_adapter_file(folder: Path, model: nn.Module) -> bool:
-    """Merge the adapter saved in ``folder`` (if any) into a plain ``model``'s weights; True when merged."""
+    """Merge the adapter saved in ``folder`` (if any) into a plain ``model``'s weights; True when merged.
+
+    Raises:
+        CheckpointError: as :func:`read_adapter`, or when an adapted module is not a linear layer of ``model``.
+    """
     found = read_adapter(folder)
     if found is None:
         return False
@@ -193,7 +215,12 @@ def merge_adapter_file(folder: Path, model: nn.Module) -> bool:
 
 
 def load_adapter_into(folder: Path, model: nn.Module) -> None:
-    """Copy the adapter tensors saved in ``folder`` into ``model``'s attached adapters (a trainer resume)."""
+    """Copy the adapter tensors saved in ``folder`` into ``model``'s attached adapters (a trainer resume).
+
+    Raises:
+        CheckpointError: when ``folder`` holds no adapter, its modules differ from the attached ones, or as
+            :func:`read_adapter`.
+    """
     found = read_adapter(folder)
     modules = lora_modules(model)
     if found is None:
@@ -203,7 +230,7 @@ def load_adapter_into(folder: Path, model: nn.Module) -> None:
         raise CheckpointError(f"{folder / ADAPTER_CONFIG}: adapted modules differ from this run's lora_targets")
     with torch.no_grad():
         for name, module in modules.items():
-            adapter = module.parametrizations.weight[0]
+            adapter = adapter_of(module)
             a, b = tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"]
             _check_shapes(folder, module, name, a, b, adapter.rank)
             adapter.lora_A.copy_(a)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 from .text import caption_words
 
@@ -35,7 +36,11 @@ def normalize(text: str) -> str:
 
 
 def exact_match(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
-    """Fraction of predictions whose words equal the words of one of their references."""
+    """Fraction of predictions whose words equal the words of one of their references.
+
+    Raises:
+        ValueError: when there are no predictions.
+    """
     if not predictions:
         raise ValueError("no predictions to score")
     hits = sum(normalize(p) in {normalize(r) for r in refs} for p, refs in zip(predictions, references))
@@ -55,18 +60,19 @@ def rouge_l(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> 
     return sum(scores) / len(scores)
 
 
-def _cider_scorer(idf_corpus: Sequence[Sequence[str]] | None):
+def _cider_scorer(idf_corpus: Sequence[Sequence[str]] | None) -> Any:
     import numpy as np
     from pycocoevalcap.cider.cider_scorer import CiderScorer, cook_refs
 
     if idf_corpus is None:
         return CiderScorer(n=4, sigma=6.0)
+    corpus = idf_corpus  # bound for the class below: the narrowing of idf_corpus does not reach into it
 
     class CorpusIdfCiderScorer(CiderScorer):
         """CIDEr-D whose document frequencies come from ``idf_corpus`` instead of the evaluated refs."""
 
         def __init__(self) -> None:
-            self._corpus = [cook_refs([normalize(r) for r in refs]) for refs in idf_corpus]
+            self._corpus = [cook_refs([normalize(r) for r in refs]) for refs in corpus]
             super().__init__(n=4, sigma=6.0)
 
         ref_len = property(lambda self: np.log(float(len(self._corpus))), lambda self, value: None)
@@ -117,7 +123,12 @@ def caption_metrics(
     references: Sequence[Sequence[str]],
     idf_corpus: Sequence[Sequence[str]] | None = None,
 ) -> dict[str, float]:
-    """Corpus-level metrics for one prediction per image against that image's references."""
+    """Corpus-level metrics for one prediction per image against that image's references.
+
+    Raises:
+        ValueError: when the numbers of predictions and reference lists differ, there are no predictions, or
+            an image has no reference.
+    """
     from pycocoevalcap.bleu.bleu import Bleu
 
     if len(predictions) != len(references):

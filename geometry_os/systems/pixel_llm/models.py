@@ -1,5 +1,9 @@
 """The model-side classes of the original description, resolved from the plugins that provide them.
 
+Kept for the original description's API (``from geometry_os.systems.pixel_llm.models import SimpleVocabulary``
+and the ``VisionEncoder`` / ``LanguageDecoder`` classes it documents); pinned by tests/test_seed_surfaces.py.
+The project's own code builds components through ``components.get_component`` and the model from ``model.py``.
+
 ``VisionEncoder`` is the ``vit`` encoder, ``LanguageDecoder`` the ``xattn`` decoder and
 ``SimpleVocabulary`` the ``simple`` tokenizer. They are looked up through the running host, so the
 core never imports a plugin module, and a disabled plugin makes its name unavailable here.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torchvision.transforms import v2  # type: ignore[import-untyped]
+from torchvision.transforms import v2
 
 from geometry_os.systems.pixel_llm.data_config import DatasetConfig
 

@@ -3,7 +3,8 @@
     cd geometry_os/systems/pixel_llm
     pytest tests/test_pixel_llm.py -v
 
-The full suite lives in the repository's top-level ``tests/`` folder.
+Kept for the original description's API (its "Running Tests" and "Contributing" sections name this file);
+pinned by tests/test_seed_surfaces.py. The full suite lives in the repository's top-level ``tests/`` folder.
 """
 
 import subprocess
