@@ -28,7 +28,7 @@ def fit_dataset(loader: Any, model_config: Any, label: str) -> str | None:
     dataset set itself and that differ from the model's raise ``ImageSizeError``. Returns a notice of
     what was adapted, or None. Datasets without a ``DatasetConfig`` are checked batch by batch instead
     (``check_images``)."""
-    dataset = getattr(loader, "dataset", None)
+    dataset: Any = getattr(loader, "dataset", None)
     config = getattr(dataset, "config", None)
     if config is None or not all(hasattr(config, f) for f in IMAGE_FIELDS):
         return None
@@ -88,7 +88,8 @@ def estimate_line(
     run_s = None if remaining_steps is None else seconds_per_step * remaining_steps
     if budget_left_s is not None and (run_s is None or budget_left_s < run_s):
         parts.append(f"{_duration(budget_left_s)} left of the time budget (max_time_s)")
-    elif run_s is not None:
+    elif remaining_steps is not None:
+        run_s = seconds_per_step * remaining_steps
         parts.append(f"{_duration(run_s)} for the rest of the run ({_steps(remaining_steps)})")
     return f"expected training time: {'; '.join(parts)}, at {images_per_s:.1f} img/s (validation not included)"
 

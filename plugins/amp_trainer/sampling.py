@@ -192,9 +192,11 @@ def adapt_loader(
     shuffle, drop_last = plain
     if not training:
         shuffle = False
+    dataset: Any = loader.dataset  # map-style here: it has a length
+    batches: Any = loader.batch_sampler  # a BatchSampler here (_plain_order recognised it)
     sampler = EpochBatchSampler(
-        len(loader.dataset),
-        loader.batch_sampler.batch_size,
+        len(dataset),
+        batches.batch_size,
         shuffle=shuffle,
         seed=seed,
         drop_last=drop_last,

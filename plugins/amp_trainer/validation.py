@@ -54,6 +54,7 @@ def _generate(model: Any, images: torch.Tensor, tokenizer: Any) -> list[str]:
         strategy="greedy",
     )
     sequences = generate_caption(model, images, config=generation)
+    assert isinstance(sequences, torch.Tensor)  # ids only: return_dict_in_generate is off
     # A model may have more rows than its tokenizer has tokens; such ids read as <unk>.
     sequences = sequences.masked_fill(sequences >= len(tokenizer), tokenizer.unk_token_id)
     return [tokenizer.decode(row.tolist()) for row in sequences]
@@ -121,12 +122,12 @@ def _keys(batch: dict[str, Any], position: int, world: World) -> tuple[list[Any]
 
 def _caption_metrics(
     captions: dict[Any, str], samples: list[tuple[Any, Any, str]], world: World, max_samples: int
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Merge every process's captions and samples, score them once on the main process, share the result."""
     from geometry_os.systems.pixel_llm.dataset import group_references
 
     gathered = world.gather_objects((list(captions.items()), samples))
-    metrics: dict[str, float] = {}
+    metrics: dict[str, Any] = {}  # the scores, and one example caption (a string)
     if world.is_main:
         merged: dict[Any, str] = {}
         unique: dict[Any, tuple[Any, str]] = {}  # sample id -> (image key, caption)
@@ -138,8 +139,8 @@ def _caption_metrics(
         references = dict(group_references(unique[i] for i in sorted(unique, key=_order)))
         chosen = list(merged.items())[:max_samples]
         if chosen:
-            metrics = score([text for _, text in chosen], [references[key] for key, _ in chosen])
-            metrics["example_caption"] = chosen[0][1]
+            scores = score([text for _, text in chosen], [references[key] for key, _ in chosen])
+            metrics = {**scores, "example_caption": chosen[0][1]}
     return world.broadcast_object(metrics)
 
 

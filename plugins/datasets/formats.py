@@ -109,10 +109,11 @@ class Karpathy(CaptionFormat):
                 out.bad(i, f": {where}", '"sentences" must be a non-empty list of {"raw": ...} objects')
                 continue
             raws = [s.get("raw") if isinstance(s, dict) else None for s in sentences]
-            if not all(isinstance(r, str) and r.strip() for r in raws):
+            texts = [r.strip() for r in raws if isinstance(r, str) and r.strip()]
+            if len(texts) != len(raws):
                 out.bad(i, f": {where}", 'every sentence needs a non-empty "raw" string')
                 continue
-            out.add(f"{filepath}/{filename}" if filepath else filename, [r.strip() for r in raws], where, i)
+            out.add(f"{filepath}/{filename}" if filepath else filename, texts, where, i)
         return out.result()
 
 

@@ -46,7 +46,8 @@ def load_vocab(path: str | os.PathLike) -> Any:
     if isinstance(data, dict) and data.get("format") == "geometry_os.hf_tokenizer":
         name = "hf"
     try:
-        return get_component("tokenizer", name).load().load(path)
+        tokenizer_class: Any = get_component("tokenizer", name).load()
+        return tokenizer_class.load(path)
     except GeometryOSError as e:
         raise ValueError(f"{path}: {e}") from None
 
@@ -280,7 +281,8 @@ def _report_missing_words(
             return
         from geometry_os.systems.pixel_llm.components import get_component
 
-        tokenizer = get_component("tokenizer").load().train([r.caption for r in captions[paths[0]]], None)
+        tokenizer_class: Any = get_component("tokenizer").load()
+        tokenizer = tokenizer_class.train([r.caption for r in captions[paths[0]]], None)
         source, checked = f"the vocabulary train builds from {paths[0]}", paths[1:]
     else:
         source, checked = f"{vocab_path}", paths

@@ -173,10 +173,12 @@ def sample_scene(rng: random.Random, n_objects: int | None = None, max_tries: in
 
 def caption(scene: Scene) -> str:
     """The caption of ``scene`` by the grammar in the module docstring."""
-    words = []
+    words: list[str] = []
     for i, shape in enumerate(scene):
         if i:
-            words.append(relation(scene[i - 1], shape))
+            link = relation(scene[i - 1], shape)
+            assert link is not None, "scenes are laid out with a clear relation between neighbours"
+            words.append(link)
         words.append(f"a {shape.size} {shape.colour} {shape.kind}")
     return " ".join(words)
 

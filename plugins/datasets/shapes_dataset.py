@@ -23,7 +23,8 @@ def default_tokenizer() -> Any:
     """The ``simple`` vocabulary of the grammar's words: the same ids for every split and seed."""
     from geometry_os.systems.pixel_llm.components import get_component
 
-    return get_component("tokenizer", "simple").load().train([" ".join(VOCABULARY)], None)
+    tokenizer_class: Any = get_component("tokenizer", "simple").load()
+    return tokenizer_class.train([" ".join(VOCABULARY)], None)
 
 
 class ShapesDataset(CaptionedImages):
