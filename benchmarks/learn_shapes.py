@@ -218,6 +218,7 @@ def run_hf(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     from geometry_os.plugins.amp_trainer.sampling import make_dataloader
     from geometry_os.systems.pixel_llm.components import get_component
     from geometry_os.systems.pixel_llm.config import load_config
+    from geometry_os.systems.pixel_llm.targets import IGNORE_INDEX, next_token_targets
 
     overrides = [f"trainer.max_time_s={args.budget_s}", f"trainer.seed={args.seed}", *args.set]
     config = load_config(args.config, overrides, "small")
@@ -250,7 +251,10 @@ def run_hf(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
                     pixel_values=batch["images"], decoder_input_ids=ids[:, :-1], decoder_attention_mask=mask[:, :-1]
                 ).logits
                 loss = F.cross_entropy(
-                    logits.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100, label_smoothing=t.label_smoothing
+                    logits.flatten(0, 1),
+                    next_token_targets(labels, mask).flatten(),
+                    ignore_index=IGNORE_INDEX,
+                    label_smoothing=t.label_smoothing,
                 )
                 loss.backward()
                 if t.max_grad_norm:

@@ -504,6 +504,19 @@ def test_without_tokenizer_the_simple_vocabulary_is_trained(folder):
     assert 3 not in ds[0]["input_ids"].tolist() and ds.tokenizer.decode(ds[0]["input_ids"]) == "a zebra, grazing"
 
 
+def test_without_tokenizer_the_registry_default_tokenizer_is_trained(folder):
+    """The tokenizer trained for a data set without one is the registry's default, whatever it names."""
+    from geometry_os.host import Host, set_host
+
+    host = Host(entry_points=False)
+    host.system("pixel_llm").components.defaults["tokenizer"] = "bpe"
+    set_host(host)  # tests/conftest.py puts the previous host back
+    path = write(folder / "c.json", [{"image": "images/red.png", "caption": "a red square"}])
+    ds = ImageTextDataset(path, config=SMALL)
+    assert type(ds.tokenizer).__name__ == "BPETokenizer"
+    assert ds.tokenizer.decode(ds[0]["input_ids"].tolist()) == "a red square"
+
+
 def test_captions_dataset_component(folder):
     from geometry_os.systems.pixel_llm.components import get_component
 

@@ -97,6 +97,46 @@ def key(records) -> list[tuple[str, str]]:
     return sorted((Path(r.image).name, r.caption) for r in records)
 
 
+def capture_training(monkeypatch) -> list[tuple]:
+    """Make the ``train`` command's trainer one that records (training set, validation set) and trains
+    nothing; returns the list it appends to."""
+    from geometry_os.plugins.amp_trainer import cli as train_cli
+    from geometry_os.plugins.amp_trainer.trainer import PixelLLMTrainer
+
+    seen = []
+
+    class Capture:
+        make_dataloader = staticmethod(PixelLLMTrainer.make_dataloader)
+
+        def __init__(self, model, config, train_loader, val_loader, tokenizer=None, quiet=False):
+            seen.append((train_loader.dataset, val_loader.dataset if val_loader else None))
+            self.world = SimpleNamespace(is_main=True)
+
+        def train(self):
+            return None
+
+    monkeypatch.setattr(train_cli, "_trainer_class", lambda: Capture)
+    return seen
+
+
+def capture_evaluation(monkeypatch, checkpoint: Path) -> list:
+    """Save a tiny model to ``checkpoint`` and make ``eval`` record the references it would score
+    (image, captions) instead of captioning; returns the list it appends to."""
+    from geometry_os.plugins.simple_vocab.vocab import SimpleVocabulary
+    from geometry_os.systems.pixel_llm import captioning, create_pixel_llm
+
+    vocab = SimpleVocabulary([c for v in SET.values() for c in v])
+    create_pixel_llm(vocab_size=len(vocab), preset="tiny").save_pretrained(checkpoint, tokenizer=vocab)
+    seen = []
+
+    def capture(model, tokenizer, references, generation, batch_size):
+        seen.append(references)
+        return {"exact_match": 0.0}
+
+    monkeypatch.setattr(captioning, "evaluate_dataset", capture)
+    return seen
+
+
 @pytest.fixture(scope="module")
 def formats(tmp_path_factory) -> dict[str, str]:
     return write_all_formats(tmp_path_factory.mktemp("formats"))
@@ -115,22 +155,7 @@ def test_every_format_is_inferred_and_gives_the_same_records(formats):
 def test_train_reads_every_format_through_the_registry(formats, monkeypatch):
     """The real ``train`` command, up to the trainer: the training set it builds has the same records; a
     Karpathy file gives its train split for --data and its val split for --val-data."""
-    from geometry_os.plugins.amp_trainer import cli as train_cli
-    from geometry_os.plugins.amp_trainer.trainer import PixelLLMTrainer
-
-    seen = []
-
-    class Capture:
-        make_dataloader = staticmethod(PixelLLMTrainer.make_dataloader)
-
-        def __init__(self, model, config, train_loader, val_loader, tokenizer=None, quiet=False):
-            seen.append((train_loader.dataset, val_loader.dataset if val_loader else None))
-            self.world = SimpleNamespace(is_main=True)
-
-        def train(self):
-            return None
-
-    monkeypatch.setattr(train_cli, "_trainer_class", lambda: Capture)
+    seen = capture_training(monkeypatch)
     for label, spec in formats.items():
         out = Path(spec).parent / f"run-{label}"
         args = ["pixel-llm", "train", "--preset", "tiny", "--data", spec, "--out", str(out), "--quiet"]
@@ -145,18 +170,7 @@ def test_train_reads_every_format_through_the_registry(formats, monkeypatch):
 
 
 def test_eval_reads_every_format_through_the_registry(formats, monkeypatch, tmp_path):
-    from geometry_os.plugins.simple_vocab.vocab import SimpleVocabulary
-    from geometry_os.systems.pixel_llm import captioning, create_pixel_llm
-
-    vocab = SimpleVocabulary([c for v in SET.values() for c in v])
-    create_pixel_llm(vocab_size=len(vocab), preset="tiny").save_pretrained(tmp_path / "ckpt", tokenizer=vocab)
-    seen = []
-
-    def capture(model, tokenizer, references, generation, batch_size):
-        seen.append(references)
-        return {"exact_match": 0.0}
-
-    monkeypatch.setattr(captioning, "evaluate_dataset", capture)
+    seen = capture_evaluation(monkeypatch, tmp_path / "ckpt")
     for label, spec in formats.items():
         args = ["pixel-llm", "eval", "--checkpoint", str(tmp_path / "ckpt"), "--data", spec, "--json"]
         if label == "karpathy":
@@ -254,3 +268,89 @@ TSV = Tsv()
 def register_datasets(register):
     register("tsv", "geo_tsv_format:TSV", CaptionsOptions)
 '''
+
+
+READER_PLUGIN = '''
+"""A third-party caption format written against the DatasetReader protocol alone (no base class):
+image<TAB>caption lines in a .tsv file."""
+from pathlib import Path
+
+from geometry_os.plugins.datasets import CaptionsOptions
+from geometry_os.systems.pixel_llm.hookspecs import hookimpl
+from geometry_os.systems.pixel_llm.records import Records
+
+
+class TsvReader:
+    name = "tsvreader"
+    has_splits = False
+    streaming = False
+
+    def claims(self, spec):
+        return False
+
+    def detect(self, path):
+        return path.is_file() and path.suffix == ".tsv"
+
+    def read(self, path, image_root, on_error, split):
+        out = Records(path, image_root, on_error)
+        for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+            image, tab, caption = line.partition("\\t")
+            if not tab or not caption.strip():
+                out.bad(n, f": line {n}", "expected image<TAB>caption")
+                continue
+            out.add(image, [caption.strip()], f"line {n}", n)
+        return out.result()
+
+    def stream(self, spec, tokenizer, config, seed=0, **options):
+        raise NotImplementedError
+
+    def __call__(self, options, tokenizer=None):
+        from geometry_os.systems.pixel_llm.dataset import ImageTextDataset
+
+        return ImageTextDataset(f"tsvreader:{options.data_path}", tokenizer=tokenizer, image_root=options.image_root)
+
+
+READER = TsvReader()
+
+
+@hookimpl
+def register_datasets(register):
+    register("tsvreader", "geo_tsv_reader:READER", CaptionsOptions)
+'''
+
+
+def test_a_dataset_reader_plugin_is_read_by_the_dataset_train_eval_and_lint_data_alike(tmp_path, monkeypatch, formats):
+    """A format registered through the ``dataset`` component by a plugin outside ``plugins/`` that implements
+    ``protocols.DatasetReader`` without the ``CaptionFormat`` base class: inferred from the suffix and named as
+    FORMAT:PATH, ``ImageTextDataset``, the component factory, ``train``, ``eval`` and ``lint-data`` all read the
+    same records from it."""
+    from geometry_os.systems.pixel_llm.components import get_component
+    from geometry_os.systems.pixel_llm.protocols import DatasetReader
+
+    root = make_plugin_dist(tmp_path / "site", "geo-tsv-reader", "1.0", "geo_tsv_reader", READER_PLUGIN)
+    monkeypatch.syspath_prepend(str(root))
+    spec = tmp_path / "set.tsv"
+    spec.write_text("".join(f"{Path(formats['json']).parent}/images/{k}\t{c}\n" for k, v in SET.items() for c in v))
+
+    fmt, _ = resolve(str(spec))
+    assert fmt.name == "tsvreader" and isinstance(fmt, DatasetReader)
+    assert key(read_caption_data(f"tsvreader:{spec}")[0]) == expected()
+    assert key(ImageTextDataset(str(spec)).records) == expected()
+    built = get_component("dataset", "tsvreader").build({"data_path": str(spec)})
+    assert key(built.records) == expected()
+
+    trained = capture_training(monkeypatch)
+    args = ["pixel-llm", "train", "--preset", "tiny", "--data", str(spec), "--out", str(tmp_path / "run"), "--quiet"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert key(trained[-1][0].records) == expected()
+
+    evaluated = capture_evaluation(monkeypatch, tmp_path / "ckpt")
+    args = ["pixel-llm", "eval", "--checkpoint", str(tmp_path / "ckpt"), "--data", str(spec), "--json"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert sorted((Path(image).name, c) for image, captions in evaluated[-1] for c in captions) == expected()
+
+    result = CliRunner().invoke(cli, ["pixel-llm", "lint-data", f"tsvreader:{spec}", "--json"])
+    report = json.loads(result.output)["files"][0]
+    assert result.exit_code == 0 and (report["samples"], report["images"], report["errors"]) == (4, 3, [])

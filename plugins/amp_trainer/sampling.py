@@ -56,9 +56,11 @@ class EpochBatchSampler(Sampler[list[int]]):
         self.epoch, self.start_batch = 0, 0
 
     def set_world(self, world: World) -> None:
+        """Take this process's rank and the number of processes (DDP) from ``world``."""
         self.rank, self.world_size = world.rank, world.world_size
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Iterate ``epoch``'s order from batch ``start_batch`` on (a resume skips without loading)."""
         self.epoch, self.start_batch = epoch, start_batch
 
     def order(self, epoch: int) -> list[int]:
@@ -77,6 +79,7 @@ class EpochBatchSampler(Sampler[list[int]]):
         return order
 
     def shard(self, epoch: int) -> list[int]:
+        """This process's indices of ``epoch`` (every ``world_size``-th of ``order``, from ``rank``)."""
         return self.order(epoch)[self.rank :: self.world_size]
 
     @property
@@ -115,7 +118,7 @@ def make_dataloader(
     ``batch_size`` is per process; ``collate_fn`` defaults to the caption collator.
     """
     if collate_fn is None:
-        from geometry_os.systems.pixel_llm.data import CaptionCollator
+        from geometry_os.systems.pixel_llm.collate import CaptionCollator
 
         collate_fn = CaptionCollator(pad_token_id)
     sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)

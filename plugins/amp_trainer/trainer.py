@@ -23,6 +23,7 @@ import torch
 
 from geometry_os.errors import GeometryOSError
 from geometry_os.systems.pixel_llm.config import PixelLLMConfig, TrainerConfig
+from geometry_os.systems.pixel_llm.targets import count_targets
 
 from . import checkpointing as ckpt
 from .distributed import init_world, wrap_ddp
@@ -32,7 +33,7 @@ from .fit import check_images, estimate_line, fit_dataset, fitted_warmup
 from .optim import amp_dtype, finetune_param_groups, lr_lambda, resolve_device
 from .resumable import CheckpointMixin
 from .sampling import adapt_loader, epoch_seed, make_dataloader
-from .validation import count_targets, evaluate, generation_unavailable, warn_if_collapsed
+from .validation import evaluate, generation_unavailable, warn_if_collapsed
 
 PLOT_INTERVAL_S = 30.0
 ESTIMATE_AFTER_STEPS, ESTIMATE_AFTER_S = 5, 3.0  # the time estimate is printed once both have passed
@@ -304,14 +305,14 @@ class PixelLLMTrainer(CheckpointMixin):
     def _optimizer_step(self, window: list[dict[str, Any]]) -> float | None:
         """Forward/backward every micro-batch of one step, then clip and step; None when skipped."""
         cfg, world = self.config, self.world
-        tokens = [count_targets(b) for b in window]  # on the CPU batches: no device sync
-        total = float(sum(tokens))
+        # target tokens of the whole step, counted on the CPU batches (no device sync)
+        total = float(sum(count_targets(b["labels"], b.get("attention_mask")) for b in window))
         if world.enabled:
             total = world.all_reduce_sum(torch.tensor(total, device=self.device)).item()
         self.train_model.train()
         loss_sum = torch.zeros((), device=self.device)
         images = 0
-        for i, (batch, n) in enumerate(zip(window, tokens)):
+        for i, batch in enumerate(window):
             batch = self._to_device(batch)
             images += batch["images"].shape[0]
             last = i == len(window) - 1
@@ -324,8 +325,10 @@ class PixelLLMTrainer(CheckpointMixin):
                         batch.get("attention_mask"),
                         batch["labels"],
                         label_smoothing=cfg.label_smoothing,
+                        reduction="sum",
                     )
-                local = out.loss.float() * n
+                local = out.loss.float()  # summed over this micro-batch's target tokens
+                # DDP averages gradients over processes: * world_size makes the update sum / step's tokens
                 self.scaler.scale(local * world.world_size / max(total, 1.0)).backward()
             loss_sum += local.detach()
         elapsed = time.perf_counter() - self._session_start

@@ -3,7 +3,7 @@ subset (the first ``val_max_samples`` images) scored with the core caption metri
 BLEU-1..4, ROUGE-L, CIDEr-D, distinct-1/2 and collapse statistics.
 
 Each image is captioned once and scored against all of its references: every caption the loader yields
-for it over the whole pass (every process's share under DDP), grouped by ``data.group_references`` as
+for it over the whole pass (every process's share under DDP), grouped by ``dataset.group_references`` as
 ``dataset.references`` groups them, whatever the file order (grouped or COCO-interleaved) or batch size.
 
 Loss alone hides the commonest failure of a small captioner: the same caption for every image. The
@@ -26,15 +26,6 @@ COLLAPSE_FRACTION = 0.5
 
 class CaptionCollapseWarning(UserWarning):
     """Most validation images got the same caption."""
-
-
-def count_targets(batch: dict[str, Any]) -> int:
-    """Tokens the loss is averaged over: labels after the first position that are not ignored."""
-    labels = batch["labels"]
-    mask = batch.get("attention_mask")
-    if mask is not None:
-        labels = labels.masked_fill(mask == 0, -100)
-    return int((labels[:, 1:] != -100).sum())
 
 
 def generation_unavailable(tokenizer: Any) -> str | None:
@@ -92,12 +83,10 @@ def evaluate(
         for position, batch in enumerate(loader):
             batch = to_device(batch)
             with autocast():
-                out = model(batch["images"], batch["input_ids"], batch.get("attention_mask"), batch["labels"])
-            n = count_targets(batch)
-            if n:
-                totals += torch.stack(
-                    [out.loss.double() * n, torch.tensor(float(n), dtype=torch.float64, device=device)]
+                out = model(
+                    batch["images"], batch["input_ids"], batch.get("attention_mask"), batch["labels"], reduction="sum"
                 )
+            totals += torch.stack([out.loss.double(), out.n_tokens.double()])
             if unavailable is None and "captions" in batch:
                 keys, ids = _keys(batch, position, world)
                 samples.extend(zip(ids, keys, batch["captions"]))
@@ -134,7 +123,7 @@ def _caption_metrics(
     captions: dict[Any, str], samples: list[tuple[Any, Any, str]], world: World, max_samples: int
 ) -> dict[str, float]:
     """Merge every process's captions and samples, score them once on the main process, share the result."""
-    from geometry_os.systems.pixel_llm.data import group_references
+    from geometry_os.systems.pixel_llm.dataset import group_references
 
     gathered = world.gather_objects((list(captions.items()), samples))
     metrics: dict[str, float] = {}
@@ -187,6 +176,7 @@ def collapse_message(metrics: dict[str, Any]) -> str | None:
 
 
 def warn_if_collapsed(metrics: dict[str, Any]) -> None:
+    """Issue a ``CaptionCollapseWarning`` with ``collapse_message`` when the captions collapsed."""
     message = collapse_message(metrics)
     if message:
         warnings.warn(message, CaptionCollapseWarning, stacklevel=3)

@@ -55,6 +55,7 @@ class ShapesOptions(BaseModel):
 
 @hookimpl
 def register_datasets(register):
+    """The ``captions`` and ``shapes`` datasets and every caption-data format (a ``DatasetReader``)."""
     register("captions", "geometry_os.plugins.datasets.factories:build_captions", CaptionsOptions)
     register("shapes", "geometry_os.plugins.datasets.factories:build_shapes", ShapesOptions)
     for name in ("json", "jsonl", "coco", "karpathy", "flickr", "imagefolder", "webdataset"):  # caption-data formats
@@ -63,6 +64,7 @@ def register_datasets(register):
 
 @hookimpl
 def register_commands(cli):
+    """``make-shapes`` and ``lint-data``."""
     from geometry_os.plugins.datasets.commands import lint_data, make_shapes
 
     cli.add_command(make_shapes)

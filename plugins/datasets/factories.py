@@ -9,19 +9,24 @@ from __future__ import annotations
 from typing import Any
 
 from geometry_os.plugins.datasets import CaptionsOptions, ShapesOptions
-from geometry_os.systems.pixel_llm.data_config import DatasetConfig
+from geometry_os.systems.pixel_llm.data_config import dataset_config
 
 
 def build_captions(options: CaptionsOptions, tokenizer: Any = None):
-    from geometry_os.systems.pixel_llm.data import ImageTextDataset
+    """The ``captions`` dataset: an ``ImageTextDataset`` of ``options.data_path`` (any registered format)."""
+    from geometry_os.systems.pixel_llm.dataset import ImageTextDataset
 
-    config = DatasetConfig(**options.model_dump(exclude={"data_path", "image_root", "split"}))
     return ImageTextDataset(
-        options.data_path, tokenizer=tokenizer, config=config, image_root=options.image_root, split=options.split
+        options.data_path,
+        tokenizer=tokenizer,
+        config=dataset_config(options),
+        image_root=options.image_root,
+        split=options.split,
     )
 
 
 def build_shapes(options: ShapesOptions, tokenizer: Any = None):
+    """The ``shapes`` dataset: ``options.n`` in-memory synthetic scenes of ``options.split``."""
     from geometry_os.plugins.datasets.shapes_dataset import ShapesDataset
 
     return ShapesDataset(

@@ -1,6 +1,6 @@
 """The caption-data formats this plugin registers (``CaptionFormat`` instances; see the core's ``formats``).
 
-* ``json`` / ``jsonl`` / ``coco``: the core's readers (``data.read_caption_file``).
+* ``json`` / ``jsonl`` / ``coco``: the core's readers (``records.read_caption_file``).
 * ``karpathy``: Karpathy's split files (``dataset_coco.json``, ``dataset_flickr8k.json``, ``dataset_flickr30k.json``
   from "Deep Visual-Semantic Alignments", Karpathy & Fei-Fei 2015): ``{"images": [{"split", "filepath"?,
   "filename", "sentences": [{"raw"}]}]}``; ``restval`` counts as ``train``, as in Karpathy's neuraltalk2
@@ -19,23 +19,13 @@ import json
 import re
 from pathlib import Path
 
-from geometry_os.fileio import parse_json, read_utf8
-from geometry_os.systems.pixel_llm.data import DataError, read_caption_file
-from geometry_os.systems.pixel_llm.formats import CaptionFormat, Read, Records, head
+from geometry_os.fileio import parse_json
+from geometry_os.systems.pixel_llm.formats import CaptionFormat, head
+from geometry_os.systems.pixel_llm.images import DataError
+from geometry_os.systems.pixel_llm.records import Read, Records, read_caption_file, read_text
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 CAPTION_COLUMNS = ("text", "caption", "captions")
-
-
-def _read_text(path: str) -> str:
-    try:
-        return read_utf8(path, DataError)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, expected a file") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read: {e.strerror}") from None
 
 
 class _CoreFormat(CaptionFormat):
@@ -51,6 +41,7 @@ class JsonList(_CoreFormat):
     name = kind = "json"
 
     def detect(self, path: Path) -> bool:
+        """A file (not ``.jsonl``) whose text starts with ``[``."""
         return path.is_file() and path.suffix != ".jsonl" and head(path, 4096).lstrip().startswith("[")
 
 
@@ -60,6 +51,7 @@ class JsonLines(_CoreFormat):
     name = kind = "jsonl"
 
     def detect(self, path: Path) -> bool:
+        """A ``.jsonl`` file."""
         return path.is_file() and path.suffix == ".jsonl"
 
 
@@ -76,6 +68,7 @@ class Coco(_CoreFormat):
     name = kind = "coco"
 
     def detect(self, path: Path) -> bool:
+        """A JSON object file whose head has no ``"sentences"`` (that is Karpathy's)."""
         text = _json_object_head(path)
         return text is not None and '"sentences"' not in text
 
@@ -87,12 +80,15 @@ class Karpathy(CaptionFormat):
     has_splits = True
 
     def detect(self, path: Path) -> bool:
+        """A JSON object file whose head has ``"sentences"``."""
         text = _json_object_head(path)
         return text is not None and '"sentences"' in text
 
     def read(self, path: str, image_root: str | None, on_error: str, split: str | None) -> Read:
+        """Records of the images of ``split`` (None: all); ``DataError`` for a file that is not a Karpathy
+        split file, and for a bad entry when ``on_error="raise"``."""
         out = Records(path, image_root, on_error)
-        data = parse_json(_read_text(path), path, DataError)
+        data = parse_json(read_text(path), path, DataError)
         if not isinstance(data, dict) or not isinstance(data.get("images"), list):
             raise DataError(f'{path}: expected a Karpathy split file, an object with an "images" list')
         wanted = {"train", "restval"} if split == "train" else {split}
@@ -129,14 +125,17 @@ class Flickr(CaptionFormat):
     name = "flickr"
 
     def detect(self, path: Path) -> bool:
+        """A file whose first non-empty line is ``IMAGE#N<TAB>caption``."""
         if not path.is_file():
             return False
         first = next((line for line in head(path, 4096).splitlines() if line.strip()), "")
         return _TOKEN_LINE.match(first) is not None
 
     def read(self, path: str, image_root: str | None, on_error: str, split: str | None) -> Read:
+        """One record per line; ``DataError`` for an unreadable file, and for a bad line when
+        ``on_error="raise"``."""
         out = Records(path, image_root, on_error)
-        for n, line in enumerate(_read_text(path).split("\n"), start=1):
+        for n, line in enumerate(read_text(path).split("\n"), start=1):
             line = line.rstrip("\r")
             if not line.strip():
                 continue
@@ -154,9 +153,13 @@ class ImageFolder(CaptionFormat):
     name = "imagefolder"
 
     def detect(self, path: Path) -> bool:
+        """Any folder."""
         return path.is_dir()
 
     def read(self, path: str, image_root: str | None, on_error: str, split: str | None) -> Read:
+        """Records from ``metadata.jsonl`` / ``metadata.csv``, else from the ``.txt`` beside each image;
+        ``DataError`` for a path that is not a folder or holds neither, and for a bad row or image when
+        ``on_error="raise"``."""
         folder = Path(path)
         if not folder.is_dir():
             raise DataError(f"{path}: not a folder (the imagefolder format reads a folder of images)")
@@ -180,7 +183,7 @@ class ImageFolder(CaptionFormat):
             if not text_file.is_file():
                 out.bad(n, f"/{image.name}", f"no caption file {text_file.name} beside it")
                 continue
-            captions = [line.strip() for line in _read_text(str(text_file)).splitlines() if line.strip()]
+            captions = [line.strip() for line in read_text(str(text_file)).splitlines() if line.strip()]
             if not captions:
                 out.bad(n, f"/{text_file.name}", "empty caption file")
                 continue
@@ -189,7 +192,7 @@ class ImageFolder(CaptionFormat):
 
     @staticmethod
     def _jsonl(out: Records):
-        for n, line in enumerate(_read_text(out.name).split("\n"), start=1):
+        for n, line in enumerate(read_text(out.name).split("\n"), start=1):
             if not line.strip():
                 continue
             try:
@@ -199,7 +202,7 @@ class ImageFolder(CaptionFormat):
 
     @staticmethod
     def _csv(out: Records):
-        reader = csv.DictReader(io.StringIO(_read_text(out.name), newline=""))
+        reader = csv.DictReader(io.StringIO(read_text(out.name), newline=""))
         yield from enumerate(reader, start=2)  # line 1 is the header
 
     @staticmethod
@@ -230,27 +233,31 @@ class WebDataset(CaptionFormat):
     streaming = True
 
     def claims(self, spec: str) -> bool:
+        """A spec naming ``.tar`` files (a brace pattern need not exist as one path)."""
         return ".tar" in spec
 
     def detect(self, path: Path) -> bool:
+        """A ``.tar`` file."""
         return path.is_file() and path.suffix == ".tar"
 
     def read(self, path: str, image_root: str | None, on_error: str, split: str | None) -> Read:
+        """Always ``DataError``: shards are streamed (``stream``), never read into a list."""
         raise DataError(
             f"{path}: WebDataset shards are streamed, not read into a list: train with --data "
             "webdataset:PATTERN and check them with lint-data --limit"
         )
 
     def stream(self, spec: str, tokenizer, config, seed: int = 0, **options):
+        """A ``ShardStream`` of the shards of ``spec``."""
         from .shards import ShardStream
 
         return ShardStream(spec, tokenizer, config, seed=seed, **options)
 
     def __call__(self, options, tokenizer=None):
-        from geometry_os.systems.pixel_llm.data_config import DatasetConfig
+        """The component factory: a ``ShardStream`` of ``options.data_path``."""
+        from geometry_os.systems.pixel_llm.data_config import dataset_config
 
-        config = DatasetConfig(**options.model_dump(exclude={"data_path", "image_root", "split"}))
-        return self.stream(options.data_path, tokenizer, config)
+        return self.stream(options.data_path, tokenizer, dataset_config(options))
 
 
 JSON = JsonList()

@@ -25,9 +25,10 @@ from statistics import mean
 from typing import Any
 
 from geometry_os.fileio import parse_json, read_utf8
-from geometry_os.systems.pixel_llm.data import CaptionRecord, DataError, load_image
 from geometry_os.systems.pixel_llm.data_config import DatasetConfig
 from geometry_os.systems.pixel_llm.formats import read_caption_data, resolve, split_spec
+from geometry_os.systems.pixel_llm.images import DataError, load_image
+from geometry_os.systems.pixel_llm.records import CaptionRecord
 from geometry_os.systems.pixel_llm.text import caption_words, normalize_caption
 
 MISSING_WORDS_SHOWN = 8
@@ -35,7 +36,8 @@ MISSING_WORDS_SHOWN = 8
 
 def load_vocab(path: str | os.PathLike) -> Any:
     """A saved tokenizer: an imported model's (``"format": "geometry_os.hf_tokenizer"``) is ``hf``, an HF
-    tokenizers JSON (has "model") ``bpe``, anything else ``simple``."""
+    tokenizers JSON (has "model") ``bpe``, anything else ``simple``. Raises ``ValueError`` naming the file
+    when it is not valid JSON or not a file the tokenizer can load."""
     from geometry_os.errors import GeometryOSError
     from geometry_os.systems.pixel_llm.components import get_component
 

@@ -88,10 +88,12 @@ class Shape:
 
     @property
     def side(self) -> int:
+        """Side length in pixels of the shape's bounding square."""
         return SIZES[self.size]
 
     @property
     def centre(self) -> tuple[float, float]:
+        """(x, y) of the bounding square's centre, in pixels."""
         return self.x + self.side / 2, self.y + self.side / 2
 
 
@@ -243,6 +245,8 @@ def make_split(
     curriculum that shows more multi-object scenes); None draws the count uniformly. ``hold_out``:
     (colour, kind) pairs that no scene of an ordinary split contains; split ``COMPOSITIONAL`` draws
     only scenes that contain one (and needs ``hold_out``). Captions follow the same grammar.
+    Raises ``ValueError`` for a split without a share (or ``compositional`` without ``hold_out``) and
+    ``RuntimeError`` when ``n`` distinct scenes cannot be drawn.
     """
     compositional = split == COMPOSITIONAL
     if compositional and not hold_out:

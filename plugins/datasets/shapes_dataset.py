@@ -12,15 +12,11 @@ from typing import Any
 import torch
 
 from geometry_os.plugins.datasets.shapes import VOCABULARY, caption, make_split, parse_pairs, render_scene
-from geometry_os.systems.pixel_llm.data import (
-    CaptionedImages,
-    CaptionRecord,
-    CaptionTokens,
-    resolve_tokenizer,
-    special_id,
-)
 from geometry_os.systems.pixel_llm.data_config import IMAGENET_MEAN, IMAGENET_STD, DatasetConfig
+from geometry_os.systems.pixel_llm.dataset import CaptionedImages
 from geometry_os.systems.pixel_llm.protocols import EOS_ID
+from geometry_os.systems.pixel_llm.records import CaptionRecord
+from geometry_os.systems.pixel_llm.tokens import CaptionTokens, resolve_tokenizer, special_id
 
 
 def default_tokenizer() -> Any:

@@ -32,14 +32,10 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset
 
-from geometry_os.systems.pixel_llm.data import (
-    DataError,
-    build_transform,
-    resolve_tokenizer,
-    to_rgb,
-    truncate,
-)
 from geometry_os.systems.pixel_llm.data_config import DatasetConfig
+from geometry_os.systems.pixel_llm.images import DataError, to_rgb
+from geometry_os.systems.pixel_llm.tokens import resolve_tokenizer, truncate
+from geometry_os.systems.pixel_llm.transforms import build_transform
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 TEXT_KEYS = ("txt", "json")
@@ -55,7 +51,8 @@ def _webdataset() -> None:
 
 
 def expand_shards(pattern: str) -> list[str]:
-    """``data/{000000..000003}.tar`` -> the four paths (WebDataset's brace expansion); ``::`` separates lists."""
+    """``data/{000000..000003}.tar`` -> the four paths (WebDataset's brace expansion); ``::`` separates lists.
+    Raises ``DataError`` when a shard does not exist or the webdataset package is missing."""
     _webdataset()
     from webdataset.shardlists import expand_urls
 
@@ -84,6 +81,8 @@ def sample_captions(sample: dict[str, Any]) -> list[str]:
 
 
 def sample_image(sample: dict[str, Any]):
+    """The RGB image of a shard sample (its first ``IMAGE_KEYS`` member); ``ValueError`` when it has none,
+    Pillow's errors when it does not decode."""
     from PIL import Image
 
     key = next((k for k in IMAGE_KEYS if k in sample), None)

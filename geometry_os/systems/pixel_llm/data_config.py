@@ -32,3 +32,9 @@ class DatasetConfig(BaseModel):
     max_image_pixels: int = Field(
         64_000_000, gt=0, description="decompression-bomb limit, checked from the header before decoding"
     )
+
+
+def dataset_config(options: BaseModel) -> DatasetConfig:
+    """The ``DatasetConfig`` fields of a dataset component's options (e.g. ``CaptionsOptions``: where the data
+    is, plus every ``DatasetConfig`` field), as a ``DatasetConfig``; the other fields are left out."""
+    return DatasetConfig.model_validate(options.model_dump(include=set(DatasetConfig.model_fields)))

@@ -1,10 +1,11 @@
 """Caption-data formats: readers registered as ``dataset`` components, chosen by ``[FORMAT:]PATH``.
 
-A format is a ``dataset`` component whose factory is a ``CaptionFormat`` instance: building it gives an
-``ImageTextDataset``, and ``read`` / ``detect`` let every command (``train``, ``eval``, ``lint-data``) and
-``ImageTextDataset`` itself read the format through the registry, so a plugin adds a format without
-touching the core (docs/plugins.md shows one). ``FORMAT:PATH`` names the format; a bare ``PATH`` is
-given to the one format whose ``detect`` accepts it (none or several: a one-line error naming them).
+A format is a ``dataset`` component whose factory is a ``DatasetReader`` (``protocols.py``), usually an
+instance of a ``CaptionFormat`` subclass: building it gives an ``ImageTextDataset``, and ``read`` /
+``detect`` let every command (``train``, ``eval``, ``lint-data``) and ``ImageTextDataset`` itself read the
+format through the registry, so a plugin adds a format without touching the core (docs/plugins.md shows
+one). ``FORMAT:PATH`` names the format; a bare ``PATH`` is given to the one format whose ``detect``
+accepts it (none or several: a one-line error naming them).
 """
 
 from __future__ import annotations
@@ -13,24 +14,33 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .data import CaptionRecord, DataError, _Reader, read_caption_file
+from .images import DataError
+from .protocols import DatasetReader
+from .records import CaptionRecord, Read, Records, read_caption_file
+
+__all__ = [
+    "SPLITS",
+    "CaptionFormat",
+    "CaptionRecord",
+    "DatasetReader",
+    "Read",
+    "Records",
+    "absolute_spec",
+    "head",
+    "read_caption_data",
+    "registered_formats",
+    "resolve",
+    "split_for",
+    "split_spec",
+]
 
 SPLITS = ("train", "val", "test")
-Read = tuple[list[CaptionRecord], list[tuple[int, str]], list[str]]  # records, skipped (position, message), reasons
-
-
-class Records(_Reader):
-    """What a reader fills: ``add(image, captions, where, position)`` resolves the image against the image
-    root; ``bad(position, where, reason)`` raises ``DataError`` or records a skipped entry per ``on_error``.
-    ``where`` of ``bad`` is appended to the file name (``": line 3"``); that of ``add`` stands alone."""
-
-    def result(self) -> Read:
-        return self.records, self.skipped, self.reasons
 
 
 class CaptionFormat:
-    """One caption-data format. Subclasses set ``name`` (the component name), ``has_splits`` and implement
-    ``detect`` and ``read``; register an instance: ``register("myformat", "pkg.mod:MY_FORMAT", CaptionsOptions)``."""
+    """A ``DatasetReader`` with the optional members filled in: subclasses set ``name`` (the component
+    name) and ``has_splits`` and implement ``detect`` and ``read``; register an instance:
+    ``register("myformat", "pkg.mod:MY_FORMAT", CaptionsOptions)``."""
 
     name: ClassVar[str] = ""
     has_splits: ClassVar[bool] = False  # whether ``read`` understands split="train"/"val"/"test"
@@ -55,15 +65,13 @@ class CaptionFormat:
 
     def __call__(self, options: Any, tokenizer: Any = None) -> Any:
         """The ``dataset`` component factory: an ``ImageTextDataset`` of ``options.data_path``."""
-        from .data import ImageTextDataset
-        from .data_config import DatasetConfig
+        from .data_config import dataset_config
+        from .dataset import ImageTextDataset
 
-        extra = {"data_path", "image_root", "split"}
-        config = DatasetConfig(**options.model_dump(exclude=extra))
         return ImageTextDataset(
             f"{self.name}:{options.data_path}",
             tokenizer=tokenizer,
-            config=config,
+            config=dataset_config(options),
             image_root=options.image_root,
             split=getattr(options, "split", None),
         )
@@ -75,21 +83,21 @@ def head(path: Path, size: int = 65536) -> str:
         return f.read(size).decode("utf-8", errors="replace").lstrip("\ufeff")
 
 
-def registered_formats() -> dict[str, CaptionFormat]:
-    """Name -> format, for every ``dataset`` component whose factory is a ``CaptionFormat``."""
+def registered_formats() -> dict[str, DatasetReader]:
+    """Name -> format, for every ``dataset`` component whose factory is a ``DatasetReader``."""
     from geometry_os.host import get_host
 
     from .components import get_component
 
-    found = {}
+    found: dict[str, DatasetReader] = {}
     for name in get_host().system("pixel_llm").components.names("dataset"):
         factory = get_component("dataset", name).load()
-        if isinstance(factory, CaptionFormat):
+        if isinstance(factory, DatasetReader):
             found[name] = factory
     return found
 
 
-def split_spec(spec: str | os.PathLike, formats: dict[str, CaptionFormat] | None = None) -> tuple[str | None, str]:
+def split_spec(spec: str | os.PathLike, formats: dict[str, DatasetReader] | None = None) -> tuple[str | None, str]:
     """``"karpathy:data/x.json"`` -> ("karpathy", "data/x.json"); a prefix that names no format is part of
     the path (``C:/data``, ``a:b.json``)."""
     text = os.fspath(spec)
@@ -99,7 +107,7 @@ def split_spec(spec: str | os.PathLike, formats: dict[str, CaptionFormat] | None
     return None, text
 
 
-def resolve(spec: str | os.PathLike) -> tuple[CaptionFormat | None, str]:
+def resolve(spec: str | os.PathLike) -> tuple[DatasetReader | None, str]:
     """The format and path of ``[FORMAT:]PATH``; format None when no format is registered (the core's
     JSON/JSONL/COCO reader then reads it). Raises ``DataError`` (missing path, no or several formats)."""
     formats = registered_formats()

@@ -39,7 +39,8 @@ def register_tokenizers(register):
 
 @hookspec
 def register_datasets(register):
-    """Datasets of image-caption pairs: ``factory(cfg) -> torch.utils.data.Dataset``."""
+    """Datasets of image-caption pairs: ``factory(cfg) -> torch.utils.data.Dataset``. A caption-data format
+    registers here too: its factory is a ``protocols.DatasetReader`` (see ``formats.py``)."""
 
 
 @hookspec

@@ -64,7 +64,9 @@ def _cmyk_to_rgb(image: Image.Image) -> Image.Image:
             from PIL import ImageCms
 
             source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            return ImageCms.profileToProfile(image, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+            converted = ImageCms.profileToProfile(image, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+            if converted is not None:  # None only when converting in place, which this does not ask for
+                return converted
         except Exception:  # ImportError (Pillow built without littleCMS), PyCMSError (a broken profile)
             pass
     return image.convert("RGB")

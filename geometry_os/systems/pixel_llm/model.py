@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -18,12 +18,17 @@ from geometry_os.errors import ComponentError
 
 from .components import get_component
 from .config import PixelLLMConfig, preset_config
+from .targets import IGNORE_INDEX, next_token_targets
 
 
 @dataclass
 class PixelLLMOutput:
+    """``logits`` (B, T, vocab); with labels, ``loss`` (the mean next-token cross-entropy, or its sum over
+    target tokens with ``reduction="sum"``) and ``n_tokens`` (0-dim long tensor: the target tokens)."""
+
     logits: torch.Tensor
     loss: torch.Tensor | None = None
+    n_tokens: torch.Tensor | None = None
 
 
 class PixelLLM(nn.Module):
@@ -55,15 +60,19 @@ class PixelLLM(nn.Module):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         label_smoothing: float = 0.0,
+        reduction: Literal["mean", "sum"] = "mean",
     ) -> PixelLLMOutput:
-        """Logits for every position; with ``labels`` (aligned with ``input_ids``, -100 or padding
-        ignored) also the next-token cross-entropy loss."""
+        """Logits (B, T, vocab) for every position; with ``labels`` (B, T, aligned with ``input_ids``;
+        padding and -100 ignored) also the next-token cross-entropy: its mean over the target tokens
+        (``reduction="mean"``, NaN when there are none) or its sum (``"sum"``, for a trainer that
+        normalises over several batches), and ``n_tokens``. See ``loss``."""
         features = self.encode(images)
         logits = self.decoder(input_ids, features, attention_mask)
-        loss = None
-        if labels is not None:
-            loss = self.loss(logits, labels, attention_mask, label_smoothing)
-        return PixelLLMOutput(logits=logits, loss=loss)
+        if labels is None:
+            return PixelLLMOutput(logits=logits)
+        total, n_tokens = self.loss(logits, labels, attention_mask, label_smoothing)
+        loss = total if reduction == "sum" else total / n_tokens
+        return PixelLLMOutput(logits=logits, loss=loss, n_tokens=n_tokens)
 
     @staticmethod
     def loss(
@@ -71,17 +80,20 @@ class PixelLLM(nn.Module):
         labels: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         label_smoothing: float = 0.0,
-    ) -> torch.Tensor:
-        """Mean next-token cross-entropy: position t predicts label t+1."""
-        if attention_mask is not None:
-            labels = labels.masked_fill(attention_mask == 0, -100)
-        shifted = labels[:, 1:]
-        return F.cross_entropy(
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loss, n_tokens)``: the next-token cross-entropy summed over the target tokens (float32, 0-dim)
+        and their number (long, 0-dim). Logits (B, T, vocab) at position t predict ``labels`` (B, T) at
+        t+1; which positions are targets is ``targets.next_token_targets`` (padding and -100 are not).
+        ``label_smoothing`` in [0, 1) as in ``F.cross_entropy``."""
+        targets = next_token_targets(labels, attention_mask)
+        total = F.cross_entropy(
             logits[:, :-1].reshape(-1, logits.size(-1)).float(),
-            shifted.reshape(-1),
-            ignore_index=-100,
+            targets.reshape(-1),
+            ignore_index=IGNORE_INDEX,
             label_smoothing=label_smoothing,
+            reduction="sum",
         )
+        return total, (targets != IGNORE_INDEX).sum()
 
     @torch.no_grad()
     def generate(

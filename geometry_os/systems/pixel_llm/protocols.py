@@ -7,10 +7,14 @@ imported for type checking, so importing this module stays cheap.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypedDict, runtime_checkable
 
 if TYPE_CHECKING:  # pragma: no cover
+    from pathlib import Path
+
     import torch
+
+    from .records import Read
 
 # the special ids of the tokenizers trained here (simple, bpe); a pretrained tokenizer declares its own
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
@@ -106,3 +110,61 @@ class Tokenizer(Protocol):
 
     def save(self, path: str) -> None:
         """Write one JSON file (atomically); ``load(path)`` is a classmethod that reads it back."""
+
+
+@runtime_checkable
+class DatasetReader(Protocol):
+    """A caption-data format: how a third-party plugin adds one (docs/plugins.md, "A caption-format plugin").
+
+    Registered as a ``dataset`` component whose factory is the reader object itself:
+    ``register("tsv", "pkg.mod:TSV", CaptionsOptions)``. ``formats.read_caption_data`` (and through it
+    ``ImageTextDataset``, ``train``, ``eval``, ``lint-data``) finds every registered reader, picks one for
+    ``FORMAT:PATH`` by ``name`` or for a bare ``PATH`` by ``claims`` / ``detect``, and calls ``read``.
+    ``formats.CaptionFormat`` implements the optional members (no streaming, claims nothing, building
+    the component gives an ``ImageTextDataset``): subclass it and write ``detect`` and ``read``.
+    """
+
+    name: ClassVar[str]  # the component name, and FORMAT in FORMAT:PATH
+    has_splits: ClassVar[bool]  # whether ``read`` understands split="train"/"val"/"test"
+    streaming: ClassVar[bool]  # read through ``stream`` (an IterableDataset), not ``read``
+
+    def claims(self, spec: str) -> bool:
+        """Whether a spec that is not one existing path is this format's (e.g. a shard pattern)."""
+
+    def detect(self, path: Path) -> bool:
+        """Whether ``path`` (an existing file or folder) looks like this format; cheap (reads a little).
+        ``OSError`` is reported as a one-line ``DataError`` naming the path."""
+
+    def read(self, path: str, image_root: str | None, on_error: str, split: str | None) -> Read:
+        """(records, skipped (position, message), reasons) of ``path``; image paths resolve against
+        ``image_root`` (None: the format's default, usually the file's folder). Fill a
+        ``records.Records`` and return its ``result()``. Raises ``DataError`` for whole-file problems,
+        and for entry problems when ``on_error="raise"`` (``Records.bad`` does both)."""
+
+    def stream(self, spec: str, tokenizer: Any, config: Any, seed: int = 0, **options: Any) -> Any:
+        """A streaming format's ``IterableDataset`` of ``spec`` yielding ``CaptionItem``s."""
+
+    def __call__(self, options: Any, tokenizer: Any = None) -> Any:
+        """The ``dataset`` component factory: a data set of ``options.data_path``."""
+
+
+class CaptionItem(TypedDict):
+    """One sample of a caption data set (``ImageTextDataset``, the synthetic shapes, WebDataset shards)."""
+
+    image: torch.Tensor  # (3, S, S) float, normalised
+    input_ids: torch.Tensor  # (T,) long: [bos, ..., eos], at most max_length
+    caption: str
+    image_path: str
+    index: int  # the sample's position in its data set; -1 where a stream has none
+
+
+class CaptionBatch(TypedDict):
+    """What ``collate.CaptionCollator`` makes of a list of ``CaptionItem``s; T is the longest caption."""
+
+    images: torch.Tensor  # (B, 3, S, S)
+    input_ids: torch.Tensor  # (B, T) long, padded with the tokenizer's pad id
+    attention_mask: torch.Tensor  # (B, T) long, 1 for real tokens
+    labels: torch.Tensor  # (B, T) long: input_ids with padding IGNORE_INDEX (targets.ignore_padding)
+    captions: list[str]
+    image_paths: list[str]
+    indices: torch.Tensor  # (B,) long
