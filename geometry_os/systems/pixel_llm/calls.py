@@ -36,7 +36,7 @@ def info(params: InfoParams, host: Any) -> dict[str, Any]:
         model = PixelLLM(config)
     count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
     return {
-        "config": config.model_dict(),
+        "config": model.config.model_dict(),  # the components it was built with, by name
         "trainer": config.trainer.model_dump(mode="json"),
         "parameters": {"total": count(model), "encoder": count(model.encoder), "decoder": count(model.decoder)},
     }

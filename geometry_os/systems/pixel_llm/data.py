@@ -285,12 +285,12 @@ def special_id(tokenizer: Any, name: str, default: int) -> int:
 
 
 def resolve_tokenizer(tokenizer: Any, captions: Sequence[str]) -> tuple[Any, Callable[[str], Sequence[int]]]:
-    """(tokenizer object or None, encode function). None trains the default ``simple`` vocabulary on
+    """(tokenizer object or None, encode function). None trains the registry's default tokenizer on
     ``captions``, a tokenizer component's name (``"bpe"``) trains that one (ComponentError if unknown)."""
     if tokenizer is None or isinstance(tokenizer, str):
         from geometry_os.systems.pixel_llm.components import get_component
 
-        tokenizer = get_component("tokenizer", tokenizer or "simple").load().train(list(captions), None)
+        tokenizer = get_component("tokenizer", tokenizer).load().train(list(captions), None)
     if callable(getattr(tokenizer, "encode", None)):
         return tokenizer, tokenizer.encode
     if callable(tokenizer):
