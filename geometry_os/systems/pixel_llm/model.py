@@ -204,7 +204,7 @@ def load_pretrained(
     return model, tokenizer
 
 
-def _assign_weights(model: PixelLLM, weights: Path, aliases: list[list[str]], resolved: ResolvedModel) -> None:
+def _assign_weights(model: nn.Module, weights: Path, aliases: list[list[str]], resolved: ResolvedModel | None) -> None:
     """Replace ``model``'s meta tensors by those of ``weights`` (converted to the model's dtypes), tie each
     group of ``aliases`` to one parameter again, and compute the buffers no file holds."""
     from safetensors.torch import load_file
@@ -230,18 +230,20 @@ def _assign_weights(model: PixelLLM, weights: Path, aliases: list[list[str]], re
     _compute_buffers(model, resolved)
 
 
-def _compute_buffers(model: PixelLLM, resolved: ResolvedModel) -> None:
+def _compute_buffers(model: nn.Module, resolved: ResolvedModel | None) -> None:
     """Buffers a checkpoint does not hold (``persistent=False``: computed from the config, like sin-cos
     positions) are still on the meta device after loading: build the component that owns them once more
     with its parameters on the meta device (no memory, the same config) and take its computed buffers."""
-    for kind in ("encoder", "decoder"):
-        module: nn.Module = getattr(model, kind)
-        pending = [name for name, b in module.named_buffers() if b.is_meta]
-        if not pending:
-            continue
+    pending = [name for name, b in model.named_buffers() if b.is_meta]
+    if not pending:
+        return
+    if resolved is None:
+        raise CheckpointError(f"buffers {pending[:5]} are not in the checkpoint and cannot be computed")
+    for kind in sorted({name.partition(".")[0] for name in pending}):
         with _parameters_on_meta():
             fresh = resolved.build(kind)
-        for name in pending:
+        module = model.get_submodule(kind)
+        for name in [n.partition(".")[2] for n in pending if n.startswith(f"{kind}.")]:
             owner, _, attr = name.rpartition(".")
             target = module.get_submodule(owner)
             persistent = attr not in target._non_persistent_buffers_set
