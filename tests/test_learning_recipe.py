@@ -14,10 +14,9 @@ from click.testing import CliRunner
 
 from geometry_os.cli import cli
 from geometry_os.errors import ConfigError
-from geometry_os.systems.pixel_llm.components import resolve_model
 from geometry_os.plugins.amp_trainer.optim import lr_lambda
 from geometry_os.plugins.datasets import shapes as S
-from geometry_os.systems.pixel_llm.components import get_component
+from geometry_os.systems.pixel_llm.components import get_component, resolve_model
 from geometry_os.systems.pixel_llm.config import TrainerConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
