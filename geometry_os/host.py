@@ -8,6 +8,7 @@ take the host down; ``GEO_OS_STRICT_PLUGINS=1`` turns such failures into errors.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import os
@@ -311,7 +312,7 @@ class Host:
                 version=_version("geometry-os"),
                 enabled=entry.enabled and name not in self.disabled,
             )
-            self.systems[entry.system].load_plugin(info, lambda m=entry.module: importlib.import_module(m))
+            self.systems[entry.system].load_plugin(info, functools.partial(importlib.import_module, entry.module))
         if entry_points:
             self._load_entry_points()
 

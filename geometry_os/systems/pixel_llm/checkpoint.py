@@ -130,7 +130,8 @@ def write_model_files(folder: Path, model: torch.nn.Module, tokenizer: Any = Non
     to adapter.safetensors, from which a resume continues exactly (``load_pretrained`` still merges them)."""
     from safetensors.torch import save_file, save_model
 
-    config: PixelLLMConfig = model.config
+    config = model.config
+    assert isinstance(config, PixelLLMConfig)
     tokenizer_entry = None
     if tokenizer is not None:
         tokenizer_entry = {"component": tokenizer_component_name(tokenizer), "file": TOKENIZER}
@@ -243,10 +244,11 @@ def load_tokenizer(folder: Path, entry: Any) -> Any:
     if not isinstance(entry, dict) or not isinstance(entry.get("component"), str):
         raise CheckpointError(f"{folder / CONFIG}: 'tokenizer' must be an object with 'component' and 'file'")
     file = safe_file(folder, str(entry.get("file") or TOKENIZER))
+    assert file is not None  # required=True: a missing file raised
     if Path(str(entry.get("file") or TOKENIZER)).name != str(entry.get("file") or TOKENIZER):
         raise CheckpointError(f"{folder / CONFIG}: tokenizer file must be a plain file name")
     try:
-        cls = get_component("tokenizer", entry["component"]).load()
+        cls: Any = get_component("tokenizer", entry["component"]).load()
     except ComponentError as exc:
         raise CheckpointError(f"{folder / CONFIG}: {exc}") from None
     if file.stat().st_size > MAX_JSON_BYTES:  # tokenizers read the whole file: refuse a huge one unread

@@ -258,7 +258,9 @@ class PixelLLMConfig(StrictModel):
     encoder_options: dict[str, Any] = Field(default_factory=dict, description="the encoder's own options")
     decoder: str | None = Field(None, min_length=1, description="decoder component (None: the registry's default)")
     decoder_options: dict[str, Any] = Field(default_factory=dict, description="the decoder's own options")
-    trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="how to train (see below)")
+    trainer: TrainerConfig = Field(
+        default_factory=lambda: TrainerConfig.model_validate({}), description="how to train (see below)"
+    )
 
     @model_validator(mode="before")
     @classmethod
