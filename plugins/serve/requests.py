@@ -100,7 +100,7 @@ async def read_json(stream: AsyncIterator[bytes], limit: int) -> Any:
 def parse_options(raw: Any, max_num_beams: int) -> Options:
     """The request's options: ``GenerationConfig`` fields (same names, same validation) plus
     ``return_token_ids`` and ``explain``."""
-    from geometry_os.systems.pixel_llm.components import get_component
+    from geometry_os.systems.pixel_llm.components import resolve_strategy
 
     if not isinstance(raw, dict):
         raise RequestError(400, f"options: expected a JSON object, got {type(raw).__name__}")
@@ -121,7 +121,7 @@ def parse_options(raw: Any, max_num_beams: int) -> Options:
             f"options.num_beams: {generation.num_beams} is over this server's limit {max_num_beams} (--max-num-beams)",
         )
     try:
-        get_component("decoding_strategy", generation.strategy_name)
+        resolve_strategy(generation)  # an unknown strategy, or options it refuses
     except GeometryOSError as exc:
         raise RequestError(400, f"options.strategy: {exc}") from None
     return Options(generation, **server)

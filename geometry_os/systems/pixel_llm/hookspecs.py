@@ -1,7 +1,8 @@
 """The whole plugin contract of the pixel_llm system.
 
-Each ``register_*`` hook receives a ``register(name, factory, config_model=None, *, override=False)``
-callback. ``factory`` is a callable or a lazy ``"module:attribute"`` string; it is called with one
+Each ``register_*`` hook receives a ``register(name, factory, config_model=None, *, override=False,
+serves=())`` callback (``serves``: what the component may be picked for unnamed; a decoding strategy's
+generation modes). ``factory`` is a callable or a lazy ``"module:attribute"`` string; it is called with one
 argument, an instance of ``config_model`` (a pydantic model), when the component is built.
 Registering must stay cheap: import torch inside the factory's module, not in the hookimpl's.
 """

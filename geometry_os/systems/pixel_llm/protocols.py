@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from .generation_config import GenerationConfig
+    from .inference import GenerationOutput
+
 # the special ids of the tokenizers trained here (simple, bpe); a pretrained tokenizer declares its own
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
@@ -106,3 +109,20 @@ class Tokenizer(Protocol):
 
     def save(self, path: str) -> None:
         """Write one JSON file (atomically); ``load(path)`` is a classmethod that reads it back."""
+
+
+@runtime_checkable
+class DecodingStrategy(Protocol):
+    """What ``factory(options)`` of a ``decoding_strategy`` component returns (``options``: an instance of
+    its registered options model, from ``GenerationConfig.strategy_options``; None without a model).
+
+    ``decode`` gets the model in eval mode under ``torch.inference_mode()``, the encoded images
+    ``features`` (B, N, D), the validated ``GenerationConfig`` and an optional seeded ``generator``; it
+    returns a ``GenerationOutput`` whose ``sequences`` are (B * num_return_sequences, T) token ids from
+    ``<bos>`` (and, for the caption path, ``sequence_scores`` / ``scores_penalised`` per row). It drives
+    ``model.decoder.init_cache`` / ``step`` and encodes nothing.
+    """
+
+    def decode(
+        self, model: Any, features: torch.Tensor, config: GenerationConfig, generator: torch.Generator | None = None
+    ) -> GenerationOutput: ...
