@@ -291,14 +291,19 @@ class Host:
         disabled: list[str] | None = None,
         strict: bool | None = None,
         entry_points: bool = True,
+        contents: RegistryFile | None = None,
     ) -> None:
+        """``registry``: the registry file (default: ``GEO_OS_REGISTRY``, else the packaged one);
+        ``contents``: that file already read with ``read_registry`` (it is not read again). Raises
+        ``RegistryError`` for an unreadable or invalid registry, ``PluginError`` for a failing plugin
+        when ``strict``."""
         env_registry = os.environ.get(ENV_REGISTRY)
         self.registry_path = Path(registry or env_registry or default_registry_path())
         if disabled is None:
             disabled = [p.strip() for p in os.environ.get(ENV_DISABLE, "").split(",") if p.strip()]
         self.disabled = set(disabled)
         self.strict = strict if strict is not None else os.environ.get(ENV_STRICT, "") not in ("", "0", "false")
-        self.registry = read_registry(self.registry_path)
+        self.registry = contents if contents is not None else read_registry(self.registry_path)
         self.systems: dict[str, System] = {
             name: System(name, entry, self) for name, entry in self.registry.systems.items()
         }

@@ -338,6 +338,41 @@ def test_loading_assigns_the_saved_tensors_and_keeps_ties_and_computed_buffers(t
     assert all(p.requires_grad and p.dtype == torch.float32 for p in loaded.parameters())
 
 
+def test_the_caption_command_reads_the_registry_once_and_builds_one_model(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import geometry_os.host as host_module
+    from geometry_os.components import Component
+
+    vocab = get_component("tokenizer").load().train(["a red square"])
+    tiny_model(vocab_size=len(vocab)).save_pretrained(tmp_path / "ck", tokenizer=vocab)
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "x.png")
+    set_host(None)
+    calls = {"read_registry": 0, "PixelLLM": 0, "validated": 0}
+    read, init, options = host_module.read_registry, PixelLLM.__init__, Component.options
+
+    def counting_read(*args, **kwargs):
+        calls["read_registry"] += 1
+        return read(*args, **kwargs)
+
+    def counting_init(self, *args, **kwargs):
+        calls["PixelLLM"] += 1
+        init(self, *args, **kwargs)
+
+    def counting_options(self, values=None):
+        calls["validated"] += self.config_model is not None and not isinstance(values, self.config_model)
+        return options(self, values)
+
+    monkeypatch.setattr(host_module, "read_registry", counting_read)
+    monkeypatch.setattr(PixelLLM, "__init__", counting_init)
+    monkeypatch.setattr(Component, "options", counting_options)
+    result = CliRunner().invoke(
+        cli, ["pixel-llm", "caption", str(tmp_path / "x.png"), "--checkpoint", str(tmp_path / "ck")]
+    )
+    assert result.exit_code == 0, result.output
+    assert calls == {"read_registry": 1, "PixelLLM": 1, "validated": 3}  # encoder, decoder, strategy options: once each
+
+
 class Tied(torch.nn.Module):
     """Two linear layers sharing one weight, as a decoder with a tied LM head (``tie_word_embeddings``)."""
 
