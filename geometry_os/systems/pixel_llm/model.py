@@ -222,11 +222,13 @@ def _assign_weights(model: nn.Module, weights: Path, aliases: list[list[str]], r
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise CheckpointError(f"{weights}: missing tensors {missing[:5]} / unexpected {unexpected[:5]}")
+    parameters = dict(model.named_parameters(remove_duplicate=False))
     for names in aliases:  # assign gives each name its own Parameter: make the aliases one object again
-        first = model.get_parameter(names[0]) if names[0] in dict(model.named_parameters()) else None
-        for name in names[1:] if first is not None else ():
+        if names[0] not in parameters:  # tied buffers are not re-tied: no component has any
+            continue
+        for name in names[1:]:
             owner, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(owner), attr, first)
+            setattr(model.get_submodule(owner), attr, parameters[names[0]])
     _compute_buffers(model, resolved)
 
 
