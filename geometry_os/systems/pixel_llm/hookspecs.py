@@ -30,12 +30,12 @@ def register_encoders(register):
 
 @hookspec
 def register_decoders(register):
-    """Text decoders with cross-attention and a KV cache (see ``components.DecoderProtocol``)."""
+    """Text decoders with cross-attention and a KV cache (see ``protocols.Decoder``)."""
 
 
 @hookspec
 def register_tokenizers(register):
-    """Tokenizers: text <-> ids with ``<pad> <bos> <eos> <unk>`` (see ``components.TokenizerProtocol``)."""
+    """Tokenizers: text <-> ids with ``<pad> <bos> <eos> <unk>`` (see ``protocols.Tokenizer``)."""
 
 
 @hookspec
@@ -45,7 +45,9 @@ def register_datasets(register):
 
 @hookspec
 def register_decoding_strategies(register):
-    """Decoding strategies: ``factory(cfg) -> strategy`` with ``strategy.decode(model, features, ...)``."""
+    """Decoding strategies: ``factory(options) -> strategy`` with ``strategy.decode(model, features, config,
+    generator=None)`` (see ``protocols.DecodingStrategy``); ``serves=[mode, ...]`` names the generation modes
+    it implements; ``options`` come from ``GenerationConfig.strategy_options``."""
 
 
 @hookspec
