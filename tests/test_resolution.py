@@ -201,6 +201,20 @@ def test_a_mode_no_registered_strategy_serves_is_named(tmp_path):
         resolve_strategy(GenerationConfig(num_beams=2), host.system("pixel_llm").components)
 
 
+def test_serves_must_be_a_list_of_names(tmp_path, monkeypatch):
+    source = (
+        "from geometry_os.systems.pixel_llm.hookspecs import hookimpl\n"
+        "@hookimpl\n"
+        "def register_decoding_strategies(register):\n"
+        "    register('odd', 'x:y', serves='greedy')\n"
+    )
+    root = make_plugin_dist(tmp_path / "site", "geo-odd", "0.1", "geo_odd_serves", source, "odd")
+    monkeypatch.syspath_prepend(str(root))
+    with pytest.warns(UserWarning, match="decoding_strategy 'odd' serves must be a list of names, got 'greedy'"):
+        host = Host()
+    assert "odd" not in host.system("pixel_llm").components.names("decoding_strategy")
+
+
 # ---- 4. decoding-strategy options reach the strategy -------------------------------------------------------
 
 
