@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -252,22 +253,29 @@ def _compute_buffers(model: nn.Module, resolved: ResolvedModel | None) -> None:
             target.register_buffer(attr, fresh.get_buffer(name), persistent=persistent)
 
 
+_PARAMETERS_ON_META: ContextVar[bool] = ContextVar("pixel_llm_parameters_on_meta", default=False)
+
+
 @contextmanager
 def _parameters_on_meta() -> Iterator[None]:
     """Every parameter registered inside the block moves to the meta device (buffers stay where they are
-    made): what ``accelerate.init_empty_weights(include_buffers=False)`` does."""
+    made): what ``accelerate.init_empty_weights(include_buffers=False)`` does. ``register_parameter`` is
+    patched for the block, but the move is gated on a context variable, so modules another thread
+    builds meanwhile keep their parameters."""
     register = nn.Module.register_parameter
 
     def on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
         register(module, name, param)
-        if param is not None and not param.is_meta:
+        if _PARAMETERS_ON_META.get() and param is not None and not param.is_meta:
             module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
 
+    token = _PARAMETERS_ON_META.set(True)
     nn.Module.register_parameter = on_meta  # type: ignore[method-assign,assignment]
     try:
         yield
     finally:
         nn.Module.register_parameter = register  # type: ignore[method-assign]
+        _PARAMETERS_ON_META.reset(token)
 
 
 def create_pixel_llm(vocab_size: int | None = None, preset: str = "small", **overrides: Any) -> PixelLLM:
