@@ -189,7 +189,9 @@ def _systems(ctx: click.Context, quiet: bool = True) -> dict[str, str]:
     root = ctx.find_root()
     path = root.params.get("registry") or os.environ.get(ENV_REGISTRY) or default_registry_path()
     try:
-        return {name: entry.description or "" for name, entry in read_registry(path).systems.items()}
+        registry = read_registry(path)
+        root.meta["geometry_os.registry"] = (str(path), registry)  # the host reads it from here, not again
+        return {name: entry.description or "" for name, entry in registry.systems.items()}
     except GeometryOSError as exc:
         if quiet:
             return {}
@@ -202,14 +204,16 @@ def _system_names(ctx: click.Context, quiet: bool) -> list[str]:
 
 def get_cli_host(ctx: click.Context):
     """The host for this invocation (created once, honouring ``--registry``); plugin warnings go to stderr."""
-    from geometry_os.host import Host, set_host
+    from geometry_os.host import ENV_REGISTRY, Host, default_registry_path, set_host
 
     root = ctx.find_root()
     host = root.meta.get("geometry_os.host")
     if host is None:
+        path = root.params.get("registry") or os.environ.get(ENV_REGISTRY) or default_registry_path()
+        read_path, contents = root.meta.get("geometry_os.registry", (None, None))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            host = Host(root.params.get("registry"))
+            host = Host(root.params.get("registry"), contents=contents if read_path == str(path) else None)
         for warning in caught:
             echo_warning(warning.message)
         set_host(host)

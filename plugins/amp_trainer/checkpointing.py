@@ -41,6 +41,7 @@ from geometry_os.systems.pixel_llm.checkpoint import (  # noqa: F401 - the run l
     write_json_atomic,
     write_model_files,
 )
+from geometry_os.systems.pixel_llm.vocabulary import tokenizer_misfit
 
 STATE = "trainer_state.json"
 OPTIMIZER = "optimizer.pt"
@@ -188,10 +189,9 @@ def load_model(folder: Path, model: torch.nn.Module, tokenizer: Any) -> Any:
         raise CheckpointError(
             f"{folder}: the checkpoint's tokenizer has {len(checkpoint_tokenizer)} tokens, the trainer's {len(tokenizer)}"
         )
-    if checkpoint_tokenizer is not None and len(checkpoint_tokenizer) > model.config.vocab_size:
-        raise CheckpointError(
-            f"{folder}: tokenizer has {len(checkpoint_tokenizer)} tokens but vocab_size is {model.config.vocab_size}"
-        )
+    misfit = tokenizer_misfit(checkpoint_tokenizer, model.config.vocab_size)
+    if misfit:
+        raise CheckpointError(f"{folder}: {misfit}")
     if not lora.has_lora(model):
         load_weights(model, safe_file(folder, WEIGHTS), device=next(model.parameters()).device)
         lora.merge_adapter_file(folder, model)  # a LoRA run's checkpoint continued without adapters: merged

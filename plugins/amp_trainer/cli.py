@@ -213,6 +213,9 @@ def run_training(
     if unknown:
         raise TypeError(f"run_training() got unknown flags: {', '.join(unknown)}")
     config = load_config(config_path, list(overrides), preset)
+    from geometry_os.systems.pixel_llm.components import resolve_model
+
+    resolve_model(config, source=str(config_path or "config"))  # an unknown component or option: before any data
     for field, value in (controls or {}).items():
         if field not in type(config.trainer).model_fields:
             raise click.ClickException(f"controls: {field!r} is not a trainer field")
@@ -267,7 +270,11 @@ def run_training(
         train_set, val_set, tokenizer = _datasets(config, tokenizer)
     except DataError as exc:
         raise click.ClickException(" ".join(str(exc).split())) from None
-    if resume and len(tokenizer) > model.config.vocab_size:  # a checkpoint without its tokenizer got a new one
+    from geometry_os.systems.pixel_llm.vocabulary import tokenizer_misfit
+
+    if resume and tokenizer_misfit(
+        tokenizer, model.config.vocab_size
+    ):  # a checkpoint without its tokenizer got a new one
         raise click.ClickException(
             f"{folder}: has no tokenizer, and the one trained on the data has {len(tokenizer)} tokens, more than the "
             f"model's vocab_size={model.config.vocab_size}; resume from a checkpoint saved with its tokenizer"
@@ -336,7 +343,7 @@ def _trainer_class() -> Any:
 def _load_resume(config: Any, resume: str) -> tuple[Path, Any, Any]:
     """The checkpoint folder, its model (config from the checkpoint) and its tokenizer."""
     from geometry_os.plugins.amp_trainer.checkpointing import resolve_checkpoint
-    from geometry_os.systems.pixel_llm.checkpoint import load_pretrained
+    from geometry_os.systems.pixel_llm.model import load_pretrained
 
     folder = resolve_checkpoint(resume, Path(config.trainer.checkpoint_dir))
     model, tokenizer = load_pretrained(folder)

@@ -19,6 +19,14 @@ def generation_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The decoding flags shared by caption and eval (HF generate argument names)."""
     options = [
         click.option("--strategy", default=None, help=STRATEGY_HELP),
+        click.option(
+            "--strategy-option",
+            "strategy_options",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="An option of the decoding strategy's own (repeatable; VALUE parsed as JSON when it can be), "
+            "checked against the options the strategy declares.",
+        ),
         click.option("--num-beams", type=int, default=None, help="Beams for beam search (implies --strategy beam)."),
         click.option(
             "--max-length", type=int, default=None, help="Longest caption in tokens (with <bos>; 1: no new tokens)."
@@ -87,7 +95,16 @@ def generation_config(params: dict[str, Any]) -> Any:
         fields["do_sample"] = True
     if strategy == "beam" and "num_beams" not in fields:
         fields["num_beams"] = 5
-    return GenerationConfig(**fields)
+    if params.get("strategy_options"):
+        from geometry_os.systems.pixel_llm.config import parse_overrides
+
+        fields["strategy_options"] = parse_overrides(params["strategy_options"], flag="--strategy-option")
+    generation = GenerationConfig(**fields)
+    if generation.strategy_options:
+        from geometry_os.systems.pixel_llm.components import resolve_strategy
+
+        resolve_strategy(generation)  # options the strategy refuses: an error before the checkpoint is loaded
+    return generation
 
 
 def check_device(device: str) -> None:
@@ -173,7 +190,7 @@ def eval_command(
             flag(name)
             for name in GENERATION_FLAGS
             if name not in ("max_length", "seed") and params.get(name) is not None
-        ]
+        ] + (["--strategy-option"] if params.get("strategy_options") else [])
         if fixed:
             raise click.UsageError(
                 ctx=click.get_current_context(),

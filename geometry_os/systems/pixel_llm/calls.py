@@ -28,15 +28,17 @@ def info(params: InfoParams, host: Any) -> dict[str, Any]:
     trainer settings (``trainer``)."""
     import torch
 
+    from .components import resolve_model
     from .model import PixelLLM
 
     preset = params.preset or (None if params.config else "small")
     config = load_config(params.config, params.overrides, preset=preset)
+    resolved = resolve_model(config, host.system("pixel_llm").components, source=params.config or "config")
     with torch.device("meta"):
-        model = PixelLLM(config)
+        model = PixelLLM(resolved)
     count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
     return {
-        "config": config.model_dict(),
+        "config": model.config.model_dict(),  # the components it was built with, by name
         "trainer": config.trainer.model_dump(mode="json"),
         "parameters": {"total": count(model), "encoder": count(model.encoder), "decoder": count(model.decoder)},
     }

@@ -14,6 +14,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     import torch
 
+    from .generation_config import GenerationConfig
+    from .inference import GenerationOutput
     from .records import Read
 
 # the special ids of the tokenizers trained here (simple, bpe); a pretrained tokenizer declares its own
@@ -168,3 +170,20 @@ class CaptionBatch(TypedDict):
     captions: list[str]
     image_paths: list[str]
     indices: torch.Tensor  # (B,) long
+
+
+@runtime_checkable
+class DecodingStrategy(Protocol):
+    """What ``factory(options)`` of a ``decoding_strategy`` component returns (``options``: an instance of
+    its registered options model, from ``GenerationConfig.strategy_options``; None without a model).
+
+    ``decode`` gets the model in eval mode under ``torch.inference_mode()``, the encoded images
+    ``features`` (B, N, D), the validated ``GenerationConfig`` and an optional seeded ``generator``; it
+    returns a ``GenerationOutput`` whose ``sequences`` are (B * num_return_sequences, T) token ids from
+    ``<bos>`` (and, for the caption path, ``sequence_scores`` / ``scores_penalised`` per row). It drives
+    ``model.decoder.init_cache`` / ``step`` and encodes nothing.
+    """
+
+    def decode(
+        self, model: Any, features: torch.Tensor, config: GenerationConfig, generator: torch.Generator | None = None
+    ) -> GenerationOutput: ...
