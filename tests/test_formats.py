@@ -115,8 +115,8 @@ def test_every_format_is_inferred_and_gives_the_same_records(formats):
 def test_train_reads_every_format_through_the_registry(formats, monkeypatch):
     """The real ``train`` command, up to the trainer: the training set it builds has the same records; a
     Karpathy file gives its train split for --data and its val split for --val-data."""
-    from geometry_os.plugins.amp_trainer import cli as train_cli
     from geometry_os.plugins.amp_trainer.trainer import PixelLLMTrainer
+    from geometry_os.systems.pixel_llm import workflows
 
     seen = []
 
@@ -130,7 +130,7 @@ def test_train_reads_every_format_through_the_registry(formats, monkeypatch):
         def train(self):
             return None
 
-    monkeypatch.setattr(train_cli, "_trainer_class", lambda: Capture)
+    monkeypatch.setattr(workflows, "_trainer_class", lambda name=None: Capture)
     for label, spec in formats.items():
         out = Path(spec).parent / f"run-{label}"
         args = ["pixel-llm", "train", "--preset", "tiny", "--data", spec, "--out", str(out), "--quiet"]

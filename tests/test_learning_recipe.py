@@ -120,7 +120,7 @@ def test_training_and_captioning_normalise_images_as_the_model_config_says(tmp_p
     checkpoint, so that captioning later sees the pixels the model was trained on."""
     import torch
 
-    from geometry_os.plugins.amp_trainer.cli import _datasets
+    from geometry_os.systems.pixel_llm.workflows import build_datasets as _datasets
     from geometry_os.systems.pixel_llm.captioning import preprocessing_config
     from geometry_os.systems.pixel_llm.model import PixelLLM
 

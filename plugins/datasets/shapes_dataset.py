@@ -11,7 +11,14 @@ from typing import Any
 
 import torch
 
-from geometry_os.plugins.datasets.shapes import VOCABULARY, caption, make_split, parse_pairs, render_scene
+from geometry_os.plugins.datasets.shapes import (
+    VOCABULARY,
+    caption,
+    exact_match_by_shapes,
+    make_split,
+    parse_pairs,
+    render_scene,
+)
 from geometry_os.systems.pixel_llm.data import (
     CaptionedImages,
     CaptionRecord,
@@ -75,6 +82,10 @@ class ShapesDataset(CaptionedImages):
         self.images = hwc.permute(0, 3, 1, 2).contiguous()  # uint8 (n, 3, S, S)
         self._scale = (1 / (255 * torch.tensor(self.config.std))).view(3, 1, 1)
         self._shift = (torch.tensor(self.config.mean) / torch.tensor(self.config.std)).view(3, 1, 1)
+
+    def exact_match_by_shapes(self, predictions: Sequence[str]) -> dict[int, tuple[float, int]]:
+        """{number of shapes: (exact match in [0, 1], scenes)} of one predicted caption per scene, in order."""
+        return exact_match_by_shapes(predictions, self.captions)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if index < 0:

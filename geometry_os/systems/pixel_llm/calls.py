@@ -68,41 +68,35 @@ class EvaluateParams(GenerationParams):
     max_images: int | None = Field(None, ge=1)
 
 
-def _load(params: GenerationParams) -> tuple[Any, Any, Any]:
-    from .model import PixelLLM
-
-    generation = params.generation
-    model, tokenizer = PixelLLM.from_pretrained(params.checkpoint, map_location=params.device)
-    if tokenizer is None:
-        from geometry_os.errors import CheckpointError
-
-        raise CheckpointError(
-            f"{params.checkpoint}: this checkpoint has no tokenizer, so captions cannot be turned into text"
-        )
-    return model, tokenizer, generation
-
-
 def caption(params: CaptionParams, host: Any) -> list[dict[str, Any]]:
     """One ``{image, caption, score, penalised_score}`` (or ``{image, error}``) per image."""
-    from .captioning import caption_images, expand_image_args
+    from .workflows import caption as caption_workflow
 
-    model, tokenizer, generation = _load(params)
-    paths = expand_image_args(params.images, recursive=params.recursive)
-    return [r.to_dict() for r in caption_images(model, tokenizer, paths, generation, params.batch_size)]
+    results = caption_workflow(
+        params.checkpoint,
+        params.images,
+        params.generation,
+        batch_size=params.batch_size,
+        device=params.device,
+        recursive=params.recursive,
+    )
+    return [r.to_dict() for r in results]
 
 
 def evaluate(params: EvaluateParams, host: Any) -> dict[str, Any]:
     """Caption metrics (BLEU-1..4, ROUGE-L, CIDEr-D, exact match, diversity, seconds per image)."""
-    from .captioning import evaluate_dataset
-    from .data import ImageTextDataset
+    from .workflows import evaluate as evaluate_workflow
 
-    model, tokenizer, generation = _load(params)
-    references = ImageTextDataset(
-        params.data, tokenizer=tokenizer, image_root=params.image_root, split=params.split
-    ).references
-    if params.max_images:
-        references = references[: params.max_images]
-    return evaluate_dataset(model, tokenizer, references, generation, params.batch_size)
+    return evaluate_workflow(
+        params.checkpoint,
+        params.data,
+        params.generation,
+        split=params.split,
+        image_root=params.image_root,
+        max_images=params.max_images,
+        batch_size=params.batch_size,
+        device=params.device,
+    )
 
 
 class TrainParams(StrictModel):
@@ -125,16 +119,11 @@ class TrainParams(StrictModel):
 
 
 def train(params: TrainParams, host: Any) -> dict[str, Any]:
-    """Train like ``geo-os pixel-llm train`` (quietly); returns the trainer's summary."""
-    from geometry_os.errors import ComponentError
+    """Train like ``geo-os pixel-llm train`` (quietly: nothing on stdout); returns the trainer's summary.
+    Raises the workflow's ``GeometryOSError`` subclasses (see ``workflows.train``)."""
+    from .workflows import train as train_workflow
 
-    from .components import get_component
-
-    trainer = get_component("trainer", params.trainer)
-    run = getattr(trainer.load(), "run", None)
-    if run is None:
-        raise ComponentError(f"{trainer.label} has no run() entry point, so it cannot serve pixel_llm.train")
-    summary = run(
+    summary = train_workflow(
         config_path=params.config,
         preset=params.preset,
         data_path=params.data,
@@ -144,6 +133,7 @@ def train(params: TrainParams, host: Any) -> dict[str, Any]:
         quiet=True,
         out=params.out,
         num_scenes=params.num_scenes,
+        trainer=params.trainer,
         **{k: v for k in ("image_root", "val_image_root", "tokenizer") if (v := getattr(params, k)) is not None},
     )
     return json.loads(json.dumps(summary or {}, default=str))
