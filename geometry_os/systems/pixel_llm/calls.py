@@ -72,31 +72,16 @@ def caption(params: CaptionParams, host: Any) -> list[dict[str, Any]]:
     """One ``{image, caption, score, penalised_score}`` (or ``{image, error}``) per image."""
     from .workflows import caption as caption_workflow
 
-    results = caption_workflow(
-        params.checkpoint,
-        params.images,
-        params.generation,
-        batch_size=params.batch_size,
-        device=params.device,
-        recursive=params.recursive,
-    )
-    return [r.to_dict() for r in results]
+    options = params.model_dump(include={"batch_size", "device", "recursive"})
+    return [r.to_dict() for r in caption_workflow(params.checkpoint, params.images, params.generation, **options)]
 
 
 def evaluate(params: EvaluateParams, host: Any) -> dict[str, Any]:
     """Caption metrics (BLEU-1..4, ROUGE-L, CIDEr-D, exact match, diversity, seconds per image)."""
     from .workflows import evaluate as evaluate_workflow
 
-    return evaluate_workflow(
-        params.checkpoint,
-        params.data,
-        params.generation,
-        split=params.split,
-        image_root=params.image_root,
-        max_images=params.max_images,
-        batch_size=params.batch_size,
-        device=params.device,
-    )
+    options = params.model_dump(include={"split", "image_root", "max_images", "batch_size", "device"})
+    return evaluate_workflow(params.checkpoint, params.data, params.generation, **options)
 
 
 class TrainParams(StrictModel):
