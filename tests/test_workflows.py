@@ -165,3 +165,15 @@ print(json.dumps({{"click": "click" in sys.modules, "steps": summary["global_ste
         "captioned": True,
         "images": 2,
     }
+
+
+def test_the_trainer_run_entry_point_is_the_workflow(monkeypatch):
+    """``PixelLLMTrainer.run(**options)`` (used by scripts) is ``workflows.train`` with the plugin's importer."""
+    from geometry_os.plugins.amp_trainer import init_from
+    from geometry_os.plugins.amp_trainer.trainer import PixelLLMTrainer
+    from geometry_os.systems.pixel_llm import workflows
+
+    seen: dict = {}
+    monkeypatch.setattr(workflows, "train", lambda **options: seen.update(options) or {"global_step": 0})
+    assert PixelLLMTrainer.run(preset="tiny", quiet=True) == {"global_step": 0}
+    assert seen == {"convert": init_from.convert, "preset": "tiny", "quiet": True}

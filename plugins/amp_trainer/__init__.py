@@ -1,4 +1,5 @@
-"""Plugin: the ``amp`` trainer (``trainer.py``) and the ``geo-os pixel-llm train`` command (``cli.py``).
+"""Plugin: the ``amp`` trainer (``trainer.py``, a ``protocols.Trainer``) and the ``geo-os pixel-llm train``
+command (``cli.py``: the flags, then the core's ``workflows.train``).
 
 Registering stays cheap: no torch here; the trainer class is a lazy ``"module:attr"`` factory and the
 command imports torch inside its body. The trainer's options are the core ``TrainerConfig`` (the

@@ -51,7 +51,9 @@ class RemoteInfoParams(StrictModel):
 
 class GenerationParams(StrictModel):
     checkpoint: str = Field(description="checkpoint folder")
-    generation: GenerationConfig = Field(default_factory=GenerationConfig, description="GenerationConfig fields")
+    generation: GenerationConfig = Field(
+        default_factory=lambda: GenerationConfig.model_validate({}), description="GenerationConfig fields"
+    )
     batch_size: int = Field(16, ge=1)
     device: str = "cpu"
 
