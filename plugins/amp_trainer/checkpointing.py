@@ -14,6 +14,7 @@ import os
 import random
 import re
 import shutil
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,11 @@ def rotate(checkpoint_dir: Path, limit: int | None, keep: set[str]) -> list[Path
     newest = {p.name for _, p in folders[-limit:]}
     doomed = [p for _, p in folders if p.name not in newest and p.name not in keep]
     for path in doomed:
-        shutil.rmtree(path, ignore_errors=True)
+        # renamed first (atomic), so that a crash mid-delete leaves a temporary name remove_stale clears,
+        # never a half-deleted folder under a step name
+        doomed_tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        os.rename(path, doomed_tmp)
+        shutil.rmtree(doomed_tmp, ignore_errors=True)
     return doomed
 
 
