@@ -11,11 +11,13 @@ from geometry_os.systems.pixel_llm.hookspecs import hookimpl
 
 @hookimpl
 def register_trainers(register):
+    """The ``amp`` trainer (mixed precision, DDP under torchrun, exact resume)."""
     register("amp", "geometry_os.plugins.amp_trainer.trainer:PixelLLMTrainer", None)
 
 
 @hookimpl
 def register_commands(cli):
+    """The ``train`` command."""
     from geometry_os.plugins.amp_trainer.cli import train_command
 
     cli.add_command(train_command)

@@ -16,6 +16,7 @@ from geometry_os.systems.pixel_llm.hookspecs import hookimpl
 
 @hookimpl
 def register_commands(cli: click.Group) -> None:
+    """Add plugins, components, info, caption, eval, explain and demo to the ``geo-os pixel-llm`` group."""
     from .caption import caption_command, eval_command, explain_command
     from .demo import demo_command
 

@@ -61,6 +61,7 @@ SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "seed")
 
 
 def flag(name: str) -> str:
+    """The command-line flag of a parameter name (``top_k`` -> ``--top-k``)."""
     return "--" + name.replace("_", "-")
 
 
@@ -180,6 +181,8 @@ def eval_command(
 
 
 def sweep_settings(params: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The named decoding settings ``eval --sweep`` compares (greedy, beam search variants, nucleus sampling),
+    with the given ``--max-length`` and ``--seed``."""
     from geometry_os.systems.pixel_llm.generation_config import GenerationConfig
 
     common = {"max_length": params["max_length"]} if params.get("max_length") else {}
@@ -207,6 +210,7 @@ COLUMNS = [
 
 
 def print_metrics_table(rows: list[dict[str, Any]]) -> None:
+    """One line per setting with the main metrics (fractions and seconds per image), then the image count."""
     width = max(len("setting"), *(len(r["setting"]) for r in rows))
     click.echo(f"{'setting':<{width}}  " + "  ".join(f"{title:>9}" for _, title in COLUMNS))
     for row in rows:

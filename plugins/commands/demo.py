@@ -146,6 +146,8 @@ def evaluate_by_shapes(model: Any, tokenizer: Any, n: int, seed: int) -> tuple[d
 def write_report(
     out_dir: Path, checkpoints: Path, recipe: dict[str, Any], seed: int, summary: dict[str, Any], train_s: float
 ) -> Path:
+    """Evaluate the run's best checkpoint on held-out scenes and write ``report.md`` (with ``metrics.json``,
+    example images, the curves and an attention picture) into ``out_dir``; returns the report's path."""
     from PIL import Image
 
     from geometry_os.systems.pixel_llm.checkpoint import resolve_checkpoint_folder

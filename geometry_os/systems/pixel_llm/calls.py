@@ -18,6 +18,8 @@ from .generation_config import GenerationConfig
 
 
 class InfoParams(StrictModel):
+    """Parameters of ``pixel_llm.info``: a model config as the command line builds it."""
+
     config: str | None = Field(None, description="model config file (TOML/JSON)")
     preset: str | None = Field(None, description="preset to start from (default: small)")
     overrides: list[str] = Field(default_factory=list, description="key=value overrides")
@@ -50,6 +52,8 @@ class RemoteInfoParams(StrictModel):
 
 
 class GenerationParams(StrictModel):
+    """What every captioning call takes: the checkpoint, the decoding settings, the batch and the device."""
+
     checkpoint: str = Field(description="checkpoint folder")
     generation: GenerationConfig = Field(
         default_factory=lambda: GenerationConfig.model_validate({}), description="GenerationConfig fields"
@@ -59,11 +63,15 @@ class GenerationParams(StrictModel):
 
 
 class CaptionParams(GenerationParams):
+    """Parameters of ``pixel_llm.caption``: the images to caption."""
+
     images: list[str] = Field(min_length=1, description="image files, folders or glob patterns")
     recursive: bool = Field(False, description="also the images in the sub-folders of a folder")
 
 
 class EvaluateParams(GenerationParams):
+    """Parameters of ``pixel_llm.evaluate``: the caption data to score the checkpoint on."""
+
     data: str = Field(description="[FORMAT:]PATH: caption data of a registered format (json, coco, karpathy, ...)")
     split: Literal["train", "val", "test"] | None = Field(None, description="part of a split file (karpathy)")
     image_root: str | None = None
@@ -87,6 +95,8 @@ def evaluate(params: EvaluateParams, host: Any) -> dict[str, Any]:
 
 
 class TrainParams(StrictModel):
+    """Parameters of ``pixel_llm.train``: the ``train`` command's config, data and run options."""
+
     config: str | None = Field(None, description="config file (TOML/JSON)")
     preset: str | None = Field(None, description="preset to start from")
     overrides: list[str] = Field(default_factory=list, description="key=value overrides")
