@@ -177,3 +177,20 @@ def test_the_trainer_run_entry_point_is_the_workflow(monkeypatch):
     monkeypatch.setattr(workflows, "train", lambda **options: seen.update(options) or {"global_step": 0})
     assert PixelLLMTrainer.run(preset="tiny", quiet=True) == {"global_step": 0}
     assert seen == {"convert": init_from.convert, "preset": "tiny", "quiet": True}
+
+
+def test_the_amp_trainer_is_a_trainer(tmp_path):
+    """The registry's trainer provides what the workflow calls (``protocols.Trainer``)."""
+    from geometry_os.plugins.datasets.shapes_dataset import ShapesDataset
+    from geometry_os.systems.pixel_llm import create_pixel_llm
+    from geometry_os.systems.pixel_llm.components import get_component
+    from geometry_os.systems.pixel_llm.config import TrainerConfig
+    from geometry_os.systems.pixel_llm.protocols import Trainer, TrainingWorld
+
+    trainer_cls = get_component("trainer").load()
+    data = ShapesDataset(8, seed=0, image_size=32)
+    loader = trainer_cls.make_dataloader(data, 4, shuffle=True, seed=0, pad_token_id=data.tokenizer.pad_token_id)
+    config = TrainerConfig(max_steps=1, warmup_steps=0, checkpoint_dir=str(tmp_path / "run"))
+    model = create_pixel_llm(vocab_size=len(data.tokenizer), preset="tiny")
+    trainer = trainer_cls(model, config, loader, None, tokenizer=data.tokenizer, quiet=True)
+    assert isinstance(trainer, Trainer) and isinstance(trainer.world, TrainingWorld) and trainer.world.is_main
