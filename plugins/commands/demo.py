@@ -18,7 +18,7 @@ import click
 from geometry_os.fileio import atomic_write_text
 
 # Training recipes for the synthetic scenes (see docs/learning.md for how they were chosen).
-FULL: dict[str, Any] = {
+FULL = {
     "preset": "small",
     "num_scenes": 30_000,
     "eval_scenes": 500,
@@ -40,7 +40,7 @@ FULL: dict[str, Any] = {
     ],
 }
 QUICK_BUDGET_S = 45  # seconds of training; data, evaluation and the report take the rest of the minute
-QUICK: dict[str, Any] = {  # a smoke test: the same path on a time budget, long enough for varied, partly right captions
+QUICK = {  # a smoke test: the same path on a time budget, long enough for varied, partly right captions
     "preset": "tiny",
     "num_scenes": 3000,
     "eval_scenes": 100,

@@ -11,14 +11,7 @@ from typing import Any
 
 import torch
 
-from geometry_os.plugins.datasets.shapes import (
-    VOCABULARY,
-    caption,
-    exact_match_by_shapes,
-    make_split,
-    parse_pairs,
-    render_scene,
-)
+from geometry_os.plugins.datasets.shapes import VOCABULARY, caption, make_split, parse_pairs, render_scene
 from geometry_os.systems.pixel_llm.data import (
     CaptionedImages,
     CaptionRecord,
@@ -85,6 +78,8 @@ class ShapesDataset(CaptionedImages):
 
     def exact_match_by_shapes(self, predictions: Sequence[str]) -> dict[int, tuple[float, int]]:
         """{number of shapes: (exact match in [0, 1], scenes)} of one predicted caption per scene, in order."""
+        from geometry_os.plugins.datasets.shapes import exact_match_by_shapes
+
         return exact_match_by_shapes(predictions, self.captions)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
