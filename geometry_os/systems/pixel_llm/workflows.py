@@ -99,8 +99,9 @@ def train(
 
     Raises TypeError for an unknown keyword in ``flags``; UsageError for options that contradict each
     other; ConfigError for an invalid setting; TrainingError for a checkpoint folder that already holds a
-    run (a new run would take it over); CheckpointError for an unreadable checkpoint; DataError for unreadable caption data; the trainer's own
-    ``GeometryOSError`` subclasses (``TrainingError``) while training.
+    run (a new run would take it over); CheckpointError for an unreadable checkpoint; DataError for
+    unreadable caption data; the trainer's own ``GeometryOSError`` subclasses (``TrainingError``) while
+    training.
     """
     from pydantic import ValidationError
 
