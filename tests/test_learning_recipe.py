@@ -120,9 +120,9 @@ def test_training_and_captioning_normalise_images_as_the_model_config_says(tmp_p
     checkpoint, so that captioning later sees the pixels the model was trained on."""
     import torch
 
-    from geometry_os.plugins.amp_trainer.cli import _datasets
     from geometry_os.systems.pixel_llm.captioning import preprocessing_config
     from geometry_os.systems.pixel_llm.model import PixelLLM
+    from geometry_os.systems.pixel_llm.workflows import build_datasets as _datasets
 
     unit = ["image_mean=[0,0,0]", "image_std=[1,1,1]", "trainer.num_scenes=20"]
     config = load_config(None, unit, "tiny")

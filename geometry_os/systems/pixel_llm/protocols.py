@@ -187,3 +187,52 @@ class DecodingStrategy(Protocol):
     def decode(
         self, model: Any, features: torch.Tensor, config: GenerationConfig, generator: torch.Generator | None = None
     ) -> GenerationOutput: ...
+
+
+@runtime_checkable
+class TrainingWorld(Protocol):
+    """The processes a trainer runs in (one, or one per device under ``torchrun``)."""
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that writes checkpoints and reports (rank 0, or the only one)."""
+
+
+@runtime_checkable
+class Trainer(Protocol):
+    """A trained-model loop, as the train workflow drives it. The ``trainer`` component's factory gives the
+    class; the workflow calls, in order:
+
+    - ``make_dataloader(dataset, batch_size, *, shuffle, seed, num_workers, pad_token_id, pin_memory)``
+      (a static method) for each map-style dataset, so that the trainer controls the data order;
+    - ``cls(model, trainer_config, train_dataloader, val_dataloader, tokenizer=..., quiet=...)``: the model
+      (a ``PixelLLM``), the ``TrainerConfig`` and the loaders (``val_dataloader`` may be None);
+    - ``load_checkpoint(folder)`` when a run is resumed;
+    - ``train()``, which returns the run's summary: a JSON-serialisable dict with at least
+      ``checkpoint_dir``, ``global_step``, ``train_time_s``, ``best_metric`` and ``best_checkpoint``;
+    - ``world.is_main``: only the main process returns the summary to its caller.
+
+    Errors the user can fix are raised as ``geometry_os.errors.GeometryOSError`` subclasses (e.g.
+    ``TrainingError``); warnings go through ``warnings.warn``.
+    """
+
+    world: TrainingWorld
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        config: Any,
+        train_dataloader: Any,
+        val_dataloader: Any = None,
+        tokenizer: Tokenizer | None = None,
+        *,
+        quiet: bool = False,
+    ) -> None: ...
+
+    @staticmethod
+    def make_dataloader(dataset: Any, batch_size: int, *, shuffle: bool = True, seed: int = 0, **options: Any) -> Any:
+        """A DataLoader over ``dataset`` in an order the trainer can resume (``batch_size`` per process)."""
+
+    def load_checkpoint(self, folder: Any) -> Any: ...
+
+    def train(self) -> dict[str, Any]: ...
