@@ -25,8 +25,29 @@ import click
 from geometry_os import __version__
 from geometry_os.errors import GeometryOSError, one_line
 
+# Options shared by the commands of every system; each has one meaning wherever it appears.
+config_file_option = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), help="Model config file (TOML or JSON)."
+)
+preset_option = click.option("--preset", default=None, help="Start from a preset: tiny, small or base.")
+set_option = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config field (repeatable); every key is listed in docs/configuration.md.",
+)
+# The one meaning of --image-root, on every command that reads caption files.
+image_root_option = click.option(
+    "--image-root",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Folder the caption file's relative image paths start from (default: the caption file's own folder).",
+)
+
 
 def one_line_text(message: object) -> str:
+    """``message`` as text with every run of whitespace (newlines included) collapsed to one space."""
     return " ".join(str(message).split())
 
 
@@ -125,6 +146,7 @@ def end_quietly_on_closed_stdout(ctx: click.Context) -> None:
 
 
 def system_command_name(system: str) -> str:
+    """The command group of a system (``pixel_llm`` -> ``pixel-llm``)."""
     return system.replace("_", "-")
 
 
@@ -132,9 +154,11 @@ class GeoOSGroup(click.Group):
     """Root group: built-in commands plus one lazily built group per system in the registry."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
+        """The built-in commands and one group per system of the registry, sorted."""
         return sorted([*super().list_commands(ctx), *map(system_command_name, _system_names(ctx, quiet=True))])
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        """A built-in command, or the group of the system ``name`` (built on first use), or None."""
         command = super().get_command(ctx, name)
         if command is not None:
             return command
@@ -155,6 +179,9 @@ class GeoOSGroup(click.Group):
                 formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
+        """Run the command with one-line diagnostics. Raises click.ClickException (one line, exit 1) for a
+        ``GeometryOSError``, an OSError or a pydantic error; a usage error names where to find the usage;
+        Ctrl-C exits 130 and a closed stdout 141."""
         try:
             with one_line_diagnostics():
                 return super().invoke(ctx)
@@ -189,7 +216,9 @@ def _systems(ctx: click.Context, quiet: bool = True) -> dict[str, str]:
     root = ctx.find_root()
     path = root.params.get("registry") or os.environ.get(ENV_REGISTRY) or default_registry_path()
     try:
-        return {name: entry.description or "" for name, entry in read_registry(path).systems.items()}
+        registry = read_registry(path)
+        root.meta["geometry_os.registry"] = (str(path), registry)  # the host reads it from here, not again
+        return {name: entry.description or "" for name, entry in registry.systems.items()}
     except GeometryOSError as exc:
         if quiet:
             return {}
@@ -202,14 +231,16 @@ def _system_names(ctx: click.Context, quiet: bool) -> list[str]:
 
 def get_cli_host(ctx: click.Context):
     """The host for this invocation (created once, honouring ``--registry``); plugin warnings go to stderr."""
-    from geometry_os.host import Host, set_host
+    from geometry_os.host import ENV_REGISTRY, Host, default_registry_path, set_host
 
     root = ctx.find_root()
     host = root.meta.get("geometry_os.host")
     if host is None:
+        path = root.params.get("registry") or os.environ.get(ENV_REGISTRY) or default_registry_path()
+        read_path, contents = root.meta.get("geometry_os.registry", (None, None))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            host = Host(root.params.get("registry"))
+            host = Host(root.params.get("registry"), contents=contents if read_path == str(path) else None)
         for warning in caught:
             echo_warning(warning.message)
         set_host(host)
@@ -218,6 +249,8 @@ def get_cli_host(ctx: click.Context):
 
 
 def build_system_group(ctx: click.Context, system_name: str) -> click.Group:
+    """The ``geo-os <system>`` group, filled by the system's ``register_commands`` hooks (their warnings as
+    ``Warning:`` lines). Raises click.ClickException (one line) when the host cannot be built."""
     try:
         host = get_cli_host(ctx)
     except GeometryOSError as exc:
@@ -249,11 +282,13 @@ def cli(registry: str | None) -> None:
 
 
 def plugin_rows(plugins: list[Any], show_all: bool) -> list[dict[str, Any]]:
+    """The ``PluginInfo.to_dict()`` rows to list: third-party and failed plugins, or all with ``show_all``."""
     rows = [p.to_dict() for p in plugins if show_all or p.source != "builtin" or p.error]
     return rows
 
 
 def print_plugins(plugins: list[Any], show_all: bool, as_json: bool) -> None:
+    """Print the plugins (``plugin_rows``) as JSON or as one line each with their errors, components and hooks."""
     rows = plugin_rows(plugins, show_all)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -284,7 +319,7 @@ def plugins_command(ctx: click.Context, as_json: bool, show_all: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
+    """Console-script entry point. Raises SystemExit with the command's status (141 when stdout was closed)."""
     try:
         cli.main(args=argv, prog_name="geo-os")
     except SystemExit as done:

@@ -24,6 +24,9 @@ class Component:
     factory: Callable[..., Any] | str
     config_model: type[BaseModel] | None
     plugin: str
+    # What the component declares it serves, for a lookup by purpose rather than by name (a decoding
+    # strategy: the generation modes it implements, e.g. ("beam",)); empty: only ever picked by name.
+    serves: tuple[str, ...] = ()
     _loaded: Callable[..., Any] | None = field(default=None, repr=False)
 
     @property
@@ -124,6 +127,19 @@ class ComponentRegistry:
             return table[name]
         except KeyError:
             raise ComponentError(f"unknown {kind} {name!r}; registered {plural(kind)}: {_listing(table)}") from None
+
+    def serving(self, kind: str, purpose: str) -> Component:
+        """The component of ``kind`` that serves ``purpose`` (see ``Component.serves``): the registry's
+        default when it serves it, else the first registered one that does. Raises ``ComponentError``
+        (naming the purpose and the registered components) when none does."""
+        table = self._table(kind)
+        default = table.get(self.defaults.get(kind, ""))
+        if default is not None and purpose in default.serves:
+            return default
+        for component in table.values():
+            if purpose in component.serves:
+                return component
+        raise ComponentError(f"no registered {kind} serves {purpose!r}; registered {plural(kind)}: {_listing(table)}")
 
     def __iter__(self) -> Iterator[Component]:
         for table in self._by_kind.values():

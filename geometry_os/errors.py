@@ -37,6 +37,15 @@ class CheckpointError(GeometryOSError, ValueError):
     """A checkpoint is missing, incomplete, mismatched or unsafe."""
 
 
+class UsageError(GeometryOSError, ValueError):
+    """Options of a workflow that contradict each other or name nothing (``resume`` with ``init_from``,
+    an unknown trainer field); the message names the options."""
+
+
+class TrainingError(GeometryOSError):
+    """Training cannot start or go on (the message says why and what to change)."""
+
+
 def first_line(exc: BaseException) -> str:
     """An exception's first non-empty line (torch appends C++ stack traces and advice to some messages)."""
     return next((line.strip() for line in str(exc).splitlines() if line.strip()), "")

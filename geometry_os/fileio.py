@@ -169,3 +169,38 @@ class AtomicFolder:
         except BaseException:
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise
+
+
+# JSON files a loader reads whole (configs, pointers, adapter configs): anything larger is refused unread.
+MAX_JSON_BYTES = 64 * 1024 * 1024
+
+
+def safe_file(folder: Path, name: str, required: bool = True, error: type[Exception] | None = None) -> Path | None:
+    """``folder/name`` if it is a regular file inside ``folder`` (a symlink out of it is refused); None
+    when it does not exist and is not ``required``. Raises ``error`` (default ``CheckpointError``), one
+    line naming the file: missing, pointing outside the folder, or not a regular file."""
+    from geometry_os.errors import CheckpointError
+
+    fail = error or CheckpointError
+    path = folder / name
+    if not path.exists() and not path.is_symlink():
+        if required:
+            raise fail(f"{folder}: missing {name}")
+        return None
+    resolved = path.resolve()
+    if folder.resolve() not in resolved.parents:
+        raise fail(f"{path}: points outside the checkpoint folder ({resolved}); refusing to read it")
+    if not resolved.is_file():
+        raise fail(f"{path}: not a regular file")
+    return path
+
+
+def read_json(path: Path, error: type[Exception] | None = None) -> Any:
+    """The JSON document in ``path`` (at most ``MAX_JSON_BYTES``). Raises ``error`` (default
+    ``CheckpointError``), one line naming the file: too large, not UTF-8, or malformed."""
+    from geometry_os.errors import CheckpointError
+
+    fail = error or CheckpointError
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise fail(f"{path}: file too large for a JSON config ({path.stat().st_size} bytes)")
+    return parse_json(read_utf8(path, fail), path, fail)

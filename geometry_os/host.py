@@ -8,12 +8,15 @@ take the host down; ``GEO_OS_STRICT_PLUGINS=1`` turns such failures into errors.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -207,10 +210,12 @@ class System:
                     config_model: type[BaseModel] | None = None,
                     *,
                     override: bool = False,
+                    serves: tuple[str, ...] | list[str] = (),
                     _kind: str = kind,
                 ) -> None:
-                    _check_registration(info.name, _kind, name, factory, config_model)
-                    self.components.add(Component(_kind, name, factory, config_model, info.name), override)
+                    _check_registration(info.name, _kind, name, factory, config_model, serves)
+                    component = Component(_kind, name, factory, config_model, info.name, tuple(serves))
+                    self.components.add(component, override)
                     info.components.append(f"{_kind}:{name}")
 
                 impl.function(register=register)
@@ -251,7 +256,7 @@ def _import_named(module: str, field: str) -> Any:
         raise RegistryError(f"{field}: cannot import {module!r}: {exc}") from None
 
 
-def _check_registration(plugin: str, kind: str, name: Any, factory: Any, config_model: Any) -> None:
+def _check_registration(plugin: str, kind: str, name: Any, factory: Any, config_model: Any, serves: Any = ()) -> None:
     if not isinstance(name, str) or not name:
         raise PluginError(f"plugin '{plugin}' registered a {kind} with an invalid name {name!r}")
     if not (callable(factory) or (isinstance(factory, str) and ":" in factory)):
@@ -260,6 +265,8 @@ def _check_registration(plugin: str, kind: str, name: Any, factory: Any, config_
         )
     if config_model is not None and not (isinstance(config_model, type) and issubclass(config_model, BaseModel)):
         raise PluginError(f"plugin '{plugin}': {kind} '{name}' config_model must be a pydantic model class")
+    if not isinstance(serves, (tuple, list)) or not all(isinstance(s, str) and s for s in serves):
+        raise PluginError(f"plugin '{plugin}': {kind} '{name}' serves must be a list of names, got {serves!r}")
 
 
 def _reason(exc: BaseException) -> str:
@@ -284,14 +291,19 @@ class Host:
         disabled: list[str] | None = None,
         strict: bool | None = None,
         entry_points: bool = True,
+        contents: RegistryFile | None = None,
     ) -> None:
+        """``registry``: the registry file (default: ``GEO_OS_REGISTRY``, else the packaged one);
+        ``contents``: that file already read with ``read_registry`` (it is not read again). Raises
+        ``RegistryError`` for an unreadable or invalid registry, ``PluginError`` for a failing plugin
+        when ``strict``."""
         env_registry = os.environ.get(ENV_REGISTRY)
         self.registry_path = Path(registry or env_registry or default_registry_path())
         if disabled is None:
             disabled = [p.strip() for p in os.environ.get(ENV_DISABLE, "").split(",") if p.strip()]
         self.disabled = set(disabled)
         self.strict = strict if strict is not None else os.environ.get(ENV_STRICT, "") not in ("", "0", "false")
-        self.registry = read_registry(self.registry_path)
+        self.registry = contents if contents is not None else read_registry(self.registry_path)
         self.systems: dict[str, System] = {
             name: System(name, entry, self) for name, entry in self.registry.systems.items()
         }
@@ -305,7 +317,7 @@ class Host:
                 version=_version("geometry-os"),
                 enabled=entry.enabled and name not in self.disabled,
             )
-            self.systems[entry.system].load_plugin(info, lambda m=entry.module: importlib.import_module(m))
+            self.systems[entry.system].load_plugin(info, functools.partial(importlib.import_module, entry.module))
         if entry_points:
             self._load_entry_points()
 
@@ -364,8 +376,19 @@ class Host:
             validated = call.params_model.model_validate(params)
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc, source=name)) from None
-        result = call.function(validated, self)
+        with self.active():  # the call resolves and builds components against this host, not another one
+            result = call.function(validated, self)
         return result.model_dump(mode="json") if isinstance(result, BaseModel) else result
+
+    @contextmanager
+    def active(self) -> Iterator[Host]:
+        """Make this host the one ``get_host()`` returns inside the ``with`` block (in this thread or
+        asyncio task only: a ``contextvars`` variable), restoring the previous one afterwards."""
+        token = _ACTIVE.set(self)
+        try:
+            yield self
+        finally:
+            _ACTIVE.reset(token)
 
 
 def _version(dist: str) -> str | None:
@@ -378,11 +401,18 @@ def _version(dist: str) -> str | None:
 # ---- the process-wide host -------------------------------------------------------------------------
 
 _HOST: Host | None = None
+# The host of a running ``Host.call`` / ``with host.active():`` block, which takes precedence over ``_HOST``.
+_ACTIVE: ContextVar[Host | None] = ContextVar("geometry_os_active_host", default=None)
 
 
 def get_host() -> Host:
-    """The host of this process, created on first use from the environment."""
+    """The host in use: the one of the enclosing ``Host.call`` (or ``with host.active():``), else the
+    host of this process, created on first use from the environment (``RegistryError`` when its
+    registry file is unreadable)."""
     global _HOST
+    active = _ACTIVE.get()
+    if active is not None:
+        return active
     if _HOST is None:
         _HOST = Host()
     return _HOST

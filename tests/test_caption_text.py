@@ -383,14 +383,14 @@ def test_a_checkpoint_with_a_version_1_vocabulary_captions_as_before(tmp_path, m
     model, vocab = PixelLLM.from_pretrained(tmp_path / "ckpt")
     ids = [1, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 12, 2]
     assert vocab.encode("A man's hat, red. লাল") == ids
-    real_get = inference.get_component
+    real_resolve = inference.resolve_strategy
 
     class Emits:  # the decoding strategy, answering with ``ids`` (its scores as the real one gives them)
-        def __init__(self, component):
-            self.component, self.label = component, component.label
+        def __init__(self, resolved):
+            self.resolved, self.component = resolved, resolved.component
 
         def build(self):
-            strategy = self.component.build()
+            strategy = self.resolved.build()
 
             class Strategy:
                 def decode(self, *args, **kwargs):
@@ -400,7 +400,7 @@ def test_a_checkpoint_with_a_version_1_vocabulary_captions_as_before(tmp_path, m
 
             return Strategy()
 
-    monkeypatch.setattr(inference, "get_component", lambda kind, name=None: Emits(real_get(kind, name)))
+    monkeypatch.setattr(inference, "resolve_strategy", lambda config, components=None: Emits(real_resolve(config)))
     Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "red.png")
     (result,) = captioning.caption_images(model, vocab, [tmp_path / "red.png"])
     assert result.caption == "a man ' s hat, red. ল া ল"  # what it printed before version 2

@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from geometry_os.errors import ConfigError
+from geometry_os.systems.pixel_llm.components import resolve_model
 from geometry_os.systems.pixel_llm.config import (
     PRESETS,
     PixelLLMConfig,
@@ -14,6 +15,7 @@ from geometry_os.systems.pixel_llm.config import (
     parse_overrides,
     preset_config,
 )
+from geometry_os.systems.pixel_llm.model import PixelLLM
 
 
 def test_defaults_are_the_original_description_sizes():
@@ -25,7 +27,8 @@ def test_defaults_are_the_original_description_sizes():
 def test_head_count_follows_width_when_not_given():
     config = PixelLLMConfig(vision_embed_dim=256, text_num_layers=4, vocab_size=5000)
     assert config.heads("vision_num_heads") == 4
-    assert config.encoder_config().num_heads == 4 and config.encoder_config().embed_dim == 256
+    encoder_options = resolve_model(config).encoder_options
+    assert encoder_options.num_heads == 4 and encoder_options.embed_dim == 256
 
 
 def test_typo_is_an_error_naming_the_field():
@@ -43,13 +46,29 @@ def test_typo_is_an_error_naming_the_field():
         ),
         ({"text_num_layers": 2, "num_cross_attention_layers": 3}, "num_cross_attention_layers=3 exceeds"),
         ({"vocab_size": -1}, "vocab_size"),
-        ({"decoder": "nope"}, "unknown decoder 'nope'; registered decoders: xattn"),
-        ({"encoder_options": {"colour": 1}}, "encoder_options: encoder 'vit': colour"),
     ],
 )
 def test_invalid_values_name_the_field(fields, needle):
     with pytest.raises(ValidationError) as info:
         PixelLLMConfig(**fields)
+    assert needle in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "fields,needle",
+    [
+        ({"decoder": "nope"}, "unknown decoder 'nope'; registered decoders: xattn"),
+        ({"encoder_options": {"colour": 1}}, "encoder_options: encoder 'vit': colour"),
+    ],
+)
+def test_components_and_their_options_are_checked_when_resolved(fields, needle):
+    """A config is plain data; resolving it against a registry names the unknown component or option."""
+    config = PixelLLMConfig(**fields)
+    with pytest.raises(ConfigError) as info:
+        resolve_model(config)
+    assert needle in str(info.value)
+    with pytest.raises(ConfigError) as info:  # the same when a model is built from it
+        PixelLLM(config)
     assert needle in str(info.value)
 
 
@@ -67,7 +86,7 @@ def test_presets_validate_and_small_uses_sincos_positions():
     for name in PRESETS:
         preset_config(name)
     small = preset_config("small")
-    assert small.encoder_config().pos_embed == "sincos" and small.vision_embed_dim == 192
+    assert resolve_model(small).encoder_options.pos_embed == "sincos" and small.vision_embed_dim == 192
     with pytest.raises(ConfigError, match="unknown preset 'huge'; presets: tiny, small, base"):
         preset_config("huge")
 

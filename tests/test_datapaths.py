@@ -147,7 +147,7 @@ def test_train_flags_reach_the_trainer_settings(coco_run):
 
 
 def test_validation_set_uses_the_training_tokenizer(monkeypatch, tmp_path):
-    from geometry_os.plugins.amp_trainer import cli as train_cli
+    from geometry_os.systems.pixel_llm import workflows
     from geometry_os.systems.pixel_llm.config import load_config
 
     root = write_coco(tmp_path, n_train=6, n_val=2)
@@ -162,7 +162,7 @@ def test_validation_set_uses_the_training_tokenizer(monkeypatch, tmp_path):
         ],
         "tiny",
     )
-    train_set, val_set, tokenizer = train_cli._datasets(config, None)
+    train_set, val_set, tokenizer = workflows.build_datasets(config, None)
     assert train_set.tokenizer is tokenizer and val_set.tokenizer is tokenizer
 
 
@@ -497,8 +497,8 @@ def test_larger_than_small_compares_parameter_counts():
 
 
 def test_no_preset_note_names_the_base_model():
-    from geometry_os.plugins.amp_trainer.cli import size_note
     from geometry_os.systems.pixel_llm.config import PixelLLMConfig
+    from geometry_os.systems.pixel_llm.workflows import size_note
 
     with torch.device("meta"):
         base = PixelLLM(PixelLLMConfig(vocab_size=1000))

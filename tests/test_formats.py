@@ -100,8 +100,8 @@ def key(records) -> list[tuple[str, str]]:
 def capture_training(monkeypatch) -> list[tuple]:
     """Make the ``train`` command's trainer one that records (training set, validation set) and trains
     nothing; returns the list it appends to."""
-    from geometry_os.plugins.amp_trainer import cli as train_cli
     from geometry_os.plugins.amp_trainer.trainer import PixelLLMTrainer
+    from geometry_os.systems.pixel_llm import workflows
 
     seen = []
 
@@ -115,7 +115,7 @@ def capture_training(monkeypatch) -> list[tuple]:
         def train(self):
             return None
 
-    monkeypatch.setattr(train_cli, "_trainer_class", lambda: Capture)
+    monkeypatch.setattr(workflows, "_trainer_class", lambda name=None: Capture)
     return seen
 
 

@@ -218,12 +218,13 @@ def test_per_image_errors_and_the_hosts_plugin_warnings_use_the_same_prefixes(ws
 
 
 def test_the_vocab_size_notice_is_a_warning_line(capsys):
-    from geometry_os.plugins.amp_trainer.cli import _fit_vocabulary
     from geometry_os.systems.pixel_llm.components import get_component
     from geometry_os.systems.pixel_llm.config import preset_config
+    from geometry_os.systems.pixel_llm.workflows import fit_vocabulary
 
     vocab = get_component("tokenizer", "simple").load().train(CAPTIONS, None)
-    config = _fit_vocabulary(preset_config("tiny"), vocab, quiet=False)
+    with one_line_diagnostics():  # how the command line shows the workflow's notes
+        config = fit_vocabulary(preset_config("tiny"), vocab, quiet=False)
     assert config.vocab_size == len(vocab)
     assert capsys.readouterr().err.splitlines() == [
         f"Warning: vocab_size set to {len(vocab)}, the tokenizer's size (the config said 64)"

@@ -9,6 +9,7 @@ from conftest import make_plugin_dist
 
 from geometry_os.errors import ComponentError, ConfigError, GeometryOSError, PluginError, RegistryError
 from geometry_os.host import Host, PluginLoadWarning, default_registry_path, read_registry, set_host
+from geometry_os.systems.pixel_llm.components import resolve_model
 from geometry_os.systems.pixel_llm.config import PixelLLMConfig
 
 DEFAULT_COMPONENTS = {
@@ -206,7 +207,7 @@ def test_user_registry_can_disable_plugins_and_is_validated(tmp_path):
 
 def test_unknown_component_lists_the_known_ones():
     with pytest.raises(ValueError, match="unknown encoder 'nope'; registered encoders: vit"):
-        PixelLLMConfig(encoder="nope")
+        resolve_model(PixelLLMConfig(encoder="nope"))
 
 
 def test_system_calls_validate_parameters_and_list_known_calls():

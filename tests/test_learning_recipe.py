@@ -16,7 +16,7 @@ from geometry_os.cli import cli
 from geometry_os.errors import ConfigError
 from geometry_os.plugins.amp_trainer.optim import lr_lambda
 from geometry_os.plugins.datasets import shapes as S
-from geometry_os.systems.pixel_llm.components import get_component
+from geometry_os.systems.pixel_llm.components import get_component, resolve_model
 from geometry_os.systems.pixel_llm.config import TrainerConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,7 +110,7 @@ def test_cli_uses_the_mix_for_training_scenes_only(tmp_path):
 
 def test_recommended_config_picks_the_conv_stem_and_unit_pixels():
     config = load_config(ROOT / "configs" / "shapes_small.toml", (), "small")
-    assert config.encoder_config().stem == "conv"
+    assert resolve_model(config).encoder_options.stem == "conv"
     assert config.image_mean == (0.0, 0.0, 0.0) and config.image_std == (1.0, 1.0, 1.0)
     assert (config.vision_embed_dim, config.vision_num_layers, config.text_num_layers) == (192, 4, 4)  # the preset's
 
@@ -120,9 +120,9 @@ def test_training_and_captioning_normalise_images_as_the_model_config_says(tmp_p
     checkpoint, so that captioning later sees the pixels the model was trained on."""
     import torch
 
-    from geometry_os.plugins.amp_trainer.cli import _datasets
     from geometry_os.systems.pixel_llm.captioning import preprocessing_config
     from geometry_os.systems.pixel_llm.model import PixelLLM
+    from geometry_os.systems.pixel_llm.workflows import build_datasets as _datasets
 
     unit = ["image_mean=[0,0,0]", "image_std=[1,1,1]", "trainer.num_scenes=20"]
     config = load_config(None, unit, "tiny")

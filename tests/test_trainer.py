@@ -664,7 +664,8 @@ def test_fp32_checkpoint_resumes_into_an_fp16_run(tmp_path):
 
 
 def test_resumed_settings_are_the_runs_own_under_what_is_set_now(tmp_path, capsys):
-    from geometry_os.plugins.amp_trainer.cli import _resumed_trainer_settings
+    from geometry_os.cli import one_line_diagnostics
+    from geometry_os.systems.pixel_llm.workflows import resumed_trainer_settings as _resumed_trainer_settings
 
     folder = tmp_path / "runs" / "step-00000004"
     folder.mkdir(parents=True)
@@ -677,7 +678,8 @@ def test_resumed_settings_are_the_runs_own_under_what_is_set_now(tmp_path, capsy
             )
         )
         now = TrainerConfig.model_validate({"max_steps": 9})  # as from --set trainer.max_steps=9
-        merged = TrainerConfig.model_validate(_resumed_trainer_settings(folder, now))
+        with one_line_diagnostics():  # how the command line shows the workflow's notes
+            merged = TrainerConfig.model_validate(_resumed_trainer_settings(folder, now))
         assert (merged.batch_size, merged.seed, merged.max_steps) == (4, 7, 9)  # unknown "retired" dropped
         assert merged.checkpoint_dir == str(tmp_path / "runs")  # next to the resumed checkpoint
         assert ("does not record the run's training data" in capsys.readouterr().err) == warned

@@ -1,4 +1,5 @@
-"""Plugin: the ``amp`` trainer (``trainer.py``) and the ``geo-os pixel-llm train`` command (``cli.py``).
+"""Plugin: the ``amp`` trainer (``trainer.py``, a ``protocols.Trainer``) and the ``geo-os pixel-llm train``
+command (``cli.py``: the flags, then the core's ``workflows.train``).
 
 Registering stays cheap: no torch here; the trainer class is a lazy ``"module:attr"`` factory and the
 command imports torch inside its body. The trainer's options are the core ``TrainerConfig`` (the
@@ -10,11 +11,13 @@ from geometry_os.systems.pixel_llm.hookspecs import hookimpl
 
 @hookimpl
 def register_trainers(register):
+    """The ``amp`` trainer (mixed precision, DDP under torchrun, exact resume)."""
     register("amp", "geometry_os.plugins.amp_trainer.trainer:PixelLLMTrainer", None)
 
 
 @hookimpl
 def register_commands(cli):
+    """The ``train`` command."""
     from geometry_os.plugins.amp_trainer.cli import train_command
 
     cli.add_command(train_command)

@@ -14,6 +14,7 @@ import os
 import random
 import re
 import shutil
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,17 @@ from geometry_os.systems.pixel_llm.checkpoint import (  # noqa: F401 - the run l
     write_json_atomic,
     write_model_files,
 )
+from geometry_os.systems.pixel_llm.run_folder import (  # noqa: F401 - the run layout is the core's, re-exported
+    STATE,
+    STATE_FORMAT,
+    is_number,
+    new_run_refusal,
+    read_state,
+    resolve_checkpoint,
+)
+from geometry_os.systems.pixel_llm.vocabulary import tokenizer_misfit
 
-STATE = "trainer_state.json"
 OPTIMIZER = "optimizer.pt"
-STATE_FORMAT = "pixel-llm-trainer-state"
 STALE_RE = re.compile(r"^\.(step-\d{8,}|best)\.(tmp|old)-[0-9a-f]{8}$")
 # Fields that may differ between a checkpoint and the model it is loaded into.
 RUNTIME_FIELDS = frozenset({"dropout"})
@@ -65,23 +73,6 @@ def write_checkpoint(
         write_model_files(tmp, model, tokenizer, adapters=True)
         write_json_atomic(tmp / STATE, state)
         torch.save(tensors, tmp / OPTIMIZER)
-
-
-def new_run_refusal(checkpoint_dir: Path) -> str | None:
-    """Why a new run must not start in ``checkpoint_dir`` (a run already wrote its ``latest`` pointer,
-    ``best`` or a step folder there, which the new one would take over), or None."""
-    if not checkpoint_dir.is_dir():
-        return None
-    if not (
-        (checkpoint_dir / LATEST).exists()
-        or (checkpoint_dir / BEST).exists()
-        or any(STEP_RE.match(p.name) for p in checkpoint_dir.iterdir())
-    ):
-        return None
-    return (
-        f"{checkpoint_dir} already holds a training run; resume it (train --resume latest, trainer.resume()) "
-        "or train into another checkpoint_dir (--out)"
-    )
 
 
 def point_latest(checkpoint_dir: Path, name: str, step: int) -> None:
@@ -124,7 +115,11 @@ def rotate(checkpoint_dir: Path, limit: int | None, keep: set[str]) -> list[Path
     newest = {p.name for _, p in folders[-limit:]}
     doomed = [p for _, p in folders if p.name not in newest and p.name not in keep]
     for path in doomed:
-        shutil.rmtree(path, ignore_errors=True)
+        # renamed first (atomic), so that a crash mid-delete leaves a temporary name remove_stale clears,
+        # never a half-deleted folder under a step name
+        doomed_tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        os.rename(path, doomed_tmp)
+        shutil.rmtree(doomed_tmp, ignore_errors=True)
     return doomed
 
 
@@ -148,20 +143,6 @@ def remove_stale(checkpoint_dir: Path) -> list[Path]:
 
 
 # ---- finding ------------------------------------------------------------------------------------------
-
-
-def resolve_checkpoint(path: str | Path, checkpoint_dir: str | Path | None = None) -> Path:
-    """``"latest"`` (in ``checkpoint_dir``), a checkpoint folder, or a checkpoint_dir -> a checkpoint folder."""
-    if str(path) == LATEST:
-        if checkpoint_dir is None:
-            raise CheckpointError("'latest' needs a checkpoint_dir")
-        return read_latest(Path(checkpoint_dir))
-    folder = Path(path)
-    if not folder.is_dir():
-        raise CheckpointError(f"{folder}: checkpoint folder not found")
-    if (folder / CONFIG).is_file():
-        return folder
-    return read_latest(folder)
 
 
 # ---- reading ------------------------------------------------------------------------------------------
@@ -188,10 +169,9 @@ def load_model(folder: Path, model: torch.nn.Module, tokenizer: Any) -> Any:
         raise CheckpointError(
             f"{folder}: the checkpoint's tokenizer has {len(checkpoint_tokenizer)} tokens, the trainer's {len(tokenizer)}"
         )
-    if checkpoint_tokenizer is not None and len(checkpoint_tokenizer) > model.config.vocab_size:
-        raise CheckpointError(
-            f"{folder}: tokenizer has {len(checkpoint_tokenizer)} tokens but vocab_size is {model.config.vocab_size}"
-        )
+    misfit = tokenizer_misfit(checkpoint_tokenizer, model.config.vocab_size)
+    if misfit:
+        raise CheckpointError(f"{folder}: {misfit}")
     if not lora.has_lora(model):
         load_weights(model, safe_file(folder, WEIGHTS), device=next(model.parameters()).device)
         lora.merge_adapter_file(folder, model)  # a LoRA run's checkpoint continued without adapters: merged
@@ -211,61 +191,20 @@ def load_model(folder: Path, model: torch.nn.Module, tokenizer: Any) -> Any:
     return checkpoint_tokenizer
 
 
-def read_state(folder: Path) -> dict[str, Any] | None:
-    """trainer_state.json, or None for a plain ``save_pretrained`` folder."""
-    path = safe_file(folder, STATE, required=False)
-    if path is None:
-        return None
-    state = read_json(path)
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise CheckpointError(f"{path}: not a trainer state (expected format={STATE_FORMAT!r})")
-    _check_state_types(state, path)
-    return state
-
-
-def _check_state_types(state: dict[str, Any], path: Path) -> None:
-    """The fields the trainer restores have the types it computes with (else a one-line error, not a crash)."""
-
-    count = (lambda v: _number(v) and isinstance(v, int) and v >= 0, "a non-negative integer")
-    checks = {
-        "global_step": count,
-        "epoch": count,
-        "batch_in_epoch": count,
-        "validations_since_best": count,
-        "early_stopped": (lambda v: isinstance(v, bool), "true or false"),
-        "train_time_s": (lambda v: _number(v) and v >= 0, "a non-negative number"),
-        "best_metric": (lambda v: v is None or _number(v), "a number or null"),
-        "best_val_loss": (lambda v: v is None or _number(v), "a number or null"),
-        "best_metric_name": (lambda v: v is None or isinstance(v, str), "a string or null"),
-        "best_checkpoint": (lambda v: v is None or isinstance(v, str), "a string or null"),
-        "rng": (
-            lambda v: v is None or (isinstance(v, list) and all(r is None or isinstance(r, dict) for r in v)),
-            "a list of objects",
-        ),
-    }
-    for key, (ok, what) in checks.items():
-        if key in state and not ok(state[key]):
-            raise CheckpointError(f"{path}: {key!r} must be {what}, got {str(state[key])[:60]!r}")
-
-
 def check_hyperparameter_types(tensors: dict[str, Any]) -> None:
     """The plain values torch's ``load_state_dict`` copies without looking (optimizer groups, the schedule's
     position) have the types the training step computes with: a TypeError here, not mid-step."""
     groups = tensors["optimizer"]["param_groups"]
     for i, group in enumerate(groups):
         for key in ("lr", "eps", "weight_decay"):
-            if key in group and not _number(group[key]):
+            if key in group and not is_number(group[key]):
                 raise TypeError(f"param_groups[{i}].{key} must be a number, got {group[key]!r:.40}")
         betas = group.get("betas", (0.9, 0.999))
-        if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(map(_number, betas))):
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(map(is_number, betas))):
             raise TypeError(f"param_groups[{i}].betas must be two numbers, got {betas!r:.40}")
     last_epoch = tensors["scheduler"].get("last_epoch", 0)
     if not isinstance(last_epoch, int) or isinstance(last_epoch, bool):
         raise TypeError(f"scheduler.last_epoch must be an integer, got {last_epoch!r:.40}")
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def read_tensors(folder: Path) -> dict[str, Any]:

@@ -1,111 +1,26 @@
-"""``train --init-from``: start a new run from another checkpoint's weights (partial initialisation).
-
-Every tensor whose name and shape match is loaded; the model's other tensors start fresh (so do those
-an import recorded as freshly initialised, e.g. the cross-attention of a GPT-2 imported alone); the
-checkpoint's tensors the model has no place for are dropped. A tensor with the same name and another
-shape is refused, unless the difference is explained: the token embedding (and an untied LM head)
-when the vocabulary size differs start fresh. A folder that is not a Pixel LLM checkpoint (a HF model
-folder, a timm / torchvision state dict) is converted first, as ``geo-os pixel-llm import`` does.
-"""
+"""``train --init-from``: the core's partial initialisation (``init_source.py``) with the ``pretrained``
+plugin's importer, so that a HF / timm / torchvision source is converted as ``geo-os pixel-llm import`` does."""
 
 from __future__ import annotations
 
-import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import torch
+from geometry_os.systems.pixel_llm.init_source import (  # noqa: F401 - the partial initialisation is the core's
+    VOCAB_TENSORS,
+    InitSource,
+    apply_init,
+    describe,
+)
+from geometry_os.systems.pixel_llm.init_source import read_init_source as read_core_init_source
 
-from geometry_os.errors import CheckpointError
 
-VOCAB_TENSORS = ("decoder.wte.weight", "decoder.lm_head.weight")
+def convert(source: Path, dest: Path) -> Path:
+    """``source`` converted into the checkpoint folder ``dest`` (CheckpointError when it cannot be)."""
+    from geometry_os.plugins.pretrained.convert import import_pretrained
 
-
-@dataclass
-class InitSource:
-    folder: Path
-    config: Any  # the source's PixelLLMConfig
-    tokenizer: Any
-    weights: dict[str, torch.Tensor]
-    recorded_fresh: set[str] = field(default_factory=set)
+    return import_pretrained(source, dest)
 
 
 def read_init_source(path: str | Path) -> InitSource:
     """Read (converting first if needed) the checkpoint ``path``; one-line CheckpointError on any problem."""
-    source = Path(path)
-    if not source.exists():
-        raise CheckpointError(f"--init-from {path}: no such file or folder")
-    if source.is_dir() and _is_pixel_llm(source):
-        return _read(source, source)
-    from geometry_os.plugins.pretrained.convert import import_pretrained
-
-    with tempfile.TemporaryDirectory(prefix="geo-os-init-") as tmp:  # converted, read into memory, removed
-        return _read(import_pretrained(source, Path(tmp) / "converted"), source)
-
-
-def _read(folder: Path, label: Path) -> InitSource:
-    from safetensors.torch import load_file
-
-    from geometry_os.systems.pixel_llm.checkpoint import WEIGHTS, load_tokenizer, read_checkpoint_config, safe_file
-
-    config, data = read_checkpoint_config(folder)
-    weights = load_file(str(safe_file(folder, WEIGHTS)))
-    recorded = data.get("import", {}).get("fresh", []) if isinstance(data.get("import"), dict) else []
-    return InitSource(label, config, load_tokenizer(folder, data.get("tokenizer")), weights, set(recorded))
-
-
-def _is_pixel_llm(folder: Path) -> bool:
-    import json
-
-    try:
-        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("format") == "pixel-llm"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def apply_init(model: torch.nn.Module, source: InitSource) -> dict[str, list[Any]]:
-    """Load the matching tensors into ``model`` in place; returns the ``loaded``, ``fresh`` and ``dropped``
-    names, the ``vocabulary`` tensors that start fresh because ``vocab_size`` changed, and the new size."""
-    state = model.state_dict()
-    loaded, fresh, explained = [], [], []
-    for name, target in state.items():
-        tensor = source.weights.get(name)
-        if tensor is None or name in source.recorded_fresh:
-            fresh.append(name)
-            continue
-        if tuple(tensor.shape) != tuple(target.shape):
-            if name in VOCAB_TENSORS and model.config.vocab_size != source.config.vocab_size:
-                explained.append(name)
-                fresh.append(name)
-                continue
-            raise CheckpointError(
-                f"{source.folder}: tensor {name} has shape {tuple(tensor.shape)}, the model needs "
-                f"{tuple(target.shape)}; change the model config to match or start without --init-from"
-            )
-        loaded.append(name)
-    model.load_state_dict({name: source.weights[name] for name in loaded}, strict=False)
-    dropped = sorted(set(source.weights) - set(state))
-    return {
-        "loaded": loaded,
-        "fresh": fresh,
-        "dropped": dropped,
-        "vocabulary": explained,
-        "vocab_size": [model.config.vocab_size],
-    }
-
-
-def describe(report: dict[str, list[Any]], source: InitSource) -> list[str]:
-    """Lines for the user: how many tensors were loaded, and every fresh and dropped tensor by name."""
-    lines = [
-        f"init-from {source.folder}: loaded {len(report['loaded'])} tensors, {len(report['fresh'])} start fresh, "
-        f"{len(report['dropped'])} dropped"
-    ]
-    if report["vocabulary"]:
-        lines.append(
-            f"  vocab_size differs ({source.config.vocab_size} -> {report['vocab_size'][0]}): "
-            f"fresh {', '.join(report['vocabulary'])}"
-        )
-    lines += [f"  fresh: {name}" for name in report["fresh"]]
-    lines += [f"  dropped: {name}" for name in report["dropped"]]
-    return lines
+    return read_core_init_source(path, convert)

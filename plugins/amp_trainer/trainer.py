@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from geometry_os.errors import GeometryOSError
+from geometry_os.errors import TrainingError
 from geometry_os.systems.pixel_llm.config import PixelLLMConfig, TrainerConfig
 from geometry_os.systems.pixel_llm.targets import count_targets
 
@@ -43,10 +43,6 @@ SUGGEST_SMALL_ABOVE_S = 30 * 60  # a CPU run expected to take longer gets the --
 FP16_CALIBRATION_STEPS = 24  # GradScaler halvings from its initial 2**16 that still count as calibration
 
 
-class TrainingError(GeometryOSError):
-    """Training cannot go on (the message says why and what to change)."""
-
-
 class NonFiniteLossError(TrainingError):
     """Too many consecutive steps had a NaN/inf loss or gradient."""
 
@@ -65,11 +61,13 @@ class PixelLLMTrainer(CheckpointMixin):
 
     @staticmethod
     def run(**options: Any) -> dict[str, Any] | None:
-        """Everything ``geo-os pixel-llm train`` does (config, data, model, training), from Python:
-        the ``pixel_llm.train`` system call and the demo use it. Options: see ``cli.run_training``."""
-        from .cli import run_training
+        """Everything ``geo-os pixel-llm train`` does (config, data, model, training), from Python: the
+        core's ``workflows.train`` with this plugin's ``--init-from`` importer. Options: see ``workflows.train``."""
+        from geometry_os.systems.pixel_llm.workflows import train
 
-        return run_training(**options)
+        from .init_from import convert
+
+        return train(**{"convert": convert, **options})
 
     def __init__(
         self,

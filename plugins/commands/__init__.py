@@ -10,30 +10,13 @@ import json
 
 import click
 
+from geometry_os.cli import config_file_option, preset_option, set_option
 from geometry_os.systems.pixel_llm.hookspecs import hookimpl
-
-config_file_option = click.option(
-    "--config", "config_path", type=click.Path(dir_okay=False), help="Model config file (TOML or JSON)."
-)
-preset_option = click.option("--preset", default=None, help="Start from a preset: tiny, small or base.")
-set_option = click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override a config field (repeatable); every key is listed in docs/configuration.md.",
-)
-# The one meaning of --image-root, on every command that reads caption files.
-image_root_option = click.option(
-    "--image-root",
-    type=click.Path(exists=True, file_okay=False),
-    default=None,
-    help="Folder the caption file's relative image paths start from (default: the caption file's own folder).",
-)
 
 
 @hookimpl
 def register_commands(cli: click.Group) -> None:
+    """Add plugins, components, info, caption, eval, explain and demo to the ``geo-os pixel-llm`` group."""
     from .caption import caption_command, eval_command, explain_command
     from .demo import demo_command
 

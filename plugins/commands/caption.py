@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from geometry_os.plugins.commands import image_root_option
+from geometry_os.cli import image_root_option
 
 CHECKPOINT_HELP = "Checkpoint folder, or a training run's folder (its best checkpoint, else its latest)."
 STRATEGY_HELP = "Decoding strategy (a registered decoding_strategy: greedy, sample, beam, ...)."
@@ -19,6 +19,14 @@ def generation_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The decoding flags shared by caption and eval (HF generate argument names)."""
     options = [
         click.option("--strategy", default=None, help=STRATEGY_HELP),
+        click.option(
+            "--strategy-option",
+            "strategy_options",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="An option of the decoding strategy's own (repeatable; VALUE parsed as JSON when it can be), "
+            "checked against the options the strategy declares.",
+        ),
         click.option("--num-beams", type=int, default=None, help="Beams for beam search (implies --strategy beam)."),
         click.option(
             "--max-length", type=int, default=None, help="Longest caption in tokens (with <bos>; 1: no new tokens)."
@@ -61,6 +69,7 @@ SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "seed")
 
 
 def flag(name: str) -> str:
+    """The command-line flag of a parameter name (``top_k`` -> ``--top-k``)."""
     return "--" + name.replace("_", "-")
 
 
@@ -87,32 +96,16 @@ def generation_config(params: dict[str, Any]) -> Any:
         fields["do_sample"] = True
     if strategy == "beam" and "num_beams" not in fields:
         fields["num_beams"] = 5
-    return GenerationConfig(**fields)
+    if params.get("strategy_options"):
+        from geometry_os.systems.pixel_llm.config import parse_overrides
 
+        fields["strategy_options"] = parse_overrides(params["strategy_options"], flag="--strategy-option")
+    generation = GenerationConfig(**fields)
+    if generation.strategy_options:
+        from geometry_os.systems.pixel_llm.components import resolve_strategy
 
-def check_device(device: str) -> None:
-    """``--device`` names a device this machine has (else one line, not torch's traceback)."""
-    import torch
-
-    from geometry_os.errors import ConfigError, first_line
-
-    try:
-        torch.empty(0, device=device)
-    except Exception as exc:  # RuntimeError (no such type / no driver), NotImplementedError, AssertionError
-        raise ConfigError(f"--device {device!r}: {first_line(exc) or type(exc).__name__}") from None
-
-
-def load_checkpoint(path: str, device: str) -> tuple[Any, Any]:
-    """The model and tokenizer of a checkpoint folder or of a training run's folder (its best checkpoint,
-    else its latest; ``from_pretrained`` logs which, shown as one ``Warning:`` line)."""
-    from geometry_os.errors import CheckpointError
-    from geometry_os.systems.pixel_llm.model import PixelLLM
-
-    check_device(device)
-    model, tokenizer = PixelLLM.from_pretrained(path, map_location=device)
-    if tokenizer is None:
-        raise CheckpointError(f"{path}: this checkpoint has no tokenizer, so captions cannot be turned into text")
-    return model, tokenizer
+        resolve_strategy(generation)  # options the strategy refuses: an error before the checkpoint is loaded
+    return generation
 
 
 @click.command("caption")
@@ -128,12 +121,18 @@ def caption_command(images: tuple[str, ...], as_json: bool, recursive: bool, **p
     code is then 1.
     """
     from geometry_os.cli import echo_caption_results
-    from geometry_os.systems.pixel_llm.captioning import caption_images, expand_image_args
+    from geometry_os.systems.pixel_llm import workflows
 
     generation = generation_config(params)
-    paths = expand_image_args(images, recursive=recursive)
-    model, tokenizer = load_checkpoint(params["checkpoint"], params["device"])
-    if echo_caption_results(caption_images(model, tokenizer, paths, generation, params["batch_size"]), as_json):
+    results = workflows.caption(
+        params["checkpoint"],
+        images,
+        generation,
+        batch_size=params["batch_size"],
+        device=params["device"],
+        recursive=recursive,
+    )
+    if echo_caption_results(results, as_json):
         raise SystemExit(1)
 
 
@@ -165,15 +164,14 @@ def eval_command(
     **params: Any,
 ) -> None:
     """Caption every image of a caption file and report BLEU-1..4, ROUGE-L, CIDEr-D, exact match."""
-    from geometry_os.systems.pixel_llm.captioning import evaluate_dataset
-    from geometry_os.systems.pixel_llm.data import ImageTextDataset
+    from geometry_os.systems.pixel_llm import workflows
 
     if sweep:
         fixed = [
             flag(name)
             for name in GENERATION_FLAGS
             if name not in ("max_length", "seed") and params.get(name) is not None
-        ]
+        ] + (["--strategy-option"] if params.get("strategy_options") else [])
         if fixed:
             raise click.UsageError(
                 ctx=click.get_current_context(),
@@ -183,13 +181,16 @@ def eval_command(
         settings = sweep_settings(params)
     else:
         settings = [("chosen", generation_config(params))]
-    model, tokenizer = load_checkpoint(params["checkpoint"], params["device"])
-    references = ImageTextDataset(data, tokenizer=tokenizer, image_root=image_root, split=split).references
-    references = references[:max_images] if max_images else references
-    rows = []
-    for name, generation in settings:
-        metrics = evaluate_dataset(model, tokenizer, references, generation, params["batch_size"])
-        rows.append({"setting": name, **metrics})
+    rows = workflows.evaluate_settings(
+        params["checkpoint"],
+        data,
+        settings,
+        split=split,
+        image_root=image_root,
+        max_images=max_images,
+        batch_size=params["batch_size"],
+        device=params["device"],
+    )
     if as_json:
         click.echo(json.dumps(rows if sweep else rows[0], indent=2))
         return
@@ -197,6 +198,8 @@ def eval_command(
 
 
 def sweep_settings(params: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The named decoding settings ``eval --sweep`` compares (greedy, beam search variants, nucleus sampling),
+    with the given ``--max-length`` and ``--seed``."""
     from geometry_os.systems.pixel_llm.generation_config import GenerationConfig
 
     common = {"max_length": params["max_length"]} if params.get("max_length") else {}
@@ -224,6 +227,7 @@ COLUMNS = [
 
 
 def print_metrics_table(rows: list[dict[str, Any]]) -> None:
+    """One line per setting with the main metrics (fractions and seconds per image), then the image count."""
     width = max(len("setting"), *(len(r["setting"]) for r in rows))
     click.echo(f"{'setting':<{width}}  " + "  ".join(f"{title:>9}" for _, title in COLUMNS))
     for row in rows:
@@ -243,6 +247,7 @@ def explain_command(image: str, checkpoint: str, out: str, max_length: int | Non
     (averaged over heads and layers) as a heatmap over the image."""
     from geometry_os.systems.pixel_llm.explain import explain_image, render_panels
     from geometry_os.systems.pixel_llm.generation_config import GenerationConfig
+    from geometry_os.systems.pixel_llm.workflows import load_checkpoint
 
     model, tokenizer = load_checkpoint(checkpoint, device)
     generation = GenerationConfig(max_length=max_length) if max_length else GenerationConfig()

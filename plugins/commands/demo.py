@@ -87,7 +87,7 @@ OUTPUTS = ("checkpoints", "report.md", "metrics.json", "curves.png", "attention.
 def demo_command(out: str, quick: bool, seed: int, quiet: bool) -> None:
     """Train a captioner on synthetic geometry scenes and write a report (metrics, loss curve,
     example captions, an attention picture)."""
-    from geometry_os.systems.pixel_llm.components import get_component
+    from geometry_os.systems.pixel_llm import workflows
 
     recipe = QUICK if quick else FULL
     if quick:
@@ -104,17 +104,13 @@ def demo_command(out: str, quick: bool, seed: int, quiet: bool) -> None:
     checkpoints = out_dir / "checkpoints"
     click.echo(f"training the {recipe['preset']} preset on {recipe['num_scenes']} synthetic scenes ...")
     start = time.perf_counter()
-    summary = (
-        get_component("trainer")
-        .load()
-        .run(
-            preset=recipe["preset"],
-            config_path=recipe_path(recipe["config"]),
-            overrides=[*recipe["overrides"], f"trainer.seed={seed}"],
-            quiet=quiet,
-            out=str(checkpoints),
-            num_scenes=recipe["num_scenes"],
-        )
+    summary = workflows.train(
+        preset=recipe["preset"],
+        config_path=recipe_path(recipe["config"]),
+        overrides=[*recipe["overrides"], f"trainer.seed={seed}"],
+        quiet=quiet,
+        out=str(checkpoints),
+        num_scenes=recipe["num_scenes"],
     )
     train_s = time.perf_counter() - start
     report = write_report(out_dir, checkpoints, recipe, seed, summary or {}, train_s)
@@ -125,7 +121,6 @@ def evaluate_by_shapes(model: Any, tokenizer: Any, n: int, seed: int) -> tuple[d
     """Greedy exact match on ``n`` held-out test scenes, overall and per number of shapes."""
     import torch
 
-    from geometry_os.plugins.datasets.shapes import exact_match_by_shapes
     from geometry_os.systems.pixel_llm.components import get_component
     from geometry_os.systems.pixel_llm.data import per_image
     from geometry_os.systems.pixel_llm.inference import generate_caption
@@ -141,15 +136,16 @@ def evaluate_by_shapes(model: Any, tokenizer: Any, n: int, seed: int) -> tuple[d
             tokenizer.decode(row.tolist())
             for row in generate_caption(model, images, max_length=model.config.max_seq_len)
         ]
-    truths = test.captions
     metrics = caption_metrics(*per_image(test, predictions))  # one caption per image, all its references
-    metrics["exact_match_by_shapes"] = {k: em for k, (em, _) in exact_match_by_shapes(predictions, truths).items()}
+    metrics["exact_match_by_shapes"] = {k: em for k, (em, _) in test.exact_match_by_shapes(predictions).items()}
     return metrics, test, predictions
 
 
 def write_report(
     out_dir: Path, checkpoints: Path, recipe: dict[str, Any], seed: int, summary: dict[str, Any], train_s: float
 ) -> Path:
+    """Evaluate the run's best checkpoint on held-out scenes and write ``report.md`` (with ``metrics.json``,
+    example images, the curves and an attention picture) into ``out_dir``; returns the report's path."""
     from PIL import Image
 
     from geometry_os.systems.pixel_llm.checkpoint import resolve_checkpoint_folder

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import click
 
-from geometry_os.plugins.commands import image_root_option
+from geometry_os.cli import image_root_option
 from geometry_os.plugins.datasets.shapes import (
     COLOURS,
     COMPOSITIONAL,

@@ -73,6 +73,12 @@ class ShapesDataset(CaptionedImages):
         self._scale = (1 / (255 * torch.tensor(self.config.std))).view(3, 1, 1)
         self._shift = (torch.tensor(self.config.mean) / torch.tensor(self.config.std)).view(3, 1, 1)
 
+    def exact_match_by_shapes(self, predictions: Sequence[str]) -> dict[int, tuple[float, int]]:
+        """{number of shapes: (exact match in [0, 1], scenes)} of one predicted caption per scene, in order."""
+        from geometry_os.plugins.datasets.shapes import exact_match_by_shapes
+
+        return exact_match_by_shapes(predictions, self.captions)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         if index < 0:
             index += len(self)

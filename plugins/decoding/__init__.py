@@ -8,8 +8,10 @@ and has one method::
 ``model`` is a ``PixelLLM`` in eval mode under ``torch.inference_mode()``; ``features`` (B, N, D)
 are the already encoded images; ``config`` is validated; ``generator`` seeds sampling. Strategies
 drive ``model.decoder.init_cache`` / ``step`` (see ``protocols.Decoder``) and must encode nothing.
-Third-party strategies register the same way under a new name and are picked with
-``GenerationConfig(strategy=name)``.
+Each declares the HF generation modes it serves (``serves=``): a config without ``strategy`` runs
+with the registry's default strategy when it serves the config's mode, else with the first strategy
+that does. Third-party strategies register the same way under a new name, with their own options model
+(``GenerationConfig(strategy=name, strategy_options={...})``, ``--strategy-option KEY=VALUE``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,6 @@ class NoOptions(BaseModel):
 
 @hookimpl
 def register_decoding_strategies(register):
-    register("greedy", "geometry_os.plugins.decoding.greedy:GreedyDecoding", NoOptions)
-    register("sample", "geometry_os.plugins.decoding.sample:SampleDecoding", NoOptions)
-    register("beam", "geometry_os.plugins.decoding.beam:BeamSearchDecoding", NoOptions)
+    register("greedy", "geometry_os.plugins.decoding.greedy:GreedyDecoding", NoOptions, serves=["greedy"])
+    register("sample", "geometry_os.plugins.decoding.sample:SampleDecoding", NoOptions, serves=["sample"])
+    register("beam", "geometry_os.plugins.decoding.beam:BeamSearchDecoding", NoOptions, serves=["beam"])

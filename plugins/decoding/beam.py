@@ -12,6 +12,7 @@ always an answer. The image is encoded once: its decoder cache is expanded, then
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -28,17 +29,24 @@ class _History:
     def __init__(self, seq: torch.Tensor, tok: torch.Tensor | None, att: torch.Tensor | None = None):
         self.seq, self.tok, self.att = seq, tok, att
 
-    def take(self, index: torch.Tensor) -> _History:
-        return _History(*(None if x is None else x[index] for x in (self.seq, self.tok, self.att)))
+    def take(self, index: Any) -> _History:
+        """The rows ``index`` selects (a tensor of row numbers, or a tuple of slices)."""
+        return self._map(lambda x: x[index])
 
     def grouped(self, n: int) -> _History:
         """(n * K, ...) rows as (n, K, ...)."""
-        return _History(*(None if x is None else x.view(n, -1, *x.shape[1:]) for x in (self.seq, self.tok, self.att)))
+        return self._map(lambda x: x.view(n, -1, *x.shape[1:]))
+
+    def _map(self, f: Callable[[torch.Tensor], torch.Tensor]) -> _History:
+        return _History(
+            f(self.seq), None if self.tok is None else f(self.tok), None if self.att is None else f(self.att)
+        )
 
     def write(self, t: int, tokens: torch.Tensor, logps: torch.Tensor | None) -> None:
         """Token ``t`` (position t in ``seq``, t - 1 in the per-generated-token tensors)."""
         self.seq[..., t] = tokens
         if self.tok is not None:
+            assert logps is not None  # output_scores: the caller passes them
             self.tok[..., t - 1] = logps
 
 

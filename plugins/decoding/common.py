@@ -33,10 +33,12 @@ def process_logits(
     if config.suppress_tokens:
         logits.masked_fill_(_suppressed(config.suppress_tokens, logits.shape[-1], logits.device), NEG_INF)
     if config.repetition_penalty != 1.0:
+        assert prefix is not None  # needs_prefix(config): the caller gathered it
         logits = repetition_penalty(logits, prefix, config.repetition_penalty)
     if length < config.min_length:
         logits[:, config.eos_token_id] = NEG_INF
     if config.no_repeat_ngram_size > 0:
+        assert prefix is not None  # needs_prefix(config): the caller gathered it
         banned = repeated_ngram_mask(logits, prefix, config.no_repeat_ngram_size)
         # <eos> never completes a repeat, so a row can only run out of tokens while min_length bans
         # <eos> (tiny vocabularies): it then repeats rather than produce NaN

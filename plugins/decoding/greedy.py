@@ -80,6 +80,7 @@ class GreedyDecoding:
                 if token_scores is not None:
                     token_scores[active, t - 1] = log_softmax(dist).gather(1, chosen[:, None]).squeeze(1)
                 if attentions is not None:
+                    assert attn is not None  # output_attentions: every step returns them
                     full = attn.new_zeros(rows, *attn.shape[1:])
                     full[active] = attn
                     attentions.append(full.float())

@@ -24,6 +24,7 @@ from geometry_os.fileio import parse_json, read_utf8
 from geometry_os.systems.pixel_llm.captioning import CaptionResult
 from geometry_os.systems.pixel_llm.generation_config import GenerationConfig
 from geometry_os.systems.pixel_llm.images import DataError, load_image
+from geometry_os.systems.pixel_llm.vocabulary import undecodable_ids
 
 from .export import FORMAT, FORMAT_VERSION, GRAPH_FILES, MANIFEST, require
 
@@ -257,9 +258,9 @@ class OnnxCaptioner:
             "pad_token_id": self.pad_id,
             **data,
         }
-        known = len(self.tokenizer) if hasattr(self.tokenizer, "__len__") else None
-        if known is not None and known < self.vocab_size:  # ids the tokenizer could not decode
-            fields["suppress_tokens"] = sorted({*(fields.get("suppress_tokens") or ()), *range(known, self.vocab_size)})
+        extra = undecodable_ids(self.tokenizer, self.vocab_size)
+        if extra:  # ids the tokenizer could not decode
+            fields["suppress_tokens"] = sorted({*(fields.get("suppress_tokens") or ()), *extra})
         generation = GenerationConfig.model_validate(fields)
         check_generation(generation)
         return generation

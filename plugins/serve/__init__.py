@@ -77,7 +77,7 @@ def serve_command(ctx: click.Context, **flags: Any) -> None:
     from pydantic import ValidationError
 
     from geometry_os.cli import echo_warning, get_cli_host
-    from geometry_os.plugins.commands.caption import load_checkpoint
+    from geometry_os.systems.pixel_llm.workflows import load_checkpoint
 
     from .server import run
     from .settings import ServeSettings

@@ -396,7 +396,7 @@ def create_app(settings: ServeSettings, model: Any, tokenizer: Any, host: Any) -
 def app_from_env() -> Any:
     """Factory for the worker processes of ``--workers N``: settings from ``GEO_OS_SERVE_SETTINGS``."""
     from geometry_os.host import get_host
-    from geometry_os.plugins.commands.caption import load_checkpoint
+    from geometry_os.systems.pixel_llm.workflows import load_checkpoint
 
     settings = ServeSettings.model_validate_json(os.environ[SETTINGS_ENV])
     model, tokenizer = load_checkpoint(settings.checkpoint, settings.device)

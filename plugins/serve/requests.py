@@ -122,7 +122,7 @@ def parse_options(raw: Any, max_num_beams: int) -> Options:
         RequestError: 400 for options that are not an object, set by the server, of the wrong type, beyond
             ``max_num_beams``, or invalid as generation settings.
     """
-    from geometry_os.systems.pixel_llm.components import get_component
+    from geometry_os.systems.pixel_llm.components import resolve_strategy
 
     if not isinstance(raw, dict):
         raise RequestError(400, f"options: expected a JSON object, got {type(raw).__name__}")
@@ -143,7 +143,7 @@ def parse_options(raw: Any, max_num_beams: int) -> Options:
             f"options.num_beams: {generation.num_beams} is over this server's limit {max_num_beams} (--max-num-beams)",
         )
     try:
-        get_component("decoding_strategy", generation.strategy_name)
+        resolve_strategy(generation)  # an unknown strategy, or options it refuses
     except GeometryOSError as exc:
         raise RequestError(400, f"options.strategy: {exc}") from None
     return Options(generation, **server)

@@ -30,7 +30,8 @@ def warm_up() -> None:
     import geometry_os.plugins.amp_trainer.trainer
     import geometry_os.systems.pixel_llm.checkpoint
     import geometry_os.systems.pixel_llm.data
-    import geometry_os.systems.pixel_llm.model  # noqa: F401
+    import geometry_os.systems.pixel_llm.model
+    import geometry_os.systems.pixel_llm.workflows  # noqa: F401
 
 
 def child(request: dict) -> None:

@@ -18,6 +18,8 @@ from .generation_config import GenerationConfig
 
 
 class InfoParams(StrictModel):
+    """Parameters of ``pixel_llm.info``: a model config as the command line builds it."""
+
     config: str | None = Field(None, description="model config file (TOML/JSON)")
     preset: str | None = Field(None, description="preset to start from (default: small)")
     overrides: list[str] = Field(default_factory=list, description="key=value overrides")
@@ -28,15 +30,17 @@ def info(params: InfoParams, host: Any) -> dict[str, Any]:
     trainer settings (``trainer``)."""
     import torch
 
+    from .components import resolve_model
     from .model import PixelLLM
 
     preset = params.preset or (None if params.config else "small")
     config = load_config(params.config, params.overrides, preset=preset)
+    resolved = resolve_model(config, host.system("pixel_llm").components, source=params.config or "config")
     with torch.device("meta"):
-        model = PixelLLM(config)
+        model = PixelLLM(resolved)
     count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
     return {
-        "config": config.model_dict(),
+        "config": model.config.model_dict(),  # the components it was built with, by name
         "trainer": config.trainer.model_dump(mode="json"),
         "parameters": {"total": count(model), "encoder": count(model.encoder), "decoder": count(model.decoder)},
     }
@@ -50,62 +54,51 @@ class RemoteInfoParams(StrictModel):
 
 
 class GenerationParams(StrictModel):
+    """What every captioning call takes: the checkpoint, the decoding settings, the batch and the device."""
+
     checkpoint: str = Field(description="checkpoint folder")
-    generation: GenerationConfig = Field(default_factory=GenerationConfig, description="GenerationConfig fields")
+    generation: GenerationConfig = Field(
+        default_factory=lambda: GenerationConfig.model_validate({}), description="GenerationConfig fields"
+    )
     batch_size: int = Field(16, ge=1)
     device: str = "cpu"
 
 
 class CaptionParams(GenerationParams):
+    """Parameters of ``pixel_llm.caption``: the images to caption."""
+
     images: list[str] = Field(min_length=1, description="image files, folders or glob patterns")
     recursive: bool = Field(False, description="also the images in the sub-folders of a folder")
 
 
 class EvaluateParams(GenerationParams):
+    """Parameters of ``pixel_llm.evaluate``: the caption data to score the checkpoint on."""
+
     data: str = Field(description="[FORMAT:]PATH: caption data of a registered format (json, coco, karpathy, ...)")
     split: Literal["train", "val", "test"] | None = Field(None, description="part of a split file (karpathy)")
     image_root: str | None = None
     max_images: int | None = Field(None, ge=1)
 
 
-def _load(params: GenerationParams) -> tuple[Any, Any, Any]:
-    from .model import PixelLLM
-
-    generation = params.generation
-    model, tokenizer = PixelLLM.from_pretrained(params.checkpoint, map_location=params.device)
-    if tokenizer is None:
-        from geometry_os.errors import CheckpointError
-
-        raise CheckpointError(
-            f"{params.checkpoint}: this checkpoint has no tokenizer, so captions cannot be turned into text"
-        )
-    return model, tokenizer, generation
-
-
 def caption(params: CaptionParams, host: Any) -> list[dict[str, Any]]:
     """One ``{image, caption, score, penalised_score}`` (or ``{image, error}``) per image."""
-    from .captioning import caption_images, expand_image_args
+    from .workflows import caption as caption_workflow
 
-    model, tokenizer, generation = _load(params)
-    paths = expand_image_args(params.images, recursive=params.recursive)
-    return [r.to_dict() for r in caption_images(model, tokenizer, paths, generation, params.batch_size)]
+    options = params.model_dump(include={"batch_size", "device", "recursive"})
+    return [r.to_dict() for r in caption_workflow(params.checkpoint, params.images, params.generation, **options)]
 
 
 def evaluate(params: EvaluateParams, host: Any) -> dict[str, Any]:
     """Caption metrics (BLEU-1..4, ROUGE-L, CIDEr-D, exact match, diversity, seconds per image)."""
-    from .captioning import evaluate_dataset
-    from .data import ImageTextDataset
+    from .workflows import evaluate as evaluate_workflow
 
-    model, tokenizer, generation = _load(params)
-    references = ImageTextDataset(
-        params.data, tokenizer=tokenizer, image_root=params.image_root, split=params.split
-    ).references
-    if params.max_images:
-        references = references[: params.max_images]
-    return evaluate_dataset(model, tokenizer, references, generation, params.batch_size)
+    options = params.model_dump(include={"split", "image_root", "max_images", "batch_size", "device"})
+    return evaluate_workflow(params.checkpoint, params.data, params.generation, **options)
 
 
 class TrainParams(StrictModel):
+    """Parameters of ``pixel_llm.train``: the ``train`` command's config, data and run options."""
+
     config: str | None = Field(None, description="config file (TOML/JSON)")
     preset: str | None = Field(None, description="preset to start from")
     overrides: list[str] = Field(default_factory=list, description="key=value overrides")
@@ -125,16 +118,11 @@ class TrainParams(StrictModel):
 
 
 def train(params: TrainParams, host: Any) -> dict[str, Any]:
-    """Train like ``geo-os pixel-llm train`` (quietly); returns the trainer's summary."""
-    from geometry_os.errors import ComponentError
+    """Train like ``geo-os pixel-llm train`` (quietly: nothing on stdout); returns the trainer's summary.
+    Raises the workflow's ``GeometryOSError`` subclasses (see ``workflows.train``)."""
+    from .workflows import train as train_workflow
 
-    from .components import get_component
-
-    trainer = get_component("trainer", params.trainer)
-    run = getattr(trainer.load(), "run", None)
-    if run is None:
-        raise ComponentError(f"{trainer.label} has no run() entry point, so it cannot serve pixel_llm.train")
-    summary = run(
+    summary = train_workflow(
         config_path=params.config,
         preset=params.preset,
         data_path=params.data,
@@ -144,6 +132,7 @@ def train(params: TrainParams, host: Any) -> dict[str, Any]:
         quiet=True,
         out=params.out,
         num_scenes=params.num_scenes,
+        trainer=params.trainer,
         **{k: v for k in ("image_root", "val_image_root", "tokenizer") if (v := getattr(params, k)) is not None},
     )
     return json.loads(json.dumps(summary or {}, default=str))

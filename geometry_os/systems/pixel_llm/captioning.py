@@ -110,6 +110,9 @@ def preprocessing_config(model: Any) -> DatasetConfig:
 
 @dataclass
 class CaptionResult:
+    """One image's caption: its path, the caption (None on error), the sum of its token log-probs, the
+    length-penalised score beam search ranks by, or the one-line ``error`` that kept it from a caption."""
+
     image: str
     caption: str | None
     score: float | None = None  # sum of token log-probs
@@ -117,6 +120,7 @@ class CaptionResult:
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields that are set (``caption`` always), JSON-serialisable."""
         return {k: v for k, v in self.__dict__.items() if v is not None or k == "caption"}
 
 
@@ -176,7 +180,9 @@ def evaluate_dataset(
     batch_size: int = 16,
     idf_corpus: Sequence[Sequence[str]] | None = None,
 ) -> dict[str, Any]:
-    """Caption every image once and score against its references; adds seconds per image."""
+    """Caption every image once and score against its references; adds seconds per image.
+
+    Raises DataError when an image cannot be read (a score over fewer images would mislead)."""
     from .metrics import caption_metrics
 
     paths = [Path(image) for image, _ in references]

@@ -19,10 +19,11 @@ import torch
 from pydantic import ValidationError
 
 from geometry_os import __version__
-from geometry_os.errors import CheckpointError, ComponentError, ConfigError, format_validation_error
-from geometry_os.fileio import AtomicFolder, parse_json, read_utf8, write_json_atomic
+from geometry_os.errors import CheckpointError, ComponentError, format_validation_error
+from geometry_os.fileio import MAX_JSON_BYTES, AtomicFolder, read_json, safe_file, write_json_atomic
 
-from .components import get_component
+from . import lora
+from .components import current_components, get_component
 from .config import PixelLLMConfig
 
 FORMAT = "pixel-llm"
@@ -30,7 +31,6 @@ FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TOKENIZER = "tokenizer.json"
-MAX_JSON_BYTES = 64 * 1024 * 1024
 # A training run's folder (what `train --out` / trainer.checkpoint_dir holds): step-N/ checkpoints, a `latest`
 # pointer file naming the newest complete one, and `best/`, a copy of the best one by the validation metric.
 LATEST = "latest"
@@ -45,9 +45,7 @@ logger = logging.getLogger(__name__)
 
 def tokenizer_component_name(tokenizer: Any) -> str:
     """The registered tokenizer component whose class this tokenizer is."""
-    from geometry_os.host import get_host
-
-    registry = get_host().system("pixel_llm").components
+    registry = current_components()
     for name in registry.names("tokenizer"):
         try:
             if registry.get("tokenizer", name).load() is type(tokenizer):
@@ -68,9 +66,8 @@ def write_model_files(folder: Path, model: torch.nn.Module, tokenizer: Any = Non
     to adapter.safetensors, from which a resume continues exactly (``load_pretrained`` still merges them)."""
     from safetensors.torch import save_file, save_model
 
-    from . import lora
-
-    config: PixelLLMConfig = model.config
+    config = model.config
+    assert isinstance(config, PixelLLMConfig)
     tokenizer_entry = None
     if tokenizer is not None:
         tokenizer_entry = {"component": tokenizer_component_name(tokenizer), "file": TOKENIZER}
@@ -104,29 +101,9 @@ def save_pretrained(model: torch.nn.Module, path: str | Path, tokenizer: Any = N
 # ---- load -------------------------------------------------------------------------------------------
 
 
-def safe_file(folder: Path, name: str, required: bool = True) -> Path | None:
-    """``folder/name`` if it is a regular file inside ``folder`` (symlinks out of it are refused)."""
-    path = folder / name
-    if not path.exists() and not path.is_symlink():
-        if required:
-            raise CheckpointError(f"{folder}: missing {name}")
-        return None
-    resolved = path.resolve()
-    if folder.resolve() not in resolved.parents:
-        raise CheckpointError(f"{path}: points outside the checkpoint folder ({resolved}); refusing to read it")
-    if not resolved.is_file():
-        raise CheckpointError(f"{path}: not a regular file")
-    return path
-
-
-def read_json(path: Path) -> Any:
-    if path.stat().st_size > MAX_JSON_BYTES:
-        raise CheckpointError(f"{path}: file too large for a JSON config ({path.stat().st_size} bytes)")
-    return parse_json(read_utf8(path, CheckpointError), path, CheckpointError)
-
-
 def read_checkpoint_config(folder: Path) -> tuple[PixelLLMConfig, dict[str, Any]]:
     config_path = safe_file(folder, CONFIG)
+    assert config_path is not None  # required=True: a missing file raised
     data = read_json(config_path)
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("model"), dict):
         raise CheckpointError(
@@ -203,10 +180,11 @@ def load_tokenizer(folder: Path, entry: Any) -> Any:
     if not isinstance(entry, dict) or not isinstance(entry.get("component"), str):
         raise CheckpointError(f"{folder / CONFIG}: 'tokenizer' must be an object with 'component' and 'file'")
     file = safe_file(folder, str(entry.get("file") or TOKENIZER))
+    assert file is not None  # required=True: a missing file raised
     if Path(str(entry.get("file") or TOKENIZER)).name != str(entry.get("file") or TOKENIZER):
         raise CheckpointError(f"{folder / CONFIG}: tokenizer file must be a plain file name")
     try:
-        cls = get_component("tokenizer", entry["component"]).load()
+        cls: Any = get_component("tokenizer", entry["component"]).load()
     except ComponentError as exc:
         raise CheckpointError(f"{folder / CONFIG}: {exc}") from None
     if file.stat().st_size > MAX_JSON_BYTES:  # tokenizers read the whole file: refuse a huge one unread
@@ -273,35 +251,3 @@ def resolve_checkpoint_folder(path: str | Path) -> tuple[Path, str | None]:
     else:
         chosen, which = read_latest(folder), "latest"
     return chosen, f"{folder} is a training run: using its {which} checkpoint, {chosen}"
-
-
-def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Any, Any]:
-    """``(model, tokenizer)`` from a checkpoint folder, or from a training run's folder (its ``best``
-    checkpoint, else its ``latest``: logged as a warning-level note); the model is in eval mode."""
-    from .model import PixelLLM
-
-    folder, note = resolve_checkpoint_folder(path)
-    if note:
-        logger.warning(note)
-    config, data = read_checkpoint_config(folder)
-    weights = safe_file(folder, WEIGHTS)
-    try:
-        with torch.device("meta"):
-            skeleton = PixelLLM(config)
-    except (ConfigError, ComponentError) as exc:
-        raise CheckpointError(f"{folder / CONFIG}: {exc}") from None
-    expected = {name: t.shape for name, t in skeleton.state_dict().items()}
-    check_weights_header(weights, expected, alias_groups(skeleton))  # before any memory is allocated
-    tokenizer = load_tokenizer(folder, data.get("tokenizer"))
-    if tokenizer is not None and len(tokenizer) > config.vocab_size:
-        raise CheckpointError(
-            f"{folder}: tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {config.vocab_size}"
-        )
-    model = PixelLLM(config)
-    load_weights(model, weights)
-    from .lora import merge_adapter_file
-
-    merge_adapter_file(folder, model)  # a trainer checkpoint of a LoRA run: its adapters, merged
-    model.to(map_location)
-    model.eval()
-    return model, tokenizer

@@ -1,7 +1,9 @@
 """Pydantic configs, validated before anything is built. Unknown fields are errors (``extra="forbid"``).
 
-``PixelLLMConfig`` describes a model and names its encoder and decoder components; the shared sizes
-below are offered to those components, each taking the fields its own options model declares. It
+``PixelLLMConfig`` describes a model and names its encoder and decoder components (None: the registry's
+defaults); the shared sizes below are offered to those components, each taking the fields its own options
+model declares. Configs are plain data: ``components.resolve_model`` checks the names and options
+against a component registry, and building a config looks nothing up. It
 also holds a ``trainer`` section: trainer fields may be given flat (``PixelLLMConfig(learning_rate=1e-4)``),
 as the original description does, and are moved into ``trainer``.
 """
@@ -13,21 +15,19 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, PositiveFloat, ValidationError, field_validator, model_validator
 
-from geometry_os.errors import ComponentError, ConfigError, format_validation_error
+from geometry_os.errors import ConfigError, format_validation_error
 from geometry_os.fileio import parse_json
 
 from .data_config import IMAGENET_MEAN, IMAGENET_STD, DatasetConfig
+from .generation_config import GenerationConfig
+from .strict import StrictModel
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
 
 class TrainerConfig(StrictModel):
@@ -249,11 +249,18 @@ class PixelLLMConfig(StrictModel):
         description="this model's default GenerationConfig fields (an import takes them from generation_config.json); "
         "what a caller or flag sets overrides them",
     )
-    encoder: str = Field("vit", description="encoder component (geo-os pixel-llm components encoder)")
+    encoder: str | None = Field(
+        None,
+        min_length=1,
+        description="encoder component (geo-os pixel-llm components encoder; None: the registry's default, "
+        "written out by name once the model is built)",
+    )
     encoder_options: dict[str, Any] = Field(default_factory=dict, description="the encoder's own options")
-    decoder: str = Field("xattn", description="decoder component")
+    decoder: str | None = Field(None, min_length=1, description="decoder component (None: the registry's default)")
     decoder_options: dict[str, Any] = Field(default_factory=dict, description="the decoder's own options")
-    trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="how to train (see below)")
+    trainer: TrainerConfig = Field(
+        default_factory=lambda: TrainerConfig.model_validate({}), description="how to train (see below)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -291,14 +298,10 @@ class PixelLLMConfig(StrictModel):
             if getattr(self, token) >= self.vocab_size:
                 raise ValueError(f"{token}={getattr(self, token)} must be below vocab_size={self.vocab_size}")
         if self.generation:
-            from .generation_config import GenerationConfig
-
             try:
                 GenerationConfig.model_validate(self.generation)
             except ValidationError as exc:
                 raise ValueError(f"generation: {format_validation_error(exc, source='generation')}") from None
-        self.encoder_config()
-        self.decoder_config()
         return self
 
     def heads(self, field: str) -> int:
@@ -308,31 +311,9 @@ class PixelLLMConfig(StrictModel):
         dim = self.vision_embed_dim if field.startswith("vision") else self.text_embed_dim
         return default_num_heads(dim)
 
-    # The options each component is built with (validated by the component's own model).
-    def encoder_config(self) -> BaseModel | None:
-        return self._component_options("encoder", self.encoder, ENCODER_SHARED, self.encoder_options)
-
-    def decoder_config(self) -> BaseModel | None:
-        return self._component_options("decoder", self.decoder, DECODER_SHARED, self.decoder_options)
-
-    def _component_options(
-        self, kind: str, name: str, shared: dict[str, str], explicit: dict[str, Any]
-    ) -> BaseModel | None:
-        from .components import get_component
-
-        try:
-            component = get_component(kind, name)
-        except ComponentError as exc:
-            raise ValueError(str(exc)) from None
-        declared = component.config_model.model_fields if component.config_model else {}
-        values = {key: self._shared_value(src) for key, src in shared.items() if key in declared}
-        values.update(explicit)
-        try:
-            return component.options(values)
-        except ConfigError as exc:
-            raise ValueError(f"{kind}_options: {exc}") from None
-
-    def _shared_value(self, name: str) -> Any:
+    def shared_value(self, name: str) -> Any:
+        """The value of field ``name`` as offered to a component (``ENCODER_SHARED`` / ``DECODER_SHARED``):
+        head counts and the cross-attention width with their defaults worked out."""
         if name in ("vision_num_heads", "text_num_heads"):
             return self.heads(name)
         if name == "cross_attention_dim":
@@ -438,14 +419,15 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """``["trainer.learning_rate=3e-4", "encoder=toy"]`` -> nested dict; values parsed as JSON when they can be."""
+def parse_overrides(items: list[str] | tuple[str, ...], flag: str = "--set") -> dict[str, Any]:
+    """``["trainer.learning_rate=3e-4", "encoder=toy"]`` -> nested dict; values parsed as JSON when they can be.
+    Raises ``ConfigError`` naming ``flag`` and the item for one that is not ``key=value``."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected key=value")
+            raise ConfigError(f"{flag} {item!r}: expected key=value")
         try:
             value = json.loads(raw)
         except (json.JSONDecodeError, RecursionError):
@@ -455,7 +437,7 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+                raise ConfigError(f"{flag} {item!r}: {part!r} is not a section")
         node[parts[-1]] = value
     return out
 
@@ -489,18 +471,10 @@ def load_config(
         raise ConfigError(format_validation_error(exc, source=source)) from None
 
 
-def __getattr__(name: str) -> Any:
-    # GenerationConfig builds on StrictModel from this module, so it is re-exported lazily.
-    if name == "GenerationConfig":
-        from .generation_config import GenerationConfig
-
-        return GenerationConfig
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
     "DatasetConfig",
-    "GenerationConfig",  # noqa: F822 (re-exported lazily by __getattr__)
+    "GenerationConfig",
+    "StrictModel",
     "PRESETS",
     "PixelLLMConfig",
     "TrainerConfig",

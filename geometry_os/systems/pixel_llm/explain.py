@@ -27,6 +27,9 @@ PANEL = 160  # pixels per panel side
 
 @dataclass
 class Explanation:
+    """A caption with, per generated word, where the cross-attention looked: ``maps`` (words, rows, cols)
+    over the patch grid, each in [0, 1], for drawing on ``image`` (the full-size picture)."""
+
     image: Image.Image
     words: list[str]
     maps: torch.Tensor  # (words, rows, cols), each in [0, 1]
@@ -34,12 +37,16 @@ class Explanation:
 
     @property
     def caption(self) -> str:
+        """The decoded caption (the words joined by spaces when no text was kept)."""
         return self.text or " ".join(self.words)
 
 
 def explain_image(
     model: Any, tokenizer: Any, path: str | BinaryIO, generation: GenerationConfig | None = None
 ) -> Explanation:
+    """Caption the image at ``path`` (greedy unless ``generation`` says otherwise) and keep, per word, the
+    cross-attention averaged over heads and layers. Raises GeometryOSError when the encoder has no patch
+    grid to draw on, DataError when the image cannot be read."""
     from .inference import generate_caption
 
     config = preprocessing_config(model)

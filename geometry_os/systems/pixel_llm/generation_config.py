@@ -8,17 +8,22 @@ count tokens the HF way for a decoder whose only prompt is ``<bos>``: ``max_leng
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from geometry_os.errors import ConfigError
 
-from .config import StrictModel
+from .strict import StrictModel
 
-# Options only sampling reads: set with a built-in strategy that does not sample, they would be ignored.
+# HF's generation modes (``transformers.GenerationConfig.get_generation_mode``: greedy search, sampling,
+# beam search), by short name. A mode is what a config asks for; which registered decoding strategy
+# serves it is the registry's business (strategies declare the modes they serve).
+GREEDY, SAMPLE, BEAM = "greedy", "sample", "beam"
+GENERATION_MODES = (GREEDY, SAMPLE, BEAM)
+# Options only sampling reads: set in a mode that does not sample, they would be ignored.
 SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "seed")
-NOT_SAMPLING = ("greedy", "beam")
+NOT_SAMPLING = (GREEDY, BEAM)
 
 
 class GenerationConfig(StrictModel):
@@ -29,8 +34,11 @@ class GenerationConfig(StrictModel):
     Sampling options (``temperature``, ``top_k``, ``top_p``, ``seed``) with the ``greedy`` or ``beam``
     strategy are an error (HF only warns): they would be ignored. ``do_sample=True`` selects sampling.
     ``min_length`` bans ``<eos>`` while the caption (with ``<bos>``) is shorter than it, as HF does.
-    ``strategy`` names a ``decoding_strategy`` component; None picks ``beam`` when ``num_beams > 1``,
-    else ``sample`` when ``do_sample``, else ``greedy``.
+    The generation mode (``generation_mode``) is ``beam`` when ``num_beams > 1``, else ``sample`` when
+    ``do_sample``, else ``greedy``; a ``strategy`` named after a mode asks for that mode. ``strategy``
+    names a ``decoding_strategy`` component; None: the registered strategy serving the mode (see
+    ``components.resolve_strategy``). ``strategy_options`` go to the strategy, validated by its options
+    model when the strategy is resolved.
     """
 
     max_length: int = Field(64, ge=1, description="caption length in tokens, <bos> and <eos> included")
@@ -58,7 +66,14 @@ class GenerationConfig(StrictModel):
     output_scores: bool = Field(False, description="return per-token log-probs (token_scores)")
     output_attentions: bool = Field(False, description="return cross-attention weights per token")
     return_dict_in_generate: bool = False
-    strategy: str | None = Field(None, min_length=1, description="decoding_strategy component name")
+    strategy: str | None = Field(
+        None,
+        min_length=1,
+        description="decoding_strategy component name (None: the strategy serving the generation mode)",
+    )
+    strategy_options: dict[str, Any] = Field(
+        default_factory=dict, description="the decoding strategy's own options (checked by its options model)"
+    )
     cache_implementation: Literal["dynamic", "static"] | None = Field(
         None,
         description="'static': fixed-shape KV cache, and on CUDA the decoder step captured once in a CUDA graph "
@@ -72,12 +87,24 @@ class GenerationConfig(StrictModel):
         return self.max_length if self.max_new_tokens is None else self.max_new_tokens + 1
 
     @property
-    def strategy_name(self) -> str:
-        if self.strategy is not None:
+    def generation_mode(self) -> str:
+        """HF's generation mode asked for: ``strategy`` when it names a mode, else ``beam`` for
+        ``num_beams > 1``, ``sample`` for ``do_sample``, ``greedy`` otherwise."""
+        if self.strategy in GENERATION_MODES:
             return self.strategy
         if self.num_beams > 1:
-            return "beam"
-        return "sample" if self.do_sample else "greedy"
+            return BEAM
+        return SAMPLE if self.do_sample else GREEDY
+
+    @property
+    def strategy_name(self) -> str:
+        """``strategy`` when set, else the generation mode (which a strategy of the same name serves
+        in the built-in registry)."""
+        return self.strategy if self.strategy is not None else self.generation_mode
+
+    def _rules_mode(self) -> str | None:
+        """The mode whose rules apply: None for a strategy not named after a mode (it decides alone)."""
+        return self.generation_mode if self.strategy is None or self.strategy in GENERATION_MODES else None
 
     @model_validator(mode="after")
     def _check_combination(self) -> GenerationConfig:
@@ -86,27 +113,27 @@ class GenerationConfig(StrictModel):
             raise ValueError(f"min_length={self.min_length} exceeds {source}={self.total_length}")
         if self.do_sample and self.num_beams > 1:
             raise ValueError(f"do_sample=True with num_beams={self.num_beams}: beam sampling is not supported")
-        name = self.strategy_name
-        if name == "greedy" and (self.do_sample or self.num_beams > 1):
-            raise ValueError("strategy='greedy' contradicts do_sample=True / num_beams > 1")
-        if name == "sample" and self.num_beams > 1:
-            raise ValueError(f"strategy='sample' contradicts num_beams={self.num_beams}")
-        if name == "greedy" and self.num_return_sequences > 1:
+        name = self._rules_mode()
+        if name == GREEDY and (self.do_sample or self.num_beams > 1):
+            raise ValueError(f"strategy={name!r} contradicts do_sample=True / num_beams > 1")
+        if name == SAMPLE and self.num_beams > 1:
+            raise ValueError(f"strategy={name!r} contradicts num_beams={self.num_beams}")
+        if name == GREEDY and self.num_return_sequences > 1:
             raise ValueError(
                 f"num_return_sequences={self.num_return_sequences} needs sampling or beam search "
                 "(greedy decoding returns one sequence per image)"
             )
-        if self.cache_implementation == "static" and (name == "beam" or self.output_attentions):
-            what = "beam search" if name == "beam" else "output_attentions=True"
+        if self.cache_implementation == "static" and (name == BEAM or self.output_attentions):
+            what = "beam search" if name == BEAM else "output_attentions=True"
             raise ValueError(
                 f"cache_implementation='static' supports greedy and sampling without attentions, not {what}"
             )
-        if name == "beam" and self.num_return_sequences > self.num_beams:
+        if name == BEAM and self.num_return_sequences > self.num_beams:
             raise ValueError(f"num_return_sequences={self.num_return_sequences} must be <= num_beams={self.num_beams}")
         if name in NOT_SAMPLING:
             ignored = [f"{key}={getattr(self, key)}" for key in SAMPLING_OPTIONS if self._sets(key)]
             if ignored:
-                how = f"beam search (num_beams={self.num_beams})" if name == "beam" else "greedy decoding"
+                how = f"beam search (num_beams={self.num_beams})" if name == BEAM else "greedy decoding"
                 one = len(ignored) == 1
                 raise ValueError(
                     f"{', '.join(ignored)} {'is a sampling option' if one else 'are sampling options'}, which {how} "
@@ -143,7 +170,7 @@ class GenerationConfig(StrictModel):
             needed = None
         if needed:
             raise ConfigError(f"{needed}: no token can be generated")
-        if self.strategy_name == "beam" and self.num_return_sequences > 1 and steps > 0:
+        if self._rules_mode() == BEAM and self.num_return_sequences > 1 and steps > 0:
             possible = _distinct_captions(words, eos, steps, self.min_length, self.num_return_sequences)
             if possible < self.num_return_sequences:
                 raise ConfigError(

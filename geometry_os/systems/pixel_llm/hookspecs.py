@@ -1,7 +1,8 @@
 """The whole plugin contract of the pixel_llm system.
 
-Each ``register_*`` hook receives a ``register(name, factory, config_model=None, *, override=False)``
-callback. ``factory`` is a callable or a lazy ``"module:attribute"`` string; it is called with one
+Each ``register_*`` hook receives a ``register(name, factory, config_model=None, *, override=False,
+serves=())`` callback (``serves``: what the component may be picked for unnamed; a decoding strategy's
+generation modes). ``factory`` is a callable or a lazy ``"module:attribute"`` string; it is called with one
 argument, an instance of ``config_model`` (a pydantic model), when the component is built.
 Registering must stay cheap: import torch inside the factory's module, not in the hookimpl's.
 """
@@ -29,12 +30,12 @@ def register_encoders(register):
 
 @hookspec
 def register_decoders(register):
-    """Text decoders with cross-attention and a KV cache (see ``components.DecoderProtocol``)."""
+    """Text decoders with cross-attention and a KV cache (see ``protocols.Decoder``)."""
 
 
 @hookspec
 def register_tokenizers(register):
-    """Tokenizers: text <-> ids with ``<pad> <bos> <eos> <unk>`` (see ``components.TokenizerProtocol``)."""
+    """Tokenizers: text <-> ids with ``<pad> <bos> <eos> <unk>`` (see ``protocols.Tokenizer``)."""
 
 
 @hookspec
@@ -45,7 +46,9 @@ def register_datasets(register):
 
 @hookspec
 def register_decoding_strategies(register):
-    """Decoding strategies: ``factory(cfg) -> strategy`` with ``strategy.decode(model, features, ...)``."""
+    """Decoding strategies: ``factory(options) -> strategy`` with ``strategy.decode(model, features, config,
+    generator=None)`` (see ``protocols.DecodingStrategy``); ``serves=[mode, ...]`` names the generation modes
+    it implements; ``options`` come from ``GenerationConfig.strategy_options``."""
 
 
 @hookspec

@@ -1,6 +1,7 @@
 """Caption generation: ``generate_caption`` encodes the images once and hands the features to a
-decoding strategy (a ``decoding_strategy`` component, looked up by name through the host, so the
-core imports no plugin). Strategies return a ``GenerationOutput``.
+decoding strategy (a ``decoding_strategy`` component resolved through the registry by name or by the
+generation mode it serves, with its own options; the core imports no plugin). Strategies return a
+``GenerationOutput``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import torch
 
 from geometry_os.errors import ComponentError, GeometryOSError, first_line
 
-from .components import get_component
+from .components import resolve_strategy
 from .generation_config import GenerationConfig
+from .vocabulary import undecodable_ids
 
 __all__ = ["GenerationConfig", "GenerationLengthWarning", "GenerationOutput", "beam_search_decode", "generate_caption"]
 
@@ -112,23 +114,20 @@ def generate_caption(
 
     ``max_new_tokens=0`` / ``max_length=1`` return the ``<bos>`` alone (score 0) from every strategy.
     A set length beyond the decoder's ``max_seq_len`` is cut there with a ``GenerationLengthWarning``.
-    Raises ``ConfigError`` when ``suppress_tokens`` (with ``min_length``) leaves no token to generate.
+    Raises ``ConfigError`` when ``suppress_tokens`` (with ``min_length``) leaves no token to generate or
+    ``strategy_options`` do not fit the strategy, ``ComponentError`` for an unknown or failing strategy.
     """
     config = _model_defaults(_resolve_config(config, overrides), model, tokenizer)
     vocab_size = getattr(model.config, "vocab_size", None)
-    known = len(tokenizer) if hasattr(tokenizer, "__len__") else None  # a decode()-only tokenizer: unknown
-    if known is not None and vocab_size is not None and known < vocab_size:  # ids it could not decode
-        extra = range(known, vocab_size)
+    extra = undecodable_ids(tokenizer, vocab_size) if vocab_size is not None else range(0)
+    if extra:  # ids the tokenizer could not decode
         config = _resolve_config(config, {"suppress_tokens": sorted({*(config.suppress_tokens or ()), *extra})})
     if vocab_size is not None:
         config.check_vocabulary(vocab_size, getattr(getattr(model, "decoder", None), "max_seq_len", None))
     _check_length(config, model)
-    component = get_component("decoding_strategy", config.strategy_name)
-    strategy = component.build()
-    if not callable(getattr(strategy, "decode", None)):
-        raise ComponentError(
-            f"{component.label} factory returned {type(strategy).__name__}, expected an object with a decode() method"
-        )
+    resolved = resolve_strategy(config)
+    component = resolved.component
+    strategy = resolved.build()
     if images.dim() == 3:
         images = images.unsqueeze(0)
     device = model.device

@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from geometry_os.errors import CheckpointError, ConfigError
-from geometry_os.fileio import write_json_atomic
+from geometry_os.fileio import read_json, safe_file, write_json_atomic
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -156,8 +156,6 @@ def read_adapter(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-
-    from .checkpoint import read_json, safe_file
 
     weights = safe_file(folder, ADAPTER_WEIGHTS, required=False)
     if weights is None:

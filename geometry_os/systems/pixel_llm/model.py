@@ -1,11 +1,17 @@
 """PixelLLM: an image encoder and a text decoder, both components resolved through the plugin registry.
 
-The core never imports a plugin module: ``config.encoder`` / ``config.decoder`` name components and
-the running host builds them with their validated options.
+The core never imports a plugin module: ``config.encoder`` / ``config.decoder`` name components (None:
+the registry's defaults), ``components.resolve_model`` checks them against a registry (by default the
+host in use) and the model builds them with their validated options. ``load_pretrained`` builds a
+checkpoint's model once, on the meta device, and assigns the saved tensors to it.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -14,11 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geometry_os.errors import ComponentError
+from geometry_os.components import ComponentRegistry
+from geometry_os.errors import CheckpointError, ComponentError, ConfigError
 
-from .components import get_component
+from . import checkpoint, lora
+from .components import ResolvedModel, resolve_model
 from .config import PixelLLMConfig, preset_config
 from .targets import IGNORE_INDEX, next_token_targets
+from .vocabulary import tokenizer_misfit
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,16 +45,29 @@ class PixelLLMOutput:
 class PixelLLM(nn.Module):
     """Image-to-text model: ``encoder(images) -> features``, ``decoder(ids, features) -> logits``."""
 
-    def __init__(self, config: PixelLLMConfig | None = None, **fields: Any) -> None:
+    def __init__(
+        self,
+        config: PixelLLMConfig | ResolvedModel | None = None,
+        *,
+        components: ComponentRegistry | None = None,
+        **fields: Any,
+    ) -> None:
+        """Build from ``config`` (or ``PixelLLMConfig(**fields)``; ``fields`` also override a given config),
+        resolved against ``components`` (default: the host in use), or from an already ``ResolvedModel``.
+        ``self.config`` names the components built. Raises ``ConfigError`` (an unknown component, invalid
+        options) or ``ComponentError`` (a plugin's factory failed)."""
         super().__init__()
+        if isinstance(config, ResolvedModel) and fields:
+            config = config.config
         if config is None:
             config = PixelLLMConfig(**fields)
-        elif fields:
+        elif fields and isinstance(config, PixelLLMConfig):
             config = config.model_copy(update=fields)
             config = PixelLLMConfig.model_validate(config.model_dump())
-        self.config = config
-        self.encoder = _build_module("encoder", config.encoder, config.encoder_config())
-        self.decoder = _build_module("decoder", config.decoder, config.decoder_config())
+        resolved = config if isinstance(config, ResolvedModel) else resolve_model(config, components)
+        self.config = resolved.config
+        self.encoder = resolved.build("encoder")
+        self.decoder = resolved.build("decoder")
 
     @property
     def device(self) -> torch.device:
@@ -143,26 +167,127 @@ class PixelLLM(nn.Module):
 
     # -- checkpoints (safetensors + JSON; nothing executes code on load)
     def save_pretrained(self, path: str | Path, tokenizer: Any = None) -> Path:
-        from .checkpoint import save_pretrained
-
-        return save_pretrained(self, path, tokenizer=tokenizer)
+        """Write a checkpoint folder (``model.safetensors``, ``config.json``, the tokenizer's file); see
+        ``checkpoint.save_pretrained``."""
+        return checkpoint.save_pretrained(self, path, tokenizer=tokenizer)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> tuple[PixelLLM, Any]:
         """``(model, tokenizer)`` from a folder written by ``save_pretrained`` or the trainer, or from a training
         run's folder (``checkpoint_dir``): its ``best`` checkpoint, else its ``latest``, logged as a note."""
-        from .checkpoint import load_pretrained
-
         return load_pretrained(path, map_location=map_location)
 
 
-def _build_module(kind: str, name: str, options: Any) -> nn.Module:
-    """Build a component that becomes a submodule; a plugin returning anything else is named at once."""
-    component = get_component(kind, name)
-    module = component.build(options)
-    if not isinstance(module, nn.Module):
-        raise ComponentError(f"{component.label} factory returned {type(module).__name__}, expected a torch.nn.Module")
-    return module
+def load_pretrained(
+    path: str | Path, map_location: str | torch.device = "cpu", components: ComponentRegistry | None = None
+) -> tuple[PixelLLM, Any]:
+    """``(model, tokenizer)`` from a checkpoint folder, or from a training run's folder (its ``best``
+    checkpoint, else its ``latest``: logged as a warning-level note); the model is in eval mode.
+
+    The config is read and resolved once (against ``components``, default: the host in use), the model
+    built once on the meta device (no memory, no random init), the safetensors header compared with it,
+    and only then the saved tensors loaded and assigned (``load_state_dict(assign=True)``); tied weights
+    are tied again and buffers the file does not hold (computed ones) are computed. Raises
+    ``CheckpointError`` (one line naming the file at fault) for a missing, forged or mismatched folder.
+    """
+    folder, note = checkpoint.resolve_checkpoint_folder(path)
+    if note:
+        logger.warning(note)
+    config, data = checkpoint.read_checkpoint_config(folder)
+    config_path = folder / checkpoint.CONFIG
+    weights = checkpoint.safe_file(folder, checkpoint.WEIGHTS)
+    assert weights is not None  # required=True: a missing file raised
+    try:
+        resolved = resolve_model(config, components)
+        with torch.device("meta"):
+            model = PixelLLM(resolved)
+    except (ConfigError, ComponentError) as exc:
+        raise CheckpointError(f"{config_path}: {exc}") from None
+    aliases = checkpoint.alias_groups(model)
+    expected = {name: t.shape for name, t in model.state_dict().items()}
+    checkpoint.check_weights_header(weights, expected, aliases)  # before any memory is allocated
+    tokenizer = checkpoint.load_tokenizer(folder, data.get("tokenizer"))
+    misfit = tokenizer_misfit(tokenizer, config.vocab_size)
+    if misfit:
+        raise CheckpointError(f"{folder}: {misfit}")
+    _assign_weights(model, weights, aliases, resolved)
+    lora.merge_adapter_file(folder, model)  # a trainer checkpoint of a LoRA run: its adapters, merged
+    model.to(map_location)
+    model.eval()
+    return model, tokenizer
+
+
+def _assign_weights(model: nn.Module, weights: Path, aliases: list[list[str]], resolved: ResolvedModel | None) -> None:
+    """Replace ``model``'s meta tensors by those of ``weights`` (converted to the model's dtypes), tie each
+    group of ``aliases`` to one parameter again, and compute the buffers no file holds."""
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:
+        raise CheckpointError(f"{weights}: cannot load weights: {' '.join(str(exc).split())}") from None
+    own = model.state_dict()
+    for names in aliases:  # a tied tensor is saved under one of its names: every name gets it
+        present = next((n for n in names if n in state), None)
+        for name in names:
+            if present is not None and name in own:
+                state[name] = state[present].to(own[name].dtype)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    if missing or unexpected:
+        raise CheckpointError(f"{weights}: missing tensors {missing[:5]} / unexpected {unexpected[:5]}")
+    parameters = dict(model.named_parameters(remove_duplicate=False))
+    for names in aliases:  # assign gives each name its own Parameter: make the aliases one object again
+        if names[0] not in parameters:  # tied buffers are not re-tied: no component has any
+            continue
+        for name in names[1:]:
+            owner, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(owner), attr, parameters[names[0]])
+    _compute_buffers(model, resolved)
+
+
+def _compute_buffers(model: nn.Module, resolved: ResolvedModel | None) -> None:
+    """Buffers a checkpoint does not hold (``persistent=False``: computed from the config, like sin-cos
+    positions) are still on the meta device after loading: build the component that owns them once more
+    with its parameters on the meta device (no memory, the same config) and take its computed buffers."""
+    pending = [name for name, b in model.named_buffers() if b.is_meta]
+    if not pending:
+        return
+    if resolved is None:
+        raise CheckpointError(f"buffers {pending[:5]} are not in the checkpoint and cannot be computed")
+    for kind in sorted({name.partition(".")[0] for name in pending}):
+        with _parameters_on_meta():
+            fresh = resolved.build(kind)
+        module = model.get_submodule(kind)
+        for name in [n.partition(".")[2] for n in pending if n.startswith(f"{kind}.")]:
+            owner, _, attr = name.rpartition(".")
+            target = module.get_submodule(owner)
+            persistent = attr not in target._non_persistent_buffers_set
+            target.register_buffer(attr, fresh.get_buffer(name), persistent=persistent)
+
+
+_PARAMETERS_ON_META: ContextVar[bool] = ContextVar("pixel_llm_parameters_on_meta", default=False)
+
+
+@contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Every parameter registered inside the block moves to the meta device (buffers stay where they are
+    made): what ``accelerate.init_empty_weights(include_buffers=False)`` does. ``register_parameter`` is
+    patched for the block, but the move is gated on a context variable, so modules another thread
+    builds meanwhile keep their parameters."""
+    register = nn.Module.register_parameter
+
+    def on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        register(module, name, param)
+        if _PARAMETERS_ON_META.get() and param is not None and not param.is_meta:
+            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    token = _PARAMETERS_ON_META.set(True)
+    nn.Module.register_parameter = on_meta  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register  # type: ignore[method-assign]
+        _PARAMETERS_ON_META.reset(token)
 
 
 def create_pixel_llm(vocab_size: int | None = None, preset: str = "small", **overrides: Any) -> PixelLLM:

@@ -4,9 +4,10 @@ Kept for the original description's API (``from geometry_os.systems.pixel_llm.mo
 and the ``VisionEncoder`` / ``LanguageDecoder`` classes it documents); pinned by tests/test_seed_surfaces.py.
 The project's own code builds components through ``components.get_component`` and the model from ``model.py``.
 
-``VisionEncoder`` is the ``vit`` encoder, ``LanguageDecoder`` the ``xattn`` decoder and
-``SimpleVocabulary`` the ``simple`` tokenizer. They are looked up through the running host, so the
-core never imports a plugin module, and a disabled plugin makes its name unavailable here.
+``VisionEncoder`` is the registry's default encoder, ``LanguageDecoder`` its default decoder and
+``SimpleVocabulary`` its default tokenizer (``[systems.pixel_llm.defaults]``; the shipped registry names
+the ``vit``, ``xattn`` and ``simple`` plugins' components). They are looked up through the host in use,
+so the core never imports a plugin module, and a disabled plugin makes its name unavailable here.
 """
 
 from __future__ import annotations
@@ -15,11 +16,7 @@ from typing import Any
 
 from .model import PixelLLM, PixelLLMOutput, create_pixel_llm
 
-_FROM_PLUGINS = {
-    "VisionEncoder": ("encoder", "vit"),
-    "LanguageDecoder": ("decoder", "xattn"),
-    "SimpleVocabulary": ("tokenizer", "simple"),
-}
+_FROM_PLUGINS = {"VisionEncoder": "encoder", "LanguageDecoder": "decoder", "SimpleVocabulary": "tokenizer"}
 
 __all__ = ["PixelLLM", "PixelLLMOutput", "create_pixel_llm", *_FROM_PLUGINS]
 
@@ -30,9 +27,8 @@ def __getattr__(name: str) -> Any:
 
         from .components import get_component
 
-        kind, component = _FROM_PLUGINS[name]
         try:
-            return get_component(kind, component).load()
+            return get_component(_FROM_PLUGINS[name]).load()
         except ComponentError as exc:
             raise ImportError(f"cannot import {name}: {exc}") from None
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

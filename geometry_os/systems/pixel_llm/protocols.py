@@ -14,6 +14,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     import torch
 
+    from .generation_config import GenerationConfig
+    from .inference import GenerationOutput
     from .records import Read
 
 # the special ids of the tokenizers trained here (simple, bpe); a pretrained tokenizer declares its own
@@ -168,3 +170,69 @@ class CaptionBatch(TypedDict):
     captions: list[str]
     image_paths: list[str]
     indices: torch.Tensor  # (B,) long
+
+
+@runtime_checkable
+class DecodingStrategy(Protocol):
+    """What ``factory(options)`` of a ``decoding_strategy`` component returns (``options``: an instance of
+    its registered options model, from ``GenerationConfig.strategy_options``; None without a model).
+
+    ``decode`` gets the model in eval mode under ``torch.inference_mode()``, the encoded images
+    ``features`` (B, N, D), the validated ``GenerationConfig`` and an optional seeded ``generator``; it
+    returns a ``GenerationOutput`` whose ``sequences`` are (B * num_return_sequences, T) token ids from
+    ``<bos>`` (and, for the caption path, ``sequence_scores`` / ``scores_penalised`` per row). It drives
+    ``model.decoder.init_cache`` / ``step`` and encodes nothing.
+    """
+
+    def decode(
+        self, model: Any, features: torch.Tensor, config: GenerationConfig, generator: torch.Generator | None = None
+    ) -> GenerationOutput: ...
+
+
+@runtime_checkable
+class TrainingWorld(Protocol):
+    """The processes a trainer runs in (one, or one per device under ``torchrun``)."""
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that writes checkpoints and reports (rank 0, or the only one)."""
+
+
+@runtime_checkable
+class Trainer(Protocol):
+    """A trained-model loop, as the train workflow drives it. The ``trainer`` component's factory gives the
+    class; the workflow calls, in order:
+
+    - ``make_dataloader(dataset, batch_size, *, shuffle, seed, num_workers, pad_token_id, pin_memory)``
+      (a static method) for each map-style dataset, so that the trainer controls the data order;
+    - ``cls(model, trainer_config, train_dataloader, val_dataloader, tokenizer=..., quiet=...)``: the model
+      (a ``PixelLLM``), the ``TrainerConfig`` and the loaders (``val_dataloader`` may be None);
+    - ``load_checkpoint(folder)`` when a run is resumed;
+    - ``train()``, which returns the run's summary: a JSON-serialisable dict with at least
+      ``checkpoint_dir``, ``global_step``, ``train_time_s``, ``best_metric`` and ``best_checkpoint``;
+    - ``world.is_main``: only the main process returns the summary to its caller.
+
+    Errors the user can fix are raised as ``geometry_os.errors.GeometryOSError`` subclasses (e.g.
+    ``TrainingError``); warnings go through ``warnings.warn``.
+    """
+
+    world: TrainingWorld
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        config: Any,
+        train_dataloader: Any,
+        val_dataloader: Any = None,
+        tokenizer: Tokenizer | None = None,
+        *,
+        quiet: bool = False,
+    ) -> None: ...
+
+    @staticmethod
+    def make_dataloader(dataset: Any, batch_size: int, *, shuffle: bool = True, seed: int = 0, **options: Any) -> Any:
+        """A DataLoader over ``dataset`` in an order the trainer can resume (``batch_size`` per process)."""
+
+    def load_checkpoint(self, folder: Any) -> Any: ...
+
+    def train(self) -> dict[str, Any]: ...
