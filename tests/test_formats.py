@@ -240,7 +240,8 @@ TSV_PLUGIN = '''
 from pathlib import Path
 
 from geometry_os.plugins.datasets import CaptionsOptions
-from geometry_os.systems.pixel_llm.formats import CaptionFormat, Records
+from geometry_os.systems.pixel_llm.dataset import CaptionFormat
+from geometry_os.systems.pixel_llm.records import Records
 from geometry_os.systems.pixel_llm.hookspecs import hookimpl
 
 

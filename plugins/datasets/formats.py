@@ -1,4 +1,4 @@
-"""The caption-data formats this plugin registers (``CaptionFormat`` instances; see the core's ``formats``).
+"""The caption-data formats this plugin registers (``CaptionFormat`` instances; see the core's ``dataset`` and ``formats``).
 
 * ``json`` / ``jsonl`` / ``coco``: the core's readers (``records.read_caption_file``).
 * ``karpathy``: Karpathy's split files (``dataset_coco.json``, ``dataset_flickr8k.json``, ``dataset_flickr30k.json``
@@ -20,7 +20,8 @@ import re
 from pathlib import Path
 
 from geometry_os.fileio import parse_json
-from geometry_os.systems.pixel_llm.formats import CaptionFormat, head
+from geometry_os.systems.pixel_llm.dataset import CaptionFormat
+from geometry_os.systems.pixel_llm.formats import head
 from geometry_os.systems.pixel_llm.images import DataError
 from geometry_os.systems.pixel_llm.records import Read, Records, read_caption_file, read_text
 

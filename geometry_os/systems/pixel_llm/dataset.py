@@ -15,7 +15,8 @@ import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 from PIL import Image
 from torch.utils.data import Dataset
@@ -23,7 +24,7 @@ from torch.utils.data import Dataset
 from geometry_os.systems.pixel_llm.data_config import DatasetConfig
 from geometry_os.systems.pixel_llm.images import DataError, load_image
 from geometry_os.systems.pixel_llm.protocols import EOS_ID
-from geometry_os.systems.pixel_llm.records import CaptionRecord
+from geometry_os.systems.pixel_llm.records import CaptionRecord, Read
 from geometry_os.systems.pixel_llm.tokens import CaptionTokens, resolve_tokenizer, special_id
 from geometry_os.systems.pixel_llm.transforms import build_transform
 
@@ -224,3 +225,42 @@ class ImageTextDataset(CaptionedImages):
         self.skipped.extend(problems)
         self._bad.update(problems)
         return problems
+
+
+class CaptionFormat:
+    """A ``DatasetReader`` with the optional members filled in: subclasses set ``name`` (the component
+    name) and ``has_splits`` and implement ``detect`` and ``read``; register an instance:
+    ``register("myformat", "pkg.mod:MY_FORMAT", CaptionsOptions)``."""
+
+    name: ClassVar[str] = ""
+    has_splits: ClassVar[bool] = False  # whether ``read`` understands split="train"/"val"/"test"
+    streaming: ClassVar[bool] = False  # read through ``stream`` (an IterableDataset), not ``read``
+
+    def claims(self, spec: str) -> bool:
+        """Whether a spec that is not one existing path is this format's (e.g. a shard pattern)."""
+        return False
+
+    def stream(self, spec: str, tokenizer: Any, config: Any, seed: int = 0, **options: Any) -> Any:
+        """A streaming format's ``IterableDataset`` of ``spec``."""
+        raise NotImplementedError
+
+    def detect(self, path: Path) -> bool:
+        """Whether ``path`` (an existing file or folder) looks like this format; cheap (reads a little)."""
+        return False
+
+    def read(self, path: str, image_root: str | None, on_error: str, split: str | None) -> Read:
+        """Records of ``path``; images relative to ``image_root`` (None: the format's default). Raises
+        ``DataError`` for whole-file problems, and for entry problems when ``on_error="raise"``."""
+        raise NotImplementedError
+
+    def __call__(self, options: Any, tokenizer: Any = None) -> Any:
+        """The ``dataset`` component factory: an ``ImageTextDataset`` of ``options.data_path``."""
+        from .data_config import dataset_config
+
+        return ImageTextDataset(
+            f"{self.name}:{options.data_path}",
+            tokenizer=tokenizer,
+            config=dataset_config(options),
+            image_root=options.image_root,
+            split=getattr(options, "split", None),
+        )

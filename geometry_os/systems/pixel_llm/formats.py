@@ -1,7 +1,7 @@
 """Caption-data formats: readers registered as ``dataset`` components, chosen by ``[FORMAT:]PATH``.
 
 A format is a ``dataset`` component whose factory is a ``DatasetReader`` (``protocols.py``), usually an
-instance of a ``CaptionFormat`` subclass: building it gives an ``ImageTextDataset``, and ``read`` /
+instance of a ``dataset.CaptionFormat`` subclass: building it gives an ``ImageTextDataset``, and ``read`` /
 ``detect`` let every command (``train``, ``eval``, ``lint-data``) and ``ImageTextDataset`` itself read the
 format through the registry, so a plugin adds a format without touching the core (docs/plugins.md shows
 one). ``FORMAT:PATH`` names the format; a bare ``PATH`` is given to the one format whose ``detect``
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, ClassVar
 
 from .images import DataError
 from .protocols import DatasetReader
@@ -20,7 +19,6 @@ from .records import CaptionRecord, Read, Records, read_caption_file
 
 __all__ = [
     "SPLITS",
-    "CaptionFormat",
     "CaptionRecord",
     "DatasetReader",
     "Read",
@@ -35,46 +33,6 @@ __all__ = [
 ]
 
 SPLITS = ("train", "val", "test")
-
-
-class CaptionFormat:
-    """A ``DatasetReader`` with the optional members filled in: subclasses set ``name`` (the component
-    name) and ``has_splits`` and implement ``detect`` and ``read``; register an instance:
-    ``register("myformat", "pkg.mod:MY_FORMAT", CaptionsOptions)``."""
-
-    name: ClassVar[str] = ""
-    has_splits: ClassVar[bool] = False  # whether ``read`` understands split="train"/"val"/"test"
-    streaming: ClassVar[bool] = False  # read through ``stream`` (an IterableDataset), not ``read``
-
-    def claims(self, spec: str) -> bool:
-        """Whether a spec that is not one existing path is this format's (e.g. a shard pattern)."""
-        return False
-
-    def stream(self, spec: str, tokenizer: Any, config: Any, seed: int = 0, **options: Any) -> Any:
-        """A streaming format's ``IterableDataset`` of ``spec``."""
-        raise NotImplementedError
-
-    def detect(self, path: Path) -> bool:
-        """Whether ``path`` (an existing file or folder) looks like this format; cheap (reads a little)."""
-        return False
-
-    def read(self, path: str, image_root: str | None, on_error: str, split: str | None) -> Read:
-        """Records of ``path``; images relative to ``image_root`` (None: the format's default). Raises
-        ``DataError`` for whole-file problems, and for entry problems when ``on_error="raise"``."""
-        raise NotImplementedError
-
-    def __call__(self, options: Any, tokenizer: Any = None) -> Any:
-        """The ``dataset`` component factory: an ``ImageTextDataset`` of ``options.data_path``."""
-        from .data_config import dataset_config
-        from .dataset import ImageTextDataset
-
-        return ImageTextDataset(
-            f"{self.name}:{options.data_path}",
-            tokenizer=tokenizer,
-            config=dataset_config(options),
-            image_root=options.image_root,
-            split=getattr(options, "split", None),
-        )
 
 
 def head(path: Path, size: int = 65536) -> str:

@@ -122,7 +122,7 @@ class DatasetReader(Protocol):
     ``register("tsv", "pkg.mod:TSV", CaptionsOptions)``. ``formats.read_caption_data`` (and through it
     ``ImageTextDataset``, ``train``, ``eval``, ``lint-data``) finds every registered reader, picks one for
     ``FORMAT:PATH`` by ``name`` or for a bare ``PATH`` by ``claims`` / ``detect``, and calls ``read``.
-    ``formats.CaptionFormat`` implements the optional members (no streaming, claims nothing, building
+    ``dataset.CaptionFormat`` implements the optional members (no streaming, claims nothing, building
     the component gives an ``ImageTextDataset``): subclass it and write ``detect`` and ``read``.
     """
 
