@@ -70,7 +70,7 @@ class LoadSampler:
 def test_scenes(n: int, seed: int, config: Any, split: str = "test", hold_out: list[str] | None = None) -> Any:
     """Held-out scenes at the model's image size and normalisation (``config``: the model's config);
     ``hold_out`` pairs are absent from ``test`` and present in every ``compositional`` scene."""
-    from geometry_os.systems.pixel_llm.components import get_component
+    from geometry_os.systems.pixel_llm.resolution import get_component
 
     return get_component("dataset", "shapes").build(
         {"n": n, "seed": seed, "split": split, "hold_out": hold_out or [], **config.image_options()}
@@ -108,7 +108,7 @@ def evaluate_checkpoint(
     """Greedy captions of ``n`` scenes of ``split`` by the checkpoint in ``folder``; the result also keeps
     the predictions and the scenes (``predictions``, ``test_set``) under private keys for callers."""
     from geometry_os.systems.pixel_llm.inference import GenerationConfig, generate_caption
-    from geometry_os.systems.pixel_llm.model import PixelLLM
+    from geometry_os.systems.pixel_llm.modeling import PixelLLM
 
     model, tokenizer = PixelLLM.from_pretrained(folder)
     model.eval()
@@ -216,8 +216,8 @@ def run_hf(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
 
     from geometry_os.plugins.amp_trainer.optim import lr_lambda, param_groups
     from geometry_os.plugins.amp_trainer.sampling import make_dataloader
-    from geometry_os.systems.pixel_llm.components import get_component
     from geometry_os.systems.pixel_llm.config import load_config
+    from geometry_os.systems.pixel_llm.resolution import get_component
     from geometry_os.systems.pixel_llm.targets import IGNORE_INDEX, next_token_targets
 
     overrides = [f"trainer.max_time_s={args.budget_s}", f"trainer.seed={args.seed}", *args.set]

@@ -41,7 +41,6 @@ def _limit(meta: object) -> str:
 
 
 def configuration_md() -> str:
-    from geometry_os.systems.pixel_llm.components import get_component
     from geometry_os.systems.pixel_llm.config import (
         PRESETS,
         DatasetConfig,
@@ -49,6 +48,7 @@ def configuration_md() -> str:
         PixelLLMConfig,
         TrainerConfig,
     )
+    from geometry_os.systems.pixel_llm.resolution import get_component
 
     out = [
         "# Configuration reference",

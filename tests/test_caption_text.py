@@ -368,7 +368,7 @@ def test_a_checkpoint_with_a_version_1_vocabulary_captions_as_before(tmp_path, m
     from PIL import Image
 
     from geometry_os.systems.pixel_llm import captioning, create_pixel_llm, inference
-    from geometry_os.systems.pixel_llm.model import PixelLLM
+    from geometry_os.systems.pixel_llm.modeling import PixelLLM
 
     tokens = ["<pad>", "<bos>", "<eos>", "<unk>", "a", "man", "'", "s", "hat", ",", "red", ".", "ল", "া"]
     torch.manual_seed(0)

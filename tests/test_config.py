@@ -6,7 +6,6 @@ import pytest
 from pydantic import ValidationError
 
 from geometry_os.errors import ConfigError
-from geometry_os.systems.pixel_llm.components import resolve_model
 from geometry_os.systems.pixel_llm.config import (
     PRESETS,
     PixelLLMConfig,
@@ -15,7 +14,8 @@ from geometry_os.systems.pixel_llm.config import (
     parse_overrides,
     preset_config,
 )
-from geometry_os.systems.pixel_llm.model import PixelLLM
+from geometry_os.systems.pixel_llm.modeling import PixelLLM
+from geometry_os.systems.pixel_llm.resolution import resolve_model
 
 
 def test_defaults_are_the_original_description_sizes():

@@ -518,7 +518,7 @@ def test_without_tokenizer_the_registry_default_tokenizer_is_trained(folder):
 
 
 def test_captions_dataset_component(folder):
-    from geometry_os.systems.pixel_llm.components import get_component
+    from geometry_os.systems.pixel_llm.resolution import get_component
 
     path = write(folder / "c.json", [{"image": "images/red.png", "caption": "a red square"}])
     ds = get_component("dataset", "captions").build({"data_path": str(path), "image_size": 12}, tokenizer=VOCAB)

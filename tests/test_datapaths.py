@@ -332,7 +332,7 @@ def test_dataset_with_another_explicit_size_is_refused_in_one_line(tmp_path):
 
 
 def test_batches_of_another_size_are_refused_at_the_first_step(tmp_path):
-    from geometry_os.systems.pixel_llm.components import get_component
+    from geometry_os.systems.pixel_llm.resolution import get_component
 
     scenes = get_component("dataset", "shapes").build({"n": 6, "seed": 0, "image_size": 48})
     loader = create_dataloader(torch.utils.data.Subset(scenes, range(6)), batch_size=3)  # no DatasetConfig to read

@@ -19,13 +19,13 @@ from torch import nn
 from geometry_os.errors import ComponentError
 from geometry_os.plugins.decoding.common import process_logits, warp_logits
 from geometry_os.systems.pixel_llm import create_pixel_llm
-from geometry_os.systems.pixel_llm.components import get_component
 from geometry_os.systems.pixel_llm.inference import (
     GenerationConfig,
     GenerationOutput,
     beam_search_decode,
     generate_caption,
 )
+from geometry_os.systems.pixel_llm.resolution import get_component
 
 PAD, BOS, EOS = 0, 1, 2
 SEEDS = [0, 1, 2]
@@ -551,7 +551,7 @@ def test_invalid_overrides_and_unknown_strategy():
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_a_tokenizer_smaller_than_the_vocabulary_only_gets_ids_it_can_decode(num_beams):
     """A model whose vocab_size exceeds its tokenizer never emits the ids the tokenizer lacks."""
-    from geometry_os.systems.pixel_llm.components import get_component
+    from geometry_os.systems.pixel_llm.resolution import get_component
 
     vocab = get_component("tokenizer", "simple").load().train(["a red square", "a blue circle"])
     model = make_model(0, vocab=64)  # random weights: the extra ids are as likely as any

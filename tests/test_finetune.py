@@ -15,12 +15,12 @@ from click.testing import CliRunner
 
 from geometry_os.cli import cli
 from geometry_os.errors import ConfigError
-from geometry_os.plugins.amp_trainer import checkpointing as ckpt
+from geometry_os.plugins.amp_trainer import run_state as ckpt
 from geometry_os.plugins.amp_trainer.trainer import PixelLLMTrainer
 from geometry_os.systems.pixel_llm import PixelLLM, create_pixel_llm, lora
-from geometry_os.systems.pixel_llm.components import get_component
 from geometry_os.systems.pixel_llm.config import TrainerConfig
 from geometry_os.systems.pixel_llm.freeze import matching
+from geometry_os.systems.pixel_llm.resolution import get_component
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -325,8 +325,8 @@ def test_a_dataset_reader_plugin_is_read_by_the_dataset_train_eval_and_lint_data
     ``protocols.DatasetReader`` without the ``CaptionFormat`` base class: inferred from the suffix and named as
     FORMAT:PATH, ``ImageTextDataset``, the component factory, ``train``, ``eval`` and ``lint-data`` all read the
     same records from it."""
-    from geometry_os.systems.pixel_llm.components import get_component
     from geometry_os.systems.pixel_llm.protocols import DatasetReader
+    from geometry_os.systems.pixel_llm.resolution import get_component
 
     root = make_plugin_dist(tmp_path / "site", "geo-tsv-reader", "1.0", "geo_tsv_reader", READER_PLUGIN)
     monkeypatch.syspath_prepend(str(root))

@@ -31,7 +31,7 @@ def ws(tmp_path_factory) -> Path:
     import torch
 
     from geometry_os.systems.pixel_llm import create_pixel_llm
-    from geometry_os.systems.pixel_llm.components import get_component
+    from geometry_os.systems.pixel_llm.resolution import get_component
 
     root = tmp_path_factory.mktemp("gencli")
     vocab = get_component("tokenizer", "simple").load().train(CAPTIONS, None)
@@ -218,8 +218,8 @@ def test_per_image_errors_and_the_hosts_plugin_warnings_use_the_same_prefixes(ws
 
 
 def test_the_vocab_size_notice_is_a_warning_line(capsys):
-    from geometry_os.systems.pixel_llm.components import get_component
     from geometry_os.systems.pixel_llm.config import preset_config
+    from geometry_os.systems.pixel_llm.resolution import get_component
     from geometry_os.systems.pixel_llm.workflows import fit_vocabulary
 
     vocab = get_component("tokenizer", "simple").load().train(CAPTIONS, None)

@@ -9,8 +9,8 @@ from conftest import make_plugin_dist
 
 from geometry_os.errors import ComponentError, ConfigError, GeometryOSError, PluginError, RegistryError
 from geometry_os.host import Host, PluginLoadWarning, default_registry_path, read_registry, set_host
-from geometry_os.systems.pixel_llm.components import resolve_model
 from geometry_os.systems.pixel_llm.config import PixelLLMConfig
+from geometry_os.systems.pixel_llm.resolution import resolve_model
 
 DEFAULT_COMPONENTS = {
     "encoder": {"vit"},

@@ -16,8 +16,8 @@ from geometry_os.cli import cli
 from geometry_os.errors import ConfigError
 from geometry_os.plugins.amp_trainer.optim import lr_lambda
 from geometry_os.plugins.datasets import shapes as S
-from geometry_os.systems.pixel_llm.components import get_component, resolve_model
 from geometry_os.systems.pixel_llm.config import TrainerConfig, load_config
+from geometry_os.systems.pixel_llm.resolution import get_component, resolve_model
 
 ROOT = Path(__file__).resolve().parents[1]
 OBJECT = r"a (small|large) (red|green|blue|yellow|purple|white) (circle|square|triangle|diamond)"
@@ -121,7 +121,7 @@ def test_training_and_captioning_normalise_images_as_the_model_config_says(tmp_p
     import torch
 
     from geometry_os.systems.pixel_llm.captioning import preprocessing_config
-    from geometry_os.systems.pixel_llm.model import PixelLLM
+    from geometry_os.systems.pixel_llm.modeling import PixelLLM
     from geometry_os.systems.pixel_llm.workflows import build_datasets as _datasets
 
     unit = ["image_mean=[0,0,0]", "image_std=[1,1,1]", "trainer.num_scenes=20"]

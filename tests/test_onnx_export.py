@@ -21,7 +21,7 @@ from PIL import Image
 from geometry_os.cli import cli
 from geometry_os.errors import CheckpointError, ComponentError, ConfigError, GeometryOSError
 from geometry_os.systems.pixel_llm import create_pixel_llm
-from geometry_os.systems.pixel_llm.components import get_component
+from geometry_os.systems.pixel_llm.resolution import get_component
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -89,7 +89,7 @@ def exported(checkpoint, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def loaded(checkpoint, exported):
     from geometry_os.plugins.onnx_export.runtime import OnnxCaptioner
-    from geometry_os.systems.pixel_llm.model import PixelLLM
+    from geometry_os.systems.pixel_llm.modeling import PixelLLM
 
     model, tokenizer = PixelLLM.from_pretrained(checkpoint)
     return model, tokenizer, OnnxCaptioner(exported)

@@ -11,7 +11,7 @@ from pretrained_refs import make_ved, perturb, save_gpt2_tokenizer
 
 from geometry_os.cli import cli
 from geometry_os.plugins.pretrained.convert import import_pretrained
-from geometry_os.systems.pixel_llm.model import PixelLLM
+from geometry_os.systems.pixel_llm.modeling import PixelLLM
 
 transformers = pytest.importorskip("transformers")
 PHOTOS = Path(__file__).parent / "data" / "photos"
@@ -68,7 +68,7 @@ def test_finetune_imported_captioner_on_real_photos(tmp_path):
     losses = [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert sum(losses[-5:]) / 5 < 0.5 * losses[0], losses
 
-    from geometry_os.plugins.amp_trainer.checkpointing import read_latest
+    from geometry_os.plugins.amp_trainer.run_state import read_latest
 
     latest = read_latest(run)
     model, tok = PixelLLM.from_pretrained(latest)

@@ -14,7 +14,7 @@ from geometry_os.cli import cli as main
 from geometry_os.errors import CheckpointError
 from geometry_os.plugins.pretrained.convert import import_pretrained
 from geometry_os.systems.pixel_llm.inference import generate_caption
-from geometry_os.systems.pixel_llm.model import PixelLLM
+from geometry_os.systems.pixel_llm.modeling import PixelLLM
 
 transformers = pytest.importorskip("transformers")
 

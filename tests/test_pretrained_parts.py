@@ -10,7 +10,7 @@ from PIL import Image
 from pretrained_refs import perturb, save_gpt2_tokenizer
 
 from geometry_os.plugins.pretrained.convert import import_pretrained
-from geometry_os.systems.pixel_llm.model import PixelLLM
+from geometry_os.systems.pixel_llm.modeling import PixelLLM
 
 transformers = pytest.importorskip("transformers")
 

@@ -209,7 +209,7 @@ def test_explain_and_caption_feed_the_model_the_same_pixels(workspace, tmp_path,
     """caption decodes JPEGs at reduced scale (draft); explain must feed the model the same pixels, so
     that both give the same caption."""
     from geometry_os.systems.pixel_llm import captioning, explain, inference
-    from geometry_os.systems.pixel_llm.model import PixelLLM
+    from geometry_os.systems.pixel_llm.modeling import PixelLLM
 
     source = next((workspace / "shapes" / "images" / "val").glob("*.png"))
     jpeg = tmp_path / "big.jpg"

@@ -18,11 +18,11 @@ from conftest import make_plugin_dist
 from geometry_os.cli import cli
 from geometry_os.errors import CheckpointError, ComponentError, ConfigError
 from geometry_os.host import Host, default_registry_path, get_host, set_host
-from geometry_os.systems.pixel_llm.components import get_component, resolve_model, resolve_strategy
 from geometry_os.systems.pixel_llm.config import preset_config
 from geometry_os.systems.pixel_llm.generation_config import GenerationConfig
 from geometry_os.systems.pixel_llm.inference import generate_caption
-from geometry_os.systems.pixel_llm.model import PixelLLM, load_pretrained
+from geometry_os.systems.pixel_llm.modeling import PixelLLM, load_pretrained
+from geometry_os.systems.pixel_llm.resolution import get_component, resolve_model, resolve_strategy
 from geometry_os.systems.pixel_llm.vocabulary import tokenizer_misfit, undecodable_ids
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -402,7 +402,7 @@ def test_assigned_weights_are_tied_again(tmp_path):
     from safetensors.torch import save_model
 
     from geometry_os.systems.pixel_llm.checkpoint import alias_groups
-    from geometry_os.systems.pixel_llm.model import _assign_weights
+    from geometry_os.systems.pixel_llm.modeling import _assign_weights
 
     torch.manual_seed(0)
     saved = Tied()

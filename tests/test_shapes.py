@@ -136,7 +136,7 @@ def test_default_tokenizer_is_the_grammar_vocabulary_for_every_split():
 
 
 def test_shapes_component_and_options():
-    from geometry_os.systems.pixel_llm.components import get_component
+    from geometry_os.systems.pixel_llm.resolution import get_component
 
     ds = get_component("dataset", "shapes").build({"n": 6, "seed": 2, "image_size": 16, "split": "test"})
     assert len(ds) == 6 and ds[0]["image"].shape == (3, 16, 16)

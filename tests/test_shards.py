@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from geometry_os.cli import cli
-from geometry_os.plugins.amp_trainer import checkpointing as ckpt
+from geometry_os.plugins.amp_trainer import run_state as ckpt
 from geometry_os.plugins.amp_trainer.trainer import PixelLLMTrainer
 from geometry_os.plugins.datasets.shards import ShardStream
 from geometry_os.systems.pixel_llm import create_pixel_llm

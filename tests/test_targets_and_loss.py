@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from geometry_os.plugins.amp_trainer.trainer import PixelLLMTrainer
 from geometry_os.systems.pixel_llm import PixelLLM, create_pixel_llm
 from geometry_os.systems.pixel_llm.collate import CaptionCollator
-from geometry_os.systems.pixel_llm.components import get_component
 from geometry_os.systems.pixel_llm.config import TrainerConfig
+from geometry_os.systems.pixel_llm.resolution import get_component
 from geometry_os.systems.pixel_llm.targets import IGNORE_INDEX, count_targets, ignore_padding, next_token_targets
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py

@@ -312,7 +312,7 @@ def test_hookimpls_register_lazy_factories_with_options():
 
 
 def test_registry_finds_both_tokenizers():
-    from geometry_os.systems.pixel_llm.components import get_component
+    from geometry_os.systems.pixel_llm.resolution import get_component
 
     assert get_component("tokenizer", "simple").load() is SimpleVocabulary
     assert get_component("tokenizer", "bpe").load() is BPETokenizer

@@ -23,15 +23,15 @@ from PIL import Image
 
 from geometry_os.cli import cli
 from geometry_os.errors import CheckpointError, GeometryOSError
-from geometry_os.plugins.amp_trainer import checkpointing as ckpt
+from geometry_os.plugins.amp_trainer import run_state as ckpt
 from geometry_os.plugins.amp_trainer.optim import amp_dtype, cpu_has_fast_bf16, lr_lambda, param_groups
 from geometry_os.plugins.amp_trainer.sampling import EpochBatchSampler
 from geometry_os.plugins.amp_trainer.trainer import NonFiniteLossError, PixelLLMTrainer, TrainingError
 from geometry_os.plugins.amp_trainer.validation import CaptionCollapseWarning
 from geometry_os.systems.pixel_llm import PixelLLM, create_pixel_llm
-from geometry_os.systems.pixel_llm.components import get_component
 from geometry_os.systems.pixel_llm.config import TrainerConfig
 from geometry_os.systems.pixel_llm.data import create_dataloader
+from geometry_os.systems.pixel_llm.resolution import get_component
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
@@ -457,7 +457,7 @@ DDP_SCRIPT = textwrap.dedent("""
     import sys, torch
     torch.set_num_threads(1)
     from geometry_os.systems.pixel_llm import create_pixel_llm
-    from geometry_os.systems.pixel_llm.components import get_component
+    from geometry_os.systems.pixel_llm.resolution import get_component
     from geometry_os.plugins.amp_trainer.trainer import PixelLLMTrainer
     from geometry_os.systems.pixel_llm.config import TrainerConfig
 

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from geometry_os.plugins.vit import ViTOptions
 from geometry_os.plugins.vit.model import VisionEncoder
 from geometry_os.systems.pixel_llm.inference import generate_caption
-from geometry_os.systems.pixel_llm.model import PixelLLM
+from geometry_os.systems.pixel_llm.modeling import PixelLLM
 
 TINY = dict(image_size=32, patch_size=8, embed_dim=32, num_layers=2, num_heads=2)
 LEGACY = Path(__file__).parent / "data" / "legacy_tiny"

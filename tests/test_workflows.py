@@ -183,9 +183,9 @@ def test_the_amp_trainer_is_a_trainer(tmp_path):
     """The registry's trainer provides what the workflow calls (``protocols.Trainer``)."""
     from geometry_os.plugins.datasets.shapes_dataset import ShapesDataset
     from geometry_os.systems.pixel_llm import create_pixel_llm
-    from geometry_os.systems.pixel_llm.components import get_component
     from geometry_os.systems.pixel_llm.config import TrainerConfig
     from geometry_os.systems.pixel_llm.protocols import Trainer, TrainingWorld
+    from geometry_os.systems.pixel_llm.resolution import get_component
 
     trainer_cls = get_component("trainer").load()
     data = ShapesDataset(8, seed=0, image_size=32)

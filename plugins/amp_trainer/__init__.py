@@ -1,5 +1,5 @@
 """Plugin: the ``amp`` trainer (``trainer.py``, a ``protocols.Trainer``) and the ``geo-os pixel-llm train``
-command (``cli.py``: the flags, then the core's ``workflows.train``).
+command (``train_command.py``: the flags, then the core's ``workflows.train``).
 
 Registering stays cheap: no torch here; the trainer class is a lazy ``"module:attr"`` factory and the
 command imports torch inside its body. The trainer's options are the core ``TrainerConfig`` (the
@@ -18,6 +18,6 @@ def register_trainers(register):
 @hookimpl
 def register_commands(cli):
     """The ``train`` command."""
-    from geometry_os.plugins.amp_trainer.cli import train_command
+    from geometry_os.plugins.amp_trainer.train_command import train_command
 
     cli.add_command(train_command)

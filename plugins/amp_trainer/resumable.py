@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from . import checkpointing as ckpt
+from . import run_state as ckpt
 
 
 class CheckpointMixin:

@@ -25,7 +25,7 @@ from geometry_os.errors import TrainingError
 from geometry_os.systems.pixel_llm.config import PixelLLMConfig, TrainerConfig
 from geometry_os.systems.pixel_llm.targets import count_targets
 
-from . import checkpointing as ckpt
+from . import run_state as ckpt
 from .distributed import init_world, wrap_ddp
 from .feedback import CURVES_FILE, METRICS_FILE, TENSORBOARD_DIR, MetricsLog, Progress, plot_curves
 from .finetune import EarlyStopping, parameter_counts, prepare_model
@@ -461,7 +461,7 @@ class PixelLLMTrainer(CheckpointMixin):
     def _larger_than_small(self) -> bool:
         """Whether the model has more parameters than the ``small`` preset with its vocabulary."""
         from geometry_os.systems.pixel_llm.config import preset_config
-        from geometry_os.systems.pixel_llm.model import PixelLLM
+        from geometry_os.systems.pixel_llm.modeling import PixelLLM
 
         vocab = getattr(getattr(self.model, "config", None), "vocab_size", None)
         if vocab is None:

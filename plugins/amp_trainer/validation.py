@@ -33,8 +33,8 @@ def generation_unavailable(tokenizer: Any) -> str | None:
     if tokenizer is None or not callable(getattr(tokenizer, "decode", None)):
         return "no tokenizer to decode captions"
     try:
-        from geometry_os.systems.pixel_llm.components import get_component
         from geometry_os.systems.pixel_llm.inference import generate_caption  # noqa: F401
+        from geometry_os.systems.pixel_llm.resolution import get_component
 
         get_component("decoding_strategy", "greedy")
     except Exception as exc:  # inference or the greedy strategy not installed

@@ -102,7 +102,7 @@ def generation_config(params: dict[str, Any]) -> Any:
         fields["strategy_options"] = parse_overrides(params["strategy_options"], flag="--strategy-option")
     generation = GenerationConfig(**fields)
     if generation.strategy_options:
-        from geometry_os.systems.pixel_llm.components import resolve_strategy
+        from geometry_os.systems.pixel_llm.resolution import resolve_strategy
 
         resolve_strategy(generation)  # options the strategy refuses: an error before the checkpoint is loaded
     return generation

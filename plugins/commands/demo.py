@@ -121,10 +121,10 @@ def evaluate_by_shapes(model: Any, tokenizer: Any, n: int, seed: int) -> tuple[d
     """Greedy exact match on ``n`` held-out test scenes, overall and per number of shapes."""
     import torch
 
-    from geometry_os.systems.pixel_llm.components import get_component
     from geometry_os.systems.pixel_llm.data import per_image
     from geometry_os.systems.pixel_llm.inference import generate_caption
     from geometry_os.systems.pixel_llm.metrics import caption_metrics
+    from geometry_os.systems.pixel_llm.resolution import get_component
 
     test = get_component("dataset", "shapes").build(
         {"n": n, "seed": seed, "split": "test", **model.config.image_options()}, tokenizer=tokenizer
@@ -150,7 +150,7 @@ def write_report(
 
     from geometry_os.systems.pixel_llm.checkpoint import resolve_checkpoint_folder
     from geometry_os.systems.pixel_llm.explain import explain_image, render_panels
-    from geometry_os.systems.pixel_llm.model import PixelLLM
+    from geometry_os.systems.pixel_llm.modeling import PixelLLM
 
     best, _ = resolve_checkpoint_folder(checkpoints)
     model, tokenizer = PixelLLM.from_pretrained(best)

@@ -39,7 +39,7 @@ def load_vocab(path: str | os.PathLike) -> Any:
     tokenizers JSON (has "model") ``bpe``, anything else ``simple``. Raises ``ValueError`` naming the file
     when it is not valid JSON or not a file the tokenizer can load."""
     from geometry_os.errors import GeometryOSError
-    from geometry_os.systems.pixel_llm.components import get_component
+    from geometry_os.systems.pixel_llm.resolution import get_component
 
     data = parse_json(read_utf8(path), path)
     name = "bpe" if isinstance(data, dict) and "model" in data else "simple"
@@ -279,7 +279,7 @@ def _report_missing_words(
     if tokenizer is None:
         if len(paths) < 2 or not captions[paths[0]]:
             return
-        from geometry_os.systems.pixel_llm.components import get_component
+        from geometry_os.systems.pixel_llm.resolution import get_component
 
         tokenizer_class: Any = get_component("tokenizer").load()
         tokenizer = tokenizer_class.train([r.caption for r in captions[paths[0]]], None)

@@ -21,7 +21,7 @@ from geometry_os.systems.pixel_llm.tokens import CaptionTokens, resolve_tokenize
 
 def default_tokenizer() -> Any:
     """The ``simple`` vocabulary of the grammar's words: the same ids for every split and seed."""
-    from geometry_os.systems.pixel_llm.components import get_component
+    from geometry_os.systems.pixel_llm.resolution import get_component
 
     tokenizer_class: Any = get_component("tokenizer", "simple").load()
     return tokenizer_class.train([" ".join(VOCABULARY)], None)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 @hookimpl
 def register_commands(cli: click.Group) -> None:
     """Add the ``export`` and ``caption-onnx`` commands to the ``pixel-llm`` command group ``cli``."""
-    from .cli import caption_onnx_command, export_command
+    from .commands import caption_onnx_command, export_command
 
     cli.add_command(export_command)
     cli.add_command(caption_onnx_command)

@@ -122,7 +122,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path) -> Path:
     from geometry_os.systems.pixel_llm.checkpoint import CONFIG, read_checkpoint_config, safe_file
     from geometry_os.systems.pixel_llm.data_config import DatasetConfig
     from geometry_os.systems.pixel_llm.generation_config import GenerationConfig
-    from geometry_os.systems.pixel_llm.model import PixelLLM
+    from geometry_os.systems.pixel_llm.modeling import PixelLLM
 
     from .graphs import CrossKVGraph, DecoderStepGraph, EncoderGraph, check_supported
 

@@ -175,7 +175,7 @@ class OnnxCaptioner:
             raise CheckpointError(f"{path}: image size and image_std must be positive")
 
     def _load_tokenizer(self, entry: Any, source: Path) -> Any:
-        from geometry_os.systems.pixel_llm.components import get_component
+        from geometry_os.systems.pixel_llm.resolution import get_component
 
         if not isinstance(entry, Mapping) or not isinstance(entry.get("component"), str):
             raise CheckpointError(f"{source}: 'tokenizer' must be an object with 'component' and 'file'")

@@ -176,7 +176,7 @@ def build_checkpoint(
     from geometry_os.fileio import AtomicFolder
     from geometry_os.systems.pixel_llm.checkpoint import CONFIG, TOKENIZER, WEIGHTS, write_model_files
     from geometry_os.systems.pixel_llm.config import PixelLLMConfig
-    from geometry_os.systems.pixel_llm.model import PixelLLM
+    from geometry_os.systems.pixel_llm.modeling import PixelLLM
 
     config = PixelLLMConfig.model_validate(fields)
     torch.manual_seed(0)

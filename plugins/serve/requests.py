@@ -122,7 +122,7 @@ def parse_options(raw: Any, max_num_beams: int) -> Options:
         RequestError: 400 for options that are not an object, set by the server, of the wrong type, beyond
             ``max_num_beams``, or invalid as generation settings.
     """
-    from geometry_os.systems.pixel_llm.components import resolve_strategy
+    from geometry_os.systems.pixel_llm.resolution import resolve_strategy
 
     if not isinstance(raw, dict):
         raise RequestError(400, f"options: expected a JSON object, got {type(raw).__name__}")

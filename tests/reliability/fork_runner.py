@@ -26,11 +26,11 @@ def warm_up() -> None:
     import torchvision.transforms.v2  # noqa: F401
 
     import geometry_os.cli
-    import geometry_os.plugins.amp_trainer.cli
+    import geometry_os.plugins.amp_trainer.train_command
     import geometry_os.plugins.amp_trainer.trainer
     import geometry_os.systems.pixel_llm.checkpoint
     import geometry_os.systems.pixel_llm.data
-    import geometry_os.systems.pixel_llm.model
+    import geometry_os.systems.pixel_llm.modeling
     import geometry_os.systems.pixel_llm.workflows  # noqa: F401
 
 

@@ -151,7 +151,7 @@ def make_checkpoint(folder: str | os.PathLike, seed: int = 0, preset: str = "tin
     import torch
 
     from geometry_os.systems.pixel_llm import create_pixel_llm
-    from geometry_os.systems.pixel_llm.components import get_component
+    from geometry_os.systems.pixel_llm.resolution import get_component
 
     vocab = get_component("tokenizer", "simple").load().train(CAPTIONS, None)
     torch.manual_seed(seed)

@@ -43,7 +43,7 @@ def test_bad_input(case, ws, subprocesses):
 def assert_earlier_checkpoint_survives(checkpoint_dir: Path) -> None:
     """After ENOSPC in the second checkpoint: the first is intact and ``latest``, and no temporary folder or
     half-written file is left under a final name."""
-    from geometry_os.plugins.amp_trainer import checkpointing as ckpt
+    from geometry_os.plugins.amp_trainer import run_state as ckpt
     from geometry_os.systems.pixel_llm import PixelLLM
 
     names = sorted(p.name for p in checkpoint_dir.iterdir() if p.is_dir())

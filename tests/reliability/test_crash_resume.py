@@ -158,7 +158,7 @@ def check_every_folder_loads(checkpoint_dir: Path) -> int:
 
     A folder already checked is checked again only if any of its files changed (inode, size or mtime).
     """
-    from geometry_os.plugins.amp_trainer import checkpointing as ckpt
+    from geometry_os.plugins.amp_trainer import run_state as ckpt
     from geometry_os.systems.pixel_llm import PixelLLM
 
     folders = [p for p in checkpoint_dir.iterdir() if p.is_dir() and (STEP_DIR.match(p.name) or p.name == "best")]
@@ -184,7 +184,7 @@ def check_every_folder_loads(checkpoint_dir: Path) -> int:
 
 
 def final_weights(checkpoint_dir: Path) -> tuple[int, dict[str, torch.Tensor]]:
-    from geometry_os.plugins.amp_trainer import checkpointing as ckpt
+    from geometry_os.plugins.amp_trainer import run_state as ckpt
     from geometry_os.systems.pixel_llm import PixelLLM
 
     folder = ckpt.read_latest(checkpoint_dir)

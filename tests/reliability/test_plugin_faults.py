@@ -131,7 +131,7 @@ def load_host() -> tuple[Host, list[str]]:
 def assert_defaults_still_work() -> None:
     """The registry's default encoder/decoder/tokenizer/strategy: a model builds, trains a step, generates."""
     from geometry_os.systems.pixel_llm import create_pixel_llm, generate_caption
-    from geometry_os.systems.pixel_llm.components import get_component
+    from geometry_os.systems.pixel_llm.resolution import get_component
 
     torch.manual_seed(0)
     model = create_pixel_llm(vocab_size=20, preset="tiny")

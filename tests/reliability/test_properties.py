@@ -31,14 +31,14 @@ token = st.one_of(word, word, st.sampled_from(PUNCTUATION))
 
 @pytest.fixture(scope="module")
 def simple_cls():
-    from geometry_os.systems.pixel_llm.components import get_component
+    from geometry_os.systems.pixel_llm.resolution import get_component
 
     return get_component("tokenizer", "simple").load()
 
 
 @pytest.fixture(scope="module")
 def bpe():
-    from geometry_os.systems.pixel_llm.components import get_component
+    from geometry_os.systems.pixel_llm.resolution import get_component
 
     corpus = [
         "a small red circle left of a large blue square",

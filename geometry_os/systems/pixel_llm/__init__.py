@@ -12,8 +12,8 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "PixelLLM": ".model",
-    "create_pixel_llm": ".model",
+    "PixelLLM": ".modeling",
+    "create_pixel_llm": ".modeling",
     "PixelLLMConfig": ".config",
     "TrainerConfig": ".config",
     "DatasetConfig": ".config",
@@ -35,7 +35,7 @@ __all__ = sorted([*_LAZY, "PixelLLMTrainer"])
 
 def __getattr__(name: str) -> Any:
     if name == "PixelLLMTrainer":  # the registry's default trainer plugin (``amp``)
-        from .components import get_component
+        from .resolution import get_component
 
         return get_component("trainer").load()
     if name in _LAZY:

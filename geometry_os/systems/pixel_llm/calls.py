@@ -30,8 +30,8 @@ def info(params: InfoParams, host: Any) -> dict[str, Any]:
     trainer settings (``trainer``)."""
     import torch
 
-    from .components import resolve_model
-    from .model import PixelLLM
+    from .modeling import PixelLLM
+    from .resolution import resolve_model
 
     preset = params.preset or (None if params.config else "small")
     config = load_config(params.config, params.overrides, preset=preset)

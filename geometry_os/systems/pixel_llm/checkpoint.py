@@ -23,8 +23,8 @@ from geometry_os.errors import CheckpointError, ComponentError, format_validatio
 from geometry_os.fileio import MAX_JSON_BYTES, AtomicFolder, read_json, safe_file, write_json_atomic
 
 from . import lora
-from .components import current_components, get_component
 from .config import PixelLLMConfig
+from .resolution import current_components, get_component
 
 FORMAT = "pixel-llm"
 FORMAT_VERSION = 1

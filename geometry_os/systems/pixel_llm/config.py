@@ -2,7 +2,7 @@
 
 ``PixelLLMConfig`` describes a model and names its encoder and decoder components (None: the registry's
 defaults); the shared sizes below are offered to those components, each taking the fields its own options
-model declares. Configs are plain data: ``components.resolve_model`` checks the names and options
+model declares. Configs are plain data: ``resolution.resolve_model`` checks the names and options
 against a component registry, and building a config looks nothing up. It
 also holds a ``trainer`` section: trainer fields may be given flat (``PixelLLMConfig(learning_rate=1e-4)``),
 as the original description does, and are moved into ``trainer``.

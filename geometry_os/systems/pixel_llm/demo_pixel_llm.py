@@ -17,9 +17,9 @@ import tempfile
 import torch
 
 from geometry_os.systems.pixel_llm import PixelLLMTrainer, TrainerConfig, create_pixel_llm, generate_caption
-from geometry_os.systems.pixel_llm.components import get_component
 from geometry_os.systems.pixel_llm.data import create_dataloader
 from geometry_os.systems.pixel_llm.inference import GenerationConfig, beam_search_decode
+from geometry_os.systems.pixel_llm.resolution import get_component
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ def registered_formats() -> dict[str, DatasetReader]:
     """Name -> format, for every ``dataset`` component whose factory is a ``DatasetReader``."""
     from geometry_os.host import get_host
 
-    from .components import get_component
+    from .resolution import get_component
 
     found: dict[str, DatasetReader] = {}
     for name in get_host().system("pixel_llm").components.names("dataset"):

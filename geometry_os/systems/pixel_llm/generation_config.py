@@ -37,7 +37,7 @@ class GenerationConfig(StrictModel):
     The generation mode (``generation_mode``) is ``beam`` when ``num_beams > 1``, else ``sample`` when
     ``do_sample``, else ``greedy``; a ``strategy`` named after a mode asks for that mode. ``strategy``
     names a ``decoding_strategy`` component; None: the registered strategy serving the mode (see
-    ``components.resolve_strategy``). ``strategy_options`` go to the strategy, validated by its options
+    ``resolution.resolve_strategy``). ``strategy_options`` go to the strategy, validated by its options
     model when the strategy is resolved.
     """
 

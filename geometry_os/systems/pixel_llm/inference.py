@@ -15,8 +15,8 @@ import torch
 
 from geometry_os.errors import ComponentError, GeometryOSError, first_line
 
-from .components import resolve_strategy
 from .generation_config import GenerationConfig
+from .resolution import resolve_strategy
 from .vocabulary import undecodable_ids
 
 __all__ = ["GenerationConfig", "GenerationLengthWarning", "GenerationOutput", "beam_search_decode", "generate_caption"]

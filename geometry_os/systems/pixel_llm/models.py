@@ -2,7 +2,7 @@
 
 Kept for the original description's API (``from geometry_os.systems.pixel_llm.models import SimpleVocabulary``
 and the ``VisionEncoder`` / ``LanguageDecoder`` classes it documents); pinned by tests/test_seed_surfaces.py.
-The project's own code builds components through ``components.get_component`` and the model from ``model.py``.
+The project's own code builds components through ``resolution.get_component`` and the model from ``modeling.py``.
 
 ``VisionEncoder`` is the registry's default encoder, ``LanguageDecoder`` its default decoder and
 ``SimpleVocabulary`` its default tokenizer (``[systems.pixel_llm.defaults]``; the shipped registry names
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .model import PixelLLM, PixelLLMOutput, create_pixel_llm
+from .modeling import PixelLLM, PixelLLMOutput, create_pixel_llm
 
 _FROM_PLUGINS = {"VisionEncoder": "encoder", "LanguageDecoder": "decoder", "SimpleVocabulary": "tokenizer"}
 
@@ -25,7 +25,7 @@ def __getattr__(name: str) -> Any:
     if name in _FROM_PLUGINS:
         from geometry_os.errors import ComponentError
 
-        from .components import get_component
+        from .resolution import get_component
 
         try:
             return get_component(_FROM_PLUGINS[name]).load()

@@ -43,7 +43,7 @@ def caption_images(
     (sum of token log-probs) and ``penalised_score``. An unreadable file raises ``DataError`` naming it.
     """
     from .inference import generate_caption
-    from .model import PixelLLM
+    from .modeling import PixelLLM
 
     if model is None:
         if checkpoint is None:

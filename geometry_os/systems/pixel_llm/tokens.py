@@ -33,7 +33,7 @@ def resolve_tokenizer(tokenizer: Any, captions: Sequence[str]) -> tuple[Any, Cal
     Raises ``TypeError`` for anything else.
     """
     if tokenizer is None or isinstance(tokenizer, str):
-        from geometry_os.systems.pixel_llm.components import get_component
+        from geometry_os.systems.pixel_llm.resolution import get_component
 
         tokenizer_class: Any = get_component("tokenizer", tokenizer or None).load()
         tokenizer = tokenizer_class.train(list(captions), None)

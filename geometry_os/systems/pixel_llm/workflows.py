@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 from geometry_os.errors import CheckpointError, ConfigError, TrainingError, UsageError, format_validation_error
 
-from .components import resolve_model
 from .config import PixelLLMConfig, TrainerConfig, load_config
 from .generation_config import GenerationConfig
 from .init_source import Converter, apply_init, describe, read_init_source
+from .resolution import resolve_model
 from .run_folder import STATE, new_run_refusal, read_state, resolve_checkpoint
 from .vocabulary import tokenizer_misfit
 
@@ -197,7 +197,7 @@ def _new_model(
     """A freshly initialised model (seeded by ``trainer.seed``), with ``init``'s matching tensors loaded."""
     import torch
 
-    from .model import PixelLLM
+    from .modeling import PixelLLM
 
     torch.manual_seed(config.trainer.seed)
     model = PixelLLM(config)
@@ -214,7 +214,7 @@ def _new_model(
 
 def _trainer_class(name: str | None = None) -> type[Trainer]:
     """The class of the trainer component ``name`` (default: the registry's)."""
-    from .components import get_component
+    from .resolution import get_component
 
     return cast("type[Trainer]", get_component("trainer", name).load())
 
@@ -235,7 +235,7 @@ def _loader(trainer_cls: Any, dataset: Any, config: PixelLLMConfig, *, shuffle: 
 
 def _load_resume(config: PixelLLMConfig, resume: str) -> tuple[Path, Any, Any]:
     """The checkpoint folder, its model (config from the checkpoint) and its tokenizer."""
-    from .model import load_pretrained
+    from .modeling import load_pretrained
 
     folder = resolve_checkpoint(resume, Path(config.trainer.checkpoint_dir))
     model, tokenizer = load_pretrained(folder)
@@ -280,7 +280,7 @@ def build_datasets(config: PixelLLMConfig, tokenizer: Any) -> tuple[Any, Any, An
     (when not given) trained on the training captions. Raises DataError for unreadable data and
     ComponentError for an unknown tokenizer or format.
     """
-    from .components import get_component
+    from .resolution import get_component
 
     t = config.trainer
     data_path, val_path, num_scenes = t.data, t.val_data, t.num_scenes
@@ -393,7 +393,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Any, Any]:
     Raises ConfigError for an unknown device, CheckpointError for an unreadable checkpoint or one without
     a tokenizer (its captions could not be turned into text).
     """
-    from .model import PixelLLM
+    from .modeling import PixelLLM
 
     check_device(device)
     model, tokenizer = PixelLLM.from_pretrained(path, map_location=device)

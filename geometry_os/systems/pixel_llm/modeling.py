@@ -1,7 +1,7 @@
 """PixelLLM: an image encoder and a text decoder, both components resolved through the plugin registry.
 
 The core never imports a plugin module: ``config.encoder`` / ``config.decoder`` name components (None:
-the registry's defaults), ``components.resolve_model`` checks them against a registry (by default the
+the registry's defaults), ``resolution.resolve_model`` checks them against a registry (by default the
 host in use) and the model builds them with their validated options. ``load_pretrained`` builds a
 checkpoint's model once, on the meta device, and assigns the saved tensors to it.
 """
@@ -24,8 +24,8 @@ from geometry_os.components import ComponentRegistry
 from geometry_os.errors import CheckpointError, ComponentError, ConfigError
 
 from . import checkpoint, lora
-from .components import ResolvedModel, resolve_model
 from .config import PixelLLMConfig, preset_config
+from .resolution import ResolvedModel, resolve_model
 from .targets import IGNORE_INDEX, next_token_targets
 from .vocabulary import tokenizer_misfit
 
