@@ -191,9 +191,8 @@ class GeoOSGroup(click.Group):
         except click.UsageError as exc:  # a bad flag or argument: one line too, with where to find the usage
             if exc.ctx is None:
                 raise
-            one = click.UsageError(f"{exc.format_message()} (see '{exc.ctx.command_path} -h')")
-            one.exit_code = exc.exit_code
-            raise one from None
+            # the exit code stays 2: click gives every usage error that code as a class attribute
+            raise click.UsageError(f"{exc.format_message()} (see '{exc.ctx.command_path} -h')") from None
         except BrokenPipeError as exc:
             if stdout_is_closed():
                 end_quietly_on_closed_stdout(ctx)

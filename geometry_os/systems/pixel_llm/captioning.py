@@ -140,14 +140,16 @@ def caption_images(
     import torch
 
     from .data import build_transform
-    from .inference import generate_caption
+    from .inference import generate_output, scored_caption
 
     config = preprocessing_config(model)
     transform = build_transform(config)
     generation = generation or GenerationConfig()
     device = model.device
     for batch in _batches(list(paths), batch_size):
-        tensors, ok, results = [], [], []
+        tensors: list[torch.Tensor] = []
+        ok: list[int] = []
+        results: list[CaptionResult] = []
         for path in batch:
             try:
                 tensors.append(transform(load_image(str(path), config.max_image_pixels, draft_size=config.image_size)))
@@ -156,19 +158,11 @@ def caption_images(
             except DataError as exc:
                 results.append(CaptionResult(str(path), None, error=str(exc)))
         if tensors:
-            out = generate_caption(
-                model,
-                torch.stack(tensors).to(device),
-                config=generation,
-                tokenizer=tokenizer,
-                return_dict_in_generate=True,
-            )
+            out = generate_output(model, torch.stack(tensors).to(device), config=generation, tokenizer=tokenizer)
             per_image = generation.num_return_sequences
             for slot, i in enumerate(ok):
-                j = slot * per_image  # the best of this image's returned sequences
-                results[i].caption = out.texts[j]
-                results[i].score = float(out.sequence_scores[j])
-                results[i].penalised_score = float(out.scores_penalised[j])
+                # the best of this image's returned sequences
+                results[i].caption, results[i].score, results[i].penalised_score = scored_caption(out, slot * per_image)
         yield from results
 
 

@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from geometry_os.errors import GeometryOSError
+from geometry_os.errors import ComponentError, GeometryOSError
 from geometry_os.fileio import atomic_save
 
 from .captioning import preprocessing_config
@@ -46,8 +46,9 @@ def explain_image(
 ) -> Explanation:
     """Caption the image at ``path`` (greedy unless ``generation`` says otherwise) and keep, per word, the
     cross-attention averaged over heads and layers. Raises GeometryOSError when the encoder has no patch
-    grid to draw on, DataError when the image cannot be read."""
-    from .inference import generate_caption
+    grid to draw on, ComponentError when the decoding strategy returns no cross-attentions, DataError when the
+    image cannot be read."""
+    from .inference import generate_output
 
     config = preprocessing_config(model)
     image = load_image(path, config.max_image_pixels)  # full size, for the pictures
@@ -57,18 +58,21 @@ def explain_image(
     generation = (generation or GenerationConfig()).model_copy(
         update={"output_attentions": True, "return_dict_in_generate": True, "num_return_sequences": 1}
     )
-    out = generate_caption(model, pixels, config=generation, tokenizer=tokenizer)
+    out = generate_output(model, pixels, config=generation, tokenizer=tokenizer)
     grid = (
         model.encoder.patch_grid(pixels.shape[-2], pixels.shape[-1]) if hasattr(model.encoder, "patch_grid") else None
     )
     if grid is None:
         raise GeometryOSError(f"encoder '{model.config.encoder}' does not expose a patch grid to draw attention on")
+    if out.cross_attentions is None:
+        raise ComponentError("the decoding strategy returned no cross-attentions (output_attentions was asked for)")
+    attentions = out.cross_attentions
     ids = out.sequences[0].tolist()[1:]  # drop <bos>
     words, maps = [], []
     for step, token in enumerate(ids):
         if token in (tokenizer.eos_token_id, tokenizer.pad_token_id):
             break
-        attention = out.cross_attentions[step][0].float().mean(dim=(0, 1))  # layers, heads -> (N,)
+        attention = attentions[step][0].float().mean(dim=(0, 1))  # layers, heads -> (N,)
         grid_map = attention[-grid[0] * grid[1] :].reshape(grid)  # ignore any non-patch tokens in front
         span = grid_map.max() - grid_map.min()
         maps.append((grid_map - grid_map.min()) / span if span > 0 else torch.zeros_like(grid_map))

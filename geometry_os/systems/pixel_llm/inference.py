@@ -19,7 +19,15 @@ from .generation_config import GenerationConfig
 from .resolution import resolve_strategy
 from .vocabulary import undecodable_ids
 
-__all__ = ["GenerationConfig", "GenerationLengthWarning", "GenerationOutput", "beam_search_decode", "generate_caption"]
+__all__ = [
+    "GenerationConfig",
+    "GenerationLengthWarning",
+    "GenerationOutput",
+    "beam_search_decode",
+    "generate_caption",
+    "generate_output",
+    "scored_caption",
+]
 
 
 class GenerationLengthWarning(UserWarning):
@@ -159,6 +167,38 @@ def generate_caption(
     if tokenizer is not None:
         out.texts = [tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in out.sequences]
     return out if config.return_dict_in_generate else out.sequences
+
+
+def generate_output(
+    model: Any,
+    images: torch.Tensor,
+    config: GenerationConfig | Mapping[str, Any] | None = None,
+    tokenizer: Any = None,
+    generator: torch.Generator | None = None,
+    **overrides: Any,
+) -> GenerationOutput:
+    """``generate_caption`` with ``return_dict_in_generate`` on: the ``GenerationOutput`` for ``images``
+    (B, 3, H, W) or (3, H, W), with scores, and texts when a tokenizer is given. Raises what
+    ``generate_caption`` raises (``ConfigError``, ``ComponentError``)."""
+    overrides = {**overrides, "return_dict_in_generate": True}
+    out = generate_caption(model, images, config=config, tokenizer=tokenizer, generator=generator, **overrides)
+    if isinstance(out, torch.Tensor):  # bare sequences come only with return_dict_in_generate off
+        raise AssertionError("generate_caption returned bare sequences with return_dict_in_generate on")
+    return out
+
+
+def scored_caption(out: GenerationOutput, row: int) -> tuple[str, float, float]:
+    """Row ``row`` of ``out``: the caption text, its score (sum of token log-probs, nats) and its penalised
+    score (``scores_penalised``).
+
+    Raises ``GeometryOSError`` when ``out`` has no texts (generated without a tokenizer) and
+    ``ComponentError`` when the decoding strategy returned no scores.
+    """
+    if out.texts is None:
+        raise GeometryOSError("no caption texts: generate with a tokenizer to decode them")
+    if out.sequence_scores is None or out.scores_penalised is None:
+        raise ComponentError("the decoding strategy returned no sequence scores")
+    return out.texts[row], float(out.sequence_scores[row]), float(out.scores_penalised[row])
 
 
 def beam_search_decode(model: Any, images: torch.Tensor, num_beams: int = 5, **kwargs: Any) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,13 +43,13 @@ def caption_images(
     Returns one dict per image: ``image`` (the path, or None for a PIL image), ``caption``, ``score``
     (sum of token log-probs) and ``penalised_score``. An unreadable file raises ``DataError`` naming it.
     """
-    from .inference import generate_caption
+    from .inference import generate_output, scored_caption
     from .modeling import PixelLLM
 
     if model is None:
         if checkpoint is None:
             raise GeometryOSError("caption_images needs checkpoint= (a folder) or model= and tokenizer=")
-        model, tokenizer = PixelLLM.from_pretrained(checkpoint, map_location=device)
+        model, tokenizer = PixelLLM.from_pretrained(Path(checkpoint), map_location=device)
     if tokenizer is None:
         raise GeometryOSError("caption_images: no tokenizer (the checkpoint has none; pass tokenizer=)")
     if isinstance(images, (str, os.PathLike, Image.Image)):
@@ -60,7 +61,7 @@ def caption_images(
         if isinstance(generation, GenerationConfig)
         else dict(generation or {})
     )
-    settings.update(generate_kwargs, return_dict_in_generate=True)
+    settings.update(generate_kwargs)
     results: list[dict[str, Any]] = []
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size]
@@ -70,15 +71,16 @@ def caption_images(
                 pixels.append(transform(to_rgb(item)))
             else:
                 pixels.append(transform(load_image(str(item), config.max_image_pixels, draft_size=config.image_size)))
-        out = generate_caption(model, torch.stack(pixels).to(model.device), tokenizer=tokenizer, **settings)
+        out = generate_output(model, torch.stack(pixels).to(model.device), tokenizer=tokenizer, **settings)
         step = out.sequences.shape[0] // len(batch)  # num_return_sequences: the best of each image
         for i, item in enumerate(batch):
+            caption, score, penalised = scored_caption(out, i * step)
             results.append(
                 {
                     "image": None if isinstance(item, Image.Image) else str(item),
-                    "caption": out.texts[i * step],
-                    "score": float(out.sequence_scores[i * step]),
-                    "penalised_score": float(out.scores_penalised[i * step]),
+                    "caption": caption,
+                    "score": score,
+                    "penalised_score": penalised,
                 }
             )
     return results
