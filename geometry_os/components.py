@@ -19,6 +19,10 @@ from geometry_os.errors import ComponentError, ConfigError, first_line, format_v
 
 @dataclass
 class Component:
+    """A registered component: its ``kind`` (``encoder``, ``decoder``, ...), ``name``, ``factory`` (a callable or
+    an importable ``"module:attribute"`` string), the pydantic ``config_model`` of its options (None: it
+    takes none) and the ``plugin`` that registered it."""
+
     kind: str
     name: str
     factory: Callable[..., Any] | str
@@ -31,10 +35,12 @@ class Component:
 
     @property
     def label(self) -> str:
+        """``kind 'name' (plugin 'plugin')``: how messages name the component."""
         return f"{self.kind} '{self.name}' (plugin '{self.plugin}')"
 
     def load(self) -> Callable[..., Any]:
-        """The factory itself, importing it if it was registered as a string."""
+        """The factory itself, importing it if it was registered as a string. Raises ``ComponentError`` when
+        the import fails or the imported object is not callable."""
         if self._loaded is None:
             if callable(self.factory):
                 self._loaded = self.factory
@@ -91,6 +97,9 @@ class ComponentRegistry:
         self.defaults = dict(defaults or {})
 
     def add(self, component: Component, override: bool = False) -> None:
+        """Register ``component``; ``override=True`` replaces one of the same kind and name (kept, to come back
+        when the overriding plugin is removed). Raises ``ComponentError`` for an unknown kind or a name already
+        registered without ``override``."""
         if component.kind not in self._by_kind:
             raise ComponentError(f"unknown component kind {component.kind!r}; kinds: {', '.join(self.kinds)}")
         existing = self._by_kind[component.kind].get(component.name)
@@ -116,9 +125,12 @@ class ComponentRegistry:
                         self._shadowed[(kind, name)] = earlier
 
     def names(self, kind: str) -> list[str]:
+        """The names registered for ``kind``, in registration order. Raises ``ComponentError`` for an unknown kind."""
         return list(self._table(kind))
 
     def get(self, kind: str, name: str | None = None) -> Component:
+        """The component ``name`` of ``kind`` (the registry's default for ``kind`` when ``name`` is None). Raises
+        ``ComponentError`` for an unknown kind or name, or when no name is given and no default is set."""
         table = self._table(kind)
         name = name or self.defaults.get(kind)
         if name is None:

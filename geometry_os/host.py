@@ -57,6 +57,10 @@ class _Strict(BaseModel):
 
 
 class SystemEntry(_Strict):
+    """A ``[systems.NAME]`` table of ``registry.toml``: the system's ``hookspecs`` module, the module whose
+    ``CALLS`` lists its system calls, and its ``defaults`` (component kind -> the name used when a config
+    names none)."""
+
     description: str = ""
     hookspecs: str
     calls: str | None = None
@@ -64,21 +68,29 @@ class SystemEntry(_Strict):
 
 
 class PluginEntry(_Strict):
+    """A ``[plugins.NAME]`` table of ``registry.toml``: the ``system`` the plugin extends, the ``module`` that
+    implements its hooks, and whether it is ``enabled``."""
+
     system: str
     module: str
     enabled: bool = True
 
 
 class RegistryFile(_Strict):
+    """A parsed ``registry.toml``: its systems and built-in plugins, by name."""
+
     systems: dict[str, SystemEntry]
     plugins: dict[str, PluginEntry] = Field(default_factory=dict)
 
 
 def default_registry_path() -> Path:
+    """The ``registry.toml`` shipped inside the installed ``geometry_os`` package."""
     return Path(str(resources.files("geometry_os") / "registry.toml"))
 
 
 def read_registry(path: str | os.PathLike[str]) -> RegistryFile:
+    """Parse and validate the registry file at ``path``. Raises ``RegistryError`` (naming the file) when it is
+    missing, unreadable, not TOML, does not fit ``RegistryFile`` or lists a plugin of an unknown system."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -120,9 +132,11 @@ class PluginInfo:
 
     @property
     def status(self) -> str:
+        """``loaded``, ``disabled`` or ``failed`` (with ``error`` saying why)."""
         return "disabled" if not self.enabled else ("failed" if self.error else "loaded")
 
     def to_dict(self) -> dict[str, Any]:
+        """The record as a JSON-able dict (``geo-os plugins --json``), ``status`` included."""
         return {
             "name": self.name,
             "system": self.system,
@@ -139,6 +153,9 @@ class PluginInfo:
 
 @dataclass
 class SystemCall:
+    """A system call (``Host.call``): its dotted ``name``, the pydantic model of its parameters, the function
+    run as ``function(params, host)`` and its ``doc``."""
+
     name: str
     params_model: type[BaseModel]
     function: Callable[..., Any]
@@ -239,6 +256,7 @@ class System:
     # -- calls
     @property
     def calls(self) -> dict[str, SystemCall]:
+        """The system's calls by name, imported from its ``calls`` module on first use."""
         if self._calls is None:
             self._calls = {}
             if self._calls_module:
@@ -349,6 +367,7 @@ class Host:
 
     # -- queries
     def system(self, name: str) -> System:
+        """The loaded system ``name``. Raises ``GeometryOSError`` naming the known systems when there is none."""
         try:
             return self.systems[name]
         except KeyError:
@@ -356,18 +375,23 @@ class Host:
 
     @property
     def plugins(self) -> list[PluginInfo]:
+        """Every plugin of every system, loaded, disabled or failed."""
         return [info for system in self.systems.values() for info in system.plugins.values()]
 
     @property
     def failures(self) -> list[PluginInfo]:
+        """The plugins that failed to load (``error`` set)."""
         return [info for info in self.plugins if info.error]
 
     # -- system calls
     def call_names(self) -> list[str]:
+        """The dotted names of every system call of the loaded systems, sorted."""
         return sorted(call for system in self.systems.values() for call in system.calls)
 
     def call(self, name: str, **params: Any) -> Any:
-        """Run system call ``name`` (e.g. ``pixel_llm.info``) with validated parameters; JSON-able result."""
+        """Run system call ``name`` (e.g. ``pixel_llm.info``) with validated parameters; JSON-able result.
+        Raises ``GeometryOSError`` for an unknown call, ``ConfigError`` for parameters that do not fit it, and
+        whatever the call itself raises."""
         system_name = name.split(".", 1)[0]
         call = self.systems[system_name].calls.get(name) if system_name in self.systems else None
         if call is None:
