@@ -44,7 +44,8 @@ logger = logging.getLogger(__name__)
 
 
 def tokenizer_component_name(tokenizer: Any) -> str:
-    """The registered tokenizer component whose class this tokenizer is."""
+    """The registered tokenizer component whose class this tokenizer is. Raises ``CheckpointError`` when
+    none is."""
     registry = current_components()
     for name in registry.names("tokenizer"):
         try:
@@ -92,6 +93,10 @@ def write_model_files(folder: Path, model: torch.nn.Module, tokenizer: Any = Non
 
 
 def save_pretrained(model: torch.nn.Module, path: str | Path, tokenizer: Any = None) -> Path:
+    """Write ``model`` (and ``tokenizer``'s file and name) as a checkpoint folder at ``path``: ``model.safetensors``,
+    ``config.json``, the tokenizer file, written aside and swapped in whole (an error leaves ``path`` as it was).
+    Returns the folder. Raises ``CheckpointError`` when ``path`` is not a folder, holds other files, or the
+    tokenizer is not a registered component."""
     path = Path(path)
     with AtomicFolder(path, replaces=(WEIGHTS, CONFIG, TOKENIZER)) as tmp:
         write_model_files(tmp, model, tokenizer)
@@ -102,6 +107,8 @@ def save_pretrained(model: torch.nn.Module, path: str | Path, tokenizer: Any = N
 
 
 def read_checkpoint_config(folder: Path) -> tuple[PixelLLMConfig, dict[str, Any]]:
+    """The model config and the whole ``config.json`` of the checkpoint ``folder``. Raises ``CheckpointError``
+    when the file is missing, not a Pixel LLM checkpoint config, of a newer ``format_version`` or invalid."""
     config_path = safe_file(folder, CONFIG)
     assert config_path is not None  # required=True: a missing file raised
     data = read_json(config_path)
@@ -159,6 +166,8 @@ def check_weights_header(path: Path, expected: dict[str, torch.Size], required: 
 
 
 def load_weights(model: torch.nn.Module, path: Path, device: str | torch.device = "cpu") -> None:
+    """Load ``model.safetensors`` at ``path`` into ``model`` on ``device`` (tied weights stored once). Raises
+    ``CheckpointError`` when the file cannot be read or its tensors do not match the model's."""
     from safetensors.torch import load_model
 
     try:
@@ -175,6 +184,9 @@ def load_weights(model: torch.nn.Module, path: Path, device: str | torch.device 
 
 
 def load_tokenizer(folder: Path, entry: Any) -> Any:
+    """The tokenizer ``entry`` (``config.json``'s ``tokenizer`` object) names, loaded from its file in
+    ``folder``; None without an entry. Raises ``CheckpointError`` for a malformed entry, an unknown component,
+    a file that is not a plain name, too large or that the tokenizer cannot load."""
     if entry is None:
         return None
     if not isinstance(entry, dict) or not isinstance(entry.get("component"), str):
@@ -212,7 +224,8 @@ def step_folders(checkpoint_dir: Path) -> list[tuple[int, Path]]:
 
 
 def read_latest(checkpoint_dir: Path) -> Path:
-    """The folder a run's ``latest`` names; without a ``latest`` file, the newest step folder."""
+    """The folder a run's ``latest`` names; without a ``latest`` file, the newest step folder. Raises
+    ``CheckpointError`` for a malformed ``latest``, one naming an incomplete folder, or no checkpoint at all."""
     pointer = checkpoint_dir / LATEST
     if pointer.is_file():
         data = read_json(pointer)

@@ -305,6 +305,8 @@ class PixelLLMConfig(StrictModel):
         return self
 
     def heads(self, field: str) -> int:
+        """The attention head count of ``field`` (``vision_num_heads`` or ``text_num_heads``): the set value, else
+        the default for that side's embedding width (``default_num_heads``)."""
         value = getattr(self, field)
         if value is not None:
             return value
@@ -382,6 +384,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def preset_config(preset: str = "small", **overrides: Any) -> PixelLLMConfig:
+    """The config of preset ``preset`` (``PRESETS``) with ``overrides`` (config fields) applied, validated once.
+    Raises ``ConfigError`` for an unknown preset or values that do not validate."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
     values = {**PRESETS[preset], **overrides}
@@ -443,6 +447,7 @@ def parse_overrides(items: list[str] | tuple[str, ...], flag: str = "--set") -> 
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated with ``extra``, nested dicts merged key by key (``extra`` wins); neither is modified."""
     merged = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
@@ -455,7 +460,9 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 def load_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), preset: str | None = None
 ) -> PixelLLMConfig:
-    """Preset values, then the file, then ``--set`` overrides; one validation at the end."""
+    """Preset values, then the file, then ``--set`` overrides; one validation at the end. Raises
+    ``ConfigError`` for an unknown preset, an unreadable file, a malformed override or values that do not
+    validate."""
     if preset and preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
     values: dict[str, Any] = dict(PRESETS[preset]) if preset else {}

@@ -71,6 +71,7 @@ class PixelLLM(nn.Module):
 
     @property
     def device(self) -> torch.device:
+        """The device the model's parameters are on (the first parameter's)."""
         return next(self.parameters()).device
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -163,6 +164,7 @@ class PixelLLM(nn.Module):
             module.gradient_checkpointing = enable
 
     def num_parameters(self) -> int:
+        """The number of parameter elements (tied weights counted once)."""
         return sum(p.numel() for p in self.parameters())
 
     # -- checkpoints (safetensors + JSON; nothing executes code on load)

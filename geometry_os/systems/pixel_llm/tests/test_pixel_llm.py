@@ -17,6 +17,8 @@ from geometry_os.systems.pixel_llm import PixelLLM, PixelLLMConfig, create_pixel
 
 
 def test_forward_and_generate():
+    """A forward pass gives (B, T, vocab) logits and a finite loss; ``generate`` and ``generate_caption``
+    give the same greedy captions, at most ``max_length`` tokens long."""
     model = create_pixel_llm(vocab_size=50, preset="tiny").eval()
     images = torch.rand(2, 3, 32, 32)
     ids = torch.randint(4, 50, (2, 6))
@@ -28,6 +30,7 @@ def test_forward_and_generate():
 
 
 def test_custom_configuration():
+    """A model built from a hand-written config encodes a 32×32 image into (1, patches, width) features."""
     config = PixelLLMConfig(
         image_size=32,
         patch_size=8,
@@ -42,6 +45,7 @@ def test_custom_configuration():
 
 
 def test_demo_runs():
+    """The demo script runs to the end and prints its greedy captions."""
     demo = Path(__file__).resolve().parents[1] / "demo_pixel_llm.py"
     result = subprocess.run([sys.executable, str(demo)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
