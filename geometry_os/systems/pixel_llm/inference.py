@@ -169,19 +169,12 @@ def generate_caption(
     return out if config.return_dict_in_generate else out.sequences
 
 
-def generate_output(
-    model: Any,
-    images: torch.Tensor,
-    config: GenerationConfig | Mapping[str, Any] | None = None,
-    tokenizer: Any = None,
-    generator: torch.Generator | None = None,
-    **overrides: Any,
-) -> GenerationOutput:
-    """``generate_caption`` with ``return_dict_in_generate`` on: the ``GenerationOutput`` for ``images``
-    (B, 3, H, W) or (3, H, W), with scores, and texts when a tokenizer is given. Raises what
-    ``generate_caption`` raises (``ConfigError``, ``ComponentError``)."""
-    overrides = {**overrides, "return_dict_in_generate": True}
-    out = generate_caption(model, images, config=config, tokenizer=tokenizer, generator=generator, **overrides)
+def generate_output(model: Any, images: torch.Tensor, **options: Any) -> GenerationOutput:
+    """``generate_caption(model, images, **options)`` with ``return_dict_in_generate`` on: the
+    ``GenerationOutput`` for ``images`` (B, 3, H, W) or (3, H, W), with scores, and texts when a ``tokenizer``
+    is given. ``options``: ``generate_caption``'s keyword arguments (``config``, ``tokenizer``, ``generator``,
+    config fields). Raises what ``generate_caption`` raises (``ConfigError``, ``ComponentError``)."""
+    out = generate_caption(model, images, **{**options, "return_dict_in_generate": True})
     if isinstance(out, torch.Tensor):  # bare sequences come only with return_dict_in_generate off
         raise AssertionError("generate_caption returned bare sequences with return_dict_in_generate on")
     return out
