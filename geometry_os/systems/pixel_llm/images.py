@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import os
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import BinaryIO
 
 import numpy as np
@@ -118,10 +118,12 @@ def load_image(
     """
     label = label or str(path)
     try:
-        upload = hasattr(path, "read")
-        if upload:
-            path.seek(0)  # type: ignore[union-attr]
-        with nullcontext(path) if upload else open(path, "rb") as f:  # type: ignore[arg-type]
+        if isinstance(path, (str, os.PathLike)):
+            opened: AbstractContextManager[BinaryIO] = open(path, "rb")
+        else:  # an upload: read from its start, and left open for its owner
+            path.seek(0)
+            opened = nullcontext(path)
+        with opened as f:
             image = Image.open(f)
             width, height = image.size
             if width * height > max_pixels:

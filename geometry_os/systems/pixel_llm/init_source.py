@@ -23,6 +23,8 @@ from geometry_os.errors import CheckpointError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from .modeling import PixelLLM
+
 VOCAB_TENSORS = ("decoder.wte.weight", "decoder.lm_head.weight")
 
 # (source file or folder, destination folder) -> the Pixel LLM checkpoint folder written there
@@ -76,14 +78,14 @@ def _is_pixel_llm(folder: Path) -> bool:
         return False
 
 
-def apply_init(model: torch.nn.Module, source: InitSource) -> dict[str, list[Any]]:
+def apply_init(model: PixelLLM, source: InitSource) -> dict[str, list[Any]]:
     """Load the matching tensors into ``model`` in place; returns the ``loaded``, ``fresh`` and ``dropped``
     names, the ``vocabulary`` tensors that start fresh because ``vocab_size`` changed, and the new size.
 
     Raises CheckpointError for a tensor whose shape differs for another reason than the vocabulary size.
     """
     state = model.state_dict()
-    vocab_size = model.config.vocab_size  # type: ignore[union-attr]  # a PixelLLM
+    vocab_size = model.config.vocab_size
     loaded, fresh, explained = [], [], []
     for name, target in state.items():
         tensor = source.weights.get(name)

@@ -20,7 +20,7 @@ import fnmatch
 import math
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import nn
@@ -64,12 +64,15 @@ def lora_modules(model: nn.Module) -> dict[str, nn.Linear]:
 
 def _first(module: nn.Module) -> nn.Module:
     params: Any = module.parametrizations  # added by torch.nn.utils.parametrize, unknown to the type checker
-    return cast(nn.Module, params.weight[0])
+    first: nn.Module = params.weight[0]
+    return first
 
 
 def adapter_of(module: nn.Module) -> LoRA:
     """The LoRA parametrization of a module from :func:`lora_modules`."""
-    return cast(LoRA, _first(module))
+    adapter = _first(module)
+    assert isinstance(adapter, LoRA)  # lora_modules lists only the modules whose first parametrization is one
+    return adapter
 
 
 def has_lora(model: nn.Module) -> bool:

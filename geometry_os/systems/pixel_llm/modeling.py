@@ -284,6 +284,7 @@ def _parameters_on_meta() -> Iterator[None]:
             module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
 
     token = _PARAMETERS_ON_META.set(True)
+    # patched on the class for the block on purpose (torch offers no hook for it)
     nn.Module.register_parameter = on_meta  # type: ignore[method-assign,assignment]
     try:
         yield

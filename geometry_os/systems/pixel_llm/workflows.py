@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from .captioning import CaptionResult
+    from .modeling import PixelLLM
     from .protocols import Trainer
 
 logger = logging.getLogger(__name__)
@@ -356,9 +357,7 @@ def fit_vocabulary(config: PixelLLMConfig, tokenizer: Any, quiet: bool) -> Pixel
     return PixelLLMConfig.model_validate({**config.model_dump(), "vocab_size": len(tokenizer)})
 
 
-def size_note(
-    preset: str | None, config_path: str | None, overrides: Sequence[str], model: torch.nn.Module
-) -> str | None:
+def size_note(preset: str | None, config_path: str | None, overrides: Sequence[str], model: PixelLLM) -> str | None:
     """What a run without a preset, config file or size overrides trains: the full-size ``base`` model (the
     original description's defaults), which a CPU trains at a few images per second. None otherwise."""
     if preset or config_path or any(str(o).split("=")[0].split(".")[0] not in TRAINER_SECTION for o in overrides):
@@ -366,7 +365,7 @@ def size_note(
     count = sum(p.numel() for p in model.parameters())
     return (
         f"no --preset: training the full-size base model ({count / 1e6:.0f}M parameters, "
-        f"{model.config.image_size}-px images); on a CPU start with --preset small"  # type: ignore[union-attr]
+        f"{model.config.image_size}-px images); on a CPU start with --preset small"
     )
 
 
