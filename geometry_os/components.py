@@ -60,7 +60,9 @@ class Component:
         return self._loaded
 
     def options(self, values: BaseModel | dict[str, Any] | None = None) -> BaseModel | None:
-        """Validate ``values`` against the component's config model (errors name the component)."""
+        """Validate ``values`` against the component's config model: the options object, or None for a component
+        without one. Raises ``ConfigError`` (naming the component) for values it rejects, or for any values
+        given to a component that takes none."""
         if self.config_model is None:
             if values:
                 raise ConfigError(f"{self.label} takes no options, got {sorted(dict(values))}")
@@ -75,7 +77,9 @@ class Component:
             raise ConfigError(format_validation_error(exc, source=f"{self.kind} '{self.name}'")) from None
 
     def build(self, options: BaseModel | dict[str, Any] | None = None, **runtime: Any) -> Any:
-        """Call the factory with validated options; a failure inside it names the plugin."""
+        """Call the factory with validated options (and ``runtime`` keywords); what it returns. Raises
+        ``ConfigError`` for options that do not validate and ``ComponentError`` (naming the plugin) when the
+        factory cannot be loaded or fails."""
         factory = self.load()
         cfg = self.options(options)
         args = () if cfg is None else (cfg,)

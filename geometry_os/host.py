@@ -188,7 +188,8 @@ class System:
 
     # -- loading
     def load_plugin(self, info: PluginInfo, load: Callable[[], Any]) -> None:
-        """Import, register, validate and collect one plugin; failures are recorded, not raised."""
+        """Import, register, validate and collect one plugin; failures are recorded, not raised, except on a
+        strict host (``GEO_OS_STRICT_PLUGINS``), where they raise ``PluginError``."""
         self.plugins[info.name] = info
         if not info.enabled:
             self.pm.set_blocked(info.name)
@@ -238,7 +239,8 @@ class System:
                 impl.function(register=register)
 
     def add_commands(self, cli: Any) -> None:
-        """Let every loaded plugin add click commands; a failing plugin is recorded and skipped."""
+        """Let every loaded plugin add click commands; a failing plugin is recorded and skipped (on a strict
+        host it raises ``PluginError``)."""
         for impl in reversed(self.pm.hook.register_commands.get_hookimpls()):
             try:
                 impl.function(cli=cli)

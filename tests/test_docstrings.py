@@ -94,3 +94,40 @@ def test_raising_functions_say_what_they_raise(module):
         if raised and not any(word in doc for word in (*RAISE_WORDS, *(r.lower() for r in raised))):
             silent.append(f"{name} ({', '.join(sorted(set(raised)))})")
     assert not silent, f"{module}: docstring does not say what is raised: {'; '.join(silent)}"
+
+
+def project_errors() -> dict[str, set[str]]:
+    """Each exception class of ``geometry_os/errors.py`` -> itself and its bases defined there (a docstring
+    naming ``GeometryOSError`` covers a ``ConfigError``, which a caller catches by either)."""
+    bases = {
+        node.name: {ast.unparse(base) for base in node.bases}
+        for node in ast.parse((REPO / "geometry_os" / "errors.py").read_text(encoding="utf-8")).body
+        if isinstance(node, ast.ClassDef)
+    }
+    named: dict[str, set[str]] = {}
+    for error in bases:
+        names, todo = {error}, [error]
+        while todo:
+            for base in bases.get(todo.pop(), set()) & bases.keys():
+                if base not in names:
+                    names.add(base)
+                    todo.append(base)
+        named[error] = names
+    return named
+
+
+@pytest.mark.parametrize("module", CORE)
+def test_core_functions_name_the_project_errors_they_raise(module):
+    """In the core, a public function that raises one of the project's errors names that class (or a base
+    of it from ``errors.py``) in its docstring, as a ``Raises`` line or in a sentence."""
+    errors = project_errors()
+    tree = ast.parse((REPO / module).read_text(encoding="utf-8"))
+    unnamed = []
+    for name, node in public_definitions(tree.body):
+        if isinstance(node, ast.ClassDef) or is_command(node):
+            continue
+        doc = ast.get_docstring(node) or ""
+        for raised in sorted({r for r in own_raises(node) if r in errors}):
+            if not any(error in doc for error in errors[raised]):
+                unnamed.append(f"{name} ({raised})")
+    assert not unnamed, f"{module}: docstring does not name the project error raised: {'; '.join(unnamed)}"

@@ -141,7 +141,8 @@ def alias_groups(module: torch.nn.Module) -> list[list[str]]:
 
 def check_weights_header(path: Path, expected: dict[str, torch.Size], required: list[list[str]] | None = None) -> None:
     """Compare the safetensors header with the model's tensors before loading anything; with ``required``
-    (``alias_groups`` of the model) a tensor the model needs but the file lacks is refused too."""
+    (``alias_groups`` of the model) a tensor the model needs but the file lacks is refused too. Raises
+    ``CheckpointError`` for an unreadable header, a shape mismatch, an unexpected or a missing tensor."""
     from safetensors import SafetensorError, safe_open
 
     try:

@@ -399,7 +399,8 @@ def preset_config(preset: str = "small", **overrides: Any) -> PixelLLMConfig:
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """A TOML or JSON file as a dict; errors name the file (and line/column for JSON)."""
+    """A TOML or JSON file as a dict. Raises ``ConfigError`` naming the file (and line/column for JSON) when
+    it is missing, unreadable, not UTF-8, not valid TOML/JSON or not a table at the top level."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")

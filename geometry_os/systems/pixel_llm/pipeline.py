@@ -41,7 +41,8 @@ def caption_images(
     Give ``checkpoint`` (a folder) or an already loaded ``model`` and ``tokenizer``. ``generation`` and
     keyword arguments are ``GenerationConfig`` fields (the checkpoint's own defaults apply to the rest).
     Returns one dict per image: ``image`` (the path, or None for a PIL image), ``caption``, ``score``
-    (sum of token log-probs) and ``penalised_score``. An unreadable file raises ``DataError`` naming it.
+    (sum of token log-probs) and ``penalised_score``. An unreadable file raises ``DataError`` naming it;
+    ``GeometryOSError`` when neither a checkpoint nor a model with a tokenizer is given.
     """
     from .inference import generate_output, scored_caption
     from .modeling import PixelLLM
