@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import assert_one_line_error
 from PIL import Image
 
 from geometry_os.cli import cli
@@ -30,15 +31,6 @@ WORDS = "a red blue green circle square triangle left of right above below big s
 
 def run(*args: str):
     return CliRunner().invoke(cli, ["pixel-llm", *args])
-
-
-def assert_one_line_error(result, *needles: str) -> None:
-    assert result.exit_code != 0
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def image_sensitive_model(vocab_size: int) -> torch.nn.Module:
