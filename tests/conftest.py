@@ -99,6 +99,19 @@ def register_encoders(register):
 '''
 
 
+# The sizes of a small model built on the toy plugin's encoder (16 channels out, a 4 x 4 grid of cells).
+TOY_MODEL = dict(
+    encoder="toy",
+    image_size=32,
+    patch_size=8,
+    vision_embed_dim=16,
+    text_embed_dim=32,
+    text_num_layers=1,
+    vocab_size=20,
+    max_seq_len=16,
+)
+
+
 @pytest.fixture
 def toy_plugin(tmp_path, monkeypatch):
     root = make_plugin_dist(tmp_path / "site", "geo-toy-plugin", "1.2.3", "geo_toy_plugin", TOY_PLUGIN, "toy")
