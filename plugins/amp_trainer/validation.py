@@ -45,14 +45,7 @@ def generation_unavailable(tokenizer: Any) -> str | None:
 def _generate(model: Any, images: torch.Tensor, tokenizer: Any) -> list[str]:
     from geometry_os.systems.pixel_llm.inference import GenerationConfig, generate_caption
 
-    config = model.config
-    generation = GenerationConfig(
-        max_length=config.max_seq_len,
-        bos_token_id=config.bos_token_id,
-        eos_token_id=config.eos_token_id,
-        pad_token_id=config.pad_token_id,
-        strategy="greedy",
-    )
+    generation = GenerationConfig.for_model(model.config, strategy="greedy")
     sequences = generate_caption(model, images, config=generation)
     assert isinstance(sequences, torch.Tensor)  # ids only: return_dict_in_generate is off
     # A model may have more rows than its tokenizer has tokens; such ids read as <unk>.
