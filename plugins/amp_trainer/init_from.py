@@ -5,13 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from geometry_os.systems.pixel_llm.init_source import (  # noqa: F401 - the partial initialisation is the core's
-    VOCAB_TENSORS,
-    InitSource,
-    apply_init,
-    describe,
-)
-from geometry_os.systems.pixel_llm.init_source import read_init_source as read_core_init_source
+from geometry_os.systems.pixel_llm.plugin_api import VOCAB_TENSORS, InitSource, apply_init, describe  # noqa: F401 - the partial initialisation is the core's
+from geometry_os.systems.pixel_llm.plugin_api import read_init_source as read_core_init_source
 
 
 def convert(source: Path, dest: Path) -> Path:

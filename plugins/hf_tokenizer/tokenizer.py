@@ -23,7 +23,7 @@ from typing import Any
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from geometry_os.fileio import atomic_write_text, parse_json, read_utf8
-from geometry_os.systems.pixel_llm.tokenizer_files import (
+from geometry_os.systems.pixel_llm.plugin_api import (
     TokenizersBacked,
     as_id_list,
     check_file_header,

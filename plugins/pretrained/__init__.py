@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from geometry_os.systems.pixel_llm.hookspecs import hookimpl
+from geometry_os.systems.pixel_llm.plugin_api import hookimpl
 
 
 @click.command("import")

@@ -133,7 +133,7 @@ def _check_all_used(src: Source, ignore: tuple[str, ...] = ()) -> None:
 
 
 def _sizes(enc: dict[str, Any] | None, dec: dict[str, Any] | None, preset: str) -> dict[str, Any]:
-    from geometry_os.systems.pixel_llm.config import PRESETS
+    from geometry_os.systems.pixel_llm.plugin_api import PRESETS
 
     values = dict(PRESETS[preset])
     if enc:
@@ -174,9 +174,14 @@ def build_checkpoint(
             that holds other files (see :class:`~geometry_os.fileio.AtomicFolder`).
     """
     from geometry_os.fileio import AtomicFolder
-    from geometry_os.systems.pixel_llm.checkpoint import CONFIG, TOKENIZER, WEIGHTS, write_model_files
-    from geometry_os.systems.pixel_llm.config import PixelLLMConfig
-    from geometry_os.systems.pixel_llm.modeling import PixelLLM
+    from geometry_os.systems.pixel_llm.plugin_api import (
+        CONFIG,
+        TOKENIZER,
+        WEIGHTS,
+        PixelLLM,
+        PixelLLMConfig,
+        write_model_files,
+    )
 
     config = PixelLLMConfig.model_validate(fields)
     torch.manual_seed(0)
@@ -209,7 +214,7 @@ def _tokenizer(folder: Path, ids: dict[str, int | None]) -> Any:
     config = read_json_file(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
     cleanup = bool(config.get("clean_up_tokenization_spaces", False))
     if (folder / "tokenizer.json").is_file():
-        from geometry_os.systems.pixel_llm.tokenizer_files import parse_tokenizers_json
+        from geometry_os.systems.pixel_llm.plugin_api import parse_tokenizers_json
 
         backend = parse_tokenizers_json(
             read_utf8(folder / "tokenizer.json", CheckpointError), folder / "tokenizer.json"

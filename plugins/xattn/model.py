@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from geometry_os.plugins.xattn import XAttnOptions
-from geometry_os.systems.pixel_llm.cpu_bf16 import attention, linear
+from geometry_os.systems.pixel_llm.plugin_api import attention, linear
 
 
 def _linear(m: nn.Linear, x: torch.Tensor) -> torch.Tensor:
