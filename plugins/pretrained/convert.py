@@ -209,8 +209,10 @@ def build_checkpoint(
 
 
 def _tokenizer(folder: Path, ids: dict[str, int | None]) -> Any:
-    from geometry_os.plugins.hf_tokenizer.tokenizer import HFTokenizer, gpt2_from_vocab_merges
+    from geometry_os.systems.pixel_llm.plugin_api import get_component
 
+    # the ``hf`` tokenizer component's factory is its class: looked up, so this plugin imports no other plugin
+    tokenizer_class: Any = get_component("tokenizer", "hf").load()
     config = read_json_file(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
     cleanup = bool(config.get("clean_up_tokenization_spaces", False))
     if (folder / "tokenizer.json").is_file():
@@ -222,7 +224,7 @@ def _tokenizer(folder: Path, ids: dict[str, int | None]) -> Any:
     elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
         specials = [config.get(k) for k in ("bos_token", "eos_token", "unk_token", "pad_token")]
         specials = [t.get("content") if isinstance(t, dict) else t for t in specials]
-        backend = gpt2_from_vocab_merges(
+        backend = tokenizer_class.gpt2_from_vocab_merges(
             folder / "vocab.json",
             folder / "merges.txt",
             ["<|endoftext|>", *(t for t in specials if isinstance(t, str))],
@@ -230,7 +232,7 @@ def _tokenizer(folder: Path, ids: dict[str, int | None]) -> Any:
     else:
         return None
     try:
-        return HFTokenizer(
+        return tokenizer_class(
             backend,
             ids["bos_token_id"],
             ids["eos_token_id"],

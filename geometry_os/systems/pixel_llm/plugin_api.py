@@ -9,13 +9,15 @@ listed in ``__all__`` is what a plugin author may rely on, by group:
 - **Contract** (``protocols.py``): what each kind of component provides - ``Encoder``, ``Decoder``,
   ``DecoderCache``, ``Tokenizer``, ``DecodingStrategy``, ``DatasetReader`` and the ``CaptionItem`` /
   ``CaptionBatch`` a data set yields, ``Trainer`` / ``TrainingWorld``, ``Importer``; the special ids of the
-  tokenizers trained here (``PAD_ID`` ... ``SPECIAL_TOKENS``).
+  tokenizers trained here (``PAD_ID`` ... ``SPECIAL_TOKENS``); ``SYNTHETIC_DATA``, what the data set a
+  run trains on without caption data serves.
 - **Errors**: the project's one-line errors (``GeometryOSError`` and its subclasses, ``DataError``) and
   ``format_validation_error`` / ``one_line`` to word them. Raise these for anything a user can fix.
 - **Config**: the pydantic base of every options model (``StrictModel``: unknown fields are errors), the model,
   trainer, generation and data configs, presets and ``parse_overrides`` (``--set key=value``).
 - **Components**: ``get_component(kind, name=None)`` (None: the registry's default), ``current_components()``
-  (the registry of the host in use), ``resolve_strategy``, ``get_host``, ``plural``.
+  (the registry of the host in use), ``resolve_strategy``, ``pretrained_importer()`` (the ``Importer`` a
+  plugin provides, or None), ``get_host``, ``plural``.
 - **Model**: ``PixelLLM``, ``generate_caption`` / ``GenerationOutput``, ``freeze``, the ``lora`` module, and the
   CPU bfloat16 helpers an encoder or decoder uses (``attention``, ``linear``, ``bf16``, ``upcast_bf16``).
 - **Checkpoints**: the run-folder layout (``BEST``, ``LATEST``, ``CONFIG``, ``WEIGHTS``, ``TOKENIZER``,
@@ -146,6 +148,7 @@ if TYPE_CHECKING:  # pragma: no cover - what the table gives, for type checkers
     from geometry_os.systems.pixel_llm.protocols import EOS_ID as EOS_ID
     from geometry_os.systems.pixel_llm.protocols import PAD_ID as PAD_ID
     from geometry_os.systems.pixel_llm.protocols import SPECIAL_TOKENS as SPECIAL_TOKENS
+    from geometry_os.systems.pixel_llm.protocols import SYNTHETIC_DATA as SYNTHETIC_DATA
     from geometry_os.systems.pixel_llm.protocols import UNK_ID as UNK_ID
     from geometry_os.systems.pixel_llm.protocols import CaptionBatch as CaptionBatch
     from geometry_os.systems.pixel_llm.protocols import CaptionItem as CaptionItem
@@ -165,6 +168,7 @@ if TYPE_CHECKING:  # pragma: no cover - what the table gives, for type checkers
     from geometry_os.systems.pixel_llm.records import read_text as read_text
     from geometry_os.systems.pixel_llm.resolution import current_components as current_components
     from geometry_os.systems.pixel_llm.resolution import get_component as get_component
+    from geometry_os.systems.pixel_llm.resolution import pretrained_importer as pretrained_importer
     from geometry_os.systems.pixel_llm.resolution import resolve_strategy as resolve_strategy
     from geometry_os.systems.pixel_llm.run_folder import STATE as STATE
     from geometry_os.systems.pixel_llm.run_folder import STATE_FORMAT as STATE_FORMAT
@@ -215,6 +219,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "EOS_ID": ("geometry_os.systems.pixel_llm.protocols", "EOS_ID"),
     "UNK_ID": ("geometry_os.systems.pixel_llm.protocols", "UNK_ID"),
     "SPECIAL_TOKENS": ("geometry_os.systems.pixel_llm.protocols", "SPECIAL_TOKENS"),
+    "SYNTHETIC_DATA": ("geometry_os.systems.pixel_llm.protocols", "SYNTHETIC_DATA"),
     # Errors
     "GeometryOSError": ("geometry_os.errors", "GeometryOSError"),
     "ComponentError": ("geometry_os.errors", "ComponentError"),
@@ -242,6 +247,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "get_component": ("geometry_os.systems.pixel_llm.resolution", "get_component"),
     "current_components": ("geometry_os.systems.pixel_llm.resolution", "current_components"),
     "resolve_strategy": ("geometry_os.systems.pixel_llm.resolution", "resolve_strategy"),
+    "pretrained_importer": ("geometry_os.systems.pixel_llm.resolution", "pretrained_importer"),
     "get_host": ("geometry_os.host", "get_host"),
     "plural": ("geometry_os.components", "plural"),
     # Model
@@ -374,6 +380,7 @@ __all__ = [
     "EOS_ID",
     "UNK_ID",
     "SPECIAL_TOKENS",
+    "SYNTHETIC_DATA",
     "GeometryOSError",
     "ComponentError",
     "ConfigError",
@@ -398,6 +405,7 @@ __all__ = [
     "get_component",
     "current_components",
     "resolve_strategy",
+    "pretrained_importer",
     "get_host",
     "plural",
     "PixelLLM",
