@@ -197,168 +197,92 @@ if TYPE_CHECKING:  # pragma: no cover - what the table gives, for type checkers
     from geometry_os.systems.pixel_llm.vocabulary import undecodable_ids as undecodable_ids
     from geometry_os.systems.pixel_llm.workflows import load_checkpoint as load_checkpoint
 
+# home module -> the names exported from it, by group (``exported=attribute`` where the two differ)
+_HOMES: dict[str, str] = {
+    # Registration
+    "geometry_os.systems.pixel_llm.hookspecs": "hookimpl COMPONENT_KINDS",
+    # Contract
+    "geometry_os.systems.pixel_llm.protocols": (
+        "Encoder Decoder DecoderCache Tokenizer DecodingStrategy DatasetReader CaptionItem "
+        "CaptionBatch Trainer TrainingWorld Importer PAD_ID BOS_ID EOS_ID UNK_ID SPECIAL_TOKENS "
+        "SYNTHETIC_DATA"
+    ),
+    # Errors
+    "geometry_os.errors": (
+        "GeometryOSError ComponentError ConfigError CheckpointError TrainingError format_validation_error one_line"
+    ),
+    # Config
+    "geometry_os.systems.pixel_llm.config": (
+        "StrictModel PixelLLMConfig TrainerConfig PRESETS preset_config parse_overrides default_num_heads"
+    ),
+    "geometry_os.systems.pixel_llm.generation_config": "GenerationConfig NOT_SAMPLING",
+    "geometry_os.systems.pixel_llm.data_config": "DatasetConfig dataset_config IMAGENET_MEAN IMAGENET_STD",
+    # Components
+    "geometry_os.systems.pixel_llm.resolution": "get_component current_components resolve_strategy pretrained_importer",
+    "geometry_os.host": "get_host",
+    "geometry_os.components": "plural",
+    # Model
+    "geometry_os.systems.pixel_llm.modeling": "PixelLLM",
+    "geometry_os.systems.pixel_llm.inference": "GenerationOutput generate_caption",
+    "geometry_os.systems.pixel_llm.freeze": "freeze",
+    "geometry_os.systems.pixel_llm.cpu_bf16": "attention bf16 linear upcast_bf16",
+    # Checkpoints
+    "geometry_os.systems.pixel_llm.checkpoint": (
+        "BEST CONFIG LATEST STEP_RE TOKENIZER WEIGHTS check_weights_header is_run_folder "
+        "load_tokenizer load_weights read_checkpoint_config read_latest resolve_checkpoint_folder "
+        "safe_file step_folders write_model_files"
+    ),
+    "geometry_os.systems.pixel_llm.run_folder": (
+        "STATE STATE_FORMAT is_number new_run_refusal read_state resolve_checkpoint"
+    ),
+    "geometry_os.systems.pixel_llm.init_source": "InitSource VOCAB_TENSORS apply_init describe read_init_source",
+    # Tokenizers
+    "geometry_os.systems.pixel_llm.tokenizer_files": (
+        "TokenizersBacked as_id_list check_file_header check_ids invalid_file parse_tokenizers_json"
+    ),
+    "geometry_os.systems.pixel_llm.vocabulary": "tokenizer_misfit undecodable_ids",
+    # Data (DataError, raised by the data helpers, is one of the errors)
+    "geometry_os.systems.pixel_llm.images": "DataError load_image to_rgb",
+    "geometry_os.systems.pixel_llm.records": "Records Read CaptionRecord read_text read_caption_file",
+    "geometry_os.systems.pixel_llm.formats": "head read_caption_data split_spec resolve_format=resolve",
+    "geometry_os.systems.pixel_llm.transforms": "build_transform",
+    "geometry_os.systems.pixel_llm.dataset": "CaptionFormat CaptionedImages ImageTextDataset group_references per_image",
+    "geometry_os.systems.pixel_llm.tokens": "resolve_tokenizer truncate special_id CaptionTokens",
+    "geometry_os.systems.pixel_llm.collate": "CaptionCollator",
+    "geometry_os.systems.pixel_llm.targets": "count_targets IGNORE_INDEX",
+    # Text
+    "geometry_os.systems.pixel_llm.text": "caption_tokens caption_words detokenize normalize_caption",
+    "geometry_os.systems.pixel_llm.metrics": "caption_metrics normalize",
+    # Workflows
+    "geometry_os.systems.pixel_llm.captioning": "CaptionResult expand_image_args preprocessing_config",
+    "geometry_os.systems.pixel_llm.explain": "draw_panels explain_image render_panels",
+    "geometry_os.systems.pixel_llm.workflows": "load_checkpoint",
+    # CLI
+    "geometry_os.cli": (
+        "config_file_option echo_caption_results echo_error echo_warning get_cli_host "
+        "image_root_option preset_option print_plugins set_option"
+    ),
+    # File I/O
+    "geometry_os.fileio": (
+        "AtomicFolder atomic_save atomic_write_text parse_json read_json read_utf8 write_json_atomic"
+    ),
+    # Version
+    "geometry_os": "__version__",
+}
+# modules exported whole
+_MODULES = {
+    "lora": "geometry_os.systems.pixel_llm.lora",
+    "metrics": "geometry_os.systems.pixel_llm.metrics",
+    "workflows": "geometry_os.systems.pixel_llm.workflows",
+}
 # exported name -> (home module, attribute there; None: the module itself)
 _LAZY: dict[str, tuple[str, str | None]] = {
-    # Registration
-    "hookimpl": ("geometry_os.systems.pixel_llm.hookspecs", "hookimpl"),
-    "COMPONENT_KINDS": ("geometry_os.systems.pixel_llm.hookspecs", "COMPONENT_KINDS"),
-    # Contract
-    "Encoder": ("geometry_os.systems.pixel_llm.protocols", "Encoder"),
-    "Decoder": ("geometry_os.systems.pixel_llm.protocols", "Decoder"),
-    "DecoderCache": ("geometry_os.systems.pixel_llm.protocols", "DecoderCache"),
-    "Tokenizer": ("geometry_os.systems.pixel_llm.protocols", "Tokenizer"),
-    "DecodingStrategy": ("geometry_os.systems.pixel_llm.protocols", "DecodingStrategy"),
-    "DatasetReader": ("geometry_os.systems.pixel_llm.protocols", "DatasetReader"),
-    "CaptionItem": ("geometry_os.systems.pixel_llm.protocols", "CaptionItem"),
-    "CaptionBatch": ("geometry_os.systems.pixel_llm.protocols", "CaptionBatch"),
-    "Trainer": ("geometry_os.systems.pixel_llm.protocols", "Trainer"),
-    "TrainingWorld": ("geometry_os.systems.pixel_llm.protocols", "TrainingWorld"),
-    "Importer": ("geometry_os.systems.pixel_llm.protocols", "Importer"),
-    "PAD_ID": ("geometry_os.systems.pixel_llm.protocols", "PAD_ID"),
-    "BOS_ID": ("geometry_os.systems.pixel_llm.protocols", "BOS_ID"),
-    "EOS_ID": ("geometry_os.systems.pixel_llm.protocols", "EOS_ID"),
-    "UNK_ID": ("geometry_os.systems.pixel_llm.protocols", "UNK_ID"),
-    "SPECIAL_TOKENS": ("geometry_os.systems.pixel_llm.protocols", "SPECIAL_TOKENS"),
-    "SYNTHETIC_DATA": ("geometry_os.systems.pixel_llm.protocols", "SYNTHETIC_DATA"),
-    # Errors
-    "GeometryOSError": ("geometry_os.errors", "GeometryOSError"),
-    "ComponentError": ("geometry_os.errors", "ComponentError"),
-    "ConfigError": ("geometry_os.errors", "ConfigError"),
-    "CheckpointError": ("geometry_os.errors", "CheckpointError"),
-    "TrainingError": ("geometry_os.errors", "TrainingError"),
-    "format_validation_error": ("geometry_os.errors", "format_validation_error"),
-    "one_line": ("geometry_os.errors", "one_line"),
-    "DataError": ("geometry_os.systems.pixel_llm.images", "DataError"),
-    # Config
-    "StrictModel": ("geometry_os.systems.pixel_llm.config", "StrictModel"),
-    "PixelLLMConfig": ("geometry_os.systems.pixel_llm.config", "PixelLLMConfig"),
-    "TrainerConfig": ("geometry_os.systems.pixel_llm.config", "TrainerConfig"),
-    "PRESETS": ("geometry_os.systems.pixel_llm.config", "PRESETS"),
-    "preset_config": ("geometry_os.systems.pixel_llm.config", "preset_config"),
-    "parse_overrides": ("geometry_os.systems.pixel_llm.config", "parse_overrides"),
-    "default_num_heads": ("geometry_os.systems.pixel_llm.config", "default_num_heads"),
-    "GenerationConfig": ("geometry_os.systems.pixel_llm.generation_config", "GenerationConfig"),
-    "NOT_SAMPLING": ("geometry_os.systems.pixel_llm.generation_config", "NOT_SAMPLING"),
-    "DatasetConfig": ("geometry_os.systems.pixel_llm.data_config", "DatasetConfig"),
-    "dataset_config": ("geometry_os.systems.pixel_llm.data_config", "dataset_config"),
-    "IMAGENET_MEAN": ("geometry_os.systems.pixel_llm.data_config", "IMAGENET_MEAN"),
-    "IMAGENET_STD": ("geometry_os.systems.pixel_llm.data_config", "IMAGENET_STD"),
-    # Components
-    "get_component": ("geometry_os.systems.pixel_llm.resolution", "get_component"),
-    "current_components": ("geometry_os.systems.pixel_llm.resolution", "current_components"),
-    "resolve_strategy": ("geometry_os.systems.pixel_llm.resolution", "resolve_strategy"),
-    "pretrained_importer": ("geometry_os.systems.pixel_llm.resolution", "pretrained_importer"),
-    "get_host": ("geometry_os.host", "get_host"),
-    "plural": ("geometry_os.components", "plural"),
-    # Model
-    "PixelLLM": ("geometry_os.systems.pixel_llm.modeling", "PixelLLM"),
-    "GenerationOutput": ("geometry_os.systems.pixel_llm.inference", "GenerationOutput"),
-    "generate_caption": ("geometry_os.systems.pixel_llm.inference", "generate_caption"),
-    "freeze": ("geometry_os.systems.pixel_llm.freeze", "freeze"),
-    "attention": ("geometry_os.systems.pixel_llm.cpu_bf16", "attention"),
-    "bf16": ("geometry_os.systems.pixel_llm.cpu_bf16", "bf16"),
-    "linear": ("geometry_os.systems.pixel_llm.cpu_bf16", "linear"),
-    "upcast_bf16": ("geometry_os.systems.pixel_llm.cpu_bf16", "upcast_bf16"),
-    "lora": ("geometry_os.systems.pixel_llm.lora", None),
-    # Checkpoints
-    "BEST": ("geometry_os.systems.pixel_llm.checkpoint", "BEST"),
-    "CONFIG": ("geometry_os.systems.pixel_llm.checkpoint", "CONFIG"),
-    "LATEST": ("geometry_os.systems.pixel_llm.checkpoint", "LATEST"),
-    "STEP_RE": ("geometry_os.systems.pixel_llm.checkpoint", "STEP_RE"),
-    "TOKENIZER": ("geometry_os.systems.pixel_llm.checkpoint", "TOKENIZER"),
-    "WEIGHTS": ("geometry_os.systems.pixel_llm.checkpoint", "WEIGHTS"),
-    "check_weights_header": ("geometry_os.systems.pixel_llm.checkpoint", "check_weights_header"),
-    "is_run_folder": ("geometry_os.systems.pixel_llm.checkpoint", "is_run_folder"),
-    "load_tokenizer": ("geometry_os.systems.pixel_llm.checkpoint", "load_tokenizer"),
-    "load_weights": ("geometry_os.systems.pixel_llm.checkpoint", "load_weights"),
-    "read_checkpoint_config": ("geometry_os.systems.pixel_llm.checkpoint", "read_checkpoint_config"),
-    "read_latest": ("geometry_os.systems.pixel_llm.checkpoint", "read_latest"),
-    "resolve_checkpoint_folder": ("geometry_os.systems.pixel_llm.checkpoint", "resolve_checkpoint_folder"),
-    "safe_file": ("geometry_os.systems.pixel_llm.checkpoint", "safe_file"),
-    "step_folders": ("geometry_os.systems.pixel_llm.checkpoint", "step_folders"),
-    "write_model_files": ("geometry_os.systems.pixel_llm.checkpoint", "write_model_files"),
-    "STATE": ("geometry_os.systems.pixel_llm.run_folder", "STATE"),
-    "STATE_FORMAT": ("geometry_os.systems.pixel_llm.run_folder", "STATE_FORMAT"),
-    "is_number": ("geometry_os.systems.pixel_llm.run_folder", "is_number"),
-    "new_run_refusal": ("geometry_os.systems.pixel_llm.run_folder", "new_run_refusal"),
-    "read_state": ("geometry_os.systems.pixel_llm.run_folder", "read_state"),
-    "resolve_checkpoint": ("geometry_os.systems.pixel_llm.run_folder", "resolve_checkpoint"),
-    "InitSource": ("geometry_os.systems.pixel_llm.init_source", "InitSource"),
-    "VOCAB_TENSORS": ("geometry_os.systems.pixel_llm.init_source", "VOCAB_TENSORS"),
-    "apply_init": ("geometry_os.systems.pixel_llm.init_source", "apply_init"),
-    "describe": ("geometry_os.systems.pixel_llm.init_source", "describe"),
-    "read_init_source": ("geometry_os.systems.pixel_llm.init_source", "read_init_source"),
-    # Tokenizers
-    "TokenizersBacked": ("geometry_os.systems.pixel_llm.tokenizer_files", "TokenizersBacked"),
-    "as_id_list": ("geometry_os.systems.pixel_llm.tokenizer_files", "as_id_list"),
-    "check_file_header": ("geometry_os.systems.pixel_llm.tokenizer_files", "check_file_header"),
-    "check_ids": ("geometry_os.systems.pixel_llm.tokenizer_files", "check_ids"),
-    "invalid_file": ("geometry_os.systems.pixel_llm.tokenizer_files", "invalid_file"),
-    "parse_tokenizers_json": ("geometry_os.systems.pixel_llm.tokenizer_files", "parse_tokenizers_json"),
-    "tokenizer_misfit": ("geometry_os.systems.pixel_llm.vocabulary", "tokenizer_misfit"),
-    "undecodable_ids": ("geometry_os.systems.pixel_llm.vocabulary", "undecodable_ids"),
-    # Data
-    "Records": ("geometry_os.systems.pixel_llm.records", "Records"),
-    "Read": ("geometry_os.systems.pixel_llm.records", "Read"),
-    "CaptionRecord": ("geometry_os.systems.pixel_llm.records", "CaptionRecord"),
-    "read_text": ("geometry_os.systems.pixel_llm.records", "read_text"),
-    "read_caption_file": ("geometry_os.systems.pixel_llm.records", "read_caption_file"),
-    "head": ("geometry_os.systems.pixel_llm.formats", "head"),
-    "read_caption_data": ("geometry_os.systems.pixel_llm.formats", "read_caption_data"),
-    "split_spec": ("geometry_os.systems.pixel_llm.formats", "split_spec"),
-    "resolve_format": ("geometry_os.systems.pixel_llm.formats", "resolve"),
-    "load_image": ("geometry_os.systems.pixel_llm.images", "load_image"),
-    "to_rgb": ("geometry_os.systems.pixel_llm.images", "to_rgb"),
-    "build_transform": ("geometry_os.systems.pixel_llm.transforms", "build_transform"),
-    "CaptionFormat": ("geometry_os.systems.pixel_llm.dataset", "CaptionFormat"),
-    "CaptionedImages": ("geometry_os.systems.pixel_llm.dataset", "CaptionedImages"),
-    "ImageTextDataset": ("geometry_os.systems.pixel_llm.dataset", "ImageTextDataset"),
-    "group_references": ("geometry_os.systems.pixel_llm.dataset", "group_references"),
-    "per_image": ("geometry_os.systems.pixel_llm.dataset", "per_image"),
-    "resolve_tokenizer": ("geometry_os.systems.pixel_llm.tokens", "resolve_tokenizer"),
-    "truncate": ("geometry_os.systems.pixel_llm.tokens", "truncate"),
-    "special_id": ("geometry_os.systems.pixel_llm.tokens", "special_id"),
-    "CaptionTokens": ("geometry_os.systems.pixel_llm.tokens", "CaptionTokens"),
-    "CaptionCollator": ("geometry_os.systems.pixel_llm.collate", "CaptionCollator"),
-    "count_targets": ("geometry_os.systems.pixel_llm.targets", "count_targets"),
-    "IGNORE_INDEX": ("geometry_os.systems.pixel_llm.targets", "IGNORE_INDEX"),
-    # Text
-    "caption_tokens": ("geometry_os.systems.pixel_llm.text", "caption_tokens"),
-    "caption_words": ("geometry_os.systems.pixel_llm.text", "caption_words"),
-    "detokenize": ("geometry_os.systems.pixel_llm.text", "detokenize"),
-    "normalize_caption": ("geometry_os.systems.pixel_llm.text", "normalize_caption"),
-    "caption_metrics": ("geometry_os.systems.pixel_llm.metrics", "caption_metrics"),
-    "normalize": ("geometry_os.systems.pixel_llm.metrics", "normalize"),
-    "metrics": ("geometry_os.systems.pixel_llm.metrics", None),
-    # Workflows
-    "CaptionResult": ("geometry_os.systems.pixel_llm.captioning", "CaptionResult"),
-    "expand_image_args": ("geometry_os.systems.pixel_llm.captioning", "expand_image_args"),
-    "preprocessing_config": ("geometry_os.systems.pixel_llm.captioning", "preprocessing_config"),
-    "draw_panels": ("geometry_os.systems.pixel_llm.explain", "draw_panels"),
-    "explain_image": ("geometry_os.systems.pixel_llm.explain", "explain_image"),
-    "render_panels": ("geometry_os.systems.pixel_llm.explain", "render_panels"),
-    "load_checkpoint": ("geometry_os.systems.pixel_llm.workflows", "load_checkpoint"),
-    "workflows": ("geometry_os.systems.pixel_llm.workflows", None),
-    # CLI
-    "config_file_option": ("geometry_os.cli", "config_file_option"),
-    "echo_caption_results": ("geometry_os.cli", "echo_caption_results"),
-    "echo_error": ("geometry_os.cli", "echo_error"),
-    "echo_warning": ("geometry_os.cli", "echo_warning"),
-    "get_cli_host": ("geometry_os.cli", "get_cli_host"),
-    "image_root_option": ("geometry_os.cli", "image_root_option"),
-    "preset_option": ("geometry_os.cli", "preset_option"),
-    "print_plugins": ("geometry_os.cli", "print_plugins"),
-    "set_option": ("geometry_os.cli", "set_option"),
-    # File I/O
-    "AtomicFolder": ("geometry_os.fileio", "AtomicFolder"),
-    "atomic_save": ("geometry_os.fileio", "atomic_save"),
-    "atomic_write_text": ("geometry_os.fileio", "atomic_write_text"),
-    "parse_json": ("geometry_os.fileio", "parse_json"),
-    "read_json": ("geometry_os.fileio", "read_json"),
-    "read_utf8": ("geometry_os.fileio", "read_utf8"),
-    "write_json_atomic": ("geometry_os.fileio", "write_json_atomic"),
-    # Version
-    "__version__": ("geometry_os", "__version__"),
+    **{
+        exported: (module, attribute or exported)
+        for module, names in _HOMES.items()
+        for exported, _, attribute in (name.partition("=") for name in names.split())
+    },
+    **{name: (module, None) for name, module in _MODULES.items()},
 }
 
 __all__ = [
@@ -522,4 +446,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
+    """The module's own names and every exported one (for completion and ``dir()``)."""
     return sorted(set(globals()) | set(__all__))
