@@ -29,7 +29,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_generate import NEW_TOKENS, summarise, table, timed  # noqa: E402
-from run import CAPTION_TOKENS, build_models, count_flops, make_optimizer, write_doc  # noqa: E402
+from run import CAPTION_TOKENS, build_models, count_flops, make_optimizer, train_throughput, write_doc  # noqa: E402
 
 from geometry_os.fileio import write_json_atomic  # noqa: E402
 from geometry_os.systems.pixel_llm.config import PRESETS  # noqa: E402
@@ -105,16 +105,9 @@ def bench_train(preset: str, repeats: int, steps: int, peak: float, batch: int, 
         "repeats": repeats,
     }
     for name, r in rates.items():
-        s = summarise(r)
-        achieved = flops[name] / batch * s["median"]
-        out[name] = {
-            "images_per_s": s["median"],
-            "min": s["min"],
-            "max": s["max"],
-            "flops_per_step": flops[name],
-            "achieved_tflops": achieved / 1e12,
-            "mfu": achieved / peak,
-        }
+        row = train_throughput(r, flops[name], batch, peak)
+        row["achieved_tflops"] = row.pop("achieved_flops") / 1e12
+        out[name] = row
     out["ratio"] = out["ours"]["images_per_s"] / out["hf"]["images_per_s"]
     del ours, hf, fns
     torch.cuda.empty_cache()

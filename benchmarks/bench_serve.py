@@ -22,7 +22,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_generate import table
+from common import PeriodicSampler
 
 from geometry_os.fileio import write_json_atomic
 
@@ -83,28 +83,21 @@ def start_server(checkpoint: Path, port: int, flags: list[str], log: Path) -> su
     raise SystemExit("server did not start in 180 s")
 
 
-class RssSampler:
-    """Samples the server's resident memory every ``interval`` seconds (with the request count then)."""
+class RssSampler(PeriodicSampler):
+    """Samples the server's resident memory every ``interval`` seconds (with the request count then),
+    and once more on leaving the ``with`` block."""
 
     def __init__(self, pid: int, counter: list[int], interval: float = 0.25) -> None:
-        self.process, self.counter, self.interval = psutil.Process(pid), counter, interval
+        super().__init__(interval)
+        self.process, self.counter = psutil.Process(pid), counter
         self.samples: list[tuple[int, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append((self.counter[0], self.process.memory_info().rss))
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
+    def sample(self) -> None:
+        self.samples.append((self.counter[0], self.process.memory_info().rss))
 
     def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.samples.append((self.counter[0], self.process.memory_info().rss))
+        super().__exit__(*exc)
+        self.sample()
 
 
 async def run_phase(

@@ -25,35 +25,24 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from common import PeriodicSampler
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class LoadSampler:
+class LoadSampler(PeriodicSampler):
     """Samples the 1-minute load average every ``interval`` seconds while running."""
 
     def __init__(self, interval: float = 10.0) -> None:
+        super().__init__(interval)
         self.samples: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
 
-    def _run(self, interval: float) -> None:
-        while True:
-            self.samples.append(os.getloadavg()[0])
-            if self._stop.wait(interval):
-                return
-
-    def __enter__(self) -> LoadSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
+    def sample(self) -> None:
+        self.samples.append(os.getloadavg()[0])
 
     def summary(self) -> dict[str, float]:
         s = self.samples or [os.getloadavg()[0]]
@@ -113,14 +102,7 @@ def evaluate_checkpoint(
     model, tokenizer = PixelLLM.from_pretrained(folder)
     model.eval()
     c = model.config
-    generation = GenerationConfig(
-        max_length=c.max_seq_len,
-        bos_token_id=c.bos_token_id,
-        eos_token_id=c.eos_token_id,
-        pad_token_id=c.pad_token_id,
-        strategy="greedy",
-        return_dict_in_generate=True,
-    )
+    generation = GenerationConfig.for_model(c, strategy="greedy", return_dict_in_generate=True)
     test_set = test_scenes(n, seed, c, split, hold_out)
     images = images_of(test_set)
     predictions: list[str] = []

@@ -112,6 +112,22 @@ def count_flops(step: Callable[[], float]) -> float:
     return float(counter.get_total_flops())
 
 
+def train_throughput(rates: list[float], flops_per_step: float, batch: int, peak: float) -> dict[str, float]:
+    """One model's training speed from its repeats: ``images_per_s`` (the median of ``rates``, images/s)
+    with its ``min`` and ``max``, ``flops_per_step`` (of a step of ``batch`` images), ``achieved_flops``
+    (FLOP/s at the median) and ``mfu`` (that over ``peak``, the machine's FLOP/s)."""
+    s = summarise(rates)
+    achieved = flops_per_step / batch * s["median"]
+    return {
+        "images_per_s": s["median"],
+        "min": s["min"],
+        "max": s["max"],
+        "flops_per_step": flops_per_step,
+        "achieved_flops": achieved,
+        "mfu": achieved / peak,
+    }
+
+
 def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 1.5) -> float:
     """Achieved FLOP/s of a large square matmul: this machine's practical peak for ``dtype``."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
@@ -160,17 +176,7 @@ def bench_train(preset: str, dtype: str, repeats: int, quick: bool, peaks: dict[
         "repeats": max(repeats, 1),
     }
     for name in rates:
-        s = summarise(rates[name])
-        achieved = flops[name] / batch * s["median"]
-        out[name] = {
-            "images_per_s": s["median"],
-            "min": s["min"],
-            "max": s["max"],
-            "all": rates[name],
-            "flops_per_step": flops[name],
-            "achieved_flops": achieved,
-            "mfu": achieved / peaks[dtype],
-        }
+        out[name] = {**train_throughput(rates[name], flops[name], batch, peaks[dtype]), "all": rates[name]}
     out["ratio"] = out["ours"]["images_per_s"] / out["hf"]["images_per_s"]
     return out
 

@@ -17,7 +17,7 @@ import os
 import select
 import sys
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import click
@@ -308,9 +308,15 @@ def print_plugins(plugins: list[Any], show_all: bool, as_json: bool) -> None:
             click.echo(f"    hooks: {', '.join(row['hooks'])}")
 
 
+def plugin_list_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of a command that lists plugins with ``print_plugins``: ``--json`` (``as_json``) and
+    ``--all`` (``show_all``); ``geo-os plugins`` and each system's own ``plugins`` take the same ones."""
+    command = click.option("--all", "show_all", is_flag=True, help="Include the built-in plugins.")(command)
+    return click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(command)
+
+
 @cli.command("plugins")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--all", "show_all", is_flag=True, help="Include the built-in plugins.")
+@plugin_list_options
 @click.pass_context
 def plugins_command(ctx: click.Context, as_json: bool, show_all: bool) -> None:
     """List plugins: source, distribution and version, hooks, components, failures."""

@@ -8,13 +8,15 @@ imports torch.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from geometry_os.errors import ComponentError, ConfigError, first_line, format_validation_error
+
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
 
 @dataclass
@@ -159,3 +161,21 @@ def plural(kind: str) -> str:
 
 def _listing(table: dict[str, Component]) -> str:
     return ", ".join(table) if table else "(none)"
+
+
+def options_with(
+    model: type[OptionsT], opts: OptionsT | Mapping[str, Any] | None, overrides: Mapping[str, Any]
+) -> OptionsT:
+    """A component's options as ``model``, from an options object, a mapping or nothing, with ``overrides``
+    (plain keywords) on top; all of it goes through ``model``'s validation.
+
+    ``opts`` already a ``model`` and no overrides: returned as is. Any other options object is read
+    through ``model_dump()``. Raises ``pydantic.ValidationError`` for a value ``model`` rejects (the
+    constructor of a component built by hand reports it as pydantic does).
+    """
+    if opts is None:
+        return model(**overrides)
+    if isinstance(opts, model) and not overrides:
+        return opts
+    data = dict(opts) if isinstance(opts, Mapping) else opts.model_dump()
+    return model(**{**data, **overrides})

@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated process-wide host, and third-party plugin distributions made on disk."""
+"""Shared fixtures: an isolated process-wide host, third-party plugin distributions made on disk, and the
+check of a one-line CLI error."""
 
 from __future__ import annotations
 
@@ -31,6 +32,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def assert_one_line_error(result, *needles: str) -> None:
+    """A click ``Result`` that failed with exactly one non-blank line of output (no traceback), containing
+    every one of ``needles``."""
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
 
 
 def make_plugin_dist(root: Path, dist: str, version: str, module: str, source: str, ep_name: str | None = None) -> Path:
@@ -85,6 +97,19 @@ def build_toy(opts):
 def register_encoders(register):
     register("toy", build_toy, ToyOptions)
 '''
+
+
+# The sizes of a small model built on the toy plugin's encoder (16 channels out, a 4 x 4 grid of cells).
+TOY_MODEL = dict(
+    encoder="toy",
+    image_size=32,
+    patch_size=8,
+    vision_embed_dim=16,
+    text_embed_dim=32,
+    text_num_layers=1,
+    vocab_size=20,
+    max_seq_len=16,
+)
 
 
 @pytest.fixture

@@ -8,22 +8,13 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-from conftest import make_plugin_dist
+from conftest import assert_one_line_error, make_plugin_dist
 
 from geometry_os.cli import cli
 
 
 def run(*args: str, env: dict[str, str] | None = None):
     return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
-
-
-def assert_one_line_error(result, *needles: str) -> None:
-    assert result.exit_code != 0
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def test_plugins_lists_builtins_with_all_and_as_json():

@@ -532,6 +532,16 @@ def test_invalid_config_names_the_field(fields, field):
         GenerationConfig(**fields)
 
 
+def test_for_model_takes_the_length_and_special_ids_of_the_model_config():
+    limits = SimpleNamespace(max_seq_len=17, bos_token_id=5, eos_token_id=6, pad_token_id=4)
+    config = GenerationConfig.for_model(limits, num_beams=3)
+    assert (config.max_length, config.bos_token_id, config.eos_token_id, config.pad_token_id) == (17, 5, 6, 4)
+    assert config.num_beams == 3 and config.generation_mode == "beam"
+    assert GenerationConfig.for_model(limits, max_length=9).max_length == 9  # fields win
+    with pytest.raises(ValidationError, match="num_return_sequences"):
+        GenerationConfig.for_model(limits, num_return_sequences=2)  # validated as the constructor is
+
+
 def test_invalid_overrides_and_unknown_strategy():
     model = make_model(0)
     images = make_images(0, 1)

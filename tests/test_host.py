@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-from conftest import make_plugin_dist
+from conftest import TOY_MODEL, make_plugin_dist
 
 from geometry_os.errors import ComponentError, ConfigError, GeometryOSError, PluginError, RegistryError
 from geometry_os.host import Host, PluginLoadWarning, default_registry_path, read_registry, set_host
@@ -55,16 +55,7 @@ def test_third_party_entry_point_plugin_is_listed_and_buildable(toy_plugin):
         "loaded",
     )
     assert toy.components == ["encoder:toy"]
-    config = PixelLLMConfig(
-        encoder="toy",
-        image_size=32,
-        patch_size=8,
-        vision_embed_dim=16,
-        text_embed_dim=32,
-        text_num_layers=1,
-        vocab_size=20,
-        max_seq_len=16,
-    )
+    config = PixelLLMConfig(**TOY_MODEL)
     import torch
 
     from geometry_os.systems.pixel_llm import PixelLLM

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import TOY_MODEL, assert_one_line_error
 from PIL import Image
 
 from geometry_os.cli import cli
@@ -30,15 +31,6 @@ WORDS = "a red blue green circle square triangle left of right above below big s
 
 def run(*args: str):
     return CliRunner().invoke(cli, ["pixel-llm", *args])
-
-
-def assert_one_line_error(result, *needles: str) -> None:
-    assert result.exit_code != 0
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def image_sensitive_model(vocab_size: int) -> torch.nn.Module:
@@ -266,16 +258,7 @@ def test_third_party_encoder_is_refused_in_one_line(toy_plugin, tmp_path):
     from geometry_os.systems.pixel_llm import PixelLLM
     from geometry_os.systems.pixel_llm.config import PixelLLMConfig
 
-    config = PixelLLMConfig(
-        encoder="toy",
-        image_size=32,
-        patch_size=8,
-        vision_embed_dim=16,
-        text_embed_dim=32,
-        text_num_layers=1,
-        vocab_size=20,
-        max_seq_len=16,
-    )
+    config = PixelLLMConfig(**TOY_MODEL)
     tokenizer = get_component("tokenizer", "simple").load()(["a red circle"])
     folder = PixelLLM(config).save_pretrained(tmp_path / "toy", tokenizer=tokenizer)
     with pytest.raises(ComponentError, match="encoder 'toy' cannot be exported to ONNX .*supports encoder 'vit'"):

@@ -10,7 +10,13 @@ import json
 
 import click
 
-from geometry_os.systems.pixel_llm.plugin_api import config_file_option, hookimpl, preset_option, set_option
+from geometry_os.systems.pixel_llm.plugin_api import (
+    config_file_option,
+    hookimpl,
+    plugin_list_options,
+    preset_option,
+    set_option,
+)
 
 
 @hookimpl
@@ -32,8 +38,7 @@ def register_commands(cli: click.Group) -> None:
 
 
 @click.command("plugins")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--all", "show_all", is_flag=True, help="Include the built-in plugins.")
+@plugin_list_options
 @click.pass_context
 def plugins_command(ctx: click.Context, as_json: bool, show_all: bool) -> None:
     """List the plugins of the pixel_llm system."""

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from geometry_os.systems.pixel_llm.plugin_api import default_num_heads, hookimpl
+from geometry_os.systems.pixel_llm.plugin_api import hookimpl, num_heads_for
 
 
 class ViTOptions(BaseModel):
@@ -62,12 +62,9 @@ class ViTOptions(BaseModel):
 
     @model_validator(mode="after")
     def _check_shapes(self) -> ViTOptions:
-        if self.num_heads is None:  # heads of ~64 channels that divide embed_dim (as PixelLLMConfig)
-            self.num_heads = default_num_heads(self.embed_dim)
         if self.image_size % self.patch_size:
             raise ValueError(f"patch_size={self.patch_size} must divide image_size={self.image_size}")
-        if self.embed_dim % self.num_heads:
-            raise ValueError(f"embed_dim={self.embed_dim} must be divisible by num_heads={self.num_heads}")
+        self.num_heads = num_heads_for(self.embed_dim, self.num_heads)  # None: ~64 channels a head
         if self.pos_embed == "sincos" and self.embed_dim % 4:
             raise ValueError(f"embed_dim={self.embed_dim} must be divisible by 4 for pos_embed='sincos'")
         if self.stem == "conv" and self.patch_size & (self.patch_size - 1):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from geometry_os.plugins.vit import ViTOptions
-from geometry_os.systems.pixel_llm.plugin_api import attention, bf16, linear, upcast_bf16
+from geometry_os.systems.pixel_llm.plugin_api import attention, bf16, linear, options_with, upcast_bf16
 
 
 def sincos_2d(dim: int, rows: int, cols: int) -> torch.Tensor:
@@ -102,16 +102,6 @@ class Block(nn.Module):
         )
 
 
-def _options(opts: ViTOptions | Mapping[str, Any] | None, overrides: dict[str, Any]) -> ViTOptions:
-    """Accept an options object, a mapping, or plain keywords; everything goes through validation."""
-    if opts is None:
-        return ViTOptions(**overrides)
-    if isinstance(opts, ViTOptions) and not overrides:
-        return opts
-    data = dict(opts) if isinstance(opts, Mapping) else opts.model_dump()
-    return ViTOptions(**{**data, **overrides})
-
-
 class VisionEncoder(nn.Module):
     """ViT encoder. Build with ``VisionEncoder(ViTOptions(...))`` or ``VisionEncoder(image_size=...,
     patch_size=..., ...)`` (keywords are validated through ``ViTOptions``).
@@ -122,7 +112,7 @@ class VisionEncoder(nn.Module):
 
     def __init__(self, opts: ViTOptions | Mapping[str, Any] | None = None, **kwargs: Any):
         super().__init__()
-        self.config = cfg = _options(opts, kwargs)
+        self.config = cfg = options_with(ViTOptions, opts, kwargs)
         self.embed_dim = cfg.embed_dim
         self.patch_size = cfg.patch_size
         self.grid = (cfg.image_size // cfg.patch_size, cfg.image_size // cfg.patch_size)

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from geometry_os.systems.pixel_llm.plugin_api import default_num_heads, hookimpl
+from geometry_os.systems.pixel_llm.plugin_api import hookimpl, num_heads_for
 
 
 def cross_attention_layers(num_layers: int, k: int | None) -> tuple[int, ...]:
@@ -59,10 +59,7 @@ class XAttnOptions(BaseModel):
 
     @model_validator(mode="after")
     def _check_shapes(self) -> XAttnOptions:
-        if self.num_heads is None:  # heads of ~64 channels that divide embed_dim (as PixelLLMConfig)
-            self.num_heads = default_num_heads(self.embed_dim)
-        if self.embed_dim % self.num_heads:
-            raise ValueError(f"embed_dim={self.embed_dim} must be divisible by num_heads={self.num_heads}")
+        self.num_heads = num_heads_for(self.embed_dim, self.num_heads)  # None: ~64 channels a head
         k = self.num_cross_attention_layers
         if k is not None and k > self.num_layers:
             raise ValueError(f"num_cross_attention_layers={k} must be between 1 and num_layers={self.num_layers}")

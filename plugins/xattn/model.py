@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from geometry_os.plugins.xattn import XAttnOptions
-from geometry_os.systems.pixel_llm.plugin_api import attention, linear
+from geometry_os.systems.pixel_llm.plugin_api import attention, linear, options_with
 
 
 def _linear(m: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -291,23 +291,13 @@ class DecoderBlock(nn.Module):
         return x + _linear(self.fc2, h), attn
 
 
-def _options(opts: XAttnOptions | Mapping[str, Any] | None, overrides: dict[str, Any]) -> XAttnOptions:
-    """Accept an options object, a mapping, or plain keywords; everything goes through validation."""
-    if opts is None:
-        return XAttnOptions(**overrides)
-    if isinstance(opts, XAttnOptions) and not overrides:
-        return opts
-    data = dict(opts) if isinstance(opts, Mapping) else opts.model_dump()
-    return XAttnOptions(**{**data, **overrides})
-
-
 class LanguageDecoder(nn.Module):
     """Decoder (see ``protocols.Decoder``). Build with ``LanguageDecoder(XAttnOptions(...))`` or
     ``LanguageDecoder(vocab_size=..., embed_dim=..., ...)`` (keywords validated by ``XAttnOptions``)."""
 
     def __init__(self, opts: XAttnOptions | Mapping[str, Any] | None = None, **kwargs: Any):
         super().__init__()
-        self.config = cfg = _options(opts, kwargs)
+        self.config = cfg = options_with(XAttnOptions, opts, kwargs)
         self.vocab_size = cfg.vocab_size
         self.embed_dim = cfg.embed_dim
         self.max_seq_len = cfg.max_seq_len

@@ -333,7 +333,7 @@ def test_absurd_config_is_refused_before_the_model_is_allocated(case, case_dir, 
     """Refused with a message naming config.json or the weights file, and no real (non-meta) model built."""
     import torch
 
-    from geometry_os.systems.pixel_llm import model as model_module
+    from geometry_os.systems.pixel_llm import modeling as model_module
 
     real_builds = []
     original_init = model_module.PixelLLM.__init__

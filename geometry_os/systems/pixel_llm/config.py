@@ -172,6 +172,18 @@ def default_num_heads(dim: int) -> int:
     return next(h for h in range(limit, 0, -1) if dim % h == 0)
 
 
+def num_heads_for(dim: int, heads: int | None, names: tuple[str, str] = ("embed_dim", "num_heads")) -> int:
+    """The attention heads of a width: ``heads``, or ``default_num_heads(dim)`` when it is None.
+
+    Raises ``ValueError`` naming both fields (``names``: the width's and the heads' field) when the heads
+    do not divide ``dim``; inside a pydantic validator that becomes the ``ValidationError`` of the model.
+    """
+    heads = default_num_heads(dim) if heads is None else heads
+    if dim % heads:
+        raise ValueError(f"{names[0]}={dim} must be divisible by {names[1]}={heads}")
+    return heads
+
+
 # Layers per stack. Far above any captioner, and it bounds what a hostile config.json can make the loader
 # build (even on the meta device every layer is Python objects: 10**7 layers would take hours and gigabytes).
 MAX_LAYERS = 256
@@ -286,9 +298,7 @@ class PixelLLMConfig(StrictModel):
         if self.image_size % self.patch_size:
             raise ValueError(f"patch_size={self.patch_size} must divide image_size={self.image_size}")
         for dim_field, heads_field in (("vision_embed_dim", "vision_num_heads"), ("text_embed_dim", "text_num_heads")):
-            dim, heads = getattr(self, dim_field), self.heads(heads_field)
-            if dim % heads:
-                raise ValueError(f"{dim_field}={dim} must be divisible by {heads_field}={heads}")
+            num_heads_for(getattr(self, dim_field), getattr(self, heads_field), (dim_field, heads_field))
         if self.num_cross_attention_layers and self.num_cross_attention_layers > self.text_num_layers:
             raise ValueError(
                 f"num_cross_attention_layers={self.num_cross_attention_layers} exceeds "

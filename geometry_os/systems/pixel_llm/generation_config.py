@@ -8,7 +8,7 @@ count tokens the HF way for a decoder whose only prompt is ``<bos>``: ``max_leng
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import Field, model_validator
 
@@ -24,6 +24,15 @@ GENERATION_MODES = (GREEDY, SAMPLE, BEAM)
 # Options only sampling reads: set in a mode that does not sample, they would be ignored.
 SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "seed")
 NOT_SAMPLING = (GREEDY, BEAM)
+
+
+class ModelLimits(Protocol):
+    """What ``GenerationConfig.for_model`` reads from a model's config (``PixelLLMConfig`` has it all)."""
+
+    max_seq_len: int
+    bos_token_id: int
+    eos_token_id: int
+    pad_token_id: int
 
 
 class GenerationConfig(StrictModel):
@@ -80,6 +89,22 @@ class GenerationConfig(StrictModel):
         "(greedy and sampling; HF's name); 'dynamic': rows leave the cache as they finish; None: static on CUDA "
         "where the decoder supports it and no attentions are asked for, else dynamic",
     )
+
+    @classmethod
+    def for_model(cls, config: ModelLimits, **fields: Any) -> GenerationConfig:
+        """Decoding options sized for a model: ``max_length`` its ``max_seq_len`` (the longest caption it
+        can decode, in tokens) and its ``<bos>``/``<eos>``/``<pad>`` ids, with ``fields`` on top.
+
+        ``config``: a ``PixelLLMConfig`` (``model.config``) or anything with those four fields.
+        Raises ``pydantic.ValidationError`` for a contradictory combination, as the constructor does.
+        """
+        sized = dict(
+            max_length=config.max_seq_len,
+            bos_token_id=config.bos_token_id,
+            eos_token_id=config.eos_token_id,
+            pad_token_id=config.pad_token_id,
+        )
+        return cls(**{**sized, **fields})
 
     @property
     def total_length(self) -> int:

@@ -17,7 +17,8 @@ listed in ``__all__`` is what a plugin author may rely on, by group:
   trainer, generation and data configs, presets and ``parse_overrides`` (``--set key=value``).
 - **Components**: ``get_component(kind, name=None)`` (None: the registry's default), ``current_components()``
   (the registry of the host in use), ``resolve_strategy``, ``pretrained_importer()`` (the ``Importer`` a
-  plugin provides, or None), ``get_host``, ``plural``.
+  plugin provides, or None), ``get_host``, ``plural``, ``options_with`` (a component's options
+  from a model instance and keyword overrides).
 - **Model**: ``PixelLLM``, ``generate_caption`` / ``GenerationOutput``, ``freeze``, the ``lora`` module, and the
   CPU bfloat16 helpers an encoder or decoder uses (``attention``, ``linear``, ``bf16``, ``upcast_bf16``).
 - **Checkpoints**: the run-folder layout (``BEST``, ``LATEST``, ``CONFIG``, ``WEIGHTS``, ``TOKENIZER``,
@@ -57,9 +58,11 @@ if TYPE_CHECKING:  # pragma: no cover - what the table gives, for type checkers
     from geometry_os.cli import echo_warning as echo_warning
     from geometry_os.cli import get_cli_host as get_cli_host
     from geometry_os.cli import image_root_option as image_root_option
+    from geometry_os.cli import plugin_list_options as plugin_list_options
     from geometry_os.cli import preset_option as preset_option
     from geometry_os.cli import print_plugins as print_plugins
     from geometry_os.cli import set_option as set_option
+    from geometry_os.components import options_with as options_with
     from geometry_os.components import plural as plural
     from geometry_os.errors import CheckpointError as CheckpointError
     from geometry_os.errors import ComponentError as ComponentError
@@ -104,6 +107,7 @@ if TYPE_CHECKING:  # pragma: no cover - what the table gives, for type checkers
     from geometry_os.systems.pixel_llm.config import StrictModel as StrictModel
     from geometry_os.systems.pixel_llm.config import TrainerConfig as TrainerConfig
     from geometry_os.systems.pixel_llm.config import default_num_heads as default_num_heads
+    from geometry_os.systems.pixel_llm.config import num_heads_for as num_heads_for
     from geometry_os.systems.pixel_llm.config import parse_overrides as parse_overrides
     from geometry_os.systems.pixel_llm.config import preset_config as preset_config
     from geometry_os.systems.pixel_llm.cpu_bf16 import attention as attention
@@ -213,14 +217,14 @@ _HOMES: dict[str, str] = {
     ),
     # Config
     "geometry_os.systems.pixel_llm.config": (
-        "StrictModel PixelLLMConfig TrainerConfig PRESETS preset_config parse_overrides default_num_heads"
+        "StrictModel PixelLLMConfig TrainerConfig PRESETS preset_config parse_overrides default_num_heads num_heads_for"
     ),
     "geometry_os.systems.pixel_llm.generation_config": "GenerationConfig NOT_SAMPLING",
     "geometry_os.systems.pixel_llm.data_config": "DatasetConfig dataset_config IMAGENET_MEAN IMAGENET_STD",
     # Components
     "geometry_os.systems.pixel_llm.resolution": "get_component current_components resolve_strategy pretrained_importer",
     "geometry_os.host": "get_host",
-    "geometry_os.components": "plural",
+    "geometry_os.components": "plural options_with",
     # Model
     "geometry_os.systems.pixel_llm.modeling": "PixelLLM",
     "geometry_os.systems.pixel_llm.inference": "GenerationOutput generate_caption",
@@ -260,7 +264,7 @@ _HOMES: dict[str, str] = {
     # CLI
     "geometry_os.cli": (
         "config_file_option echo_caption_results echo_error echo_warning get_cli_host "
-        "image_root_option preset_option print_plugins set_option"
+        "image_root_option plugin_list_options preset_option print_plugins set_option"
     ),
     # File I/O
     "geometry_os.fileio": (
@@ -320,6 +324,7 @@ __all__ = [
     "preset_config",
     "parse_overrides",
     "default_num_heads",
+    "num_heads_for",
     "GenerationConfig",
     "NOT_SAMPLING",
     "DatasetConfig",
@@ -332,6 +337,7 @@ __all__ = [
     "pretrained_importer",
     "get_host",
     "plural",
+    "options_with",
     "PixelLLM",
     "GenerationOutput",
     "generate_caption",
@@ -421,6 +427,7 @@ __all__ = [
     "echo_warning",
     "get_cli_host",
     "image_root_option",
+    "plugin_list_options",
     "preset_option",
     "print_plugins",
     "set_option",
