@@ -141,7 +141,7 @@ class DatasetReader(Protocol):
     format detects is read by it, so that its reader names the problem.
 
     Registered as a ``dataset`` component whose factory is the reader object itself:
-    ``register("tsv", "pkg.mod:TSV", CaptionsOptions)``. ``formats.read_caption_data`` (and through it
+    ``register("tsv", "pkg.mod:TSV", TsvOptions)`` (options: a ``DatasetConfig`` with ``data_path``). ``formats.read_caption_data`` (and through it
     ``ImageTextDataset``, ``train``, ``eval``, ``lint-data``) finds every registered reader, picks one for
     ``FORMAT:PATH`` by ``name`` or for a bare ``PATH`` by ``claims`` / ``detect``, and calls ``read``.
     ``dataset.CaptionFormat`` implements the optional members (no streaming, claims nothing, building
