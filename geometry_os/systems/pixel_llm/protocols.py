@@ -141,9 +141,10 @@ class DatasetReader(Protocol):
     format detects is read by it, so that its reader names the problem.
 
     Registered as a ``dataset`` component whose factory is the reader object itself:
-    ``register("tsv", "pkg.mod:TSV", TsvOptions)`` (options: a ``DatasetConfig`` with ``data_path``). ``formats.read_caption_data`` (and through it
-    ``ImageTextDataset``, ``train``, ``eval``, ``lint-data``) finds every registered reader, picks one for
-    ``FORMAT:PATH`` by ``name`` or for a bare ``PATH`` by ``claims`` / ``detect``, and calls ``read``.
+    ``register("tsv", "pkg.mod:TSV", TsvOptions)`` (options: a ``DatasetConfig`` with ``data_path``).
+    ``formats.read_caption_data`` (and through it ``ImageTextDataset``, ``train``, ``eval``, ``lint-data``)
+    finds every registered reader, picks one for ``FORMAT:PATH`` by ``name`` or for a bare ``PATH`` by
+    ``claims`` / ``detect``, and calls ``read``.
     ``dataset.CaptionFormat`` implements the optional members (no streaming, claims nothing, building
     the component gives an ``ImageTextDataset``): subclass it and write ``detect`` and ``read``.
     """
