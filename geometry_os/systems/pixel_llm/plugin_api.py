@@ -250,7 +250,9 @@ _HOMES: dict[str, str] = {
     "geometry_os.systems.pixel_llm.records": "Records Read CaptionRecord read_text read_caption_file",
     "geometry_os.systems.pixel_llm.formats": "head read_caption_data split_spec resolve_format=resolve",
     "geometry_os.systems.pixel_llm.transforms": "build_transform",
-    "geometry_os.systems.pixel_llm.dataset": "CaptionFormat CaptionedImages ImageTextDataset group_references per_image",
+    "geometry_os.systems.pixel_llm.dataset": (
+        "CaptionFormat CaptionedImages ImageTextDataset group_references per_image"
+    ),
     "geometry_os.systems.pixel_llm.tokens": "resolve_tokenizer truncate special_id CaptionTokens",
     "geometry_os.systems.pixel_llm.collate": "CaptionCollator",
     "geometry_os.systems.pixel_llm.targets": "count_targets IGNORE_INDEX",
