@@ -224,7 +224,9 @@ def test_format_errors_are_one_line(formats, tmp_path):
 
 def test_a_third_party_plugin_adds_a_format(tmp_path, monkeypatch, formats):
     """The plugin of docs/plugins.md: a TSV format (image<TAB>caption) that train, eval and lint-data read."""
-    root = make_plugin_dist(tmp_path / "site", "geo-tsv-format", "1.0", "geo_tsv_format", TSV_PLUGIN)
+    from test_third_party_plugin import MODULE, plugin_source
+
+    root = make_plugin_dist(tmp_path / "site", "geo-caption-extras", "1.0", MODULE, plugin_source())
     monkeypatch.syspath_prepend(str(root))
     data = Path(formats["json"]).parent
     (data / "set.tsv").write_text("".join(f"images/{k}\t{c}\n" for k, v in SET.items() for c in v))
@@ -235,50 +237,13 @@ def test_a_third_party_plugin_adds_a_format(tmp_path, monkeypatch, formats):
     assert result.exit_code == 0 and json.loads(result.output)["files"][0]["samples"] == 4
 
 
-TSV_PLUGIN = '''
-"""A third-party caption format: image<TAB>caption lines in a .tsv file."""
-from pathlib import Path
-
-from geometry_os.plugins.datasets import CaptionsOptions
-from geometry_os.systems.pixel_llm.dataset import CaptionFormat
-from geometry_os.systems.pixel_llm.records import Records
-from geometry_os.systems.pixel_llm.hookspecs import hookimpl
-
-
-class Tsv(CaptionFormat):
-    name = "tsv"
-
-    def detect(self, path: Path) -> bool:
-        return path.is_file() and path.suffix == ".tsv"
-
-    def read(self, path, image_root, on_error, split):
-        out = Records(path, image_root, on_error)
-        for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-            image, tab, caption = line.partition("\\t")
-            if not tab or not caption.strip():
-                out.bad(n, f": line {n}", "expected image<TAB>caption")
-                continue
-            out.add(image, [caption.strip()], f"line {n}", n)
-        return out.result()
-
-
-TSV = Tsv()
-
-
-@hookimpl
-def register_datasets(register):
-    register("tsv", "geo_tsv_format:TSV", CaptionsOptions)
-'''
-
-
 READER_PLUGIN = '''
 """A third-party caption format written against the DatasetReader protocol alone (no base class):
 image<TAB>caption lines in a .tsv file."""
 from pathlib import Path
 
 from geometry_os.plugins.datasets import CaptionsOptions
-from geometry_os.systems.pixel_llm.hookspecs import hookimpl
-from geometry_os.systems.pixel_llm.records import Records
+from geometry_os.systems.pixel_llm.plugin_api import Records, hookimpl
 
 
 class TsvReader:
@@ -306,7 +271,7 @@ class TsvReader:
         raise NotImplementedError
 
     def __call__(self, options, tokenizer=None):
-        from geometry_os.systems.pixel_llm.dataset import ImageTextDataset
+        from geometry_os.systems.pixel_llm.plugin_api import ImageTextDataset
 
         return ImageTextDataset(f"tsvreader:{options.data_path}", tokenizer=tokenizer, image_root=options.image_root)
 

@@ -6,7 +6,7 @@ command imports torch inside its body. The trainer's options are the core ``Trai
 ``trainer`` section of a model config), so it registers no options model of its own.
 """
 
-from geometry_os.systems.pixel_llm.hookspecs import hookimpl
+from geometry_os.systems.pixel_llm.plugin_api import hookimpl
 
 
 @hookimpl

@@ -13,9 +13,7 @@ from typing import Any
 import torch
 
 from geometry_os.errors import ConfigError
-from geometry_os.systems.pixel_llm import lora
-from geometry_os.systems.pixel_llm.config import TrainerConfig
-from geometry_os.systems.pixel_llm.freeze import freeze
+from geometry_os.systems.pixel_llm.plugin_api import TrainerConfig, freeze, lora
 
 
 def prepare_model(model: torch.nn.Module, config: TrainerConfig) -> None:

@@ -45,7 +45,7 @@ def fit_dataset(loader: Any, model_config: Any, label: str) -> str | None:
             f"{_model_name(field)}={_show(wanted[field])}; build the dataset with the model's image options, "
             "e.g. DatasetConfig(**model.config.image_options())"
         )
-    from geometry_os.systems.pixel_llm.transforms import build_transform
+    from geometry_os.systems.pixel_llm.plugin_api import build_transform
 
     dataset.config = config.model_copy(update=differ)
     dataset.transform = build_transform(dataset.config)

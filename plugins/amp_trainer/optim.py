@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from geometry_os.errors import ConfigError
-from geometry_os.systems.pixel_llm.config import TrainerConfig
+from geometry_os.systems.pixel_llm.plugin_api import TrainerConfig
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, getattr(nn, "RMSNorm", nn.LayerNorm))
 _MATRICES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)

@@ -22,35 +22,33 @@ from typing import Any
 import torch
 
 from geometry_os.errors import CheckpointError
-from geometry_os.systems.pixel_llm import lora
-from geometry_os.systems.pixel_llm.checkpoint import (  # noqa: F401 - the run layout is the core's, re-exported
+from geometry_os.systems.pixel_llm.plugin_api import (  # noqa: F401 - the run layout is the core's, re-exported  # noqa: F401 - the run layout is the core's, re-exported
     BEST,
     CONFIG,
     LATEST,
+    STATE,
+    STATE_FORMAT,
     STEP_RE,
     WEIGHTS,
     AtomicFolder,
     check_weights_header,
+    is_number,
     is_run_folder,
     load_tokenizer,
     load_weights,
+    lora,
+    new_run_refusal,
     read_checkpoint_config,
     read_json,
     read_latest,
+    read_state,
+    resolve_checkpoint,
     safe_file,
     step_folders,
+    tokenizer_misfit,
     write_json_atomic,
     write_model_files,
 )
-from geometry_os.systems.pixel_llm.run_folder import (  # noqa: F401 - the run layout is the core's, re-exported
-    STATE,
-    STATE_FORMAT,
-    is_number,
-    new_run_refusal,
-    read_state,
-    resolve_checkpoint,
-)
-from geometry_os.systems.pixel_llm.vocabulary import tokenizer_misfit
 
 OPTIMIZER = "optimizer.pt"
 STALE_RE = re.compile(r"^\.(step-\d{8,}|best)\.(tmp|old)-[0-9a-f]{8}$")

@@ -118,7 +118,7 @@ def make_dataloader(
     ``batch_size`` is per process; ``collate_fn`` defaults to the caption collator.
     """
     if collate_fn is None:
-        from geometry_os.systems.pixel_llm.collate import CaptionCollator
+        from geometry_os.systems.pixel_llm.plugin_api import CaptionCollator
 
         collate_fn = CaptionCollator(pad_token_id)
     sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from geometry_os.cli import config_file_option, image_root_option, preset_option, set_option
+from geometry_os.systems.pixel_llm.plugin_api import config_file_option, image_root_option, preset_option, set_option
 
 
 @click.command(
@@ -137,8 +137,7 @@ def train_command(
     Without --preset (or a --config that sets the sizes) the model is the full-size `base` one; on a CPU
     start with --preset small.
     """
-    from geometry_os.cli import get_cli_host
-    from geometry_os.systems.pixel_llm import workflows
+    from geometry_os.systems.pixel_llm.plugin_api import get_cli_host, workflows
 
     from .init_from import convert
 
@@ -168,7 +167,7 @@ def train_command(
 
 def _report(summary: dict[str, Any]) -> None:
     """Where the run's checkpoints are: its folder, ``latest`` and ``best`` (with its metric)."""
-    from geometry_os.systems.pixel_llm.checkpoint import BEST, LATEST, read_latest
+    from geometry_os.systems.pixel_llm.plugin_api import BEST, LATEST, read_latest
 
     checkpoint_dir = Path(summary["checkpoint_dir"])
     latest = read_latest(checkpoint_dir).name

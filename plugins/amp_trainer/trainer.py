@@ -22,8 +22,7 @@ from typing import Any
 import torch
 
 from geometry_os.errors import TrainingError
-from geometry_os.systems.pixel_llm.config import PixelLLMConfig, TrainerConfig
-from geometry_os.systems.pixel_llm.targets import count_targets
+from geometry_os.systems.pixel_llm.plugin_api import PixelLLMConfig, TrainerConfig, count_targets
 
 from . import run_state as ckpt
 from .distributed import init_world, wrap_ddp
@@ -63,11 +62,11 @@ class PixelLLMTrainer(CheckpointMixin):
     def run(**options: Any) -> dict[str, Any] | None:
         """Everything ``geo-os pixel-llm train`` does (config, data, model, training), from Python: the
         core's ``workflows.train`` with this plugin's ``--init-from`` importer. Options: see ``workflows.train``."""
-        from geometry_os.systems.pixel_llm.workflows import train
+        from geometry_os.systems.pixel_llm.plugin_api import workflows
 
         from .init_from import convert
 
-        return train(**{"convert": convert, **options})
+        return workflows.train(**{"convert": convert, **options})
 
     def __init__(
         self,
@@ -460,8 +459,7 @@ class PixelLLMTrainer(CheckpointMixin):
 
     def _larger_than_small(self) -> bool:
         """Whether the model has more parameters than the ``small`` preset with its vocabulary."""
-        from geometry_os.systems.pixel_llm.config import preset_config
-        from geometry_os.systems.pixel_llm.modeling import PixelLLM
+        from geometry_os.systems.pixel_llm.plugin_api import PixelLLM, preset_config
 
         vocab = getattr(getattr(self.model, "config", None), "vocab_size", None)
         if vocab is None:

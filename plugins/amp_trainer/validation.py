@@ -33,8 +33,10 @@ def generation_unavailable(tokenizer: Any) -> str | None:
     if tokenizer is None or not callable(getattr(tokenizer, "decode", None)):
         return "no tokenizer to decode captions"
     try:
-        from geometry_os.systems.pixel_llm.inference import generate_caption  # noqa: F401
-        from geometry_os.systems.pixel_llm.resolution import get_component
+        from geometry_os.systems.pixel_llm.plugin_api import (
+            generate_caption,  # noqa: F401
+            get_component,
+        )
 
         get_component("decoding_strategy", "greedy")
     except Exception as exc:  # inference or the greedy strategy not installed
@@ -43,9 +45,16 @@ def generation_unavailable(tokenizer: Any) -> str | None:
 
 
 def _generate(model: Any, images: torch.Tensor, tokenizer: Any) -> list[str]:
-    from geometry_os.systems.pixel_llm.inference import GenerationConfig, generate_caption
+    from geometry_os.systems.pixel_llm.plugin_api import GenerationConfig, generate_caption
 
-    generation = GenerationConfig.for_model(model.config, strategy="greedy")
+    config = model.config
+    generation = GenerationConfig(
+        max_length=config.max_seq_len,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+        strategy="greedy",
+    )
     sequences = generate_caption(model, images, config=generation)
     assert isinstance(sequences, torch.Tensor)  # ids only: return_dict_in_generate is off
     # A model may have more rows than its tokenizer has tokens; such ids read as <unk>.
@@ -117,7 +126,7 @@ def _caption_metrics(
     captions: dict[Any, str], samples: list[tuple[Any, Any, str]], world: World, max_samples: int
 ) -> dict[str, Any]:
     """Merge every process's captions and samples, score them once on the main process, share the result."""
-    from geometry_os.systems.pixel_llm.dataset import group_references
+    from geometry_os.systems.pixel_llm.plugin_api import group_references
 
     gathered = world.gather_objects((list(captions.items()), samples))
     metrics: dict[str, Any] = {}  # the scores, and one example caption (a string)
@@ -145,7 +154,7 @@ def _order(sample_id: Any) -> tuple:
 def score(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
     """The core caption metrics; without the optional pycocoevalcap (``.[metrics]``) only exact match and
     the diversity statistics, which need nothing beyond the standard library."""
-    from geometry_os.systems.pixel_llm import metrics as core
+    from geometry_os.systems.pixel_llm.plugin_api import metrics as core
 
     try:
         return core.caption_metrics(predictions, references)

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from geometry_os.systems.pixel_llm.hookspecs import hookimpl
+from geometry_os.systems.pixel_llm.plugin_api import hookimpl
 
 
 class BPEOptions(BaseModel):

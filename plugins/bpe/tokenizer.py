@@ -17,8 +17,12 @@ from typing import Any
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from geometry_os.fileio import atomic_write_text, parse_json, read_utf8
-from geometry_os.systems.pixel_llm.protocols import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID
-from geometry_os.systems.pixel_llm.tokenizer_files import (
+from geometry_os.systems.pixel_llm.plugin_api import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    SPECIAL_TOKENS,
+    UNK_ID,
     TokenizersBacked,
     as_id_list,
     check_ids,

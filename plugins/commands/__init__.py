@@ -10,8 +10,13 @@ import json
 
 import click
 
-from geometry_os.cli import config_file_option, plugin_list_options, preset_option, set_option
-from geometry_os.systems.pixel_llm.hookspecs import hookimpl
+from geometry_os.systems.pixel_llm.plugin_api import (
+    config_file_option,
+    hookimpl,
+    plugin_list_options,
+    preset_option,
+    set_option,
+)
 
 
 @hookimpl
@@ -37,7 +42,7 @@ def register_commands(cli: click.Group) -> None:
 @click.pass_context
 def plugins_command(ctx: click.Context, as_json: bool, show_all: bool) -> None:
     """List the plugins of the pixel_llm system."""
-    from geometry_os.cli import get_cli_host, print_plugins
+    from geometry_os.systems.pixel_llm.plugin_api import get_cli_host, print_plugins
 
     host = get_cli_host(ctx)
     print_plugins(list(host.system("pixel_llm").plugins.values()), show_all, as_json)
@@ -49,12 +54,12 @@ def plugins_command(ctx: click.Context, as_json: bool, show_all: bool) -> None:
 @click.pass_context
 def components_command(ctx: click.Context, kind: str | None, as_json: bool) -> None:
     """List registered components (encoders, decoders, tokenizers, ...), optionally of one KIND."""
-    from geometry_os.cli import get_cli_host
+    from geometry_os.systems.pixel_llm.plugin_api import get_cli_host
 
     registry = get_cli_host(ctx).system("pixel_llm").components
     kinds = list(registry.kinds)
     if kind is not None:
-        from geometry_os.components import plural
+        from geometry_os.systems.pixel_llm.plugin_api import plural
 
         kind = {plural(k): k for k in kinds}.get(kind, kind)
         if kind not in kinds:
@@ -89,7 +94,7 @@ def info_command(
     ctx: click.Context, config_path: str | None, preset: str | None, overrides: tuple[str, ...], as_json: bool
 ) -> None:
     """Show the resolved model config, its parameter count and the trainer settings."""
-    from geometry_os.cli import get_cli_host
+    from geometry_os.systems.pixel_llm.plugin_api import get_cli_host
 
     host = get_cli_host(ctx)
     result = host.call("pixel_llm.info", config=config_path, preset=preset, overrides=list(overrides))

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from geometry_os.cli import image_root_option
+from geometry_os.systems.pixel_llm.plugin_api import image_root_option
 
 CHECKPOINT_HELP = "Checkpoint folder, or a training run's folder (its best checkpoint, else its latest)."
 STRATEGY_HELP = "Decoding strategy (a registered decoding_strategy: greedy, sample, beam, ...)."
@@ -80,7 +80,7 @@ def generation_config(params: dict[str, Any]) -> Any:
     ``--num-beams`` selects beam search; with ``--strategy greedy``/``beam`` or ``--num-beams`` it is a
     usage error (it would be ignored).
     """
-    from geometry_os.systems.pixel_llm.generation_config import NOT_SAMPLING, GenerationConfig
+    from geometry_os.systems.pixel_llm.plugin_api import NOT_SAMPLING, GenerationConfig
 
     fields = {name: params[name] for name in GENERATION_FLAGS if params.get(name) is not None}
     sampling = [flag(name) for name in SAMPLING_FLAGS if name in fields]
@@ -97,12 +97,12 @@ def generation_config(params: dict[str, Any]) -> Any:
     if strategy == "beam" and "num_beams" not in fields:
         fields["num_beams"] = 5
     if params.get("strategy_options"):
-        from geometry_os.systems.pixel_llm.config import parse_overrides
+        from geometry_os.systems.pixel_llm.plugin_api import parse_overrides
 
         fields["strategy_options"] = parse_overrides(params["strategy_options"], flag="--strategy-option")
     generation = GenerationConfig(**fields)
     if generation.strategy_options:
-        from geometry_os.systems.pixel_llm.resolution import resolve_strategy
+        from geometry_os.systems.pixel_llm.plugin_api import resolve_strategy
 
         resolve_strategy(generation)  # options the strategy refuses: an error before the checkpoint is loaded
     return generation
@@ -120,8 +120,7 @@ def caption_command(images: tuple[str, ...], as_json: bool, recursive: bool, **p
     matches, are searched only with --recursive (else a warning names them). Unreadable images are reported on stderr (one line each) and skipped; the exit
     code is then 1.
     """
-    from geometry_os.cli import echo_caption_results
-    from geometry_os.systems.pixel_llm import workflows
+    from geometry_os.systems.pixel_llm.plugin_api import echo_caption_results, workflows
 
     generation = generation_config(params)
     results = workflows.caption(
@@ -164,7 +163,7 @@ def eval_command(
     **params: Any,
 ) -> None:
     """Caption every image of a caption file and report BLEU-1..4, ROUGE-L, CIDEr-D, exact match."""
-    from geometry_os.systems.pixel_llm import workflows
+    from geometry_os.systems.pixel_llm.plugin_api import workflows
 
     if sweep:
         fixed = [
@@ -200,7 +199,7 @@ def eval_command(
 def sweep_settings(params: dict[str, Any]) -> list[tuple[str, Any]]:
     """The named decoding settings ``eval --sweep`` compares (greedy, beam search variants, nucleus sampling),
     with the given ``--max-length`` and ``--seed``."""
-    from geometry_os.systems.pixel_llm.generation_config import GenerationConfig
+    from geometry_os.systems.pixel_llm.plugin_api import GenerationConfig
 
     common = {"max_length": params["max_length"]} if params.get("max_length") else {}
     seed = params.get("seed") if params.get("seed") is not None else 0
@@ -245,9 +244,7 @@ def print_metrics_table(rows: list[dict[str, Any]]) -> None:
 def explain_command(image: str, checkpoint: str, out: str, max_length: int | None, device: str) -> None:
     """Caption IMAGE and draw, per generated word, where the decoder's cross-attention looked
     (averaged over heads and layers) as a heatmap over the image."""
-    from geometry_os.systems.pixel_llm.explain import explain_image, render_panels
-    from geometry_os.systems.pixel_llm.generation_config import GenerationConfig
-    from geometry_os.systems.pixel_llm.workflows import load_checkpoint
+    from geometry_os.systems.pixel_llm.plugin_api import GenerationConfig, explain_image, load_checkpoint, render_panels
 
     model, tokenizer = load_checkpoint(checkpoint, device)
     generation = GenerationConfig(max_length=max_length) if max_length else GenerationConfig()

@@ -87,7 +87,7 @@ OUTPUTS = ("checkpoints", "report.md", "metrics.json", "curves.png", "attention.
 def demo_command(out: str, quick: bool, seed: int, quiet: bool) -> None:
     """Train a captioner on synthetic geometry scenes and write a report (metrics, loss curve,
     example captions, an attention picture)."""
-    from geometry_os.systems.pixel_llm import workflows
+    from geometry_os.systems.pixel_llm.plugin_api import workflows
 
     recipe = QUICK if quick else FULL
     if quick:
@@ -121,10 +121,7 @@ def evaluate_by_shapes(model: Any, tokenizer: Any, n: int, seed: int) -> tuple[d
     """Greedy exact match on ``n`` held-out test scenes, overall and per number of shapes."""
     import torch
 
-    from geometry_os.systems.pixel_llm.data import per_image
-    from geometry_os.systems.pixel_llm.inference import generate_caption
-    from geometry_os.systems.pixel_llm.metrics import caption_metrics
-    from geometry_os.systems.pixel_llm.resolution import get_component
+    from geometry_os.systems.pixel_llm.plugin_api import caption_metrics, generate_caption, get_component, per_image
 
     test = get_component("dataset", "shapes").build(
         {"n": n, "seed": seed, "split": "test", **model.config.image_options()}, tokenizer=tokenizer
@@ -148,9 +145,12 @@ def write_report(
     example images, the curves and an attention picture) into ``out_dir``; returns the report's path."""
     from PIL import Image
 
-    from geometry_os.systems.pixel_llm.checkpoint import resolve_checkpoint_folder
-    from geometry_os.systems.pixel_llm.explain import explain_image, render_panels
-    from geometry_os.systems.pixel_llm.modeling import PixelLLM
+    from geometry_os.systems.pixel_llm.plugin_api import (
+        PixelLLM,
+        explain_image,
+        render_panels,
+        resolve_checkpoint_folder,
+    )
 
     best, _ = resolve_checkpoint_folder(checkpoints)
     model, tokenizer = PixelLLM.from_pretrained(best)

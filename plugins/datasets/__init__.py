@@ -9,8 +9,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator
 
-from geometry_os.systems.pixel_llm.data_config import IMAGENET_MEAN, IMAGENET_STD, DatasetConfig
-from geometry_os.systems.pixel_llm.hookspecs import hookimpl
+from geometry_os.systems.pixel_llm.plugin_api import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SYNTHETIC_DATA,
+    DatasetConfig,
+    hookimpl,
+)
 
 
 class CaptionsOptions(DatasetConfig):
@@ -57,9 +62,12 @@ class ShapesOptions(BaseModel):
 def register_datasets(register):
     """The ``captions`` and ``shapes`` datasets and every caption-data format (a ``DatasetReader``)."""
     register("captions", "geometry_os.plugins.datasets.factories:build_captions", CaptionsOptions)
-    register("shapes", "geometry_os.plugins.datasets.factories:build_shapes", ShapesOptions)
+    # the synthetic scenes are what a run trains on without --data
+    register("shapes", "geometry_os.plugins.datasets.factories:build_shapes", ShapesOptions, serves=[SYNTHETIC_DATA])
     for name in ("json", "jsonl", "coco", "karpathy", "flickr", "imagefolder", "webdataset"):  # caption-data formats
-        register(name, f"geometry_os.plugins.datasets.formats:{name.upper()}", CaptionsOptions)
+        # a .json file no format detects is read as the original JSON format, whose reader names the problem
+        serves = [".json"] if name == "json" else []
+        register(name, f"geometry_os.plugins.datasets.formats:{name.upper()}", CaptionsOptions, serves=serves)
 
 
 @hookimpl

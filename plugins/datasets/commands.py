@@ -23,7 +23,6 @@ from pathlib import Path
 
 import click
 
-from geometry_os.cli import image_root_option
 from geometry_os.plugins.datasets.shapes import (
     COLOURS,
     COMPOSITIONAL,
@@ -37,6 +36,7 @@ from geometry_os.plugins.datasets.shapes import (
     parse_pairs,
     render_scene,
 )
+from geometry_os.systems.pixel_llm.plugin_api import image_root_option
 
 _SPLIT_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _DEFAULT_SPLITS_TEXT = ",".join(f"{k}={v}" for k, v in DEFAULT_SPLITS.items())

@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from geometry_os.plugins.datasets import CaptionsOptions, ShapesOptions
-from geometry_os.systems.pixel_llm.data_config import dataset_config
+from geometry_os.systems.pixel_llm.plugin_api import dataset_config
 
 
 def build_captions(options: CaptionsOptions, tokenizer: Any = None):
     """The ``captions`` dataset: an ``ImageTextDataset`` of ``options.data_path`` (any registered format)."""
-    from geometry_os.systems.pixel_llm.dataset import ImageTextDataset
+    from geometry_os.systems.pixel_llm.plugin_api import ImageTextDataset
 
     return ImageTextDataset(
         options.data_path,

@@ -20,10 +20,15 @@ import re
 from pathlib import Path
 
 from geometry_os.fileio import parse_json
-from geometry_os.systems.pixel_llm.dataset import CaptionFormat
-from geometry_os.systems.pixel_llm.formats import head
-from geometry_os.systems.pixel_llm.images import DataError
-from geometry_os.systems.pixel_llm.records import Read, Records, read_caption_file, read_text
+from geometry_os.systems.pixel_llm.plugin_api import (
+    CaptionFormat,
+    DataError,
+    Read,
+    Records,
+    head,
+    read_caption_file,
+    read_text,
+)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 CAPTION_COLUMNS = ("text", "caption", "captions")
@@ -257,7 +262,7 @@ class WebDataset(CaptionFormat):
 
     def __call__(self, options, tokenizer=None):
         """The component factory: a ``ShardStream`` of ``options.data_path``."""
-        from geometry_os.systems.pixel_llm.data_config import dataset_config
+        from geometry_os.systems.pixel_llm.plugin_api import dataset_config
 
         return self.stream(options.data_path, tokenizer, dataset_config(options))
 

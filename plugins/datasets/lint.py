@@ -25,11 +25,17 @@ from statistics import mean
 from typing import Any
 
 from geometry_os.fileio import parse_json, read_utf8
-from geometry_os.systems.pixel_llm.data_config import DatasetConfig
-from geometry_os.systems.pixel_llm.formats import read_caption_data, resolve, split_spec
-from geometry_os.systems.pixel_llm.images import DataError, load_image
-from geometry_os.systems.pixel_llm.records import CaptionRecord
-from geometry_os.systems.pixel_llm.text import caption_words, normalize_caption
+from geometry_os.systems.pixel_llm.plugin_api import (
+    CaptionRecord,
+    DataError,
+    DatasetConfig,
+    caption_words,
+    load_image,
+    normalize_caption,
+    read_caption_data,
+    split_spec,
+)
+from geometry_os.systems.pixel_llm.plugin_api import resolve_format as resolve
 
 MISSING_WORDS_SHOWN = 8
 
@@ -39,7 +45,7 @@ def load_vocab(path: str | os.PathLike) -> Any:
     tokenizers JSON (has "model") ``bpe``, anything else ``simple``. Raises ``ValueError`` naming the file
     when it is not valid JSON or not a file the tokenizer can load."""
     from geometry_os.errors import GeometryOSError
-    from geometry_os.systems.pixel_llm.resolution import get_component
+    from geometry_os.systems.pixel_llm.plugin_api import get_component
 
     data = parse_json(read_utf8(path), path)
     name = "bpe" if isinstance(data, dict) and "model" in data else "simple"
@@ -279,7 +285,7 @@ def _report_missing_words(
     if tokenizer is None:
         if len(paths) < 2 or not captions[paths[0]]:
             return
-        from geometry_os.systems.pixel_llm.resolution import get_component
+        from geometry_os.systems.pixel_llm.plugin_api import get_component
 
         tokenizer_class: Any = get_component("tokenizer").load()
         tokenizer = tokenizer_class.train([r.caption for r in captions[paths[0]]], None)

@@ -186,7 +186,7 @@ def caption(scene: Scene) -> str:
 def exact_match_by_shapes(predictions: Sequence[str], captions: Sequence[str]) -> dict[int, tuple[float, int]]:
     """{number of shapes: (exact match, scenes)} of predicted against true captions (normalised as the
     metrics do); a true caption names one shape per "a"."""
-    from geometry_os.systems.pixel_llm.metrics import normalize
+    from geometry_os.systems.pixel_llm.plugin_api import normalize
 
     hits: dict[int, list[bool]] = {}
     for prediction, caption in zip(predictions, captions):

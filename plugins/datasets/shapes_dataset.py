@@ -12,16 +12,22 @@ from typing import Any
 import torch
 
 from geometry_os.plugins.datasets.shapes import VOCABULARY, caption, make_split, parse_pairs, render_scene
-from geometry_os.systems.pixel_llm.data_config import IMAGENET_MEAN, IMAGENET_STD, DatasetConfig
-from geometry_os.systems.pixel_llm.dataset import CaptionedImages
-from geometry_os.systems.pixel_llm.protocols import EOS_ID
-from geometry_os.systems.pixel_llm.records import CaptionRecord
-from geometry_os.systems.pixel_llm.tokens import CaptionTokens, resolve_tokenizer, special_id
+from geometry_os.systems.pixel_llm.plugin_api import (
+    EOS_ID,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CaptionedImages,
+    CaptionRecord,
+    CaptionTokens,
+    DatasetConfig,
+    resolve_tokenizer,
+    special_id,
+)
 
 
 def default_tokenizer() -> Any:
     """The ``simple`` vocabulary of the grammar's words: the same ids for every split and seed."""
-    from geometry_os.systems.pixel_llm.resolution import get_component
+    from geometry_os.systems.pixel_llm.plugin_api import get_component
 
     tokenizer_class: Any = get_component("tokenizer", "simple").load()
     return tokenizer_class.train([" ".join(VOCABULARY)], None)

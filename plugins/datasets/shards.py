@@ -32,10 +32,14 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset
 
-from geometry_os.systems.pixel_llm.data_config import DatasetConfig
-from geometry_os.systems.pixel_llm.images import DataError, to_rgb
-from geometry_os.systems.pixel_llm.tokens import resolve_tokenizer, truncate
-from geometry_os.systems.pixel_llm.transforms import build_transform
+from geometry_os.systems.pixel_llm.plugin_api import (
+    DataError,
+    DatasetConfig,
+    build_transform,
+    resolve_tokenizer,
+    to_rgb,
+    truncate,
+)
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 TEXT_KEYS = ("txt", "json")

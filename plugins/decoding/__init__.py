@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from geometry_os.systems.pixel_llm.hookspecs import hookimpl
+from geometry_os.systems.pixel_llm.plugin_api import hookimpl
 
 
 class NoOptions(BaseModel):

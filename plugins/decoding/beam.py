@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from geometry_os.systems.pixel_llm.inference import GenerationConfig, GenerationOutput
+from geometry_os.systems.pixel_llm.plugin_api import GenerationConfig, GenerationOutput
 
 from .common import NEG_INF, assemble_output, generation_length, log_softmax, needs_prefix, process_logits, survivors
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from geometry_os.systems.pixel_llm.inference import GenerationConfig, GenerationOutput
+from geometry_os.systems.pixel_llm.plugin_api import GenerationConfig, GenerationOutput
 
 NEG_INF = float("-inf")
 

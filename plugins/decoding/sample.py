@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from geometry_os.systems.pixel_llm.inference import GenerationConfig
+from geometry_os.systems.pixel_llm.plugin_api import GenerationConfig
 
 from .common import warp_logits
 from .greedy import GreedyDecoding

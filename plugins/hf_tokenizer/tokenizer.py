@@ -23,7 +23,7 @@ from typing import Any
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from geometry_os.fileio import atomic_write_text, parse_json, read_utf8
-from geometry_os.systems.pixel_llm.tokenizer_files import (
+from geometry_os.systems.pixel_llm.plugin_api import (
     TokenizersBacked,
     as_id_list,
     check_file_header,
@@ -55,19 +55,6 @@ def clean_up_tokenization(text: str) -> str:
     ):
         text = text.replace(old, new)
     return text
-
-
-def gpt2_from_vocab_merges(
-    vocab: str | os.PathLike, merges: str | os.PathLike, special_tokens: Sequence[str] = ("<|endoftext|>",)
-) -> Tokenizer:
-    """GPT-2's byte-level BPE from the slow tokenizer's ``vocab.json`` + ``merges.txt`` (no prefix space,
-    as ``GPT2Tokenizer``); ``special_tokens`` found in the vocabulary keep their ids and are marked special
-    (skipped by ``decode(skip_special_tokens=True)``)."""
-    tok = Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([t for t in dict.fromkeys(special_tokens) if tok.token_to_id(t) is not None])
-    return tok
 
 
 class HFTokenizer(TokenizersBacked):
@@ -105,6 +92,21 @@ class HFTokenizer(TokenizersBacked):
         self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
         backend.encode_special_tokens = True  # not saved in the JSON; "<|endoftext|>" typed in a caption is text
         self._tok = backend
+
+    @classmethod
+    def gpt2_from_vocab_merges(
+        cls, vocab: str | os.PathLike, merges: str | os.PathLike, special_tokens: Sequence[str] = ("<|endoftext|>",)
+    ) -> Tokenizer:
+        """GPT-2's byte-level BPE backend (a ``tokenizers.Tokenizer``, for ``cls(backend, ...)``) from the slow
+        tokenizer's ``vocab.json`` + ``merges.txt`` (no prefix space, as ``GPT2Tokenizer``); ``special_tokens``
+        found in the vocabulary keep their ids and are marked special (skipped by
+        ``decode(skip_special_tokens=True)``). A classmethod so that a plugin holding the class (the ``hf``
+        tokenizer component) needs no import of this module."""
+        tok = Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.add_special_tokens([t for t in dict.fromkeys(special_tokens) if tok.token_to_id(t) is not None])
+        return tok
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, **ids: Any) -> HFTokenizer:

@@ -60,9 +60,7 @@ def caption_onnx_command(
     command (folders, --recursive); unreadable images are reported on stderr and skipped, the exit
     code is then 1. Beams, sampling and penalties are not supported by the exported runner.
     """
-    from geometry_os.cli import echo_caption_results
-    from geometry_os.systems.pixel_llm.captioning import expand_image_args
-    from geometry_os.systems.pixel_llm.generation_config import GenerationConfig
+    from geometry_os.systems.pixel_llm.plugin_api import GenerationConfig, echo_caption_results, expand_image_args
 
     from .runtime import OnnxCaptioner
 

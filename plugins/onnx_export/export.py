@@ -17,8 +17,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from geometry_os import __version__
 from geometry_os.errors import CheckpointError, GeometryOSError
+from geometry_os.systems.pixel_llm.plugin_api import __version__
 
 MANIFEST = "manifest.json"
 PREPROCESSOR = "preprocessor_config.json"
@@ -119,10 +119,14 @@ def export_onnx(checkpoint: str | Path, out: str | Path) -> Path:
     import torch
 
     from geometry_os.fileio import AtomicFolder, write_json_atomic
-    from geometry_os.systems.pixel_llm.checkpoint import CONFIG, read_checkpoint_config, safe_file
-    from geometry_os.systems.pixel_llm.data_config import DatasetConfig
-    from geometry_os.systems.pixel_llm.generation_config import GenerationConfig
-    from geometry_os.systems.pixel_llm.modeling import PixelLLM
+    from geometry_os.systems.pixel_llm.plugin_api import (
+        CONFIG,
+        DatasetConfig,
+        GenerationConfig,
+        PixelLLM,
+        read_checkpoint_config,
+        safe_file,
+    )
 
     from .graphs import CrossKVGraph, DecoderStepGraph, EncoderGraph, check_supported
 

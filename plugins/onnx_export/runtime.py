@@ -21,10 +21,13 @@ import numpy as np
 
 from geometry_os.errors import CheckpointError, ComponentError, ConfigError, GeometryOSError, one_line
 from geometry_os.fileio import parse_json, read_utf8
-from geometry_os.systems.pixel_llm.captioning import CaptionResult
-from geometry_os.systems.pixel_llm.generation_config import GenerationConfig
-from geometry_os.systems.pixel_llm.images import DataError, load_image
-from geometry_os.systems.pixel_llm.vocabulary import undecodable_ids
+from geometry_os.systems.pixel_llm.plugin_api import (
+    CaptionResult,
+    DataError,
+    GenerationConfig,
+    load_image,
+    undecodable_ids,
+)
 
 from .export import FORMAT, FORMAT_VERSION, GRAPH_FILES, MANIFEST, require
 
@@ -175,7 +178,7 @@ class OnnxCaptioner:
             raise CheckpointError(f"{path}: image size and image_std must be positive")
 
     def _load_tokenizer(self, entry: Any, source: Path) -> Any:
-        from geometry_os.systems.pixel_llm.resolution import get_component
+        from geometry_os.systems.pixel_llm.plugin_api import get_component
 
         if not isinstance(entry, Mapping) or not isinstance(entry.get("component"), str):
             raise CheckpointError(f"{source}: 'tokenizer' must be an object with 'component' and 'file'")

@@ -5,9 +5,11 @@ Registering stays cheap: click only; torch is imported inside the command.
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from geometry_os.systems.pixel_llm.hookspecs import hookimpl
+from geometry_os.systems.pixel_llm.plugin_api import hookimpl
 
 
 @click.command("import")
@@ -30,7 +32,7 @@ def import_command(source: str, out: str, preset: str, image_size: int | None) -
     a HF ViT / CLIP / SigLIP vision folder, a HF GPT-2 folder, or a timm / torchvision ViT state dict."""
     import json
 
-    from geometry_os.plugins.pretrained.convert import import_pretrained
+    from .convert import import_pretrained
 
     dest = import_pretrained(source, out, preset=preset, image_size=image_size)
     data = json.loads((dest / "config.json").read_text(encoding="utf-8"))
@@ -44,3 +46,11 @@ def import_command(source: str, out: str, preset: str, image_size: int | None) -
 def register_commands(cli: click.Group) -> None:
     """Add the ``import`` command to the ``pixel-llm`` command group ``cli``."""
     cli.add_command(import_command)
+
+
+@hookimpl
+def pretrained_importer() -> Any:
+    """``convert.import_pretrained``: what ``train --init-from`` converts a non-checkpoint source with."""
+    from .convert import import_pretrained
+
+    return import_pretrained

@@ -133,7 +133,7 @@ def _check_all_used(src: Source, ignore: tuple[str, ...] = ()) -> None:
 
 
 def _sizes(enc: dict[str, Any] | None, dec: dict[str, Any] | None, preset: str) -> dict[str, Any]:
-    from geometry_os.systems.pixel_llm.config import PRESETS
+    from geometry_os.systems.pixel_llm.plugin_api import PRESETS
 
     values = dict(PRESETS[preset])
     if enc:
@@ -174,9 +174,14 @@ def build_checkpoint(
             that holds other files (see :class:`~geometry_os.fileio.AtomicFolder`).
     """
     from geometry_os.fileio import AtomicFolder
-    from geometry_os.systems.pixel_llm.checkpoint import CONFIG, TOKENIZER, WEIGHTS, write_model_files
-    from geometry_os.systems.pixel_llm.config import PixelLLMConfig
-    from geometry_os.systems.pixel_llm.modeling import PixelLLM
+    from geometry_os.systems.pixel_llm.plugin_api import (
+        CONFIG,
+        TOKENIZER,
+        WEIGHTS,
+        PixelLLM,
+        PixelLLMConfig,
+        write_model_files,
+    )
 
     config = PixelLLMConfig.model_validate(fields)
     torch.manual_seed(0)
@@ -204,12 +209,14 @@ def build_checkpoint(
 
 
 def _tokenizer(folder: Path, ids: dict[str, int | None]) -> Any:
-    from geometry_os.plugins.hf_tokenizer.tokenizer import HFTokenizer, gpt2_from_vocab_merges
+    from geometry_os.systems.pixel_llm.plugin_api import get_component
 
+    # the ``hf`` tokenizer component's factory is its class: looked up, so this plugin imports no other plugin
+    tokenizer_class: Any = get_component("tokenizer", "hf").load()
     config = read_json_file(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
     cleanup = bool(config.get("clean_up_tokenization_spaces", False))
     if (folder / "tokenizer.json").is_file():
-        from geometry_os.systems.pixel_llm.tokenizer_files import parse_tokenizers_json
+        from geometry_os.systems.pixel_llm.plugin_api import parse_tokenizers_json
 
         backend = parse_tokenizers_json(
             read_utf8(folder / "tokenizer.json", CheckpointError), folder / "tokenizer.json"
@@ -217,7 +224,7 @@ def _tokenizer(folder: Path, ids: dict[str, int | None]) -> Any:
     elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
         specials = [config.get(k) for k in ("bos_token", "eos_token", "unk_token", "pad_token")]
         specials = [t.get("content") if isinstance(t, dict) else t for t in specials]
-        backend = gpt2_from_vocab_merges(
+        backend = tokenizer_class.gpt2_from_vocab_merges(
             folder / "vocab.json",
             folder / "merges.txt",
             ["<|endoftext|>", *(t for t in specials if isinstance(t, str))],
@@ -225,7 +232,7 @@ def _tokenizer(folder: Path, ids: dict[str, int | None]) -> Any:
     else:
         return None
     try:
-        return HFTokenizer(
+        return tokenizer_class(
             backend,
             ids["bos_token_id"],
             ids["eos_token_id"],

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from geometry_os.systems.pixel_llm.hookspecs import hookimpl
+from geometry_os.systems.pixel_llm.plugin_api import hookimpl
 
 WEB_STACK = ("starlette", "uvicorn", "multipart")
 
@@ -76,8 +76,7 @@ def serve_command(ctx: click.Context, **flags: Any) -> None:
         )
     from pydantic import ValidationError
 
-    from geometry_os.cli import echo_warning, get_cli_host
-    from geometry_os.systems.pixel_llm.workflows import load_checkpoint
+    from geometry_os.systems.pixel_llm.plugin_api import echo_warning, get_cli_host, load_checkpoint
 
     from .server import run
     from .settings import ServeSettings

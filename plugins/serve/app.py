@@ -28,7 +28,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from geometry_os.errors import GeometryOSError, format_validation_error, one_line
-from geometry_os.systems.pixel_llm.data import DataError, build_transform, load_image
+from geometry_os.systems.pixel_llm.plugin_api import DataError, build_transform, load_image
 
 from .batcher import Batcher, Job, QueueFull
 from .metrics import Metrics
@@ -371,7 +371,7 @@ def configure_access_log() -> None:
 def create_app(settings: ServeSettings, model: Any, tokenizer: Any, host: Any) -> tuple[Any, ServeState]:
     """The ASGI app (the Starlette app inside its ``Gate``) and its state; the model worker starts now."""
     global CURRENT
-    from geometry_os.systems.pixel_llm.captioning import preprocessing_config
+    from geometry_os.systems.pixel_llm.plugin_api import preprocessing_config
 
     config = preprocessing_config(model)
     metrics_ = Metrics()
@@ -395,8 +395,7 @@ def create_app(settings: ServeSettings, model: Any, tokenizer: Any, host: Any) -
 
 def app_from_env() -> Any:
     """Factory for the worker processes of ``--workers N``: settings from ``GEO_OS_SERVE_SETTINGS``."""
-    from geometry_os.host import get_host
-    from geometry_os.systems.pixel_llm.workflows import load_checkpoint
+    from geometry_os.systems.pixel_llm.plugin_api import get_host, load_checkpoint
 
     settings = ServeSettings.model_validate_json(os.environ[SETTINGS_ENV])
     model, tokenizer = load_checkpoint(settings.checkpoint, settings.device)

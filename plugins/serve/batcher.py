@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 import torch
 
 from geometry_os.errors import GeometryOSError
-from geometry_os.systems.pixel_llm.generation_config import GenerationConfig
+from geometry_os.systems.pixel_llm.plugin_api import GenerationConfig
 
 from .metrics import Metrics
 
@@ -178,7 +178,7 @@ class Batcher:
 
     def _decode(self, pixels: torch.Tensor, job: Job, requests: int) -> list[dict[str, Any]]:
         """Per-image result dicts, in order, decoding ``max_batch_size`` images per model call."""
-        from geometry_os.systems.pixel_llm.inference import generate_caption
+        from geometry_os.systems.pixel_llm.plugin_api import generate_caption
 
         generation = job.generation.model_copy(update={"return_dict_in_generate": True})
         per_image = generation.num_return_sequences
@@ -214,7 +214,7 @@ class Batcher:
         return row
 
     def _explain(self, upload: BinaryIO, generation: GenerationConfig) -> str:
-        from geometry_os.systems.pixel_llm.explain import draw_panels, explain_image
+        from geometry_os.systems.pixel_llm.plugin_api import draw_panels, explain_image
 
         picture = draw_panels(explain_image(self.model, self.tokenizer, upload, generation))
         buffer = io.BytesIO()

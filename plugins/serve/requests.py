@@ -19,8 +19,7 @@ from typing import Any, BinaryIO
 from pydantic import Field, ValidationError
 
 from geometry_os.errors import GeometryOSError, format_validation_error
-from geometry_os.systems.pixel_llm.config import StrictModel
-from geometry_os.systems.pixel_llm.generation_config import GenerationConfig
+from geometry_os.systems.pixel_llm.plugin_api import GenerationConfig, StrictModel
 
 SERVER_OPTIONS = {"return_token_ids", "explain"}  # options of the service, not of decoding
 FIXED_OPTIONS = {"return_dict_in_generate", "output_attentions"}  # the service sets these itself
@@ -122,7 +121,7 @@ def parse_options(raw: Any, max_num_beams: int) -> Options:
         RequestError: 400 for options that are not an object, set by the server, of the wrong type, beyond
             ``max_num_beams``, or invalid as generation settings.
     """
-    from geometry_os.systems.pixel_llm.resolution import resolve_strategy
+    from geometry_os.systems.pixel_llm.plugin_api import resolve_strategy
 
     if not isinstance(raw, dict):
         raise RequestError(400, f"options: expected a JSON object, got {type(raw).__name__}")

@@ -7,7 +7,7 @@ import ipaddress
 
 from pydantic import Field
 
-from geometry_os.systems.pixel_llm.config import StrictModel
+from geometry_os.systems.pixel_llm.plugin_api import StrictModel
 
 TOKEN_ENV = "GEO_OS_SERVE_TOKEN"
 SETTINGS_ENV = "GEO_OS_SERVE_SETTINGS"  # JSON ServeSettings for the worker processes of --workers N

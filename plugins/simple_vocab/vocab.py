@@ -23,10 +23,19 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from geometry_os.fileio import atomic_write_text, parse_json, read_utf8
-from geometry_os.systems.pixel_llm.protocols import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID
-from geometry_os.systems.pixel_llm.text import caption_tokens
-from geometry_os.systems.pixel_llm.text import detokenize as join_tokens
-from geometry_os.systems.pixel_llm.tokenizer_files import as_id_list, check_file_header, check_ids, invalid_file
+from geometry_os.systems.pixel_llm.plugin_api import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    SPECIAL_TOKENS,
+    UNK_ID,
+    as_id_list,
+    caption_tokens,
+    check_file_header,
+    check_ids,
+    invalid_file,
+)
+from geometry_os.systems.pixel_llm.plugin_api import detokenize as join_tokens
 
 FORMAT = "geometry_os.simple_vocab"
 VERSION = 2  # 1: the tokens of _legacy_tokens, written back by _legacy_detokenize

@@ -11,8 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from geometry_os.systems.pixel_llm.config import num_heads_for
-from geometry_os.systems.pixel_llm.hookspecs import hookimpl
+from geometry_os.systems.pixel_llm.plugin_api import hookimpl, num_heads_for
 
 
 class ViTOptions(BaseModel):

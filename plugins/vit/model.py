@@ -15,9 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from geometry_os.components import options_with
 from geometry_os.plugins.vit import ViTOptions
-from geometry_os.systems.pixel_llm.cpu_bf16 import attention, bf16, linear, upcast_bf16
+from geometry_os.systems.pixel_llm.plugin_api import attention, bf16, linear, options_with, upcast_bf16
 
 
 def sincos_2d(dim: int, rows: int, cols: int) -> torch.Tensor:

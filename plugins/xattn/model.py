@@ -23,9 +23,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from geometry_os.components import options_with
 from geometry_os.plugins.xattn import XAttnOptions
-from geometry_os.systems.pixel_llm.cpu_bf16 import attention, linear
+from geometry_os.systems.pixel_llm.plugin_api import attention, linear, options_with
 
 
 def _linear(m: nn.Linear, x: torch.Tensor) -> torch.Tensor:

@@ -19,13 +19,14 @@ import torch
 from geometry_os.systems.pixel_llm import PixelLLMTrainer, TrainerConfig, create_pixel_llm, generate_caption
 from geometry_os.systems.pixel_llm.data import create_dataloader
 from geometry_os.systems.pixel_llm.inference import GenerationConfig, beam_search_decode
-from geometry_os.systems.pixel_llm.resolution import get_component
+from geometry_os.systems.pixel_llm.protocols import SYNTHETIC_DATA
+from geometry_os.systems.pixel_llm.resolution import current_components
 
 
 def main() -> None:
     """Run the five demo steps (data, model, forward pass, a short training loop, captions), printing each."""
     torch.manual_seed(0)
-    shapes = get_component("dataset", "shapes")
+    shapes = current_components().serving("dataset", SYNTHETIC_DATA)  # the synthetic scenes
     train_set = shapes.build({"n": 512, "seed": 0, "split": "train", "image_size": 32})
     tokenizer = train_set.tokenizer
     print(f"1. data: {len(train_set)} synthetic scenes, e.g. {train_set.captions[0]!r}; vocabulary {len(tokenizer)}")

@@ -84,8 +84,11 @@ def resolve(spec: str | os.PathLike) -> tuple[DatasetReader | None, str]:
         matches = [n for n, f in formats.items() if f.detect(p)]
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if not matches and p.suffix == ".json" and "json" in formats:  # the original format: its reader names the problem
-        matches = ["json"]
+    if not matches and p.suffix:  # a format serving the suffix reads the file anyway: its reader names the problem
+        from .resolution import current_components
+
+        components = current_components()
+        matches = [n for n in formats if p.suffix in components.get("dataset", n).serves]
     if len(matches) == 1:
         return formats[matches[0]], path
     if not matches:

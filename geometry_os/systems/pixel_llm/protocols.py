@@ -1,4 +1,16 @@
-"""What each kind of component must provide. Read with ``hookspecs.py``: together they are the contract.
+"""The contract of the pixel_llm system: what each kind of component provides. Read with ``hookspecs.py``
+(how a plugin registers a component of each kind); plugins import these names from ``plugin_api``.
+
+- ``Encoder``: images (B, 3, H, W) float -> features (B, N, D).
+- ``Decoder`` and its ``DecoderCache``: token ids (B, T) + features (B, N, D) -> logits (B, T, vocab), and
+  one step at a time with a KV cache for generation.
+- ``Tokenizer``: text <-> ids, with the special ids it declares.
+- ``DecodingStrategy``: features + ``GenerationConfig`` -> token ids; built with its own options model.
+- ``DatasetReader``: a caption-data format (``FORMAT:PATH``); a data set yields ``CaptionItem``s and the
+  collator turns a list of them into a ``CaptionBatch``. ``SYNTHETIC_DATA``: what the data set a run trains
+  on without caption data serves.
+- ``Trainer`` (with its ``TrainingWorld``): the loop the train workflow drives.
+- ``Importer``: converts pretrained weights into a checkpoint folder (``train --init-from``, ``import``).
 
 These are structural (``typing.Protocol``) types: a plugin need not inherit from them. Torch is only
 imported for type checking, so importing this module stays cheap.
@@ -21,6 +33,10 @@ if TYPE_CHECKING:  # pragma: no cover
 # the special ids of the tokenizers trained here (simple, bpe); a pretrained tokenizer declares its own
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
+
+# What the ``dataset`` component a run trains on without caption data declares it serves
+# (``register(name, factory, options, serves=[SYNTHETIC_DATA])``); the core looks it up by this purpose.
+SYNTHETIC_DATA = "synthetic"
 
 
 @runtime_checkable
@@ -113,15 +129,22 @@ class Tokenizer(Protocol):
     def save(self, path: str) -> None:
         """Write one JSON file (atomically); ``load(path)`` is a classmethod that reads it back."""
 
+    # The ``tokenizer`` component's factory is the class itself, with two classmethods:
+    # ``cls.train(texts, options) -> Tokenizer`` (ValueError when it cannot be trained, e.g. a pretrained
+    # model's own tokenizer) and ``cls.load(path) -> Tokenizer`` (the file ``save`` wrote).
+
 
 @runtime_checkable
 class DatasetReader(Protocol):
     """A caption-data format: how a third-party plugin adds one (docs/plugins.md, "A caption-format plugin").
+    A format may declare file suffixes it serves (``serves=[".json"]``): a file with that suffix that no
+    format detects is read by it, so that its reader names the problem.
 
     Registered as a ``dataset`` component whose factory is the reader object itself:
-    ``register("tsv", "pkg.mod:TSV", CaptionsOptions)``. ``formats.read_caption_data`` (and through it
-    ``ImageTextDataset``, ``train``, ``eval``, ``lint-data``) finds every registered reader, picks one for
-    ``FORMAT:PATH`` by ``name`` or for a bare ``PATH`` by ``claims`` / ``detect``, and calls ``read``.
+    ``register("tsv", "pkg.mod:TSV", TsvOptions)`` (options: a ``DatasetConfig`` with ``data_path``).
+    ``formats.read_caption_data`` (and through it ``ImageTextDataset``, ``train``, ``eval``, ``lint-data``)
+    finds every registered reader, picks one for ``FORMAT:PATH`` by ``name`` or for a bare ``PATH`` by
+    ``claims`` / ``detect``, and calls ``read``.
     ``dataset.CaptionFormat`` implements the optional members (no streaming, claims nothing, building
     the component gives an ``ImageTextDataset``): subclass it and write ``detect`` and ``read``.
     """
@@ -174,8 +197,11 @@ class CaptionBatch(TypedDict):
 
 @runtime_checkable
 class DecodingStrategy(Protocol):
-    """What ``factory(options)`` of a ``decoding_strategy`` component returns (``options``: an instance of
-    its registered options model, from ``GenerationConfig.strategy_options``; None without a model).
+    """What ``factory(options)`` of a ``decoding_strategy`` component returns. ``options`` is an instance of
+    the strategy's own options model (the ``config_model`` it was registered with, a pydantic model), validated
+    from ``GenerationConfig.strategy_options`` (``caption --strategy-option key=value``); the factory is called
+    with no argument when the strategy registered no model. ``serves=[mode, ...]`` names the generation modes
+    (``greedy``, ``sample``, ``beam``) the strategy implements when the config names no strategy.
 
     ``decode`` gets the model in eval mode under ``torch.inference_mode()``, the encoded images
     ``features`` (B, N, D), the validated ``GenerationConfig`` and an optional seeded ``generator``; it
@@ -236,3 +262,14 @@ class Trainer(Protocol):
     def load_checkpoint(self, folder: Any) -> Any: ...
 
     def train(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class Importer(Protocol):
+    """Converts pretrained weights (a HF folder, a timm / torchvision state dict ...) into a Pixel LLM checkpoint
+    folder. A plugin provides it through the ``pretrained_importer`` hook; ``train --init-from`` uses it for a
+    source that is not a checkpoint."""
+
+    def __call__(self, source: str | Path, dest: str | Path) -> Path:
+        """The checkpoint folder ``dest`` (written atomically) made from ``source``. Raises
+        ``CheckpointError`` naming ``source`` when it cannot be converted."""

@@ -20,6 +20,7 @@ from geometry_os.errors import ComponentError, ConfigError
 from .config import DECODER_SHARED, ENCODER_SHARED, PixelLLMConfig
 from .generation_config import GenerationConfig
 from .hookspecs import COMPONENT_KINDS
+from .protocols import Importer
 
 __all__ = [
     "COMPONENT_KINDS",
@@ -29,6 +30,7 @@ __all__ = [
     "ResolvedStrategy",
     "current_components",
     "get_component",
+    "pretrained_importer",
     "resolve_model",
     "resolve_strategy",
 ]
@@ -41,6 +43,15 @@ def current_components() -> ComponentRegistry:
     from geometry_os.host import get_host  # the host module loads plugins; configs never need it
 
     return get_host().system(SYSTEM).components
+
+
+def pretrained_importer() -> Importer | None:
+    """The ``protocols.Importer`` a plugin of the host in use provides (hook ``pretrained_importer``), None
+    when no loaded plugin provides one."""
+    from geometry_os.host import get_host
+
+    importer: Importer | None = get_host().system(SYSTEM).pm.hook.pretrained_importer()
+    return importer
 
 
 def get_component(kind: str, name: str | None = None, components: ComponentRegistry | None = None) -> Component:

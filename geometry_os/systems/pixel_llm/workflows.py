@@ -37,8 +37,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-# the synthetic dataset a run trains on when it is given no caption data
-SYNTHETIC_DATASET = "shapes"
 TRAINER_SECTION = {"trainer", *TrainerConfig.model_fields}  # --set keys that leave the model's sizes alone
 # ``train`` keyword (the command's flag) -> trainer field, for the settings every run changes
 TRAINER_FLAGS = {
@@ -281,12 +279,13 @@ def build_datasets(config: PixelLLMConfig, tokenizer: Any) -> tuple[Any, Any, An
     (when not given) trained on the training captions. Raises DataError for unreadable data and
     ComponentError for an unknown tokenizer or format.
     """
-    from .resolution import get_component
+    from .protocols import SYNTHETIC_DATA
+    from .resolution import current_components, get_component
 
     t = config.trainer
     data_path, val_path, num_scenes = t.data, t.val_data, t.num_scenes
     if data_path is None:
-        synthetic = get_component("dataset", SYNTHETIC_DATASET)
+        synthetic = current_components().serving("dataset", SYNTHETIC_DATA)
         # scenes are drawn at image_size: no resize, so only size and normalisation apply
         image = {k: v for k, v in config.image_options().items() if k in ("image_size", "mean", "std")}
         common = {"seed": t.seed, "hold_out": t.synthetic_hold_out or [], **image}
