@@ -49,9 +49,11 @@ class Encoder(Protocol):
 
     embed_dim: int
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor: ...
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Features (B, N, embed_dim) of images (B, 3, H, W), float, normalised."""
 
-    def patch_grid(self, height: int, width: int) -> tuple[int, int] | None: ...
+    def patch_grid(self, height: int, width: int) -> tuple[int, int] | None:
+        """(rows, cols) of the N features for an image of ``height`` x ``width`` pixels; None: not a grid."""
 
 
 @runtime_checkable
@@ -65,7 +67,8 @@ class DecoderCache(Protocol):
         """Tokens already processed (the position of the next one)."""
 
     @property
-    def batch_size(self) -> int: ...
+    def batch_size(self) -> int:
+        """Rows in the cache (images x beams / return sequences)."""
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep rows ``index`` (LongTensor, any length <= batch, repeats allowed), in place."""
@@ -122,9 +125,12 @@ class Tokenizer(Protocol):
 
     def __len__(self) -> int: ...
 
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``: ``[bos, ..., eos]`` with ``add_special_tokens``, else the text's alone."""
 
-    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """The text of ``ids``; with ``skip_special_tokens`` the special tokens are left out and decoding stops
+        at the first eos after the leading bos."""
 
     def save(self, path: str) -> None:
         """Write one JSON file (atomically); ``load(path)`` is a classmethod that reads it back."""
@@ -212,7 +218,9 @@ class DecodingStrategy(Protocol):
 
     def decode(
         self, model: Any, features: torch.Tensor, config: GenerationConfig, generator: torch.Generator | None = None
-    ) -> GenerationOutput: ...
+    ) -> GenerationOutput:
+        """Token ids (B * num_return_sequences, T) from ``<bos>`` for the images' ``features`` (B, N, D),
+        with per-row scores (see the class docstring)."""
 
 
 @runtime_checkable
@@ -259,9 +267,12 @@ class Trainer(Protocol):
     def make_dataloader(dataset: Any, batch_size: int, *, shuffle: bool = True, seed: int = 0, **options: Any) -> Any:
         """A DataLoader over ``dataset`` in an order the trainer can resume (``batch_size`` per process)."""
 
-    def load_checkpoint(self, folder: Any) -> Any: ...
+    def load_checkpoint(self, folder: Any) -> Any:
+        """Restore model, optimizer and run state from the checkpoint ``folder`` of a run being resumed."""
 
-    def train(self) -> dict[str, Any]: ...
+    def train(self) -> dict[str, Any]:
+        """Run the loop; the run's summary (``checkpoint_dir``, ``global_step``, ``train_time_s``,
+        ``best_metric``, ``best_checkpoint`` ...)."""
 
 
 @runtime_checkable
