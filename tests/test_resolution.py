@@ -416,6 +416,38 @@ def test_assigned_weights_are_tied_again(tmp_path):
     assert torch.equal(skeleton.head.weight, saved.embed.weight) and not skeleton.head.weight.is_meta
 
 
+def test_overlapping_meta_blocks_in_two_threads_neither_unpatch_each_other_nor_leave_the_patch():
+    import threading
+
+    from geometry_os.systems.pixel_llm.modeling import _parameters_on_meta
+
+    original = torch.nn.Module.register_parameter
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = []
+
+    def first():
+        with _parameters_on_meta():
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()  # left its block while the other thread is still in its own
+
+    def second():
+        a_in.wait(10)
+        with _parameters_on_meta():
+            b_in.set()
+            a_out.wait(10)
+            seen.append(torch.nn.Linear(2, 2).weight.is_meta)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == [True]
+    assert torch.nn.Module.register_parameter is original
+    assert not torch.nn.Linear(2, 2).weight.is_meta
+
+
 # ---- 7. one place says whether a tokenizer fits a model -----------------------------------------------------------
 
 

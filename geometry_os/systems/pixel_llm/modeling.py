@@ -9,6 +9,7 @@ checkpoint's model once, on the meta device, and assigns the saved tensors to it
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -268,28 +269,38 @@ def _compute_buffers(model: nn.Module, resolved: ResolvedModel | None) -> None:
 
 
 _PARAMETERS_ON_META: ContextVar[bool] = ContextVar("pixel_llm_parameters_on_meta", default=False)
+_PATCH_LOCK = threading.Lock()
+_patch_users = 0  # blocks (in any thread) inside _parameters_on_meta; the patch is on while > 0
+_register_parameter = nn.Module.register_parameter
+
+
+def _register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+    """``nn.Module.register_parameter``, then the parameter moved to meta inside a ``_parameters_on_meta`` block."""
+    _register_parameter(module, name, param)
+    if _PARAMETERS_ON_META.get() and param is not None and not param.is_meta:
+        module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
 
 
 @contextmanager
 def _parameters_on_meta() -> Iterator[None]:
     """Every parameter registered inside the block moves to the meta device (buffers stay where they are
     made): what ``accelerate.init_empty_weights(include_buffers=False)`` does. ``register_parameter`` is
-    patched for the block, but the move is gated on a context variable, so modules another thread
-    builds meanwhile keep their parameters."""
-    register = nn.Module.register_parameter
-
-    def on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        register(module, name, param)
-        if _PARAMETERS_ON_META.get() and param is not None and not param.is_meta:
-            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-
+    patched on the class while any thread is inside such a block (counted under a lock, so overlapping
+    blocks neither unpatch each other nor leave the patch behind), and the move is gated on a context
+    variable, so modules another thread builds meanwhile keep their parameters."""
+    global _patch_users
     token = _PARAMETERS_ON_META.set(True)
-    # patched on the class for the block on purpose (torch offers no hook for it)
-    nn.Module.register_parameter = on_meta  # type: ignore[method-assign,assignment]
+    with _PATCH_LOCK:
+        _patch_users += 1
+        # patched on the class on purpose (torch offers no hook for it)
+        nn.Module.register_parameter = _register_on_meta  # type: ignore[method-assign,assignment]
     try:
         yield
     finally:
-        nn.Module.register_parameter = register  # type: ignore[method-assign]
+        with _PATCH_LOCK:
+            _patch_users -= 1
+            if not _patch_users:
+                nn.Module.register_parameter = _register_parameter  # type: ignore[method-assign]
         _PARAMETERS_ON_META.reset(token)
 
 
