@@ -94,6 +94,8 @@ def test_workflow_errors_are_the_projects_own(tiny_run, tmp_path):
         workflows.train(preset="tiny", controls={"nope": 1}, quiet=True)
     with pytest.raises(ConfigError, match=r"^trainer\.lora_rank"):
         workflows.train(preset="tiny", controls={"lora_rank": "many"}, quiet=True)
+    with pytest.raises(ConfigError, match=r"^trainer\.max_steps"):  # a flag's invalid value, as a control's
+        workflows.train(preset="tiny", max_steps=0, quiet=True)
     with pytest.raises(UsageError, match="--val-data needs --data"):
         workflows.train(preset="tiny", val_path=data, out=str(tmp_path / "r"), quiet=True)
     with pytest.raises(TypeError, match="unknown flags: colour"):

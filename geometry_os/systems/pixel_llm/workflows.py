@@ -112,17 +112,16 @@ def train(
     overrides = list(overrides)
     config = load_config(config_path, overrides, preset)
     resolve_model(config, source=str(config_path or "config"))  # an unknown component or option: before any data
-    for name, value in (controls or {}).items():
+    for name in controls or {}:
         if name not in type(config.trainer).model_fields:
             raise UsageError(f"controls: {name!r} is not a trainer field")
+    values = {**flags, "out": out, "data_path": data_path, "val_path": val_path, "num_scenes": num_scenes}
+    fields = {**(controls or {}), **{TRAINER_FLAGS[flag]: v for flag, v in values.items() if v is not None}}
+    for name, value in fields.items():  # assignment marks the field as set, like the file and --set
         try:
             setattr(config.trainer, name, value)
-        except ValidationError as exc:
+        except ValidationError as exc:  # a flag's value as a control's: one ConfigError line
             raise ConfigError("trainer." + format_validation_error(exc)) from None
-    values = {**flags, "out": out, "data_path": data_path, "val_path": val_path, "num_scenes": num_scenes}
-    for flag, value in values.items():  # assignment marks the field as set, like the file and --set
-        if value is not None:
-            setattr(config.trainer, TRAINER_FLAGS[flag], value)
     import torch
 
     tokenizer, folder, init, model = None, None, None, None
