@@ -275,7 +275,7 @@ def _compute_buffers(model: nn.Module, resolved: ResolvedModel | None) -> None:
 _PARAMETERS_ON_META: ContextVar[bool] = ContextVar("pixel_llm_parameters_on_meta", default=False)
 _PATCH_LOCK = threading.Lock()
 _patch_users = 0  # blocks (in any thread) inside _parameters_on_meta; the patch is on while > 0
-_register_parameter = nn.Module.register_parameter
+_register_parameter = nn.Module.register_parameter  # what the patch wraps: the method as the first block found it
 
 
 def _register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
@@ -292,9 +292,11 @@ def _parameters_on_meta() -> Iterator[None]:
     patched on the class while any thread is inside such a block (counted under a lock, so overlapping
     blocks neither unpatch each other nor leave the patch behind), and the move is gated on a context
     variable, so modules another thread builds meanwhile keep their parameters."""
-    global _patch_users
+    global _patch_users, _register_parameter
     token = _PARAMETERS_ON_META.set(True)
     with _PATCH_LOCK:
+        if not _patch_users:  # another library's patch, if any, is kept and restored
+            _register_parameter = nn.Module.register_parameter
         _patch_users += 1
         # patched on the class on purpose (torch offers no hook for it)
         nn.Module.register_parameter = _register_on_meta  # type: ignore[method-assign,assignment]
