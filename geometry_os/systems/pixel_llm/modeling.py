@@ -154,8 +154,6 @@ class PixelLLM(nn.Module):
         non-reentrant) instead of keeping them: less memory, about one more forward of compute. The same
         gradients (dropout's RNG state is replayed). Raises ``ConfigError`` for a component without the
         ``gradient_checkpointing`` attribute."""
-        from geometry_os.errors import ConfigError
-
         for kind, module in (("encoder", self.encoder), ("decoder", self.decoder)):
             if not hasattr(module, "gradient_checkpointing"):
                 raise ConfigError(
