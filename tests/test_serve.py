@@ -401,3 +401,20 @@ def test_full_queue_is_429_and_a_slow_request_504(workspace):
         assert "pixel_llm_queue_images 0" in httpx.get(server.url + "/metrics").text
     finally:
         server.close()
+
+
+def test_the_batcher_thread_decodes_with_the_host_it_was_made_under(monkeypatch):
+    """The worker thread runs in its creator's context: the host active there (``create_app`` activates the
+    one it is given) is the one ``get_host()`` returns while decoding, not the process-wide host."""
+    from geometry_os.host import Host, get_host
+    from geometry_os.plugins.serve import batcher as batcher_module
+    from geometry_os.plugins.serve.metrics import Metrics
+
+    seen = []
+    monkeypatch.setattr(batcher_module.Batcher, "_run", lambda self: seen.append(get_host()))
+    host = Host(entry_points=False)
+    assert host is not get_host()
+    with host.active():
+        batcher = batcher_module.Batcher(None, None, Metrics(), 1, 1.0, 1)
+    batcher._thread.join(5)
+    assert seen == [host]

@@ -375,7 +375,8 @@ def create_app(settings: ServeSettings, model: Any, tokenizer: Any, host: Any) -
 
     config = preprocessing_config(model)
     metrics_ = Metrics()
-    batcher = Batcher(model, tokenizer, metrics_, settings.max_batch_size, settings.max_wait_ms, settings.max_queue)
+    with host.active():  # the batcher's worker thread decodes with this host's components
+        batcher = Batcher(model, tokenizer, metrics_, settings.max_batch_size, settings.max_wait_ms, settings.max_queue)
     state = ServeState(settings, batcher, metrics_, host, build_transform(config), config.image_size)
     routes = [
         Route("/", page),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import io
 import logging
 import queue
@@ -87,7 +88,9 @@ class Batcher:
         self.max_batch_size, self.max_wait, self.max_queue = max_batch_size, max_wait_ms / 1000, max_queue
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="pixel-llm-model", daemon=True)
+        # the worker decodes in its creator's context: the host active there (``Host.active``) resolves its strategies
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._run,), name="pixel-llm-model", daemon=True)
         self._thread.start()
 
     def submit(self, job: Job) -> None:
