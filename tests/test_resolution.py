@@ -448,34 +448,6 @@ def test_overlapping_meta_blocks_in_two_threads_neither_unpatch_each_other_nor_l
     assert not torch.nn.Linear(2, 2).weight.is_meta
 
 
-class NeedsData(torch.nn.Module):
-    """An encoder whose ``__init__`` reads a tensor's value (``.item()``), which the meta device cannot do."""
-
-    def __init__(self, options=None) -> None:
-        super().__init__()
-        self.inner = Host().system("pixel_llm").components.get("encoder", "vit").build(options)
-        self.register_buffer("scale", torch.tensor(torch.ones(2).sum().item()))
-        self.gradient_checkpointing = False
-
-    def forward(self, images):
-        return self.inner(images) * self.scale
-
-
-def test_a_component_that_cannot_be_built_on_meta_still_loads_from_its_checkpoint(tmp_path):
-    from geometry_os.components import Component
-
-    components = Host().system("pixel_llm").components
-    vit = components.get("encoder", "vit")
-    components.add(Component("encoder", "needs-data", NeedsData, vit.config_model, "test"), False)
-    torch.manual_seed(0)
-    model = PixelLLM(preset_config("tiny", encoder="needs-data"), components=components).eval()
-    model.save_pretrained(tmp_path / "ck")
-    loaded, _ = load_pretrained(tmp_path / "ck", components=components)
-    images, ids = torch.rand(1, 3, 32, 32), torch.randint(4, 64, (1, 5))
-    with torch.no_grad():
-        assert torch.equal(loaded(images, ids).logits, model(images, ids).logits)
-
-
 # ---- 7. one place says whether a tokenizer fits a model -----------------------------------------------------------
 
 

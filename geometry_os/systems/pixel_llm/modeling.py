@@ -186,8 +186,7 @@ def load_pretrained(
     checkpoint, else its ``latest``: logged as a warning-level note); the model is in eval mode.
 
     The config is read and resolved once (against ``components``, default: the host in use), the model
-    built once on the meta device (no memory, no random init; on the CPU when a component cannot be built
-    on meta), the safetensors header compared with it,
+    built once on the meta device (no memory, no random init), the safetensors header compared with it,
     and only then the saved tensors loaded and assigned (``load_state_dict(assign=True)``); tied weights
     are tied again and buffers the file does not hold (computed ones) are computed. Raises
     ``CheckpointError`` (one line naming the file at fault) for a missing, forged or mismatched folder.
@@ -201,10 +200,7 @@ def load_pretrained(
     assert weights is not None  # required=True: a missing file raised
     try:
         resolved = resolve_model(config, components)
-        try:
-            with torch.device("meta"):
-                model = PixelLLM(resolved)
-        except ComponentError:  # a component whose __init__ needs real data (``.item()``): built for real
+        with torch.device("meta"):
             model = PixelLLM(resolved)
     except (ConfigError, ComponentError) as exc:
         raise CheckpointError(f"{config_path}: {exc}") from None
