@@ -9,6 +9,7 @@ least one held-out pair). Reports exact match overall and per held-out pair::
 
     python benchmarks/compositional.py --config configs/shapes_small.toml --out benchmarks/results/compositional.json
     python benchmarks/compositional.py --budget-s 120 --num-scenes 5000 --eval-n 200     # a short experiment
+    python benchmarks/compositional.py --eval-only runs/compositional-X --generation guidance_scale=2   # re-decode
 
 The default holds out one kind per colour (six pairs, every kind held out for at least one colour).
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from learn_shapes import _threads, evaluate_checkpoint, run_checkpoints, run_ours
+from learn_shapes import _threads, evaluate_checkpoint, run_checkpoints, run_ours, training_summary
 
 from geometry_os.fileio import write_json_atomic
 from geometry_os.plugins.datasets.shapes import has_pair, parse_pairs
@@ -47,6 +48,16 @@ def per_pair(scored: dict[str, Any], pairs: list[str]) -> dict[str, dict[str, fl
     return out
 
 
+def _key_value(item: str, parser: argparse.ArgumentParser) -> tuple[str, Any]:
+    key, sep, value = item.partition("=")
+    if not sep:
+        parser.error(f"--generation {item!r}: expected KEY=VALUE")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -60,14 +71,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-n", type=int, default=500, help="scenes of each evaluation split")
     parser.add_argument("--eval-seed", type=int, default=0)
     parser.add_argument("--run-dir", help="checkpoint folder (default: runs/compositional-<time>)")
+    parser.add_argument(
+        "--generation",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="GenerationConfig field for every caption (VALUE as JSON, else a string); default greedy",
+    )
+    parser.add_argument("--eval-only", metavar="RUN_DIR", help="evaluate a finished run's checkpoints; no training")
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
     args = parser.parse_args(argv)
     pairs = sorted(f"{c} {k}" for c, k in parse_pairs(args.hold_out))
     args.hold_out = pairs
     args.set = [f"trainer.synthetic_hold_out={json.dumps(pairs)}", *args.set]
-    run_dir = Path(args.run_dir or f"runs/compositional-{time.strftime('%Y%m%d-%H%M%S')}")
-    if run_dir.exists() and any(run_dir.iterdir()):
-        parser.error(f"{run_dir} is not empty (the trainer would resume from it)")
+    args.generation = dict(_key_value(item, parser) for item in args.generation)
+    if args.eval_only:
+        run_dir = Path(args.eval_only)
+        if not (run_dir / "latest").is_file():
+            parser.error(f"--eval-only {run_dir}: not a finished run (no 'latest' pointer)")
+    else:
+        run_dir = Path(args.run_dir or f"runs/compositional-{time.strftime('%Y%m%d-%H%M%S')}")
+        if run_dir.exists() and any(run_dir.iterdir()):
+            parser.error(f"{run_dir} is not empty (the trainer would resume from it)")
     result: dict[str, Any] = {
         "hold_out": pairs,
         "budget_s": args.budget_s,
@@ -77,10 +102,22 @@ def main(argv: list[str] | None = None) -> int:
         "set": args.set,
         "run_dir": str(run_dir),
         "cpu_threads": _threads(),
+        "generation": args.generation,
     }
-    result.update(run_ours(args, run_dir))  # test_best / test_latest: in distribution (no held-out pair)
+    if args.eval_only:
+        result["set"] = "(from the run's own config)"
+        result.update(training_summary(run_dir))
+        for name, folder in run_checkpoints(run_dir).items():
+            scored = evaluate_checkpoint(
+                folder, args.eval_n, args.eval_seed, hold_out=pairs, generation=args.generation
+            )
+            result[f"test_{name}"] = {k: v for k, v in scored.items() if not k.startswith("_")}
+    else:
+        result.update(run_ours(args, run_dir))  # test_best / test_latest: in distribution (no held-out pair)
     for name, folder in run_checkpoints(run_dir).items():
-        scored = evaluate_checkpoint(folder, args.eval_n, args.eval_seed, split="compositional", hold_out=pairs)
+        scored = evaluate_checkpoint(
+            folder, args.eval_n, args.eval_seed, split="compositional", hold_out=pairs, generation=args.generation
+        )
         result[f"compositional_{name}"] = {
             **{k: v for k, v in scored.items() if not k.startswith("_")},
             "per_pair": per_pair(scored, pairs),

@@ -92,22 +92,29 @@ def images_of(test_set: Any) -> Any:
 
 
 def evaluate_checkpoint(
-    folder: Path, n: int, seed: int, batch_size: int = 100, split: str = "test", hold_out: list[str] | None = None
+    folder: Path,
+    n: int,
+    seed: int,
+    batch_size: int = 100,
+    split: str = "test",
+    hold_out: list[str] | None = None,
+    generation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Greedy captions of ``n`` scenes of ``split`` by the checkpoint in ``folder``; the result also keeps
-    the predictions and the scenes (``predictions``, ``test_set``) under private keys for callers."""
+    """Captions of ``n`` scenes of ``split`` by the checkpoint in ``folder``, greedy unless ``generation``
+    (``GenerationConfig`` fields) says otherwise; the result also keeps the predictions and the scenes
+    (``predictions``, ``test_set``) under private keys for callers."""
     from geometry_os.systems.pixel_llm.inference import GenerationConfig, generate_caption
     from geometry_os.systems.pixel_llm.modeling import PixelLLM
 
     model, tokenizer = PixelLLM.from_pretrained(folder)
     model.eval()
     c = model.config
-    generation = GenerationConfig.for_model(c, strategy="greedy", return_dict_in_generate=True)
+    config = GenerationConfig.for_model(c, return_dict_in_generate=True, **(generation or {}))
     test_set = test_scenes(n, seed, c, split, hold_out)
     images = images_of(test_set)
     predictions: list[str] = []
     for start in range(0, len(images), batch_size):
-        out = generate_caption(model, images[start : start + batch_size], config=generation, tokenizer=tokenizer)
+        out = generate_caption(model, images[start : start + batch_size], config=config, tokenizer=tokenizer)
         predictions.extend(out.texts)
     return {**score(predictions, test_set), "_predictions": predictions, "_test_set": test_set}
 
@@ -181,7 +188,13 @@ def run_ours(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         **training_summary(run_dir),
     }
     for name, folder in run_checkpoints(run_dir).items():
-        scored = evaluate_checkpoint(folder, args.eval_n, args.eval_seed, hold_out=getattr(args, "hold_out", None))
+        scored = evaluate_checkpoint(
+            folder,
+            args.eval_n,
+            args.eval_seed,
+            hold_out=getattr(args, "hold_out", None),
+            generation=getattr(args, "generation", None),
+        )
         result[f"test_{name}"] = {k: v for k, v in scored.items() if not k.startswith("_")}
     return result
 

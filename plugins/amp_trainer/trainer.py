@@ -299,6 +299,13 @@ class PixelLLMTrainer(CheckpointMixin):
         self.epoch += 1
         self.batch_in_epoch = 0
 
+    @property
+    def _regularisers(self) -> dict[str, float]:
+        """``image_dropout`` / ``word_dropout`` for the model's forward, only when set (a model without
+        them still trains)."""
+        cfg = self.config
+        return {k: v for k, v in (("image_dropout", cfg.image_dropout), ("word_dropout", cfg.word_dropout)) if v}
+
     def _optimizer_step(self, window: list[dict[str, Any]]) -> float | None:
         """Forward/backward every micro-batch of one step, then clip and step; None when skipped."""
         cfg, world = self.config, self.world
@@ -323,6 +330,7 @@ class PixelLLMTrainer(CheckpointMixin):
                         batch["labels"],
                         label_smoothing=cfg.label_smoothing,
                         reduction="sum",
+                        **self._regularisers,
                     )
                 local = out.loss.float()  # summed over this micro-batch's target tokens
                 # DDP averages gradients over processes: * world_size makes the update sum / step's tokens

@@ -38,6 +38,13 @@ def generation_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--top-p", type=float, default=None, help="Nucleus sampling probability mass (selects sampling)."),
         click.option("--length-penalty", type=float, default=None, help="Beam score = logprob / length**penalty."),
         click.option("--no-repeat-ngram-size", type=int, default=None, help="Never repeat an n-gram of this size."),
+        click.option(
+            "--guidance-scale",
+            type=float,
+            default=None,
+            help="Classifier-free guidance against the caption prior: above 1, words the image supports more "
+            "than the prior does gain (best with a model trained with trainer.image_dropout; 1: off).",
+        ),
         click.option("--seed", type=int, default=None, help="Seed for sampling (selects sampling)."),
         click.option(
             "--batch-size",
@@ -63,6 +70,7 @@ GENERATION_FLAGS = (
     "top_p",
     "length_penalty",
     "no_repeat_ngram_size",
+    "guidance_scale",
     "seed",
 )
 SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "seed")

@@ -20,6 +20,7 @@ import torch
 from geometry_os.systems.pixel_llm.plugin_api import GenerationConfig, GenerationOutput
 
 from .common import NEG_INF, assemble_output, generation_length, log_softmax, needs_prefix, process_logits, survivors
+from .guidance import guided
 
 
 class _History:
@@ -104,7 +105,7 @@ class BeamSearchDecoding:
         config: GenerationConfig,
         generator: torch.Generator | None = None,
     ) -> GenerationOutput:
-        decoder = model.decoder
+        decoder = guided(model.decoder, config)
         device = features.device
         B, K = features.shape[0], config.num_beams
         max_len = generation_length(model, config)

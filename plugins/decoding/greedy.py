@@ -13,6 +13,7 @@ import torch
 from geometry_os.systems.pixel_llm.plugin_api import GenerationConfig, GenerationOutput
 
 from .common import assemble_output, generation_length, log_softmax, needs_prefix, process_logits, survivors
+from .guidance import guided
 from .static import StaticSteps, use_static_cache
 
 
@@ -54,7 +55,7 @@ class GreedyDecoding:
         config: GenerationConfig,
         generator: torch.Generator | None = None,
     ) -> GenerationOutput:
-        decoder = model.decoder
+        decoder = guided(model.decoder, config)
         max_len = generation_length(model, config)
         rows = features.shape[0] * config.num_return_sequences
         device = features.device

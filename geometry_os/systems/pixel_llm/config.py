@@ -57,6 +57,20 @@ class TrainerConfig(StrictModel):
     adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1")
     adam_beta2: float = Field(0.98, ge=0, lt=1, description="AdamW beta2")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
+    image_dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="fraction of training captions decoded from the null image (all-zero features) instead of "
+        "their own, so the decoder also learns the caption prior that guidance_scale contrasts with",
+    )
+    word_dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="fraction of the decoder's input words (after <bos>) replaced by <pad>; the targets are "
+        "unchanged, so the next word must come more from the image than from the words before it",
+    )
     val_interval: int | None = Field(
         500, ge=1, description="validate every N optimizer steps and at the end of training (None: after each epoch)"
     )

@@ -63,6 +63,12 @@ class GenerationConfig(StrictModel):
     early_stopping: bool | Literal["never"] = False
     no_repeat_ngram_size: int = Field(0, ge=0)
     repetition_penalty: float = Field(1.0, gt=0)
+    guidance_scale: float = Field(
+        1.0,
+        ge=0,
+        description="classifier-free guidance against the caption prior (HF's name): each token is scored by "
+        "log p(null) + scale * (log p(image) - log p(null)), the null image being all-zero features; 1: off",
+    )
     suppress_tokens: list[int] | None = Field(
         None, description="token ids never generated (generate_caption adds the ids its tokenizer cannot decode)"
     )
@@ -147,6 +153,11 @@ class GenerationConfig(StrictModel):
             raise ValueError(
                 f"num_return_sequences={self.num_return_sequences} needs sampling or beam search "
                 "(greedy decoding returns one sequence per image)"
+            )
+        if self.cache_implementation == "static" and self.guidance_scale != 1.0:
+            raise ValueError(
+                f"cache_implementation='static' does not support guidance_scale={self.guidance_scale} "
+                "(two branches per step)"
             )
         if self.cache_implementation == "static" and (name == BEAM or self.output_attentions):
             what = "beam search" if name == BEAM else "output_attentions=True"

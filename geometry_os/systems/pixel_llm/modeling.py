@@ -87,12 +87,28 @@ class PixelLLM(nn.Module):
         labels: torch.Tensor | None = None,
         label_smoothing: float = 0.0,
         reduction: Literal["mean", "sum"] = "mean",
+        image_dropout: float = 0.0,
+        word_dropout: float = 0.0,
     ) -> PixelLLMOutput:
         """Logits (B, T, vocab) for every position; with ``labels`` (B, T, aligned with ``input_ids``;
         padding and -100 ignored) also the next-token cross-entropy: its mean over the target tokens
         (``reduction="mean"``, NaN when there are none) or its sum (``"sum"``, for a trainer that
-        normalises over several batches), and ``n_tokens``. See ``loss``."""
+        normalises over several batches), and ``n_tokens``. See ``loss``.
+
+        ``image_dropout`` (training mode only): the probability that a row's features are replaced by
+        the null image (zeros), the unconditional branch of classifier-free guidance (Ho & Salimans,
+        2022) that ``GenerationConfig.guidance_scale`` reads at decode time. ``word_dropout`` (training
+        mode only): the probability that an input token after ``<bos>`` is replaced by ``<pad>`` (Bowman
+        et al., "Generating Sentences from a Continuous Space", 2016); the targets stay the caption's own,
+        so the next word must come more from the image than from the words before it."""
         features = self.encode(images)
+        if image_dropout > 0 and self.training:
+            null = torch.rand(features.shape[0], 1, 1, device=features.device) < image_dropout
+            features = features.masked_fill(null, 0.0)
+        if word_dropout > 0 and self.training:
+            drop = torch.rand(input_ids.shape, device=input_ids.device) < word_dropout
+            drop[:, 0] = False  # <bos> stays: it starts every caption
+            input_ids = input_ids.masked_fill(drop, self.config.pad_token_id)
         logits = self.decoder(input_ids, features, attention_mask)
         if labels is None:
             return PixelLLMOutput(logits=logits)
