@@ -58,6 +58,50 @@ def _key_value(item: str, parser: argparse.ArgumentParser) -> tuple[str, Any]:
         return key, value
 
 
+def curve(run_dir: Path, n: int, seed: int, pairs: list[str], generation: dict[str, Any]) -> list[dict[str, Any]]:
+    """Exact match on both splits of every ``step-*`` checkpoint of a run, in step order."""
+    points = []
+    for folder in sorted(run_dir.glob("step-*")):
+        state = json.loads((folder / "trainer_state.json").read_text())
+        point = {"step": state["global_step"], "train_time_s": round(state["train_time_s"], 1)}
+        for split in ("test", "compositional"):
+            scored = evaluate_checkpoint(folder, n, seed, split=split, hold_out=pairs, generation=generation)
+            point[split] = scored["exact_match"]
+        print(f"curve: {point}", flush=True)
+        points.append(point)
+    return points
+
+
+def plot(results: list[str], out: str) -> None:
+    """Exact match against training time of result JSONs with a ``curve``: compositional (solid) and in
+    distribution (dashed), one colour per result."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=80)
+    for i, path in enumerate(results):
+        result = json.loads(Path(path).read_text())
+        points = result["curve"]
+        label = ", ".join(
+            s.split(".", 1)[1] for s in result["set"][1:] if "checkpoint" not in s and "save_total" not in s
+        )
+        times = [p["train_time_s"] for p in points]
+        ax.plot(times, [100 * p["compositional"] for p in points], f"C{i}-o", ms=3, label=label or "recipe")
+        ax.plot(times, [100 * p["test"] for p in points], f"C{i}--", lw=1)
+    ax.set_xlabel("training time (s), 2 CPU cores")
+    ax.set_ylabel("exact match (%)")
+    ax.set_title("held-out pairs (solid) and in distribution (dashed)", fontsize=9)
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    print(f"wrote {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -79,12 +123,26 @@ def main(argv: list[str] | None = None) -> int:
         help="GenerationConfig field for every caption (VALUE as JSON, else a string); default greedy",
     )
     parser.add_argument("--eval-only", metavar="RUN_DIR", help="evaluate a finished run's checkpoints; no training")
+    parser.add_argument(
+        "--curve",
+        type=int,
+        metavar="N",
+        help="keep a checkpoint every N steps and score each on --curve-n scenes of both splits (a curve)",
+    )
+    parser.add_argument("--curve-n", type=int, default=200, help="scenes of each split per curve point")
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
+    parser.add_argument("--plot", nargs="+", metavar="RESULT.json", help="only draw the curves of these results")
+    parser.add_argument("--plot-out", default="docs/images/compositional_curve.png")
     args = parser.parse_args(argv)
+    if args.plot:
+        plot(args.plot, args.plot_out)
+        return 0
     pairs = sorted(f"{c} {k}" for c, k in parse_pairs(args.hold_out))
     args.hold_out = pairs
     args.set = [f"trainer.synthetic_hold_out={json.dumps(pairs)}", *args.set]
     args.generation = dict(_key_value(item, parser) for item in args.generation)
+    if args.curve:
+        args.set += [f"trainer.checkpoint_interval={args.curve}", "trainer.save_total_limit=null"]
     if args.eval_only:
         run_dir = Path(args.eval_only)
         if not (run_dir / "latest").is_file():
@@ -122,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             **{k: v for k, v in scored.items() if not k.startswith("_")},
             "per_pair": per_pair(scored, pairs),
         }
+    if args.curve:
+        result["curve"] = curve(run_dir, args.curve_n, args.eval_seed, pairs, args.generation)
     if args.out:
         write_json_atomic(args.out, result)
     print(json.dumps(result, indent=2))

@@ -131,6 +131,10 @@ def test_compositional_benchmark_reports_each_held_out_pair(tmp_path):
         "red circle,blue square",
         "--run-dir",
         str(tmp_path / "run"),
+        "--curve",
+        "2",
+        "--curve-n",
+        "8",
         "--out",
         str(out),
     )
@@ -141,6 +145,31 @@ def test_compositional_benchmark_reports_each_held_out_pair(tmp_path):
         assert comp["n"] == 24 and set(comp["per_pair"]) == {"blue square", "red circle"}
         assert sum(v["n"] for v in comp["per_pair"].values()) >= 24  # every scene holds a pair
         assert result[f"test_{name}"]["n"] == 24 and 0 <= comp["exact_match"] <= 1
+    steps = [p["step"] for p in result["curve"]]
+    assert steps == sorted(steps) and steps[-1] == result["steps"]  # every 2 steps, and the last
+    assert all(0 <= p["compositional"] <= 1 and 0 <= p["test"] <= 1 for p in result["curve"])
+
+    # the same run decoded again with guidance, no training; then the curves drawn
+    again = tmp_path / "again.json"
+    run(
+        "compositional.py",
+        "--eval-only",
+        str(tmp_path / "run"),
+        "--hold-out",
+        "red circle,blue square",
+        "--eval-n",
+        "8",
+        "--generation",
+        "guidance_scale=2",
+        "--out",
+        str(again),
+    )
+    decoded = json.loads(again.read_text())
+    assert decoded["generation"] == {"guidance_scale": 2} and decoded["steps"] == result["steps"]
+    assert decoded["compositional_best"]["n"] == 8 and decoded["test_best"]["n"] == 8
+    pytest.importorskip("matplotlib")
+    run("compositional.py", "--plot", str(out), "--plot-out", str(tmp_path / "curve.png"))
+    assert (tmp_path / "curve.png").stat().st_size > 1000
 
 
 @pytest.mark.slow

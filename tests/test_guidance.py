@@ -153,7 +153,10 @@ def test_word_dropout_replaces_input_words_after_bos_by_pad():
     assert torch.allclose(evaluated, model.decoder(ids, features), atol=1e-5)
 
 
-@pytest.mark.parametrize("fields", [{}, {"image_dropout": 0.25}, {"word_dropout": 0.1, "image_dropout": 0.2}])
+@pytest.mark.parametrize(
+    "fields",
+    [{}, {"image_dropout": 0.25}, {"word_dropout": 0.1, "image_dropout": 0.2}],
+)
 def test_the_trainer_passes_the_regularisers_to_the_model(tmp_path, monkeypatch, fields):
     from test_trainer import make_trainer
 
