@@ -153,9 +153,35 @@ def test_word_dropout_replaces_input_words_after_bos_by_pad():
     assert torch.allclose(evaluated, model.decoder(ids, features), atol=1e-5)
 
 
+def test_word_replacement_puts_random_words_in_place_of_input_words_after_bos():
+    model, images = make_model(0)
+    c = model.config
+    ids = torch.randint(3, 24, (64, 8), generator=torch.Generator().manual_seed(0))
+    ids[:, 0] = c.bos_token_id
+    seen = []
+
+    def record(input_ids, features, attention_mask=None):
+        seen.append(input_ids)
+        return decoder(input_ids, features, attention_mask)
+
+    decoder = model.decoder.forward
+    model.decoder.forward = record
+    model.train()
+    with torch.no_grad():
+        model(images.repeat(16, 1, 1, 1), ids, word_replacement=0.5)
+        model.eval()
+        model(images.repeat(16, 1, 1, 1), ids, word_replacement=0.5)
+    trained, evaluated = seen
+    changed = trained != ids
+    assert torch.equal(evaluated, ids) and not changed[:, 0].any()
+    assert 0.3 < changed[:, 1:].float().mean() < 0.5  # half drawn, a few redrawn as themselves or specials
+    assert not torch.isin(trained[changed], torch.tensor([c.pad_token_id, c.bos_token_id, c.eos_token_id])).any()
+    assert 0 <= trained.min() and trained.max() < c.vocab_size
+
+
 @pytest.mark.parametrize(
     "fields",
-    [{}, {"image_dropout": 0.25}, {"word_dropout": 0.1, "image_dropout": 0.2}],
+    [{}, {"image_dropout": 0.25}, {"word_dropout": 0.1, "image_dropout": 0.2, "word_replacement": 0.3}],
 )
 def test_the_trainer_passes_the_regularisers_to_the_model(tmp_path, monkeypatch, fields):
     from test_trainer import make_trainer
@@ -166,7 +192,7 @@ def test_the_trainer_passes_the_regularisers_to_the_model(tmp_path, monkeypatch,
     forward = PixelLLM.forward
 
     def spy(self, *args, **kwargs):
-        seen.append({k: kwargs[k] for k in ("image_dropout", "word_dropout") if k in kwargs})
+        seen.append({k: kwargs[k] for k in ("image_dropout", "word_dropout", "word_replacement") if k in kwargs})
         return forward(self, *args, **kwargs)
 
     monkeypatch.setattr(PixelLLM, "forward", spy)

@@ -301,10 +301,11 @@ class PixelLLMTrainer(CheckpointMixin):
 
     @property
     def _regularisers(self) -> dict[str, float]:
-        """``image_dropout`` / ``word_dropout`` for the model's forward, only when set (a model without
-        them still trains)."""
+        """``image_dropout`` / ``word_dropout`` / ``word_replacement`` for the model's forward, only when
+        set (a model without them still trains)."""
         cfg = self.config
-        return {k: v for k, v in (("image_dropout", cfg.image_dropout), ("word_dropout", cfg.word_dropout)) if v}
+        names = ("image_dropout", "word_dropout", "word_replacement")
+        return {name: getattr(cfg, name) for name in names if getattr(cfg, name)}
 
     def _optimizer_step(self, window: list[dict[str, Any]]) -> float | None:
         """Forward/backward every micro-batch of one step, then clip and step; None when skipped."""

@@ -71,6 +71,13 @@ class TrainerConfig(StrictModel):
         description="fraction of the decoder's input words (after <bos>) replaced by <pad>; the targets are "
         "unchanged, so the next word must come more from the image than from the words before it",
     )
+    word_replacement: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="fraction of the decoder's input words (after <bos>) replaced by a uniformly random word "
+        "of the vocabulary (SwitchOut); the targets are unchanged, so the image decides where they disagree",
+    )
     val_interval: int | None = Field(
         500, ge=1, description="validate every N optimizer steps and at the end of training (None: after each epoch)"
     )

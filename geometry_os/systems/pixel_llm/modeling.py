@@ -89,6 +89,7 @@ class PixelLLM(nn.Module):
         reduction: Literal["mean", "sum"] = "mean",
         image_dropout: float = 0.0,
         word_dropout: float = 0.0,
+        word_replacement: float = 0.0,
     ) -> PixelLLMOutput:
         """Logits (B, T, vocab) for every position; with ``labels`` (B, T, aligned with ``input_ids``;
         padding and -100 ignored) also the next-token cross-entropy: its mean over the target tokens
@@ -100,7 +101,10 @@ class PixelLLM(nn.Module):
         2022) that ``GenerationConfig.guidance_scale`` reads at decode time. ``word_dropout`` (training
         mode only): the probability that an input token after ``<bos>`` is replaced by ``<pad>`` (Bowman
         et al., "Generating Sentences from a Continuous Space", 2016); the targets stay the caption's own,
-        so the next word must come more from the image than from the words before it."""
+        so the next word must come more from the image than from the words before it.
+        ``word_replacement`` (training mode only): the same with a uniformly random id of the vocabulary
+        instead of ``<pad>`` (SwitchOut, Wang et al., EMNLP 2018; a special token drawn leaves the word as
+        it was): the words before the next one may disagree with the image, which then decides."""
         features = self.encode(images)
         if image_dropout > 0 and self.training:
             null = torch.rand(features.shape[0], 1, 1, device=features.device) < image_dropout
@@ -109,6 +113,13 @@ class PixelLLM(nn.Module):
             drop = torch.rand(input_ids.shape, device=input_ids.device) < word_dropout
             drop[:, 0] = False  # <bos> stays: it starts every caption
             input_ids = input_ids.masked_fill(drop, self.config.pad_token_id)
+        if word_replacement > 0 and self.training:
+            swap = torch.rand(input_ids.shape, device=input_ids.device) < word_replacement
+            swap[:, 0] = False
+            c = self.config
+            random = torch.randint(0, c.vocab_size, input_ids.shape, device=input_ids.device)
+            special = (random == c.pad_token_id) | (random == c.bos_token_id) | (random == c.eos_token_id)
+            input_ids = torch.where(swap & ~special, random, input_ids)
         logits = self.decoder(input_ids, features, attention_mask)
         if labels is None:
             return PixelLLMOutput(logits=logits)
