@@ -72,6 +72,35 @@ def curve(run_dir: Path, n: int, seed: int, pairs: list[str], generation: dict[s
     return points
 
 
+def _setting(result: dict[str, Any]) -> str:
+    """The run's own settings: ``--set`` items past the hold-out (and the curve's checkpointing), and
+    decoding options."""
+    sets = result["set"] if isinstance(result["set"], list) else []
+    items = [s.split(".", 1)[1] for s in sets[1:] if "checkpoint_interval" not in s and "save_total_limit" not in s]
+    items += [f"{k}={v}" for k, v in result.get("generation", {}).items()]
+    return ", ".join(f"`{item}`" for item in items) or "the recipe"
+
+
+def table(results: list[str]) -> str:
+    """A Markdown table of result JSONs: setting, seed, steps, load, exact match (best checkpoint) in
+    distribution and on held-out pairs, and per pair."""
+    pairs = json.loads(Path(results[0]).read_text())["hold_out"]
+    lines = [
+        "| setting | seed | steps | load avg | in distribution | held-out pairs | " + " | ".join(pairs) + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(pairs),
+    ]
+    for path in results:
+        r = json.loads(Path(path).read_text())
+        comp, test = r["compositional_best"], r["test_best"]
+        load = r.get("load_average", {}).get("mean", "")
+        per = " | ".join(f"{100 * comp['per_pair'][p]['exact_match']:.0f}" for p in pairs)
+        lines.append(
+            f"| {_setting(r)} | {r['seed']} | {r.get('steps')} | {load} | {100 * test['exact_match']:.1f} % "
+            f"| **{100 * comp['exact_match']:.1f} %** | {per} |"
+        )
+    return "\n".join(lines)
+
+
 def plot(results: list[str], out: str) -> None:
     """Exact match against training time of result JSONs with a ``curve``: compositional (solid) and in
     distribution (dashed), one colour per result."""
@@ -88,7 +117,9 @@ def plot(results: list[str], out: str) -> None:
             s.split(".", 1)[1] for s in result["set"][1:] if "checkpoint" not in s and "save_total" not in s
         )
         times = [p["train_time_s"] for p in points]
-        ax.plot(times, [100 * p["compositional"] for p in points], f"C{i}-o", ms=3, label=label or "recipe")
+        ax.plot(
+            times, [100 * p["compositional"] for p in points], f"C{i}-o", ms=3, label=f"{label}, seed {result['seed']}"
+        )
         ax.plot(times, [100 * p["test"] for p in points], f"C{i}--", lw=1)
     ax.set_xlabel("training time (s), 2 CPU cores")
     ax.set_ylabel("exact match (%)")
@@ -133,9 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
     parser.add_argument("--plot", nargs="+", metavar="RESULT.json", help="only draw the curves of these results")
     parser.add_argument("--plot-out", default="docs/images/compositional_curve.png")
+    parser.add_argument("--table", nargs="+", metavar="RESULT.json", help="only print these results as Markdown")
     args = parser.parse_args(argv)
     if args.plot:
         plot(args.plot, args.plot_out)
+        return 0
+    if args.table:
+        print(table(args.table))
         return 0
     pairs = sorted(f"{c} {k}" for c, k in parse_pairs(args.hold_out))
     args.hold_out = pairs

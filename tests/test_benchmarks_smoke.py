@@ -167,6 +167,9 @@ def test_compositional_benchmark_reports_each_held_out_pair(tmp_path):
     decoded = json.loads(again.read_text())
     assert decoded["generation"] == {"guidance_scale": 2} and decoded["steps"] == result["steps"]
     assert decoded["compositional_best"]["n"] == 8 and decoded["test_best"]["n"] == 8
+    rows = run("compositional.py", "--table", str(out), str(again)).stdout.splitlines()
+    assert rows[0].startswith("| setting | seed |") and "blue square | red circle |" in rows[0] and len(rows) == 4
+    assert rows[2].startswith("| the recipe | 42 |") and rows[3].startswith("| `guidance_scale=2` |")
     pytest.importorskip("matplotlib")
     run("compositional.py", "--plot", str(out), "--plot-out", str(tmp_path / "curve.png"))
     assert (tmp_path / "curve.png").stat().st_size > 1000
