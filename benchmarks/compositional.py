@@ -58,6 +58,22 @@ def _key_value(item: str, parser: argparse.ArgumentParser) -> tuple[str, Any]:
         return key, value
 
 
+RUN_FIELDS = {"checkpoint_dir", "max_time_s", "seed", "synthetic_hold_out", "num_scenes"}
+
+
+def run_settings(run_dir: Path, recipe: str) -> dict[str, Any]:
+    """A finished run's seed and budget, and as ``set`` the trainer fields where it differs from ``recipe``
+    (read from its checkpoint's ``trainer_state.json``), as a training run of this script records them."""
+    from geometry_os.systems.pixel_llm.checkpoint import read_latest
+    from geometry_os.systems.pixel_llm.config import load_config
+
+    used = json.loads((read_latest(run_dir) / "trainer_state.json").read_text())["trainer_config"]
+    planned = load_config(recipe, (), "small").trainer.model_dump(mode="json")
+    changed = [f"trainer.{k}={json.dumps(v)}" for k, v in used.items() if k not in RUN_FIELDS and planned.get(k) != v]
+    hold_out = f"trainer.synthetic_hold_out={json.dumps(used['synthetic_hold_out'])}"
+    return {"seed": used["seed"], "budget_s": used["max_time_s"], "set": [hold_out, *changed]}
+
+
 def curve(run_dir: Path, n: int, seed: int, pairs: list[str], generation: dict[str, Any]) -> list[dict[str, Any]]:
     """Exact match on both splits of every ``step-*`` checkpoint of a run, in step order."""
     points = []
@@ -198,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         "generation": args.generation,
     }
     if args.eval_only:
-        result["set"] = "(from the run's own config)"
+        result.update(run_settings(run_dir, args.config))
         result.update(training_summary(run_dir))
         for name, folder in run_checkpoints(run_dir).items():
             scored = evaluate_checkpoint(
