@@ -117,9 +117,9 @@ def table(results: list[str]) -> str:
     return "\n".join(lines)
 
 
-def plot(results: list[str], out: str) -> None:
+def plot(results: list[str], out: str, labels: list[str] | None = None) -> None:
     """Exact match against training time of result JSONs with a ``curve``: compositional (solid) and in
-    distribution (dashed), one colour per result."""
+    distribution (dashed), one colour per result, labelled by ``labels`` or by their settings."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,9 +129,7 @@ def plot(results: list[str], out: str) -> None:
     for i, path in enumerate(results):
         result = json.loads(Path(path).read_text())
         points = result["curve"]
-        label = ", ".join(
-            s.split(".", 1)[1] for s in result["set"][1:] if "checkpoint" not in s and "save_total" not in s
-        )
+        label = labels[i] if labels else _setting(result).replace("`", "")
         times = [p["train_time_s"] for p in points]
         ax.plot(
             times, [100 * p["compositional"] for p in points], f"C{i}-o", ms=3, label=f"{label}, seed {result['seed']}"
@@ -142,7 +140,7 @@ def plot(results: list[str], out: str) -> None:
     ax.set_title("held-out pairs (solid) and in distribution (dashed)", fontsize=9)
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="center right")
     fig.tight_layout()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
@@ -180,10 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
     parser.add_argument("--plot", nargs="+", metavar="RESULT.json", help="only draw the curves of these results")
     parser.add_argument("--plot-out", default="docs/images/compositional_curve.png")
+    parser.add_argument("--plot-labels", nargs="+", metavar="LABEL", help="legend labels, one per --plot result")
     parser.add_argument("--table", nargs="+", metavar="RESULT.json", help="only print these results as Markdown")
     args = parser.parse_args(argv)
     if args.plot:
-        plot(args.plot, args.plot_out)
+        if args.plot_labels and len(args.plot_labels) != len(args.plot):
+            parser.error(f"--plot-labels: {len(args.plot_labels)} labels for {len(args.plot)} results")
+        plot(args.plot, args.plot_out, args.plot_labels)
         return 0
     if args.table:
         print(table(args.table))

@@ -113,6 +113,7 @@ def test_recommended_config_picks_the_conv_stem_and_unit_pixels():
     assert resolve_model(config).encoder_options.stem == "conv"
     assert config.image_mean == (0.0, 0.0, 0.0) and config.image_std == (1.0, 1.0, 1.0)
     assert (config.vision_embed_dim, config.vision_num_layers, config.text_num_layers) == (192, 4, 4)  # the preset's
+    assert 0 < config.trainer.word_dropout < 1  # against the caption prior (docs/learning.md)
 
 
 def test_training_and_captioning_normalise_images_as_the_model_config_says(tmp_path):
