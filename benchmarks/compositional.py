@@ -65,10 +65,12 @@ def run_settings(run_dir: Path, recipe: str) -> dict[str, Any]:
     """A finished run's seed and budget, and as ``set`` the trainer fields where it differs from ``recipe``
     (read from its checkpoint's ``trainer_state.json``), as a training run of this script records them."""
     from geometry_os.systems.pixel_llm.checkpoint import read_latest
-    from geometry_os.systems.pixel_llm.config import load_config
+    from geometry_os.systems.pixel_llm.config import TrainerConfig, load_config
 
     used = json.loads((read_latest(run_dir) / "trainer_state.json").read_text())["trainer_config"]
     planned = load_config(recipe, (), "small").trainer.model_dump(mode="json")
+    defaults = TrainerConfig().model_dump(mode="json")  # fields newer than the run: their defaults
+    used = {**{k: v for k, v in defaults.items() if k not in used}, **used}
     changed = [f"trainer.{k}={json.dumps(v)}" for k, v in used.items() if k not in RUN_FIELDS and planned.get(k) != v]
     hold_out = f"trainer.synthetic_hold_out={json.dumps(used['synthetic_hold_out'])}"
     return {"seed": used["seed"], "budget_s": used["max_time_s"], "set": [hold_out, *changed]}
