@@ -30,6 +30,7 @@ from geometry_os.fileio import write_json_atomic
 from geometry_os.plugins.datasets.shapes import has_pair, parse_pairs
 from geometry_os.systems.pixel_llm.metrics import normalize
 
+RECIPE = Path(__file__).resolve().parents[1] / "configs" / "shapes_small.toml"
 DEFAULT_HOLD_OUT = "red circle,green square,blue triangle,yellow diamond,purple circle,white square"
 
 
@@ -62,7 +63,8 @@ RUN_FIELDS = {"checkpoint_dir", "max_time_s", "seed", "synthetic_hold_out", "num
 
 
 def run_settings(run_dir: Path, recipe: str) -> dict[str, Any]:
-    """A finished run's seed and budget, and as ``set`` the trainer fields where it differs from ``recipe``
+    """A finished run's held-out pairs, seed, budget and scenes, and as ``set`` the trainer fields where it
+    differs from ``recipe``
     (read from its checkpoint's ``trainer_state.json``), as a training run of this script records them."""
     from geometry_os.systems.pixel_llm.checkpoint import read_latest
     from geometry_os.systems.pixel_llm.config import TrainerConfig, load_config
@@ -72,8 +74,14 @@ def run_settings(run_dir: Path, recipe: str) -> dict[str, Any]:
     defaults = TrainerConfig().model_dump(mode="json")  # fields newer than the run: their defaults
     used = {**{k: v for k, v in defaults.items() if k not in used}, **used}
     changed = [f"trainer.{k}={json.dumps(v)}" for k, v in used.items() if k not in RUN_FIELDS and planned.get(k) != v]
-    hold_out = f"trainer.synthetic_hold_out={json.dumps(used['synthetic_hold_out'])}"
-    return {"seed": used["seed"], "budget_s": used["max_time_s"], "set": [hold_out, *changed]}
+    pairs = sorted(used["synthetic_hold_out"] or [])
+    return {
+        "hold_out": pairs,
+        "seed": used["seed"],
+        "budget_s": used["max_time_s"],
+        "num_scenes": used.get("num_scenes"),
+        "set": [f"trainer.synthetic_hold_out={json.dumps(pairs)}", *changed],
+    }
 
 
 def curve(run_dir: Path, n: int, seed: int, pairs: list[str], generation: dict[str, Any]) -> list[dict[str, Any]]:
@@ -153,9 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--hold-out", default=DEFAULT_HOLD_OUT, help="'COLOUR KIND,...' pairs kept out of training")
+    parser.add_argument(
+        "--hold-out",
+        help="'COLOUR KIND,...' pairs kept out of training (default: six, one kind per colour; with --eval-only: "
+        "the run's own)",
+    )
     parser.add_argument("--budget-s", type=float, default=600, help="training time (trainer.max_time_s)")
-    parser.add_argument("--config", default="configs/shapes_small.toml", help="the recipe (train --config)")
+    parser.add_argument("--config", default=str(RECIPE), help="the recipe (train --config)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to train --set")
     parser.add_argument("--num-scenes", type=int, default=30_000, help="training scenes")
     parser.add_argument("--seed", type=int, default=42, help="trainer.seed")
@@ -191,17 +203,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.table:
         print(table(args.table))
         return 0
-    pairs = sorted(f"{c} {k}" for c, k in parse_pairs(args.hold_out))
-    args.hold_out = pairs
-    args.set = [f"trainer.synthetic_hold_out={json.dumps(pairs)}", *args.set]
+    asked = None if args.hold_out is None else sorted(f"{c} {k}" for c, k in parse_pairs(args.hold_out))
     args.generation = dict(_key_value(item, parser) for item in args.generation)
-    if args.curve:
-        args.set += [f"trainer.checkpoint_interval={args.curve}", "trainer.save_total_limit=null"]
+    settings: dict[str, Any] = {}
     if args.eval_only:
         run_dir = Path(args.eval_only)
         if not (run_dir / "latest").is_file():
             parser.error(f"--eval-only {run_dir}: not a finished run (no 'latest' pointer)")
+        if args.curve or args.run_dir or args.set:
+            parser.error("--eval-only decodes a finished run: --curve, --run-dir and --set would train")
+        settings = run_settings(run_dir, args.config)
+        if asked is not None and asked != settings["hold_out"]:
+            parser.error(f"--hold-out {asked} differs from the run's own held-out pairs {settings['hold_out']}")
+        pairs = settings["hold_out"]
     else:
+        pairs = asked or sorted(f"{c} {k}" for c, k in parse_pairs(DEFAULT_HOLD_OUT))
+    args.hold_out = pairs
+    args.set = [f"trainer.synthetic_hold_out={json.dumps(pairs)}", *args.set]
+    if args.curve:
+        args.set += [f"trainer.checkpoint_interval={args.curve}", "trainer.save_total_limit=null"]
+    if not args.eval_only:
         run_dir = Path(args.run_dir or f"runs/compositional-{time.strftime('%Y%m%d-%H%M%S')}")
         if run_dir.exists() and any(run_dir.iterdir()):
             parser.error(f"{run_dir} is not empty (the trainer would resume from it)")
@@ -217,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         "generation": args.generation,
     }
     if args.eval_only:
-        result.update(run_settings(run_dir, args.config))
+        result.update(settings)
         result.update(training_summary(run_dir))
         for name, folder in run_checkpoints(run_dir).items():
             scored = evaluate_checkpoint(

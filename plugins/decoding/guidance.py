@@ -72,6 +72,8 @@ class GuidedDecoder:
         self.guidance_scale = float(guidance_scale)
 
     def __getattr__(self, name: str) -> Any:  # max_seq_len, vocab_size, ...
+        if name == "decoder":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
         return getattr(self.decoder, name)
 
     def init_cache(self, features: torch.Tensor, max_length: int) -> GuidedCache:

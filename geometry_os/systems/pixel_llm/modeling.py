@@ -102,9 +102,10 @@ class PixelLLM(nn.Module):
         mode only): the probability that an input token after ``<bos>`` is replaced by ``<pad>`` (Bowman
         et al., "Generating Sentences from a Continuous Space", 2016); the targets stay the caption's own,
         so the next word must come more from the image than from the words before it.
-        ``word_replacement`` (training mode only): the same with a uniformly random id of the vocabulary
-        instead of ``<pad>`` (SwitchOut, Wang et al., EMNLP 2018; a special token drawn leaves the word as
-        it was): the words before the next one may disagree with the image, which then decides."""
+        ``word_replacement`` (training mode only): the same with a uniformly random id below
+        ``config.vocab_size`` instead of ``<pad>`` (SwitchOut, Wang et al., EMNLP 2018; drawing ``<pad>``,
+        ``<bos>`` or ``<eos>`` leaves the word as it was, other ids, ``<unk>`` included, are taken): the
+        words before the next one may disagree with the image, which then decides."""
         features = self.encode(images)
         if image_dropout > 0 and self.training:
             null = torch.rand(features.shape[0], 1, 1, device=features.device) < image_dropout
