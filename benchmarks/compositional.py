@@ -26,8 +26,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from learn_shapes import _threads, evaluate_checkpoint, run_checkpoints, run_ours, training_summary
 
+from geometry_os.errors import ConfigError
 from geometry_os.fileio import write_json_atomic
 from geometry_os.plugins.datasets.shapes import has_pair, parse_pairs
+from geometry_os.systems.pixel_llm.config import parse_overrides
 from geometry_os.systems.pixel_llm.metrics import normalize
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "shapes_small.toml"
@@ -47,16 +49,6 @@ def per_pair(scored: dict[str, Any], pairs: list[str]) -> dict[str, dict[str, fl
         ]
         out[text] = {"exact_match": sum(hits) / max(len(hits), 1), "n": len(hits)}
     return out
-
-
-def _key_value(item: str, parser: argparse.ArgumentParser) -> tuple[str, Any]:
-    key, sep, value = item.partition("=")
-    if not sep:
-        parser.error(f"--generation {item!r}: expected KEY=VALUE")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 RUN_FIELDS = {"checkpoint_dir", "max_time_s", "seed", "synthetic_hold_out", "num_scenes"}
@@ -204,7 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         print(table(args.table))
         return 0
     asked = None if args.hold_out is None else sorted(f"{c} {k}" for c, k in parse_pairs(args.hold_out))
-    args.generation = dict(_key_value(item, parser) for item in args.generation)
+    try:
+        args.generation = parse_overrides(args.generation, flag="--generation")
+    except ConfigError as error:
+        parser.error(str(error))
     settings: dict[str, Any] = {}
     if args.eval_only:
         run_dir = Path(args.eval_only)
