@@ -305,3 +305,12 @@ def test_a_pattern_matching_folders_names_them_or_searches_them_with_recursive(w
     assert lines(plain.stderr) == [f"Warning: {pattern}: 1 matching folder(s) not searched (sub; use --recursive)"]
     deep = invoke("pixel-llm", "caption", pattern, "-r", "--checkpoint", ws / "ckpt")
     assert captioned(deep) == [str(folder / p) for p in ("a.png", "sub/b.png", "sub/deeper/c.png")]
+
+
+def test_rerank_flag_reorders_the_beam_and_needs_one(ws):
+    refused = caption(ws, "--rerank", "word_dropout")
+    assert refused.exit_code != 0 and "num_beams > 1" in refused.output and "Traceback" not in refused.output
+    assert len(lines(refused.output)) == 1
+    done = caption(ws, "--rerank", "word_dropout", "--num-beams", "3", "--json")
+    assert done.exit_code == 0, done.output
+    assert len(json.loads(done.stdout)) == 2

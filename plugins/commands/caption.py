@@ -45,6 +45,13 @@ def generation_options(command: Callable[..., Any]) -> Callable[..., Any]:
             help="Classifier-free guidance against the caption prior: above 1, words the image supports more "
             "than the prior does gain (best with a model trained with trainer.image_dropout; 1: off).",
         ),
+        click.option(
+            "--rerank",
+            type=click.Choice(["word_dropout"]),
+            default=None,
+            help="Re-order the beam's captions by how well the image alone supports each word, the word before "
+            "it dropped (needs --num-beams > 1; best with a model trained with trainer.word_dropout).",
+        ),
         click.option("--seed", type=int, default=None, help="Seed for sampling (selects sampling)."),
         click.option(
             "--batch-size",
@@ -71,6 +78,7 @@ GENERATION_FLAGS = (
     "length_penalty",
     "no_repeat_ngram_size",
     "guidance_scale",
+    "rerank",
     "seed",
 )
 SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "seed")

@@ -69,6 +69,12 @@ class GenerationConfig(StrictModel):
         description="classifier-free guidance against the caption prior (HF's name): each token is scored by "
         "log p(null) + scale * (log p(image) - log p(null)), the null image being all-zero features; 1: off",
     )
+    rerank: Literal["word_dropout"] | None = Field(
+        None,
+        description="re-order beam search's num_beams captions by log p(each word | image, the words before it with "
+        "the one just before replaced by <pad>), so that the image, not the word before, decides each word (best "
+        "with a model trained with trainer.word_dropout; see rerank.py); None: the beam order",
+    )
     suppress_tokens: list[int] | None = Field(
         None, description="token ids never generated (generate_caption adds the ids its tokenizer cannot decode)"
     )
@@ -164,6 +170,8 @@ class GenerationConfig(StrictModel):
             raise ValueError(
                 f"cache_implementation='static' supports greedy and sampling without attentions, not {what}"
             )
+        if self.rerank and self.num_beams < 2:
+            raise ValueError(f"rerank={self.rerank!r} re-orders beam search's candidates: it needs num_beams > 1")
         if name == BEAM and self.num_return_sequences > self.num_beams:
             raise ValueError(f"num_return_sequences={self.num_return_sequences} must be <= num_beams={self.num_beams}")
         if name in NOT_SAMPLING:

@@ -44,7 +44,8 @@ class GenerationOutput:
     ``<bos>`` (what beam search ranks by). ``token_scores`` (rows, T-1): each token's log-prob
     (0 at padding), with ``output_scores``. ``cross_attentions``: one (rows, cross layers, heads, N)
     tensor per generated position (zeros after ``<eos>``), with ``output_attentions``.
-    ``texts``: decoded captions when a tokenizer was given.
+    ``texts``: decoded captions when a tokenizer was given. ``rerank_scores`` (rows,): with ``rerank``, the
+    score the beam candidates were re-ordered by (``rerank.word_dropout_scores``, nats).
     """
 
     sequences: torch.Tensor
@@ -53,6 +54,7 @@ class GenerationOutput:
     token_scores: torch.Tensor | None = None
     cross_attentions: list[torch.Tensor] | None = None
     texts: list[str] | None = field(default=None)
+    rerank_scores: torch.Tensor | None = None
 
 
 def _resolve_config(config: GenerationConfig | Mapping[str, Any] | None, overrides: dict[str, Any]) -> GenerationConfig:
@@ -149,24 +151,56 @@ def generate_caption(
     try:
         with torch.inference_mode():
             features = model.encode(images)  # once: strategies expand the decoder cache, not images
+            # re-ranking reads every beam candidate, then keeps num_return_sequences of them
+            asked = config.model_copy(update={"num_return_sequences": config.num_beams}) if config.rerank else config
             try:
-                out = strategy.decode(model, features, config, generator=generator)
+                out = strategy.decode(model, features, asked, generator=generator)
             except GeometryOSError:
                 raise
             except Exception as exc:  # a plugin's bug: name it (the cause keeps the traceback)
                 raise ComponentError(
                     f"{component.label} failed while decoding: {type(exc).__name__}: {first_line(exc)}"
                 ) from exc
+            if not isinstance(getattr(out, "sequences", None), torch.Tensor):
+                raise ComponentError(
+                    f"{component.label} returned {type(out).__name__} from decode(), expected a GenerationOutput"
+                )
+            if config.rerank:
+                out = _reranked(model, features, out, config)
     finally:
         model.train(was_training)
-    if not isinstance(getattr(out, "sequences", None), torch.Tensor):
-        raise ComponentError(
-            f"{component.label} returned {type(out).__name__} from decode(), expected a GenerationOutput"
-        )
 
     if tokenizer is not None:
         out.texts = [tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in out.sequences]
     return out if config.return_dict_in_generate else out.sequences
+
+
+def _reranked(model: Any, features: torch.Tensor, out: GenerationOutput, config: GenerationConfig) -> GenerationOutput:
+    """The ``num_return_sequences`` best of each image's ``num_beams`` candidates in ``out`` by
+    ``rerank.word_dropout_scores`` (ties: beam order), every per-row field taken along."""
+    from .rerank import caption_lengths, word_dropout_scores
+
+    K, R = config.num_beams, config.num_return_sequences
+    B = features.shape[0]
+    if out.sequences.shape[0] != B * K:
+        raise ComponentError(
+            f"rerank needs {K} candidates per image; the strategy returned {out.sequences.shape[0]} rows"
+        )
+    rows_features = features.repeat_interleave(K, dim=0)
+    scores = word_dropout_scores(model.decoder, rows_features, out.sequences, config.pad_token_id, config.eos_token_id)
+    order = torch.sort(scores.view(B, K), dim=1, descending=True, stable=True).indices[:, :R]
+    rows = (order + torch.arange(B, device=order.device)[:, None] * K).reshape(-1)
+    longest = int(caption_lengths(out.sequences[rows], config.eos_token_id).max())
+    return GenerationOutput(
+        sequences=out.sequences[rows, :longest],
+        sequence_scores=None if out.sequence_scores is None else out.sequence_scores[rows],
+        scores_penalised=None if out.scores_penalised is None else out.scores_penalised[rows],
+        token_scores=None if out.token_scores is None else out.token_scores[rows, : longest - 1],
+        cross_attentions=None
+        if out.cross_attentions is None
+        else [a[rows] for a in out.cross_attentions[: longest - 1]],
+        rerank_scores=scores[rows],
+    )
 
 
 def generate_output(model: Any, images: torch.Tensor, **options: Any) -> GenerationOutput:
