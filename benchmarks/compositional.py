@@ -17,6 +17,7 @@ The default holds out one kind per colour (six pairs, every kind held out for at
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -76,6 +77,19 @@ def run_settings(run_dir: Path, recipe: str) -> dict[str, Any]:
     }
 
 
+def distinct_checkpoints(run_dir: Path) -> dict[str, Path]:
+    """``run_checkpoints(run_dir)`` without ``latest`` when its weights are ``best``'s (the usual end of a
+    run whose last validation was its best): the same model is decoded once, its scores kept under both."""
+    folders = run_checkpoints(run_dir)
+    if "best" in folders and _weights_digest(folders["best"]) == _weights_digest(folders["latest"]):
+        del folders["latest"]
+    return folders
+
+
+def _weights_digest(folder: Path) -> str:
+    return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+
+
 def curve(run_dir: Path, n: int, seed: int, pairs: list[str], generation: dict[str, Any]) -> list[dict[str, Any]]:
     """Exact match on both splits of every ``step-*`` checkpoint of a run, in step order."""
     points = []
@@ -94,7 +108,7 @@ def _setting(result: dict[str, Any]) -> str:
     """The run's own settings: ``--set`` items past the hold-out (and the curve's checkpointing), and
     decoding options."""
     sets = result["set"] if isinstance(result["set"], list) else []
-    items = [s.split(".", 1)[1] for s in sets[1:] if "checkpoint_interval" not in s and "save_total_limit" not in s]
+    items = [s.split(".", 1)[-1] for s in sets[1:] if "checkpoint_interval" not in s and "save_total_limit" not in s]
     items += [f"{k}={v}" for k, v in result.get("generation", {}).items()]
     return ", ".join(f"`{item}`" for item in items) or "the recipe"
 
@@ -235,14 +249,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.eval_only:
         result.update(settings)
         result.update(training_summary(run_dir))
-        for name, folder in run_checkpoints(run_dir).items():
+        for name, folder in distinct_checkpoints(run_dir).items():
             scored = evaluate_checkpoint(
                 folder, args.eval_n, args.eval_seed, hold_out=pairs, generation=args.generation
             )
             result[f"test_{name}"] = {k: v for k, v in scored.items() if not k.startswith("_")}
+        result.setdefault("test_latest", result.get("test_best"))
     else:
         result.update(run_ours(args, run_dir))  # test_best / test_latest: in distribution (no held-out pair)
-    for name, folder in run_checkpoints(run_dir).items():
+    checkpoints = distinct_checkpoints(run_dir)
+    result["latest_is_best"] = "latest" not in checkpoints  # then best is decoded once, its scores stand for both
+    for name, folder in checkpoints.items():
         scored = evaluate_checkpoint(
             folder, args.eval_n, args.eval_seed, split="compositional", hold_out=pairs, generation=args.generation
         )
@@ -250,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             **{k: v for k, v in scored.items() if not k.startswith("_")},
             "per_pair": per_pair(scored, pairs),
         }
+    result.setdefault("compositional_latest", result.get("compositional_best"))
     if args.curve:
         result["curve"] = curve(run_dir, args.curve_n, args.eval_seed, pairs, args.generation)
     if args.out:

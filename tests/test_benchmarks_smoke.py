@@ -167,6 +167,15 @@ def test_compositional_benchmark_reports_each_held_out_pair(tmp_path):
     decoded = json.loads(again.read_text())
     assert decoded["generation"] == {"guidance_scale": 2} and decoded["steps"] == result["steps"]
     assert decoded["compositional_best"]["n"] == 8 and decoded["test_best"]["n"] == 8
+    from geometry_os.systems.pixel_llm.checkpoint import read_latest
+
+    weights = [
+        (f / "model.safetensors").read_bytes() for f in (tmp_path / "run" / "best", read_latest(tmp_path / "run"))
+    ]
+    assert decoded["latest_is_best"] == (weights[0] == weights[1])
+    if decoded["latest_is_best"]:  # the same weights are decoded once, their scores kept for both
+        assert decoded["compositional_latest"] == decoded["compositional_best"]
+        assert decoded["test_latest"] == decoded["test_best"]
     rows = run("compositional.py", "--table", str(out), str(again)).stdout.splitlines()
     assert rows[0].startswith("| setting | seed |") and "blue square | red circle |" in rows[0] and len(rows) == 4
     assert rows[2].startswith("| the recipe | 42 |") and rows[3].startswith("| `guidance_scale=2` |")
