@@ -26,11 +26,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from learn_shapes import _threads, evaluate_checkpoint, run_checkpoints, run_ours, training_summary
+from pydantic import ValidationError
 
-from geometry_os.errors import ConfigError
+from geometry_os.errors import ConfigError, format_validation_error
 from geometry_os.fileio import write_json_atomic
 from geometry_os.plugins.datasets.shapes import has_pair, parse_pairs
 from geometry_os.systems.pixel_llm.config import parse_overrides
+from geometry_os.systems.pixel_llm.generation_config import GenerationConfig
 from geometry_os.systems.pixel_llm.metrics import normalize
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "shapes_small.toml"
@@ -212,8 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     asked = None if args.hold_out is None else sorted(f"{c} {k}" for c, k in parse_pairs(args.hold_out))
     try:
         args.generation = parse_overrides(args.generation, flag="--generation")
+        GenerationConfig.model_validate(args.generation)  # refused now, not after the training run
     except ConfigError as error:
         parser.error(str(error))
+    except ValidationError as error:
+        parser.error(format_validation_error(error, source="--generation"))
     settings: dict[str, Any] = {}
     if args.eval_only:
         run_dir = Path(args.eval_only)

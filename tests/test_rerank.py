@@ -3,6 +3,8 @@ on tiny random models. The reference scores one caption at a time, one word at a
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -136,3 +138,33 @@ def test_rerank_needs_beam_search():
     with pytest.raises(ValidationError):
         GenerationConfig(num_beams=3, rerank="length")
     assert GenerationConfig(num_beams=3, rerank="word_dropout").rerank == "word_dropout"
+
+
+def test_a_model_trained_without_word_dropout_is_warned_about():
+    from geometry_os.systems.pixel_llm.inference import RerankWarning
+
+    model, images = make_model(0)
+    with pytest.warns(RerankWarning, match="without trainer.word_dropout"):
+        generate_caption(model, images[:1], max_length=MAX_SEQ, num_beams=2, rerank="word_dropout")
+    model.config = model.config.model_copy(
+        update={"trainer": model.config.trainer.model_copy(update={"word_dropout": 0.3})}
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RerankWarning)
+        generate_caption(model, images[:1], max_length=MAX_SEQ, num_beams=2, rerank="word_dropout")
+
+
+def test_beam_slots_no_caption_filled_stay_last():
+    """Six tokens, three of them suppressed, one new token: beam search fills 3 of its 8 slots with
+    captions; the other 5 (score -inf, no <eos>) must not be re-ranked above them."""
+    torch.manual_seed(0)
+    model = create_pixel_llm(vocab_size=6, preset="tiny", max_seq_len=MAX_SEQ).eval()
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    kwargs = dict(num_beams=8, max_new_tokens=1, suppress_tokens=[0, 1, 3], return_dict_in_generate=True)
+    plain = generate_caption(model, images, num_return_sequences=3, **kwargs)  # the three real captions
+    real = [sorted(r.tolist() for r in plain.sequences[i * 3 : (i + 1) * 3]) for i in range(2)]
+    assert real[0] == real[1] == [[1, 2], [1, 4], [1, 5]]
+    out = generate_caption(model, images, num_return_sequences=3, rerank="word_dropout", **kwargs)
+    for i in range(2):
+        assert sorted(r.tolist() for r in out.sequences[i * 3 : (i + 1) * 3]) == real[i]
+    assert torch.isfinite(out.rerank_scores).all() and out.sequences.shape[1] == 2

@@ -112,6 +112,11 @@ def generation_config(params: dict[str, Any]) -> Any:
         fields["do_sample"] = True
     if strategy == "beam" and "num_beams" not in fields:
         fields["num_beams"] = 5
+    if "rerank" in fields and fields.get("num_beams", 1) < 2:
+        raise click.UsageError(
+            ctx=click.get_current_context(),
+            message="--rerank re-orders beam search's captions: add --num-beams N (N > 1), e.g. --num-beams 10",
+        )
     if params.get("strategy_options"):
         from geometry_os.systems.pixel_llm.plugin_api import parse_overrides
 

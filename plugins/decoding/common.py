@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from geometry_os.systems.pixel_llm.plugin_api import GenerationConfig, GenerationOutput
+from geometry_os.systems.pixel_llm.plugin_api import GenerationConfig, GenerationOutput, caption_lengths
 
 NEG_INF = float("-inf")
 
@@ -117,15 +117,6 @@ def survivors(done: torch.Tensor) -> torch.Tensor | None:
     if not bool(done.any()):
         return None
     return (~done).nonzero().squeeze(1)
-
-
-def caption_lengths(sequences: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """Tokens per row up to and including the first ``<eos>`` after ``<bos>`` (all, if none)."""
-    if sequences.shape[1] == 1:  # no new tokens (max_new_tokens=0): argmax has nothing to reduce
-        return torch.ones(sequences.shape[0], dtype=torch.long, device=sequences.device)
-    is_eos = sequences[:, 1:] == eos_token_id
-    first = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1) + 2, sequences.shape[1])
-    return first
 
 
 def assemble_output(

@@ -23,6 +23,7 @@ __all__ = [
     "GenerationConfig",
     "GenerationLengthWarning",
     "GenerationOutput",
+    "RerankWarning",
     "beam_search_decode",
     "generate_caption",
     "generate_output",
@@ -32,6 +33,10 @@ __all__ = [
 
 class GenerationLengthWarning(UserWarning):
     """An explicitly set ``max_length`` / ``max_new_tokens`` is beyond the decoder's ``max_seq_len``."""
+
+
+class RerankWarning(UserWarning):
+    """``rerank="word_dropout"`` with a model whose config says it was trained without word dropout."""
 
 
 @dataclass
@@ -180,14 +185,25 @@ def _reranked(model: Any, features: torch.Tensor, out: GenerationOutput, config:
     ``rerank.word_dropout_scores`` (ties: beam order), every per-row field taken along."""
     from .rerank import caption_lengths, word_dropout_scores
 
+    trainer = getattr(getattr(model, "config", None), "trainer", None)
+    if trainer is not None and not getattr(trainer, "word_dropout", 0):
+        warnings.warn(
+            "rerank='word_dropout' with a model trained without trainer.word_dropout: the score reads <pad> "
+            "contexts the model never saw (measured: in-distribution exact match 99 -> 64 %, docs/learning.md)",
+            RerankWarning,
+            stacklevel=3,
+        )
     K, R = config.num_beams, config.num_return_sequences
     B = features.shape[0]
     if out.sequences.shape[0] != B * K:
         raise ComponentError(
-            f"rerank needs {K} candidates per image; the strategy returned {out.sequences.shape[0]} rows"
+            f"rerank: expected {B} x {K} = {B * K} candidate rows (images x num_beams) from the decoding "
+            f"strategy, got {out.sequences.shape[0]}"
         )
     rows_features = features.repeat_interleave(K, dim=0)
     scores = word_dropout_scores(model.decoder, rows_features, out.sequences, config.pad_token_id, config.eos_token_id)
+    if out.sequence_scores is not None:  # beam slots no caption filled (score -inf) stay last
+        scores = scores.masked_fill(torch.isneginf(out.sequence_scores), float("-inf"))
     order = torch.sort(scores.view(B, K), dim=1, descending=True, stable=True).indices[:, :R]
     rows = (order + torch.arange(B, device=order.device)[:, None] * K).reshape(-1)
     longest = int(caption_lengths(out.sequences[rows], config.eos_token_id).max())

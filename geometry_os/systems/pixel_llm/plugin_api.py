@@ -19,7 +19,7 @@ listed in ``__all__`` is what a plugin author may rely on, by group:
   (the registry of the host in use), ``resolve_strategy``, ``pretrained_importer()`` (the ``Importer`` a
   plugin provides, or None), ``get_host``, ``plural``, ``options_with`` (a component's options
   from a model instance and keyword overrides).
-- **Model**: ``PixelLLM``, ``generate_caption`` / ``GenerationOutput``, ``freeze``, the ``lora`` module, and the
+- **Model**: ``PixelLLM``, ``generate_caption`` / ``GenerationOutput``, ``caption_lengths``, ``freeze``, the ``lora`` module, and the
   CPU bfloat16 helpers an encoder or decoder uses (``attention``, ``linear``, ``bf16``, ``upcast_bf16``).
 - **Checkpoints**: the run-folder layout (``BEST``, ``LATEST``, ``CONFIG``, ``WEIGHTS``, ``TOKENIZER``,
   ``STATE`` ...), reading and writing model files, and ``--init-from`` sources (``InitSource``,
@@ -170,6 +170,7 @@ if TYPE_CHECKING:  # pragma: no cover - what the table gives, for type checkers
     from geometry_os.systems.pixel_llm.records import Records as Records
     from geometry_os.systems.pixel_llm.records import read_caption_file as read_caption_file
     from geometry_os.systems.pixel_llm.records import read_text as read_text
+    from geometry_os.systems.pixel_llm.rerank import caption_lengths as caption_lengths
     from geometry_os.systems.pixel_llm.resolution import current_components as current_components
     from geometry_os.systems.pixel_llm.resolution import get_component as get_component
     from geometry_os.systems.pixel_llm.resolution import pretrained_importer as pretrained_importer
@@ -228,6 +229,7 @@ _HOMES: dict[str, str] = {
     # Model
     "geometry_os.systems.pixel_llm.modeling": "PixelLLM",
     "geometry_os.systems.pixel_llm.inference": "GenerationOutput generate_caption",
+    "geometry_os.systems.pixel_llm.rerank": "caption_lengths",
     "geometry_os.systems.pixel_llm.freeze": "freeze",
     "geometry_os.systems.pixel_llm.cpu_bf16": "attention bf16 linear upcast_bf16",
     # Checkpoints
@@ -343,6 +345,7 @@ __all__ = [
     "PixelLLM",
     "GenerationOutput",
     "generate_caption",
+    "caption_lengths",
     "freeze",
     "attention",
     "bf16",

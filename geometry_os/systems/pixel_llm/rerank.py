@@ -5,7 +5,7 @@ other words: trained without a "red square", it follows "red" with a kind it saw
 image feature says square. Beam search usually has the right caption among its candidates, ranked
 below. The word-dropout score rates each word w_t of a candidate (t >= 1, ``<eos>`` included) by
 
-    log p(w_t | image, w_1 .. w_{t-2}, <pad>)
+    log p(w_t | image, <bos>, w_1 .. w_{t-2}, <pad>)        (t >= 2; w_1 is scored after <bos> alone)
 
 the caption's own words with the one just before w_t replaced by ``<pad>``: the input a model trained
 with ``trainer.word_dropout`` (Bowman et al., 2016) has learnt to predict from, where the word before
@@ -14,7 +14,10 @@ keeping their beam order; re-ranking by the score of a second, differently condi
 the usual remedy for compositional failures (Nikolaus et al., "Compositional Generalization in Image
 Captioning", CoNLL 2019).
 
-Cost: one decoder forward per position over every candidate, O(T^2) tokens per caption.
+The score is the decoder's own, unnormalised sum: decoding options that change scores while
+generating (``guidance_scale``, ``suppress_tokens``, penalties, ``length_penalty``) do not enter it,
+and shorter captions lose fewer nats. Cost: one decoder forward per position over every candidate,
+O(T^2) tokens per caption.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ def word_dropout_scores(
     """The word-dropout log-likelihood (nats, float32, (rows,)) of each caption in ``sequences`` (rows, T:
     ``<bos>``, words, ``<eos>``, then anything) given its image's ``features`` (rows, N, D), summed over its
     words and ``<eos>`` (see the module docstring). ``decoder(input_ids, features) -> logits`` is any
-    ``protocols.Decoder``."""
+    ``protocols.Decoder``, in eval mode (the caller's business: dropout would make the score random)."""
     lengths = caption_lengths(sequences, eos_token_id)
     total = torch.zeros(sequences.shape[0], dtype=torch.float32, device=sequences.device)
     for t in range(1, sequences.shape[1]):
