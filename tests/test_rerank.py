@@ -3,8 +3,6 @@ on tiny random models. The reference scores one caption at a time, one word at a
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -138,20 +136,6 @@ def test_rerank_needs_beam_search():
     with pytest.raises(ValidationError):
         GenerationConfig(num_beams=3, rerank="length")
     assert GenerationConfig(num_beams=3, rerank="word_dropout").rerank == "word_dropout"
-
-
-def test_a_model_trained_without_word_dropout_is_warned_about():
-    from geometry_os.systems.pixel_llm.inference import RerankWarning
-
-    model, images = make_model(0)
-    with pytest.warns(RerankWarning, match="without trainer.word_dropout"):
-        generate_caption(model, images[:1], max_length=MAX_SEQ, num_beams=2, rerank="word_dropout")
-    model.config = model.config.model_copy(
-        update={"trainer": model.config.trainer.model_copy(update={"word_dropout": 0.3})}
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RerankWarning)
-        generate_caption(model, images[:1], max_length=MAX_SEQ, num_beams=2, rerank="word_dropout")
 
 
 def test_beam_slots_no_caption_filled_stay_last():
