@@ -251,19 +251,19 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_threads": _threads(),
         "generation": args.generation,
     }
+    if not args.eval_only:
+        result.update(run_ours(args, run_dir))  # test_best / test_latest: in distribution (no held-out pair)
+    checkpoints = distinct_checkpoints(run_dir)
+    result["latest_is_best"] = "latest" not in checkpoints  # then best is decoded once, its scores stand for both
     if args.eval_only:
         result.update(settings)
         result.update(training_summary(run_dir))
-        for name, folder in distinct_checkpoints(run_dir).items():
+        for name, folder in checkpoints.items():
             scored = evaluate_checkpoint(
                 folder, args.eval_n, args.eval_seed, hold_out=pairs, generation=args.generation
             )
             result[f"test_{name}"] = {k: v for k, v in scored.items() if not k.startswith("_")}
         result.setdefault("test_latest", result.get("test_best"))
-    else:
-        result.update(run_ours(args, run_dir))  # test_best / test_latest: in distribution (no held-out pair)
-    checkpoints = distinct_checkpoints(run_dir)
-    result["latest_is_best"] = "latest" not in checkpoints  # then best is decoded once, its scores stand for both
     for name, folder in checkpoints.items():
         scored = evaluate_checkpoint(
             folder, args.eval_n, args.eval_seed, split="compositional", hold_out=pairs, generation=args.generation
