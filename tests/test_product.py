@@ -288,7 +288,14 @@ def test_demo_quick_writes_its_report(tmp_path):
     assert metrics["summary"]["stopped_by_time"] and 40 <= metrics["summary"]["train_time_s"] <= 60  # a time budget
     examples = [line.split(" | ")[1] for line in report.splitlines() if line.startswith("| ![](images/")]
     assert len(set(examples)) >= 3, examples  # varied captions, not one caption for every scene
-    assert metrics["metrics"]["exact_match"] > 0
+    # Reads the image: better than the best single caption given to every scene (picked with hindsight from the
+    # test references). Exact match after 45 s is 1-6 % on 100 scenes (docs/learning.md), so `> 0` is a coin toss.
+    from geometry_os.systems.pixel_llm.plugin_api import get_component, per_image
+
+    test = get_component("dataset", "shapes").build({"n": 100, "seed": 0, "split": "test"})
+    constant = [caption_metrics(*per_image(test, [c] * len(test))) for c in set(test.captions)]
+    for name in ("bleu_1", "rouge_l"):
+        assert metrics["metrics"][name] > max(m[name] for m in constant), name
     for name in ("attention.png", "metrics.json", "images/example-0.png"):
         assert (tmp_path / "demo" / name).is_file()
     assert "report:" in result.stdout
