@@ -404,3 +404,25 @@ def test_a_checkpoint_with_a_version_1_vocabulary_captions_as_before(tmp_path, m
     Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "red.png")
     (result,) = captioning.caption_images(model, vocab, [tmp_path / "red.png"])
     assert result.caption == "a man ' s hat, red. ল া ল"  # what it printed before version 2
+
+
+def test_caption_texts_drop_the_prefix_space_a_byte_level_bpe_decodes_to():
+    import torch
+
+    from geometry_os.systems.pixel_llm import create_pixel_llm
+    from geometry_os.systems.pixel_llm.inference import generate_output
+    from geometry_os.systems.pixel_llm.resolution import get_component
+
+    vocab = get_component("tokenizer", "simple").load().train(["a cat"], None)
+    plain = vocab.decode
+
+    class PrefixSpace(type(vocab)):  # decodes as a GPT-2-style BPE with add_prefix_space does: " a cat"
+        def decode(self, ids, skip_special_tokens=True):
+            return " " + plain(ids, skip_special_tokens=skip_special_tokens) + " "
+
+    vocab.__class__ = PrefixSpace
+    torch.manual_seed(0)
+    model = create_pixel_llm(vocab_size=len(vocab), preset="tiny").eval()
+    out = generate_output(model, torch.randn(2, 3, 32, 32), tokenizer=vocab, max_new_tokens=4)
+    assert out.texts == [plain(row.tolist()).strip() for row in out.sequences]
+    assert all(t == t.strip() for t in out.texts)

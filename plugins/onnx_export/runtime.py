@@ -308,7 +308,7 @@ class OnnxCaptioner:
         longest = int(lengths.max()) if rows else 1
         sequences = np.where(np.arange(max_len)[None] >= lengths[:, None], cfg.pad_token_id, sequences)[:, :longest]
         sums = token_scores[:, : longest - 1].sum(axis=1)
-        texts = [self.tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in sequences]
+        texts = [self.tokenizer.decode(row.tolist(), skip_special_tokens=True).strip() for row in sequences]
         return OnnxGeneration(sequences, sums, sums / np.maximum(lengths - 1, 1).astype(np.float32), texts)
 
     def caption_files(

@@ -78,7 +78,7 @@ def explain_image(
         maps.append((grid_map - grid_map.min()) / span if span > 0 else torch.zeros_like(grid_map))
         words.append(tokenizer.decode([token], skip_special_tokens=True).strip() or "?")  # byte-level BPE: " dog"
     empty = torch.zeros(0, *grid)
-    text = tokenizer.decode(ids, skip_special_tokens=True)  # "a man's hat.", not the panels' "a man's hat ."
+    text = tokenizer.decode(ids, skip_special_tokens=True).strip()  # "a man's hat.", not the panels' "a man's hat ."
     return Explanation(image=image, words=words, maps=torch.stack(maps) if maps else empty, text=text)
 
 

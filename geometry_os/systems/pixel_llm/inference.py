@@ -44,7 +44,7 @@ class GenerationOutput:
     ``<bos>`` (what beam search ranks by). ``token_scores`` (rows, T-1): each token's log-prob
     (0 at padding), with ``output_scores``. ``cross_attentions``: one (rows, cross layers, heads, N)
     tensor per generated position (zeros after ``<eos>``), with ``output_attentions``.
-    ``texts``: decoded captions when a tokenizer was given. ``rerank_scores`` (rows,): with ``rerank``, the
+    ``texts``: decoded captions (leading and trailing spaces stripped) when a tokenizer was given. ``rerank_scores`` (rows,): with ``rerank``, the
     score the beam candidates were re-ordered by (``rerank.word_dropout_scores``, nats).
     """
 
@@ -171,7 +171,8 @@ def generate_caption(
         model.train(was_training)
 
     if tokenizer is not None:
-        out.texts = [tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in out.sequences]
+        # stripped: a byte-level BPE with a prefix space decodes to " a cat", as HF decode() does
+        out.texts = [tokenizer.decode(row.tolist(), skip_special_tokens=True).strip() for row in out.sequences]
     return out if config.return_dict_in_generate else out.sequences
 
 
