@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import threading
+from pathlib import Path
 from typing import Any, TypeVar
 
 SamplerT = TypeVar("SamplerT", bound="PeriodicSampler")
@@ -34,3 +37,37 @@ class PeriodicSampler:
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    info = Path("/proc/cpuinfo")
+    if info.exists():
+        for line in info.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def machine_kind() -> str:
+    """What decides which CPU kernels run: the vector ISA torch dispatches to, and native or emulated
+    bf16 (oneDNN's check). A table measured on one kind says nothing about another."""
+    import torch
+
+    from geometry_os.systems.pixel_llm.cpu_bf16 import EMULATED_BF16
+
+    return f"{torch.backends.cpu.get_cpu_capability()}, bf16 {'emulated' if EMULATED_BF16 else 'native'}"
+
+
+def machine_description() -> dict[str, str]:
+    """``machine`` (CPU, CPU count, torch threads, capability), ``kind`` and library versions, for a result's meta."""
+    import torch
+    import transformers
+
+    return {
+        "machine": f"{cpu_name()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
+        f"cpu capability {torch.backends.cpu.get_cpu_capability()}",
+        "kind": machine_kind(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }

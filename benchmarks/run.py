@@ -40,6 +40,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_generate import CASES as GENERATE_CASES  # noqa: E402
 from bench_generate import MAX_REPEATS, MIN_SECONDS, run_case, summarise, table  # noqa: E402
+from common import machine_description, machine_kind  # noqa: E402, F401 (machine_kind: names this run's table)
 from hf_reference import build_hf_model  # noqa: E402
 
 from geometry_os.fileio import atomic_write_text, write_json_atomic  # noqa: E402
@@ -330,12 +331,6 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def machine_kind() -> str:
-    """What decides which CPU kernels run: the vector ISA torch dispatches to, and native or emulated
-    bf16 (oneDNN's check). A table measured on one kind says nothing about another."""
-    return f"{torch.backends.cpu.get_cpu_capability()}, bf16 {'emulated' if EMULATED_BF16 else 'native'}"
-
-
 def write_doc(table: str, path: Path = DOC, name: str = MARKER, heading: str | None = None) -> None:
     """Replace what stands between ``<!-- NAME: begin -->`` and ``<!-- NAME: end -->`` in ``path``; a
     name not there yet gets a new section (under ``heading``) after the last one of the same script."""
@@ -385,8 +380,6 @@ def main(argv: list[str] | None = None) -> int:
         memory_child(args.memory_child, presets[0], args.repeats or 3)
         return 0
 
-    import transformers
-
     sections = args.only or ["train", "generate", "memory"]
     repeats = args.repeats or (2 if args.quick else 5)
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -431,27 +424,11 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
 
-    cpu = (
-        next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")
-            ),
-            platform.processor(),
-        )
-        if Path("/proc/cpuinfo").exists()
-        else ""
-    )
     results["meta"] = {
-        "machine": f"{cpu}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
-        f"cpu capability {torch.backends.cpu.get_cpu_capability()}",
-        "kind": machine_kind(),
+        **machine_description(),
         "bf16": "emulated" if EMULATED_BF16 else "native",
         "load_before": load_before,
         "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
         "python": platform.python_version(),
         "repeats": repeats,
         "generate_min_seconds": min_seconds,

@@ -206,3 +206,14 @@ def test_bench_serve_quick(tmp_path):
     assert result["sequential"]["requests"] == 10 and result["concurrent"]["requests"] == 60
     assert result["sequential"]["errors"] == 0 and result["concurrent"]["errors"] == 0
     assert result["memory"]["rss_peak_mib"] > 0 and "| 8 concurrent clients |" in proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_caption_folder_quick(tmp_path):
+    out = tmp_path / "folder.json"
+    run("bench_caption_folder.py", "--quick", "--threads", "1", "--out", str(out))
+    r = json.loads(out.read_text())
+    assert r["images"] == 64 and r["ours"]["images_per_s"] > 0 and r["hf"]["images_per_s"] > 0
+    # imported weights, tokenizer and preprocessing: ours captions as HF does (JPEG draft decoding aside)
+    assert r["same_captions"] >= 0.9, r["examples"]
+    assert r["meta"]["kind"] and "torch threads 1" in r["meta"]["machine"]

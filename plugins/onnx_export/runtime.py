@@ -12,6 +12,7 @@ in training (``images.load_image``, a bilinear resize to the model's size, /255,
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from geometry_os.systems.pixel_llm.plugin_api import (
     DataError,
     GenerationConfig,
     load_image,
+    read_ahead,
     undecodable_ids,
 )
 
@@ -145,6 +147,11 @@ class OnnxCaptioner:
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
+        # image files are read ahead on the CPUs onnxruntime leaves idle (its default uses them all): on
+        # cores it computes on, reading ahead slows captioning down
+        cpus = os.cpu_count() or 1
+        on_cpu = list(providers or ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+        self.loader_threads = max(0, min(8, cpus - (threads or cpus) if on_cpu else cpus))
         self.sessions = {}
         for name, file in graph_files.items():
             path = _member(folder, file, manifest_path)
@@ -321,21 +328,24 @@ class OnnxCaptioner:
         """One ``CaptionResult`` per image, in order, as ``captioning.caption_images`` gives them (an
         unreadable image is a result with ``error``)."""
         cfg = self._generation(config, overrides)  # refuse unsupported options before reading any image
-        paths = list(paths)
-        for start in range(0, len(paths), batch_size):
-            arrays: list[np.ndarray] = []
-            ok: list[int] = []
-            results: list[CaptionResult] = []
-            for path in paths[start : start + batch_size]:
-                try:
-                    image = load_image(str(path), self.max_image_pixels, draft_size=max(self.image_size))
-                    arrays.append(self.preprocess(image))
-                    ok.append(len(results))
-                    results.append(CaptionResult(str(path), None))
-                except DataError as exc:
-                    results.append(CaptionResult(str(path), None, error=str(exc)))
+        paths = [Path(p) for p in paths]
+
+        def load(path: Path) -> np.ndarray | str:
+            try:
+                return self.preprocess(load_image(str(path), self.max_image_pixels, draft_size=max(self.image_size)))
+            except DataError as exc:
+                return str(exc)
+
+        batches = [paths[start : start + batch_size] for start in range(0, len(paths), batch_size)]
+        for batch, loaded in read_ahead(batches, load, self.loader_threads):  # next batch read meanwhile
+            results = [
+                CaptionResult(str(path), None, error=item if isinstance(item, str) else None)
+                for path, item in zip(batch, loaded)
+            ]
+            arrays = [item for item in loaded if not isinstance(item, str)]
             if arrays:
                 out = self.generate(np.stack(arrays), cfg)
+                ok = [i for i, item in enumerate(loaded) if not isinstance(item, str)]
                 for slot, i in enumerate(ok):
                     results[i].caption = out.texts[slot]
                     results[i].score = float(out.sequence_scores[slot])

@@ -20,7 +20,7 @@ from PIL import Image
 
 from geometry_os.errors import GeometryOSError
 
-from .captioning import preprocessing_config
+from .captioning import loader_threads, preprocessing_config, read_ahead
 from .data import build_transform, load_image, to_rgb
 from .generation_config import GenerationConfig
 
@@ -63,15 +63,16 @@ def caption_images(
         else dict(generation or {})
     )
     settings.update(generate_kwargs)
+
+    def load(item: str | os.PathLike | Image.Image) -> torch.Tensor:
+        if isinstance(item, Image.Image):
+            return transform(to_rgb(item))
+        return transform(load_image(str(item), config.max_image_pixels, draft_size=config.image_size))
+
     results: list[dict[str, Any]] = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size]
-        pixels = []
-        for item in batch:
-            if isinstance(item, Image.Image):
-                pixels.append(transform(to_rgb(item)))
-            else:
-                pixels.append(transform(load_image(str(item), config.max_image_pixels, draft_size=config.image_size)))
+    batches = [images[start : start + batch_size] for start in range(0, len(images), batch_size)]
+    # the next batch is read while this one is captioned, where torch leaves CPUs idle
+    for batch, pixels in read_ahead(batches, load, loader_threads(model.device)):
         out = generate_output(model, torch.stack(pixels).to(model.device), tokenizer=tokenizer, **settings)
         step = out.sequences.shape[0] // len(batch)  # num_return_sequences: the best of each image
         for i, item in enumerate(batch):

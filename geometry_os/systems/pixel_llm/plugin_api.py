@@ -33,7 +33,7 @@ listed in ``__all__`` is what a plugin author may rely on, by group:
   (``read_caption_data``, ``resolve_format``, ``split_spec``).
 - **Text**: caption normalisation and metrics (``normalize_caption``, ``caption_metrics``, the ``metrics`` module).
 - **Workflows**: the core's ``workflows`` (``train``, ``caption``, ``evaluate``), ``load_checkpoint``, the
-  caption path's helpers (``expand_image_args``, ``CaptionResult``) and attention maps (``explain_image``).
+  caption path's helpers (``expand_image_args``, ``CaptionResult``, ``read_ahead``) and attention maps (``explain_image``).
 - **CLI**: the shared click options (``config_file_option``, ``preset_option``, ``set_option``,
   ``image_root_option``), ``get_cli_host``, one-line output (``echo_error``, ``echo_warning``,
   ``echo_caption_results``) and ``print_plugins``.
@@ -85,6 +85,7 @@ if TYPE_CHECKING:  # pragma: no cover - what the table gives, for type checkers
     from geometry_os.systems.pixel_llm.captioning import CaptionResult as CaptionResult
     from geometry_os.systems.pixel_llm.captioning import expand_image_args as expand_image_args
     from geometry_os.systems.pixel_llm.captioning import preprocessing_config as preprocessing_config
+    from geometry_os.systems.pixel_llm.captioning import read_ahead as read_ahead
     from geometry_os.systems.pixel_llm.checkpoint import BEST as BEST
     from geometry_os.systems.pixel_llm.checkpoint import CONFIG as CONFIG
     from geometry_os.systems.pixel_llm.checkpoint import LATEST as LATEST
@@ -262,7 +263,7 @@ _HOMES: dict[str, str] = {
     "geometry_os.systems.pixel_llm.text": "caption_tokens caption_words detokenize normalize_caption",
     "geometry_os.systems.pixel_llm.metrics": "caption_metrics normalize",
     # Workflows
-    "geometry_os.systems.pixel_llm.captioning": "CaptionResult expand_image_args preprocessing_config",
+    "geometry_os.systems.pixel_llm.captioning": "CaptionResult expand_image_args preprocessing_config read_ahead",
     "geometry_os.systems.pixel_llm.explain": "draw_panels explain_image render_panels",
     "geometry_os.systems.pixel_llm.workflows": "load_checkpoint",
     # CLI
@@ -421,6 +422,7 @@ __all__ = [
     "CaptionResult",
     "expand_image_args",
     "preprocessing_config",
+    "read_ahead",
     "draw_panels",
     "explain_image",
     "render_panels",
