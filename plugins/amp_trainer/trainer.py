@@ -212,10 +212,7 @@ class PixelLLMTrainer(CheckpointMixin):
         for notice in self._notices:
             self._progress.line(notice, always=True)
         self._estimate_mark = None
-        if cfg.use_amp and self.amp_dtype is None:
-            self._progress.line(
-                "use_amp: this CPU has no native bf16, training in fp32 (amp_dtype='bfloat16' forces it)"
-            )
+        self._progress.line(precision_line(cfg, self.amp_dtype, self.device), always=True)
         try:
             while not self._finished():
                 self.train_epoch()
@@ -579,3 +576,14 @@ class PixelLLMTrainer(CheckpointMixin):
     @property
     def generation_available(self) -> bool:
         return generation_unavailable(self.tokenizer) is None
+
+
+def precision_line(cfg: TrainerConfig, dtype: torch.dtype | None, device: torch.device) -> str:
+    """What the run computes in and why: the trainer prints it once at the start."""
+    if dtype is not None:
+        native = "this CPU computes bf16 natively" if device.type == "cpu" else f"on {device.type}"
+        why = "" if cfg.amp_dtype != "auto" else f" (amp_dtype auto: {native})"
+        return f"precision: {str(dtype).removeprefix('torch.')} autocast{why}"
+    if not cfg.use_amp:
+        return "precision: float32 (use_amp off)"
+    return "precision: float32 (amp_dtype auto: this CPU has no native bf16; amp_dtype='bfloat16' forces it)"

@@ -62,6 +62,14 @@ def generation_options(command: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--checkpoint", "checkpoint", required=True, type=click.Path(), help=CHECKPOINT_HELP),
         click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ..."),
+        click.option(
+            "--dtype",
+            type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+            default="auto",
+            show_default=True,
+            help="Weights and activations: auto is bfloat16 where the hardware computes it natively (CUDA, "
+            "CPUs with AVX512-BF16 or AMX), else float32.",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -82,6 +90,17 @@ GENERATION_FLAGS = (
     "seed",
 )
 SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "seed")
+
+
+def dtype_note(params: dict[str, Any]) -> None:
+    """With ``--dtype auto``, say on stderr when it chose something other than float32 (captions can then
+    differ from float32's in a close call)."""
+    import torch
+
+    from geometry_os.systems.pixel_llm.plugin_api import inference_dtype
+
+    if params["dtype"] == "auto" and (chosen := inference_dtype("auto", params["device"])) != torch.float32:
+        click.echo(f"dtype: {str(chosen).removeprefix('torch.')} (--dtype auto on {params['device']})", err=True)
 
 
 def flag(name: str) -> str:
@@ -151,7 +170,9 @@ def caption_command(images: tuple[str, ...], as_json: bool, recursive: bool, **p
         batch_size=params["batch_size"],
         device=params["device"],
         recursive=recursive,
+        dtype=params["dtype"],
     )
+    dtype_note(params)
     if echo_caption_results(results, as_json):
         raise SystemExit(1)
 
@@ -210,7 +231,9 @@ def eval_command(
         max_images=max_images,
         batch_size=params["batch_size"],
         device=params["device"],
+        dtype=params["dtype"],
     )
+    dtype_note(params)
     if as_json:
         click.echo(json.dumps(rows if sweep else rows[0], indent=2))
         return

@@ -30,6 +30,14 @@ def register_commands(cli: click.Group) -> None:
 )
 @click.option("--port", type=int, default=8000, show_default=True, help="TCP port (0: any free port).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+    default="auto",
+    show_default=True,
+    help="Weights and activations: auto is bfloat16 where the hardware computes it natively (CUDA, CPUs with "
+    "AVX512-BF16 or AMX), else float32.",
+)
 @click.option("--workers", type=int, default=1, show_default=True, help="Server processes, each loading the model.")
 @click.option("--max-batch-size", type=int, default=16, show_default=True, help="Images decoded together at most.")
 @click.option(
@@ -93,7 +101,8 @@ def serve_command(ctx: click.Context, **flags: Any) -> None:
     if not settings.loopback and not settings.token:
         echo_warning(f"serving on {settings.host} without --token: anyone who can reach it can use it")
     host = get_cli_host(ctx)
-    model, tokenizer = load_checkpoint(settings.checkpoint, settings.device)  # a bad checkpoint fails before binding
+    # a bad checkpoint fails before binding
+    model, tokenizer = load_checkpoint(settings.checkpoint, settings.device, settings.dtype)
     if settings.workers > 1:
         del model, tokenizer  # each worker process loads its own
         model = tokenizer = None

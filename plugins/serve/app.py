@@ -399,6 +399,6 @@ def app_from_env() -> Any:
     from geometry_os.systems.pixel_llm.plugin_api import get_host, load_checkpoint
 
     settings = ServeSettings.model_validate_json(os.environ[SETTINGS_ENV])
-    model, tokenizer = load_checkpoint(settings.checkpoint, settings.device)
+    model, tokenizer = load_checkpoint(settings.checkpoint, settings.device, settings.dtype)
     app, _ = create_app(settings, model, tokenizer, get_host())
     return app

@@ -4,6 +4,7 @@ limits that keep one request (or a flood of them) from taking the server down. P
 from __future__ import annotations
 
 import ipaddress
+from typing import Literal
 
 from pydantic import Field
 
@@ -20,6 +21,9 @@ class ServeSettings(StrictModel):
     host: str = Field("127.0.0.1", min_length=1, description="interface to bind (loopback by default)")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port)")
     device: str = Field("cpu", description="cpu, cuda, cuda:1, ...")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights and activations: auto is bfloat16 where the hardware computes it natively"
+    )
     workers: int = Field(1, ge=1, le=64, description="server processes, each with its own model and batcher")
     max_batch_size: int = Field(16, ge=1, le=1024, description="images decoded together at most")
     max_wait_ms: float = Field(10.0, ge=0, le=10_000, description="how long the first queued request waits for others")

@@ -54,3 +54,27 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) 
         return F.scaled_dot_product_attention(q, k, v, **kwargs)
     with torch.autocast("cpu", enabled=False):
         return F.scaled_dot_product_attention(bf16(q), bf16(k), bf16(v), **kwargs).to(torch.bfloat16)
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def inference_dtype(name: str, device: torch.device | str = "cpu") -> torch.dtype:
+    """The dtype to caption in on ``device`` for ``name``: ``float32``, ``bfloat16`` or ``float16`` as
+    named; ``auto`` picks bfloat16 where the hardware computes it natively (a CUDA GPU that supports it,
+    a CPU with AVX512-BF16 or AMX, as oneDNN reports) and float32 elsewhere (emulated bf16 is several
+    times slower than fp32, see docs/performance.md).
+
+    Raises:
+        ValueError: for another name.
+    """
+    if name in DTYPES:
+        return DTYPES[name]
+    if name != "auto":
+        raise ValueError(f"dtype {name!r}: expected auto, {', '.join(DTYPES)}")
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if device.type == "cpu":
+        return torch.float32 if EMULATED_BF16 else torch.bfloat16
+    return torch.float32

@@ -21,6 +21,7 @@ from PIL import Image
 from geometry_os.errors import GeometryOSError
 
 from .captioning import loader_threads, preprocessing_config, read_ahead
+from .cpu_bf16 import inference_dtype
 from .data import build_transform, load_image, to_rgb
 from .generation_config import GenerationConfig
 
@@ -33,12 +34,15 @@ def caption_images(
     tokenizer: Any = None,
     generation: GenerationConfig | dict[str, Any] | None = None,
     device: str = "cpu",
+    dtype: str = "float32",
     batch_size: int = 16,
     **generate_kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Captions of ``images`` (paths and/or ``PIL.Image`` objects, or one of them), in order.
 
-    Give ``checkpoint`` (a folder) or an already loaded ``model`` and ``tokenizer``. ``generation`` and
+    Give ``checkpoint`` (a folder; loaded on ``device`` in ``dtype``: ``float32``, ``bfloat16``,
+    ``float16`` or ``auto``, bfloat16 where the hardware computes it natively) or an already loaded
+    ``model`` and ``tokenizer``. ``generation`` and
     keyword arguments are ``GenerationConfig`` fields (the checkpoint's own defaults apply to the rest).
     Returns one dict per image: ``image`` (the path, or None for a PIL image), ``caption``, ``score``
     (sum of token log-probs) and ``penalised_score``. An unreadable file raises ``DataError`` naming it;
@@ -51,6 +55,7 @@ def caption_images(
         if checkpoint is None:
             raise GeometryOSError("caption_images needs checkpoint= (a folder) or model= and tokenizer=")
         model, tokenizer = PixelLLM.from_pretrained(Path(checkpoint), map_location=device)
+        model = model.to(inference_dtype(dtype, device))
     if tokenizer is None:
         raise GeometryOSError("caption_images: no tokenizer (the checkpoint has none; pass tokenizer=)")
     if isinstance(images, (str, os.PathLike, Image.Image)):

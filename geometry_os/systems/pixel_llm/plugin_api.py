@@ -113,6 +113,7 @@ if TYPE_CHECKING:  # pragma: no cover - what the table gives, for type checkers
     from geometry_os.systems.pixel_llm.config import preset_config as preset_config
     from geometry_os.systems.pixel_llm.cpu_bf16 import attention as attention
     from geometry_os.systems.pixel_llm.cpu_bf16 import bf16 as bf16
+    from geometry_os.systems.pixel_llm.cpu_bf16 import inference_dtype as inference_dtype
     from geometry_os.systems.pixel_llm.cpu_bf16 import linear as linear
     from geometry_os.systems.pixel_llm.cpu_bf16 import upcast_bf16 as upcast_bf16
     from geometry_os.systems.pixel_llm.data_config import IMAGENET_MEAN as IMAGENET_MEAN
@@ -232,7 +233,7 @@ _HOMES: dict[str, str] = {
     "geometry_os.systems.pixel_llm.inference": "GenerationOutput generate_caption",
     "geometry_os.systems.pixel_llm.rerank": "caption_lengths",
     "geometry_os.systems.pixel_llm.freeze": "freeze",
-    "geometry_os.systems.pixel_llm.cpu_bf16": "attention bf16 linear upcast_bf16",
+    "geometry_os.systems.pixel_llm.cpu_bf16": "attention bf16 inference_dtype linear upcast_bf16",
     # Checkpoints
     "geometry_os.systems.pixel_llm.checkpoint": (
         "BEST CONFIG LATEST STEP_RE TOKENIZER WEIGHTS check_weights_header is_run_folder "
@@ -423,6 +424,7 @@ __all__ = [
     "expand_image_args",
     "preprocessing_config",
     "read_ahead",
+    "inference_dtype",
     "draw_panels",
     "explain_image",
     "render_panels",

@@ -383,20 +383,26 @@ def check_device(device: str) -> None:
         raise ConfigError(f"--device {device!r}: {first_line(exc) or type(exc).__name__}") from None
 
 
-def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Any, Any]:
-    """The model (eval mode, on ``device``) and tokenizer of a checkpoint folder or of a training run's
+def load_checkpoint(path: str | Path, device: str = "cpu", dtype: str = "float32") -> tuple[Any, Any]:
+    """The model (eval mode, on ``device``, in ``dtype``: ``float32``, ``bfloat16``, ``float16`` or
+    ``auto``, see ``cpu_bf16.inference_dtype``) and tokenizer of a checkpoint folder or of a training run's
     folder (its best checkpoint, else its latest; ``from_pretrained`` logs which).
 
-    Raises ConfigError for an unknown device, CheckpointError for an unreadable checkpoint or one without
-    a tokenizer (its captions could not be turned into text).
+    Raises ConfigError for an unknown device or dtype, CheckpointError for an unreadable checkpoint or one
+    without a tokenizer (its captions could not be turned into text).
     """
+    from .cpu_bf16 import inference_dtype
     from .modeling import PixelLLM
 
     check_device(device)
+    try:
+        torch_dtype = inference_dtype(dtype, device)
+    except ValueError as exc:
+        raise ConfigError(f"--dtype: {exc}") from None
     model, tokenizer = PixelLLM.from_pretrained(path, map_location=device)
     if tokenizer is None:
         raise CheckpointError(f"{path}: this checkpoint has no tokenizer, so captions cannot be turned into text")
-    return model, tokenizer
+    return model.to(torch_dtype), tokenizer
 
 
 def caption(
@@ -407,9 +413,10 @@ def caption(
     batch_size: int = 16,
     device: str = "cpu",
     recursive: bool = False,
+    dtype: str = "float32",
 ) -> Iterator[CaptionResult]:
     """Caption ``images`` (files, folders or glob patterns; sub-folders with ``recursive``) with a
-    checkpoint, ``batch_size`` images at a time.
+    checkpoint, ``batch_size`` images at a time, on ``device`` in ``dtype`` (see ``load_checkpoint``).
 
     The images are listed and the checkpoint loaded before this returns (so their errors are raised
     here: DataError for no images, ConfigError / CheckpointError as ``load_checkpoint``); the results
@@ -419,7 +426,7 @@ def caption(
     from .captioning import caption_images, expand_image_args
 
     paths = expand_image_args(images, recursive=recursive)
-    model, tokenizer = load_checkpoint(checkpoint, device)
+    model, tokenizer = load_checkpoint(checkpoint, device, dtype)
     return caption_images(model, tokenizer, paths, generation or GenerationConfig.model_validate({}), batch_size)
 
 
@@ -433,9 +440,11 @@ def evaluate(
     max_images: int | None = None,
     batch_size: int = 16,
     device: str = "cpu",
+    dtype: str = "float32",
 ) -> dict[str, Any]:
     """Caption every image of the caption data ``data`` (``[FORMAT:]PATH``; ``split``: one part of a split
-    file; the first ``max_images`` only) and score each caption against all of that image's references.
+    file; the first ``max_images`` only) and score each caption against all of that image's references
+    (the model on ``device`` in ``dtype``, see ``load_checkpoint``).
 
     Returns the metrics: ``bleu_1``..``bleu_4``, ``rouge_l``, ``cider_d``, ``exact_match`` (fractions in
     [0, 1], CIDEr-D up to 10), ``distinct_1/2``, ``identical_fraction``, ``seconds_per_image``,
@@ -450,6 +459,7 @@ def evaluate(
         max_images=max_images,
         batch_size=batch_size,
         device=device,
+        dtype=dtype,
     )
     return {k: v for k, v in rows[0].items() if k != "setting"}
 
@@ -464,13 +474,14 @@ def evaluate_settings(
     max_images: int | None = None,
     batch_size: int = 16,
     device: str = "cpu",
+    dtype: str = "float32",
 ) -> list[dict[str, Any]]:
     """``evaluate`` once per named decoding setting, the checkpoint loaded once: one row per setting,
     ``{"setting": name, **metrics}``, in order."""
     from .captioning import evaluate_dataset
     from .data import ImageTextDataset
 
-    model, tokenizer = load_checkpoint(checkpoint, device)
+    model, tokenizer = load_checkpoint(checkpoint, device, dtype)
     references = ImageTextDataset(data, tokenizer=tokenizer, image_root=image_root, split=split).references
     references = references[:max_images] if max_images else references
     return [
