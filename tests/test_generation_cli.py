@@ -313,4 +313,7 @@ def test_rerank_flag_reorders_the_beam_and_needs_one(ws):
     assert "Traceback" not in refused.output
     done = caption(ws, "--rerank", "word_dropout", "--num-beams", "3", "--json")
     assert done.exit_code == 0, done.output
-    assert len(json.loads(done.stdout)) == 2
+    rows = json.loads(done.stdout)
+    assert len(rows) == 2 and all(isinstance(r["rerank_score"], float) and r["rerank_score"] <= 0 for r in rows)
+    plain = json.loads(caption(ws, "--num-beams", "3", "--json").stdout)
+    assert all("rerank_score" not in r for r in plain)  # only what re-ranking computed

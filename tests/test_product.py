@@ -237,6 +237,8 @@ def test_system_calls_through_the_host(workspace):
     )
     assert captions and all(isinstance(row["caption"], str) for row in captions)
     json.dumps(captions)
+    in_bf16 = host.call("pixel_llm.caption", checkpoint=checkpoint, images=[captions[0]["image"]], dtype="bfloat16")
+    assert isinstance(in_bf16[0]["caption"], str)
     metrics = host.call("pixel_llm.evaluate", checkpoint=checkpoint, data=str(workspace / "shapes" / "val.json"))
     assert 0.0 <= metrics["exact_match"] <= 1.0
     json.dumps(metrics)

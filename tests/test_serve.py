@@ -115,6 +115,14 @@ def test_token_ids_scores_and_return_sequences(server):
     assert set(response.json()["timings"]) >= {"queue_ms", "decode_ms", "total_ms", "batch_images", "batch_requests"}
 
 
+def test_rerank_score_comes_with_reranked_captions(server):
+    reranked = post_files(server, [("a.png", image_bytes(1))], {"num_beams": 3, "rerank": "word_dropout"})
+    row = reranked.json()["results"][0]
+    assert reranked.status_code == 200 and isinstance(row["rerank_score"], float) and row["rerank_score"] <= 0
+    plain = post_files(server, [("a.png", image_bytes(1))], {"num_beams": 3}).json()["results"][0]
+    assert "rerank_score" not in plain
+
+
 # ---- dynamic batching under load --------------------------------------------------------------------
 
 

@@ -204,6 +204,8 @@ class Batcher:
             "score": float(out.sequence_scores[j]),
             "penalised_score": float(out.scores_penalised[j]),
         }
+        if out.rerank_scores is not None:
+            row["rerank_score"] = float(out.rerank_scores[j])
         ids = out.sequences[j].tolist()
         eos = generation.eos_token_id  # the request's, else the tokenizer's own (as generate_caption picks it)
         if "eos_token_id" not in generation.model_fields_set:

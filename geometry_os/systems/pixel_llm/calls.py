@@ -54,7 +54,7 @@ class RemoteInfoParams(StrictModel):
 
 
 class GenerationParams(StrictModel):
-    """What every captioning call takes: the checkpoint, the decoding settings, the batch and the device."""
+    """What every captioning call takes: the checkpoint, the decoding settings, the batch, the device and dtype."""
 
     checkpoint: str = Field(description="checkpoint folder")
     generation: GenerationConfig = Field(
@@ -62,6 +62,9 @@ class GenerationParams(StrictModel):
     )
     batch_size: int = Field(16, ge=1)
     device: str = "cpu"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "float32", description="weights and activations (auto: bfloat16 where the hardware computes it natively)"
+    )
 
 
 class CaptionParams(GenerationParams):
@@ -81,10 +84,11 @@ class EvaluateParams(GenerationParams):
 
 
 def caption(params: CaptionParams, host: Any) -> list[dict[str, Any]]:
-    """One ``{image, caption, score, penalised_score}`` (or ``{image, error}``) per image."""
+    """One ``{image, caption, score, penalised_score}`` (``rerank_score`` too with ``rerank``; or
+    ``{image, error}``) per image."""
     from .workflows import caption as caption_workflow
 
-    options = params.model_dump(include={"batch_size", "device", "recursive"})
+    options = params.model_dump(include={"batch_size", "device", "recursive", "dtype"})
     return [r.to_dict() for r in caption_workflow(params.checkpoint, params.images, params.generation, **options)]
 
 
@@ -92,7 +96,7 @@ def evaluate(params: EvaluateParams, host: Any) -> dict[str, Any]:
     """Caption metrics (BLEU-1..4, ROUGE-L, CIDEr-D, exact match, diversity, seconds per image)."""
     from .workflows import evaluate as evaluate_workflow
 
-    options = params.model_dump(include={"split", "image_root", "max_images", "batch_size", "device"})
+    options = params.model_dump(include={"split", "image_root", "max_images", "batch_size", "device", "dtype"})
     return evaluate_workflow(params.checkpoint, params.data, params.generation, **options)
 
 

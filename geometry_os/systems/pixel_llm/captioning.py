@@ -115,13 +115,15 @@ def preprocessing_config(model: Any) -> DatasetConfig:
 @dataclass
 class CaptionResult:
     """One image's caption: its path, the caption (None on error), the sum of its token log-probs, the
-    length-penalised score beam search ranks by, or the one-line ``error`` that kept it from a caption."""
+    length-penalised score beam search ranks by, with ``rerank`` the score the candidates were re-ordered
+    by, or the one-line ``error`` that kept it from a caption."""
 
     image: str
     caption: str | None
     score: float | None = None  # sum of token log-probs
     penalised_score: float | None = None  # length-penalised, as beam search ranks
     error: str | None = None
+    rerank_score: float | None = None  # GenerationConfig.rerank's score (nats)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields that are set (``caption`` always), JSON-serialisable."""
@@ -209,7 +211,10 @@ def caption_images(
             per_image = generation.num_return_sequences
             ok = [i for i, item in enumerate(loaded) if not isinstance(item, str)]
             for slot, i in enumerate(ok):  # the best of this image's returned sequences
-                results[i].caption, results[i].score, results[i].penalised_score = scored_caption(out, slot * per_image)
+                row = slot * per_image
+                results[i].caption, results[i].score, results[i].penalised_score = scored_caption(out, row)
+                if out.rerank_scores is not None:
+                    results[i].rerank_score = float(out.rerank_scores[row])
         yield from results
 
 

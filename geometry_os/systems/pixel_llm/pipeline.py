@@ -45,7 +45,7 @@ def caption_images(
     ``model`` and ``tokenizer``. ``generation`` and
     keyword arguments are ``GenerationConfig`` fields (the checkpoint's own defaults apply to the rest).
     Returns one dict per image: ``image`` (the path, or None for a PIL image), ``caption``, ``score``
-    (sum of token log-probs) and ``penalised_score``. An unreadable file raises ``DataError`` naming it;
+    (sum of token log-probs), ``penalised_score`` and, with ``rerank``, ``rerank_score``. An unreadable file raises ``DataError`` naming it;
     ``GeometryOSError`` when neither a checkpoint nor a model with a tokenizer is given.
     """
     from .inference import generate_output, scored_caption
@@ -82,12 +82,13 @@ def caption_images(
         step = out.sequences.shape[0] // len(batch)  # num_return_sequences: the best of each image
         for i, item in enumerate(batch):
             caption, score, penalised = scored_caption(out, i * step)
-            results.append(
-                {
-                    "image": None if isinstance(item, Image.Image) else str(item),
-                    "caption": caption,
-                    "score": score,
-                    "penalised_score": penalised,
-                }
-            )
+            result = {
+                "image": None if isinstance(item, Image.Image) else str(item),
+                "caption": caption,
+                "score": score,
+                "penalised_score": penalised,
+            }
+            if out.rerank_scores is not None:
+                result["rerank_score"] = float(out.rerank_scores[i * step])
+            results.append(result)
     return results
