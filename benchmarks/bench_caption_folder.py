@@ -6,7 +6,7 @@ measures the code paths only:
 
 1. a HF ``VisionEncoderDecoderModel`` (ViT + GPT-2 with cross-attention, SDPA; ``hf_reference.py``
    sizes) with a byte-level BPE tokenizer is trained for ``--train-steps`` steps on the synthetic
-   scenes, so that its captions end where a caption should (1 to 3 shapes: 5 to 17 words), and saved
+   scenes, so that its captions end where a caption should (1 to 3 shapes), and saved
    with ``save_pretrained`` and a ``ViTImageProcessor``;
 2. ``geo-os pixel-llm import`` (``import_pretrained``) converts that folder, so ours holds the same
    weights, tokenizer and preprocessing;
@@ -16,8 +16,9 @@ measures the code paths only:
    HF: the loop its documentation shows (``PIL.Image.open``, the image processor, ``generate``,
    ``batch_decode``), at the same batch size and ``max_new_tokens``.
 
-Both run alternately in one process, ``--repeats`` times; the table gives median images/s (min-max)
-and ours/HF, and the fraction of images whose two captions are the same words::
+Both run alternately in one process, ``--repeats`` times, with a third run of ours that reads each
+batch's files only when it is reached (``threads=0``: the read-ahead A/B); the table gives median
+images/s (min-max) and ours/HF, and the fraction of images whose two captions are the same words::
 
     python benchmarks/bench_caption_folder.py --threads 1
     python benchmarks/bench_caption_folder.py --quick          # tiny preset, a smoke test
@@ -45,7 +46,7 @@ from common import machine_description  # noqa: E402
 from hf_reference import build_hf_model  # noqa: E402
 
 from geometry_os.fileio import write_json_atomic  # noqa: E402
-from geometry_os.systems.pixel_llm.captioning import caption_images  # noqa: E402
+from geometry_os.systems.pixel_llm.captioning import caption_images, loader_threads  # noqa: E402
 from geometry_os.systems.pixel_llm.config import PRESETS  # noqa: E402
 
 EOT = "<|endoftext|>"
@@ -180,8 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     batch, new = args.batch_size, args.max_new_tokens
     generation = GenerationConfig(max_new_tokens=new)
 
-    def run_ours() -> list[str]:
-        return [r.caption or "" for r in caption_images(ours, ours_tokenizer, paths, generation, batch_size=batch)]
+    def run_ours(threads: int | None = None) -> list[str]:
+        results = caption_images(ours, ours_tokenizer, paths, generation, batch_size=batch, threads=threads)
+        return [r.caption or "" for r in results]
+
+    def run_ours_in_turn() -> list[str]:  # the A/B: each batch's files read when it is reached
+        return run_ours(threads=0)
 
     def run_hf() -> list[str]:
         from PIL import Image
@@ -196,10 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         return captions
 
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    times: dict[str, list[float]] = {"ours": [], "hf": []}
+    times: dict[str, list[float]] = {"ours": [], "hf": [], "ours_no_read_ahead": []}
     captions: dict[str, list[str]] = {}
     for i in range(args.repeats + 1):  # the first round warms up (file cache, allocator, lazy imports)
-        for name, fn in (("ours", run_ours), ("hf", run_hf)):
+        for name, fn in (("ours", run_ours), ("hf", run_hf), ("ours_no_read_ahead", run_ours_in_turn)):
             seconds, captions[name] = timed(fn)
             if i:
                 times[name].append(seconds)
@@ -221,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": batch,
         "max_new_tokens": new,
         "train_steps": args.train_steps,
+        "loader_threads": loader_threads("cpu"),
         "caption_words": {"min": min(words), "median": statistics.median(words), "max": max(words)},
         "same_captions": same,
         "examples": [{"ours": a, "hf": b} for a, b in list(zip(captions["ours"], captions["hf"]))[:5]],
@@ -235,10 +241,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.preset}, batch {batch}, greedy, <= {new} new tokens; captions of {words and min(words)}-"
         f"{max(words)} words; same captions {100 * same:.1f} %"
     )
-    print("| ours images/s | HF images/s | ours/HF |\n|---|---|---|")
+    cell = "{0[images_per_s]:.1f} ({0[min]:.1f}-{0[max]:.1f})".format
     print(
-        "| {0[images_per_s]:.1f} ({0[min]:.1f}-{0[max]:.1f}) | {1[images_per_s]:.1f} ({1[min]:.1f}-{1[max]:.1f}) "
-        "| **{2:.2f}x** |".format(result["ours"], result["hf"], result["ratio"])
+        f"| ours images/s | HF images/s | ours/HF | ours, no read-ahead ({result['loader_threads']} loader threads) |"
+    )
+    print("|---|---|---|---|")
+    print(
+        f"| {cell(result['ours'])} | {cell(result['hf'])} | **{result['ratio']:.2f}x** "
+        f"| {cell(result['ours_no_read_ahead'])} |"
     )
     if args.out:
         write_json_atomic(args.out, result)

@@ -213,7 +213,7 @@ def test_bench_caption_folder_quick(tmp_path):
     out = tmp_path / "folder.json"
     run("bench_caption_folder.py", "--quick", "--threads", "1", "--out", str(out))
     r = json.loads(out.read_text())
-    assert r["images"] == 64 and r["ours"]["images_per_s"] > 0 and r["hf"]["images_per_s"] > 0
+    assert r["images"] == 64 and all(r[k]["images_per_s"] > 0 for k in ("ours", "hf", "ours_no_read_ahead"))
     # imported weights, tokenizer and preprocessing: ours captions as HF does (JPEG draft decoding aside)
     assert r["same_captions"] >= 0.9, r["examples"]
     assert r["meta"]["kind"] and "torch threads 1" in r["meta"]["machine"]

@@ -109,3 +109,29 @@ def test_the_trainer_says_what_it_computes_in():
     auto = precision_line(TrainerConfig(), torch.bfloat16, cpu)
     assert auto == "precision: bfloat16 autocast (amp_dtype auto: this CPU computes bf16 natively)"
     assert precision_line(TrainerConfig(amp_dtype="bfloat16"), torch.bfloat16, cpu) == "precision: bfloat16 autocast"
+
+
+def test_native_bf16_reads_the_cpu_flags_on_x86(monkeypatch):
+    caps = {"architecture": "x86_64", "avx512_f": True, "avx512_bf16": False, "amx_bf16": False}
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    # AVX-512 without BF16 (Skylake .. Ice Lake): oneDNN converts, so it is not native
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    assert not cpu_bf16.native_bf16()
+    caps["avx512_bf16"] = True
+    assert cpu_bf16.native_bf16()
+    caps.update(avx512_bf16=False, amx_bf16=True)
+    assert cpu_bf16.native_bf16()
+
+
+def test_caption_images_dtype_applies_to_a_checkpoint_only(ws):
+    from geometry_os.systems.pixel_llm import caption_images
+    from geometry_os.systems.pixel_llm.plugin_api import load_checkpoint
+
+    image = str(ws / "0.png")
+    low = caption_images([image], checkpoint=ws / "ckpt", dtype="bfloat16")
+    assert isinstance(low[0]["caption"], str)
+    with pytest.raises(ConfigError, match="dtype 'int8'"):
+        caption_images([image], checkpoint=ws / "ckpt", dtype="int8")
+    model, tok = load_checkpoint(ws / "ckpt")
+    with pytest.raises(ConfigError, match="keeps its own dtype"):
+        caption_images([image], model=model, tokenizer=tok, dtype="bfloat16")

@@ -82,7 +82,7 @@ def test_loader_threads_are_the_cpus_torch_leaves_idle(monkeypatch):
 
     from geometry_os.systems.pixel_llm import captioning
 
-    monkeypatch.setattr(captioning.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(captioning, "usable_cpus", lambda: 16)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     assert captioning.loader_threads("cpu") == 8  # at most 8
     monkeypatch.setattr(torch, "get_num_threads", lambda: 12)
@@ -115,3 +115,34 @@ def test_caption_paths_give_the_same_results_read_ahead_or_not(tmp_path):
     readable = [p for p in paths if p.name != "3.png"]
     api = caption_api(readable, model=model, tokenizer=vocab, batch_size=3)
     assert [r["caption"] for r in api] == [r["caption"] for r in runs[0] if not r.get("error")]
+
+
+def test_one_pil_image_given_many_times_is_captioned_with_reading_ahead(monkeypatch, tmp_path):
+    """A lazily opened PIL image is not thread-safe: only files are read on the loader threads."""
+    import torch
+    from PIL import Image
+
+    from geometry_os.systems.pixel_llm import caption_images as caption_api
+    from geometry_os.systems.pixel_llm import captioning, create_pixel_llm, pipeline
+    from geometry_os.systems.pixel_llm.resolution import get_component
+
+    vocab = get_component("tokenizer", "simple").load().train(["a red circle"], None)
+    torch.manual_seed(0)
+    model = create_pixel_llm(vocab_size=len(vocab), preset="tiny").eval()
+    Image.new("RGB", (640, 480), (200, 30, 30)).save(tmp_path / "big.jpg")
+    shared = Image.open(tmp_path / "big.jpg")  # not loaded yet
+    monkeypatch.setattr(pipeline, "loader_threads", lambda device: 8)
+    results = caption_api([shared] * 12 + [tmp_path / "big.jpg"], model=model, tokenizer=vocab, batch_size=4)
+    assert len(results) == 13 and len({r["caption"] for r in results[:12]}) == 1
+    assert captioning.usable_cpus() >= 1
+
+
+def test_loader_threads_count_the_cpus_this_process_may_use(monkeypatch):
+    import torch
+
+    from geometry_os.systems.pixel_llm import captioning
+
+    monkeypatch.setattr(captioning.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.setattr(captioning.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert captioning.usable_cpus() == 1 and captioning.loader_threads("cpu") == 0  # pinned to one CPU

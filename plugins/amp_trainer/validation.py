@@ -59,7 +59,7 @@ def _generate(model: Any, images: torch.Tensor, tokenizer: Any) -> list[str]:
     assert isinstance(sequences, torch.Tensor)  # ids only: return_dict_in_generate is off
     # A model may have more rows than its tokenizer has tokens; such ids read as <unk>.
     sequences = sequences.masked_fill(sequences >= len(tokenizer), tokenizer.unk_token_id)
-    return [tokenizer.decode(row.tolist()) for row in sequences]
+    return [tokenizer.decode(row.tolist()).strip() for row in sequences]  # as generate_output's texts
 
 
 @torch.no_grad()

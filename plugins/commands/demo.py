@@ -130,7 +130,7 @@ def evaluate_by_shapes(model: Any, tokenizer: Any, n: int, seed: int) -> tuple[d
     for start in range(0, len(test), 64):
         images = torch.stack([test[i]["image"] for i in range(start, min(start + 64, len(test)))])
         predictions += [
-            tokenizer.decode(row.tolist())
+            tokenizer.decode(row.tolist()).strip()
             for row in generate_caption(model, images, max_length=model.config.max_seq_len)
         ]
     metrics = caption_metrics(*per_image(test, predictions))  # one caption per image, all its references

@@ -149,7 +149,7 @@ class OnnxCaptioner:
             options.intra_op_num_threads = threads
         # image files are read ahead on the CPUs onnxruntime leaves idle (its default uses them all): on
         # cores it computes on, reading ahead slows captioning down
-        cpus = os.cpu_count() or 1
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         on_cpu = list(providers or ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
         self.loader_threads = max(0, min(8, cpus - (threads or cpus) if on_cpu else cpus))
         self.sessions = {}

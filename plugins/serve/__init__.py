@@ -103,6 +103,8 @@ def serve_command(ctx: click.Context, **flags: Any) -> None:
     host = get_cli_host(ctx)
     # a bad checkpoint fails before binding
     model, tokenizer = load_checkpoint(settings.checkpoint, settings.device, settings.dtype)
+    if settings.dtype == "auto" and str(next(model.parameters()).dtype) != "torch.float32":
+        click.echo(f"dtype: {str(next(model.parameters()).dtype).removeprefix('torch.')} (--dtype auto)", err=True)
     if settings.workers > 1:
         del model, tokenizer  # each worker process loads its own
         model = tokenizer = None

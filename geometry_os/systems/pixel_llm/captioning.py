@@ -135,13 +135,21 @@ def _batches(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
         yield items[start : start + size]
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity: taskset, container cpusets), else ``os.cpu_count()``."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def loader_threads(device: Any = "cpu") -> int:
-    """Threads free to read and preprocess image files while the model works on ``device``: the CPUs
-    that torch's own threads leave idle (all of them for a GPU), at most 8. On a CPU whose cores torch
-    already uses, reading ahead slows captioning down (measured: 10 % on 2 cores), so this can be 0."""
+    """Threads free to read and preprocess image files while the model works on ``device``: the usable
+    CPUs that torch's own threads leave idle (all of them for a GPU), at most 8. On a CPU whose cores
+    torch already uses, reading ahead slows captioning down (measured: 10 % on 2 cores), so this can be 0.
+    On a CPU with two hardware threads per core, torch uses one per core and the idle ones are the others."""
     import torch
 
-    cpus = os.cpu_count() or 1
+    cpus = usable_cpus()
     idle = cpus if torch.device(device).type != "cpu" else cpus - torch.get_num_threads()
     return max(0, min(8, idle))
 
@@ -166,7 +174,7 @@ def read_ahead(
             loaded = [future.result() for future in pending]
             pending = [pool.submit(load, item) for item in batches[k + 1]] if k + 1 < len(batches) else []
             yield batch, loaded
-    finally:  # also when the caller stops early: the next batch's reads are dropped, not waited for
+    finally:  # also when the caller stops early: reads not yet started are dropped, running ones finish
         pool.shutdown(wait=True, cancel_futures=True)
 
 

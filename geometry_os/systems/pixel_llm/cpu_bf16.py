@@ -14,14 +14,20 @@ import torch
 import torch.nn.functional as F
 
 
-def _native_bf16() -> bool:
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware: AVX512-BF16 or AMX-BF16 on x86 (``torch.cpu``'s cpuinfo
+    flags; oneDNN's own check also says yes for AVX-512 without BF16, where it converts to fp32), oneDNN's
+    check elsewhere (e.g. Arm with BF16)."""
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    if caps.get("architecture") in ("x86_64", "x86"):
+        return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
         return False
 
 
-EMULATED_BF16 = not _native_bf16()
+EMULATED_BF16 = not native_bf16()
 
 
 def upcast_bf16(x: torch.Tensor) -> bool:
@@ -62,7 +68,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def inference_dtype(name: str, device: torch.device | str = "cpu") -> torch.dtype:
     """The dtype to caption in on ``device`` for ``name``: ``float32``, ``bfloat16`` or ``float16`` as
     named; ``auto`` picks bfloat16 where the hardware computes it natively (a CUDA GPU that supports it,
-    a CPU with AVX512-BF16 or AMX, as oneDNN reports) and float32 elsewhere (emulated bf16 is several
+    a CPU with AVX512-BF16 or AMX-BF16, see ``native_bf16``) and float32 elsewhere (emulated bf16 is several
     times slower than fp32, see docs/performance.md).
 
     Raises:

@@ -171,7 +171,7 @@ def generate_caption(
         model.train(was_training)
 
     if tokenizer is not None:
-        # stripped: a byte-level BPE with a prefix space decodes to " a cat", as HF decode() does
+        # stripped: a byte-level BPE with a prefix space decodes to " a cat" (HF decode() keeps it; users strip)
         out.texts = [tokenizer.decode(row.tolist(), skip_special_tokens=True).strip() for row in out.sequences]
     return out if config.return_dict_in_generate else out.sequences
 

@@ -20,7 +20,7 @@ listed in ``__all__`` is what a plugin author may rely on, by group:
   plugin provides, or None), ``get_host``, ``plural``, ``options_with`` (a component's options
   from a model instance and keyword overrides).
 - **Model**: ``PixelLLM``, ``generate_caption`` / ``GenerationOutput``, ``caption_lengths``, ``freeze``, the ``lora`` module, and the
-  CPU bfloat16 helpers an encoder or decoder uses (``attention``, ``linear``, ``bf16``, ``upcast_bf16``).
+  CPU bfloat16 helpers an encoder or decoder uses (``attention``, ``linear``, ``bf16``, ``upcast_bf16``, ``native_bf16``).
 - **Checkpoints**: the run-folder layout (``BEST``, ``LATEST``, ``CONFIG``, ``WEIGHTS``, ``TOKENIZER``,
   ``STATE`` ...), reading and writing model files, and ``--init-from`` sources (``InitSource``,
   ``read_init_source``, ``apply_init``).
@@ -115,6 +115,7 @@ if TYPE_CHECKING:  # pragma: no cover - what the table gives, for type checkers
     from geometry_os.systems.pixel_llm.cpu_bf16 import bf16 as bf16
     from geometry_os.systems.pixel_llm.cpu_bf16 import inference_dtype as inference_dtype
     from geometry_os.systems.pixel_llm.cpu_bf16 import linear as linear
+    from geometry_os.systems.pixel_llm.cpu_bf16 import native_bf16 as native_bf16
     from geometry_os.systems.pixel_llm.cpu_bf16 import upcast_bf16 as upcast_bf16
     from geometry_os.systems.pixel_llm.data_config import IMAGENET_MEAN as IMAGENET_MEAN
     from geometry_os.systems.pixel_llm.data_config import IMAGENET_STD as IMAGENET_STD
@@ -233,7 +234,7 @@ _HOMES: dict[str, str] = {
     "geometry_os.systems.pixel_llm.inference": "GenerationOutput generate_caption",
     "geometry_os.systems.pixel_llm.rerank": "caption_lengths",
     "geometry_os.systems.pixel_llm.freeze": "freeze",
-    "geometry_os.systems.pixel_llm.cpu_bf16": "attention bf16 inference_dtype linear upcast_bf16",
+    "geometry_os.systems.pixel_llm.cpu_bf16": "attention bf16 inference_dtype linear native_bf16 upcast_bf16",
     # Checkpoints
     "geometry_os.systems.pixel_llm.checkpoint": (
         "BEST CONFIG LATEST STEP_RE TOKENIZER WEIGHTS check_weights_header is_run_folder "
@@ -353,6 +354,7 @@ __all__ = [
     "bf16",
     "linear",
     "upcast_bf16",
+    "native_bf16",
     "lora",
     "BEST",
     "CONFIG",
