@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     cell = "{0[images_per_s]:.1f} ({0[min]:.1f}-{0[max]:.1f})".format
     print(
-        f"| ours images/s | HF images/s | ours/HF | ours, no read-ahead ({result['loader_threads']} loader threads) |"
+        f"| ours images/s ({result['loader_threads']} loader threads) | HF images/s | ours/HF | ours, files read in turn |"
     )
     print("|---|---|---|---|")
     print(
