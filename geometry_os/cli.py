@@ -45,6 +45,16 @@ image_root_option = click.option(
     help="Folder the caption file's relative image paths start from (default: the caption file's own folder).",
 )
 
+# The one meaning of --dtype, on every command that captions with a checkpoint.
+dtype_option = click.option(
+    "--dtype",
+    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+    default="auto",
+    show_default=True,
+    help="Weights and activations: auto is bfloat16 where the hardware computes it natively (CUDA, CPUs with "
+    "AVX512-BF16 or AMX), else float32.",
+)
+
 
 def one_line_text(message: object) -> str:
     """``message`` as text with every run of whitespace (newlines included) collapsed to one space."""

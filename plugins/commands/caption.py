@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from geometry_os.systems.pixel_llm.plugin_api import image_root_option
+from geometry_os.systems.pixel_llm.plugin_api import dtype_option, image_root_option
 
 CHECKPOINT_HELP = "Checkpoint folder, or a training run's folder (its best checkpoint, else its latest)."
 STRATEGY_HELP = "Decoding strategy (a registered decoding_strategy: greedy, sample, beam, ...)."
@@ -62,14 +62,7 @@ def generation_options(command: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--checkpoint", "checkpoint", required=True, type=click.Path(), help=CHECKPOINT_HELP),
         click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ..."),
-        click.option(
-            "--dtype",
-            type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-            default="auto",
-            show_default=True,
-            help="Weights and activations: auto is bfloat16 where the hardware computes it natively (CUDA, "
-            "CPUs with AVX512-BF16 or AMX), else float32.",
-        ),
+        dtype_option,
     ]
     for option in reversed(options):
         command = option(command)

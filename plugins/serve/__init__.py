@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from geometry_os.systems.pixel_llm.plugin_api import hookimpl
+from geometry_os.systems.pixel_llm.plugin_api import dtype_option, hookimpl
 
 WEB_STACK = ("starlette", "uvicorn", "multipart")
 
@@ -30,14 +30,7 @@ def register_commands(cli: click.Group) -> None:
 )
 @click.option("--port", type=int, default=8000, show_default=True, help="TCP port (0: any free port).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
-@click.option(
-    "--dtype",
-    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-    default="auto",
-    show_default=True,
-    help="Weights and activations: auto is bfloat16 where the hardware computes it natively (CUDA, CPUs with "
-    "AVX512-BF16 or AMX), else float32.",
-)
+@dtype_option
 @click.option("--workers", type=int, default=1, show_default=True, help="Server processes, each loading the model.")
 @click.option("--max-batch-size", type=int, default=16, show_default=True, help="Images decoded together at most.")
 @click.option(

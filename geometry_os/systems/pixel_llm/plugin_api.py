@@ -35,7 +35,7 @@ listed in ``__all__`` is what a plugin author may rely on, by group:
 - **Workflows**: the core's ``workflows`` (``train``, ``caption``, ``evaluate``), ``load_checkpoint``, the
   caption path's helpers (``expand_image_args``, ``CaptionResult``, ``read_ahead``) and attention maps (``explain_image``).
 - **CLI**: the shared click options (``config_file_option``, ``preset_option``, ``set_option``,
-  ``image_root_option``), ``get_cli_host``, one-line output (``echo_error``, ``echo_warning``,
+  ``image_root_option``, ``dtype_option``), ``get_cli_host``, one-line output (``echo_error``, ``echo_warning``,
   ``echo_caption_results``) and ``print_plugins``.
 - **File I/O**: atomic writes (``atomic_write_text``, ``atomic_save``, ``write_json_atomic``, ``AtomicFolder``)
   and strict reads (``read_utf8``, ``parse_json``, ``read_json``).
@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover - what the table gives, for type checkers
     from geometry_os import __version__ as __version__
     from geometry_os.cli import config_file_option as config_file_option
+    from geometry_os.cli import dtype_option as dtype_option
     from geometry_os.cli import echo_caption_results as echo_caption_results
     from geometry_os.cli import echo_error as echo_error
     from geometry_os.cli import echo_warning as echo_warning
@@ -271,7 +272,7 @@ _HOMES: dict[str, str] = {
     # CLI
     "geometry_os.cli": (
         "config_file_option echo_caption_results echo_error echo_warning get_cli_host "
-        "image_root_option plugin_list_options preset_option print_plugins set_option"
+        "dtype_option image_root_option plugin_list_options preset_option print_plugins set_option"
     ),
     # File I/O
     "geometry_os.fileio": (
@@ -438,6 +439,7 @@ __all__ = [
     "echo_warning",
     "get_cli_host",
     "image_root_option",
+    "dtype_option",
     "plugin_list_options",
     "preset_option",
     "print_plugins",
