@@ -44,8 +44,9 @@ class GenerationOutput:
     ``<bos>`` (what beam search ranks by). ``token_scores`` (rows, T-1): each token's log-prob
     (0 at padding), with ``output_scores``. ``cross_attentions``: one (rows, cross layers, heads, N)
     tensor per generated position (zeros after ``<eos>``), with ``output_attentions``.
-    ``texts``: decoded captions (leading and trailing spaces stripped) when a tokenizer was given. ``rerank_scores`` (rows,): with ``rerank``, the
-    score the beam candidates were re-ordered by (``rerank.word_dropout_scores``, nats).
+    ``texts``: decoded captions (leading and trailing spaces stripped) when a tokenizer was given.
+    ``rerank_scores`` (rows,): with ``rerank``, the score the beam candidates were re-ordered by
+    (``rerank.word_dropout_scores``, nats).
     """
 
     sequences: torch.Tensor

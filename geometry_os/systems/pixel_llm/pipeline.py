@@ -42,12 +42,12 @@ def caption_images(
 
     Give ``checkpoint`` (a folder; loaded on ``device`` in ``dtype``: ``float32`` when None, ``bfloat16``,
     ``float16`` or ``auto``, bfloat16 where the hardware computes it natively) or an already loaded
-    ``model`` (used in its own dtype) and ``tokenizer``. ``generation`` and
-    keyword arguments are ``GenerationConfig`` fields (the checkpoint's own defaults apply to the rest).
-    Returns one dict per image: ``image`` (the path, or None for a PIL image), ``caption``, ``score``
-    (sum of token log-probs), ``penalised_score`` and, with ``rerank``, ``rerank_score``. An unreadable file raises ``DataError`` naming it;
-    ``GeometryOSError`` when neither a checkpoint nor a model with a tokenizer is given, ``ConfigError``
-    for an unknown ``dtype`` or one given with ``model``.
+    ``model`` (used in its own dtype) and ``tokenizer``. ``generation`` and keyword arguments are
+    ``GenerationConfig`` fields (the checkpoint's own defaults apply to the rest). Returns one dict per
+    image: ``image`` (the path, or None for a PIL image), ``caption``, ``score`` (sum of token log-probs),
+    ``penalised_score`` and, with ``rerank``, ``rerank_score``. An unreadable file raises ``DataError``
+    naming it; ``GeometryOSError`` when neither a checkpoint nor a model with a tokenizer is given,
+    ``ConfigError`` for an unknown ``dtype`` or one given with ``model``.
     """
     from .inference import generate_output, scored_caption
     from .modeling import PixelLLM
