@@ -56,6 +56,18 @@ dtype_option = click.option(
 )
 
 
+def echo_dtype_choice(dtype: str, device: str) -> None:
+    """With ``--dtype auto``, say on stderr when it chose something other than float32 on ``device``
+    (captions can then differ from float32's in a close call)."""
+    if dtype != "auto":
+        return
+    from geometry_os.systems.pixel_llm.cpu_bf16 import inference_dtype
+
+    chosen = str(inference_dtype("auto", device)).removeprefix("torch.")
+    if chosen != "float32":
+        click.echo(f"dtype: {chosen} (--dtype auto on {device})", err=True)
+
+
 def one_line_text(message: object) -> str:
     """``message`` as text with every run of whitespace (newlines included) collapsed to one space."""
     return " ".join(str(message).split())

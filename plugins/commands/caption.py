@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from geometry_os.systems.pixel_llm.plugin_api import dtype_option, image_root_option
+from geometry_os.systems.pixel_llm.plugin_api import dtype_option, echo_dtype_choice, image_root_option
 
 CHECKPOINT_HELP = "Checkpoint folder, or a training run's folder (its best checkpoint, else its latest)."
 STRATEGY_HELP = "Decoding strategy (a registered decoding_strategy: greedy, sample, beam, ...)."
@@ -85,17 +85,6 @@ GENERATION_FLAGS = (
 SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "seed")
 
 
-def dtype_note(params: dict[str, Any]) -> None:
-    """With ``--dtype auto``, say on stderr when it chose something other than float32 (captions can then
-    differ from float32's in a close call)."""
-    import torch
-
-    from geometry_os.systems.pixel_llm.plugin_api import inference_dtype
-
-    if params["dtype"] == "auto" and (chosen := inference_dtype("auto", params["device"])) != torch.float32:
-        click.echo(f"dtype: {str(chosen).removeprefix('torch.')} (--dtype auto on {params['device']})", err=True)
-
-
 def flag(name: str) -> str:
     """The command-line flag of a parameter name (``top_k`` -> ``--top-k``)."""
     return "--" + name.replace("_", "-")
@@ -165,7 +154,7 @@ def caption_command(images: tuple[str, ...], as_json: bool, recursive: bool, **p
         recursive=recursive,
         dtype=params["dtype"],
     )
-    dtype_note(params)
+    echo_dtype_choice(params["dtype"], params["device"])
     if echo_caption_results(results, as_json):
         raise SystemExit(1)
 
@@ -226,7 +215,7 @@ def eval_command(
         device=params["device"],
         dtype=params["dtype"],
     )
-    dtype_note(params)
+    echo_dtype_choice(params["dtype"], params["device"])
     if as_json:
         click.echo(json.dumps(rows if sweep else rows[0], indent=2))
         return

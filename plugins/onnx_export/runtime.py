@@ -12,7 +12,6 @@ in training (``images.load_image``, a bilinear resize to the model's size, /255,
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +26,10 @@ from geometry_os.systems.pixel_llm.plugin_api import (
     DataError,
     GenerationConfig,
     load_image,
+    loader_threads,
     read_ahead,
     undecodable_ids,
+    usable_cpus,
 )
 
 from .export import FORMAT, FORMAT_VERSION, GRAPH_FILES, MANIFEST, require
@@ -147,11 +148,9 @@ class OnnxCaptioner:
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
-        # image files are read ahead on the CPUs onnxruntime leaves idle (its default uses them all): on
-        # cores it computes on, reading ahead slows captioning down
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        # image files are read ahead on the CPUs onnxruntime leaves idle (its default uses them all)
         on_cpu = list(providers or ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
-        self.loader_threads = max(0, min(8, cpus - (threads or cpus) if on_cpu else cpus))
+        self.loader_threads = loader_threads("cpu" if on_cpu else "gpu", threads or usable_cpus())
         self.sessions = {}
         for name, file in graph_files.items():
             path = _member(folder, file, manifest_path)

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from geometry_os.systems.pixel_llm.plugin_api import dtype_option, hookimpl
+from geometry_os.systems.pixel_llm.plugin_api import dtype_option, echo_dtype_choice, hookimpl
 
 WEB_STACK = ("starlette", "uvicorn", "multipart")
 
@@ -96,8 +96,7 @@ def serve_command(ctx: click.Context, **flags: Any) -> None:
     host = get_cli_host(ctx)
     # a bad checkpoint fails before binding
     model, tokenizer = load_checkpoint(settings.checkpoint, settings.device, settings.dtype)
-    if settings.dtype == "auto" and str(next(model.parameters()).dtype) != "torch.float32":
-        click.echo(f"dtype: {str(next(model.parameters()).dtype).removeprefix('torch.')} (--dtype auto)", err=True)
+    echo_dtype_choice(settings.dtype, settings.device)
     if settings.workers > 1:
         del model, tokenizer  # each worker process loads its own
         model = tokenizer = None

@@ -142,16 +142,20 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def loader_threads(device: Any = "cpu") -> int:
+def loader_threads(device: Any = "cpu", compute_threads: int | None = None) -> int:
     """Threads free to read and preprocess image files while the model works on ``device``: the usable
-    CPUs that torch's own threads leave idle (all of them for a GPU), at most 8. On a CPU whose cores
-    torch already uses, reading ahead slows captioning down (measured: 10 % on 2 cores), so this can be 0.
-    On a CPU with two hardware threads per core, torch uses one per core and the idle ones are the others."""
-    import torch
-
+    CPUs that the compute threads (``compute_threads``, default torch's) leave idle, all of them for a
+    GPU, at most 8. On a CPU whose cores the model already uses, reading ahead slows captioning down
+    (measured: 10 % on 2 cores), so this can be 0. On a CPU with two hardware threads per core, torch
+    uses one per core and the idle ones are the others."""
     cpus = usable_cpus()
-    idle = cpus if torch.device(device).type != "cpu" else cpus - torch.get_num_threads()
-    return max(0, min(8, idle))
+    if str(device).split(":")[0] != "cpu":
+        return min(8, cpus)
+    if compute_threads is None:
+        import torch
+
+        compute_threads = torch.get_num_threads()
+    return max(0, min(8, cpus - compute_threads))
 
 
 def read_ahead(

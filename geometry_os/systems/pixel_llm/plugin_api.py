@@ -33,9 +33,9 @@ listed in ``__all__`` is what a plugin author may rely on, by group:
   (``read_caption_data``, ``resolve_format``, ``split_spec``).
 - **Text**: caption normalisation and metrics (``normalize_caption``, ``caption_metrics``, the ``metrics`` module).
 - **Workflows**: the core's ``workflows`` (``train``, ``caption``, ``evaluate``), ``load_checkpoint``, the
-  caption path's helpers (``expand_image_args``, ``CaptionResult``, ``read_ahead``) and attention maps (``explain_image``).
+  caption path's helpers (``expand_image_args``, ``CaptionResult``, ``read_ahead``, ``loader_threads``, ``usable_cpus``) and attention maps (``explain_image``).
 - **CLI**: the shared click options (``config_file_option``, ``preset_option``, ``set_option``,
-  ``image_root_option``, ``dtype_option``), ``get_cli_host``, one-line output (``echo_error``, ``echo_warning``,
+  ``image_root_option``, ``dtype_option``), ``get_cli_host``, ``echo_dtype_choice``, one-line output (``echo_error``, ``echo_warning``,
   ``echo_caption_results``) and ``print_plugins``.
 - **File I/O**: atomic writes (``atomic_write_text``, ``atomic_save``, ``write_json_atomic``, ``AtomicFolder``)
   and strict reads (``read_utf8``, ``parse_json``, ``read_json``).
@@ -55,6 +55,7 @@ if TYPE_CHECKING:  # pragma: no cover - what the table gives, for type checkers
     from geometry_os.cli import config_file_option as config_file_option
     from geometry_os.cli import dtype_option as dtype_option
     from geometry_os.cli import echo_caption_results as echo_caption_results
+    from geometry_os.cli import echo_dtype_choice as echo_dtype_choice
     from geometry_os.cli import echo_error as echo_error
     from geometry_os.cli import echo_warning as echo_warning
     from geometry_os.cli import get_cli_host as get_cli_host
@@ -85,8 +86,10 @@ if TYPE_CHECKING:  # pragma: no cover - what the table gives, for type checkers
     from geometry_os.systems.pixel_llm import workflows as workflows
     from geometry_os.systems.pixel_llm.captioning import CaptionResult as CaptionResult
     from geometry_os.systems.pixel_llm.captioning import expand_image_args as expand_image_args
+    from geometry_os.systems.pixel_llm.captioning import loader_threads as loader_threads
     from geometry_os.systems.pixel_llm.captioning import preprocessing_config as preprocessing_config
     from geometry_os.systems.pixel_llm.captioning import read_ahead as read_ahead
+    from geometry_os.systems.pixel_llm.captioning import usable_cpus as usable_cpus
     from geometry_os.systems.pixel_llm.checkpoint import BEST as BEST
     from geometry_os.systems.pixel_llm.checkpoint import CONFIG as CONFIG
     from geometry_os.systems.pixel_llm.checkpoint import LATEST as LATEST
@@ -266,12 +269,12 @@ _HOMES: dict[str, str] = {
     "geometry_os.systems.pixel_llm.text": "caption_tokens caption_words detokenize normalize_caption",
     "geometry_os.systems.pixel_llm.metrics": "caption_metrics normalize",
     # Workflows
-    "geometry_os.systems.pixel_llm.captioning": "CaptionResult expand_image_args preprocessing_config read_ahead",
+    "geometry_os.systems.pixel_llm.captioning": "CaptionResult expand_image_args loader_threads preprocessing_config read_ahead usable_cpus",
     "geometry_os.systems.pixel_llm.explain": "draw_panels explain_image render_panels",
     "geometry_os.systems.pixel_llm.workflows": "load_checkpoint",
     # CLI
     "geometry_os.cli": (
-        "config_file_option echo_caption_results echo_error echo_warning get_cli_host "
+        "config_file_option echo_caption_results echo_dtype_choice echo_error echo_warning get_cli_host "
         "dtype_option image_root_option plugin_list_options preset_option print_plugins set_option"
     ),
     # File I/O
@@ -427,6 +430,8 @@ __all__ = [
     "expand_image_args",
     "preprocessing_config",
     "read_ahead",
+    "loader_threads",
+    "usable_cpus",
     "inference_dtype",
     "draw_panels",
     "explain_image",
@@ -440,6 +445,7 @@ __all__ = [
     "get_cli_host",
     "image_root_option",
     "dtype_option",
+    "echo_dtype_choice",
     "plugin_list_options",
     "preset_option",
     "print_plugins",
