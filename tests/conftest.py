@@ -1,5 +1,5 @@
-"""Shared fixtures: an isolated process-wide host, third-party plugin distributions made on disk, and the
-check of a one-line CLI error."""
+"""Shared fixtures: an isolated process-wide host, third-party plugin distributions made on disk, the
+check of a one-line CLI error, and a tiny checkpoint with a few images to caption."""
 
 from __future__ import annotations
 
@@ -32,6 +32,27 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+CAPTION_WORKSPACE_CAPTIONS = ["a red circle", "a blue square left of a green triangle", "a small yellow diamond"]
+
+
+def caption_workspace(root: Path) -> Path:
+    """In ``root``: a random ``tiny`` checkpoint (max_seq_len 32) with a simple vocabulary trained on
+    ``CAPTION_WORKSPACE_CAPTIONS`` at ``ckpt/``, and three 32 px images ``0.png`` .. ``2.png`` (red, green,
+    blue). Returns ``root``."""
+    import torch
+    from PIL import Image
+
+    from geometry_os.systems.pixel_llm import create_pixel_llm
+    from geometry_os.systems.pixel_llm.resolution import get_component
+
+    vocab = get_component("tokenizer", "simple").load().train(CAPTION_WORKSPACE_CAPTIONS, None)
+    torch.manual_seed(0)
+    create_pixel_llm(vocab_size=len(vocab), preset="tiny").save_pretrained(root / "ckpt", tokenizer=vocab)
+    for i, colour in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
+        Image.new("RGB", (32, 32), colour).save(root / f"{i}.png")
+    return root
 
 
 def assert_one_line_error(result, *needles: str) -> None:

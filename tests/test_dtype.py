@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
+from conftest import caption_workspace
 
 from geometry_os.cli import cli
 from geometry_os.errors import ConfigError
@@ -15,21 +15,10 @@ from geometry_os.systems.pixel_llm.cpu_bf16 import inference_dtype
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-CAPTIONS = ["a red circle", "a blue square left of a green triangle", "a small yellow diamond"]
-
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    from geometry_os.systems.pixel_llm import create_pixel_llm
-    from geometry_os.systems.pixel_llm.resolution import get_component
-
-    root = tmp_path_factory.mktemp("dtype")
-    vocab = get_component("tokenizer", "simple").load().train(CAPTIONS, None)
-    torch.manual_seed(0)
-    create_pixel_llm(vocab_size=len(vocab), preset="tiny").save_pretrained(root / "ckpt", tokenizer=vocab)
-    for i, colour in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
-        Image.new("RGB", (32, 32), colour).save(root / f"{i}.png")
-    return root
+    return caption_workspace(tmp_path_factory.mktemp("dtype"))
 
 
 def test_auto_is_bf16_only_where_it_is_native(monkeypatch):

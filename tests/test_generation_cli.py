@@ -15,30 +15,20 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
-from conftest import make_plugin_dist
+from conftest import CAPTION_WORKSPACE_CAPTIONS, caption_workspace, make_plugin_dist
 from PIL import Image
 
 from geometry_os.cli import SIGPIPE_STATUS, cli, main, one_line_diagnostics
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-CAPTIONS = ["a red circle", "a blue square left of a green triangle", "a small yellow diamond"]
+CAPTIONS = CAPTION_WORKSPACE_CAPTIONS
 
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory) -> Path:
-    """A random tiny checkpoint (max_seq_len 32) with a simple vocabulary, and a few images."""
-    import torch
-
-    from geometry_os.systems.pixel_llm import create_pixel_llm
-    from geometry_os.systems.pixel_llm.resolution import get_component
-
-    root = tmp_path_factory.mktemp("gencli")
-    vocab = get_component("tokenizer", "simple").load().train(CAPTIONS, None)
-    torch.manual_seed(0)
-    create_pixel_llm(vocab_size=len(vocab), preset="tiny").save_pretrained(root / "ckpt", tokenizer=vocab)
-    for i, colour in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
-        Image.new("RGB", (32, 32), colour).save(root / f"{i}.png")
+    """A random tiny checkpoint (max_seq_len 32) with a simple vocabulary, a few images and their captions."""
+    root = caption_workspace(tmp_path_factory.mktemp("gencli"))
     (root / "data.json").write_text(json.dumps([{"image": f"{i}.png", "caption": CAPTIONS[i]} for i in range(3)]))
     return root
 
