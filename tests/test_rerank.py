@@ -152,3 +152,61 @@ def test_beam_slots_no_caption_filled_stay_last():
     for i in range(2):
         assert sorted(r.tolist() for r in out.sequences[i * 3 : (i + 1) * 3]) == real[i]
     assert torch.isfinite(out.rerank_scores).all() and out.sequences.shape[1] == 2
+
+
+class _ReorderOnly:
+    """The decoder's cache without ``reorder_groups``: only ``protocols.DecoderCache``'s methods."""
+
+    def __init__(self, cache):
+        self.cache = cache
+
+    @property
+    def length(self):
+        return self.cache.length
+
+    @property
+    def batch_size(self):
+        return self.cache.batch_size
+
+    def reorder(self, index):
+        self.cache.reorder(index)
+
+    def expand(self, n):
+        self.cache.expand(n)
+
+
+class _PlainDecoder:
+    def __init__(self, decoder):
+        self.decoder = decoder
+
+    def init_cache(self, features, max_length):
+        return _ReorderOnly(self.decoder.init_cache(features, max_length))
+
+    def step(self, ids, cache):
+        return self.decoder.step(ids, cache.cache)
+
+
+def test_scores_agree_for_per_image_features_per_row_features_and_a_plain_cache():
+    model, images = make_model(2)
+    c = model.config
+    with torch.inference_mode():
+        features = model.encode(images)  # 3 images, 2 captions each (beam order)
+    rows = [[1, 5, 7, 2, 0], [1, 9, 9, 9, 2], [1, 4, 2, 0, 0], [1, 6, 8, 11, 3], [1, 2, 0, 0, 0], [1, 7, 7, 2, 0]]
+    sequences = torch.tensor(rows)
+    grouped = word_dropout_scores(model.decoder, features, sequences, c.pad_token_id, c.eos_token_id)
+    per_row = word_dropout_scores(
+        model.decoder, features.repeat_interleave(2, 0), sequences, c.pad_token_id, c.eos_token_id
+    )
+    plain = word_dropout_scores(_PlainDecoder(model.decoder), features, sequences, c.pad_token_id, c.eos_token_id)
+    assert torch.allclose(grouped, per_row, atol=1e-5) and torch.allclose(grouped, plain, atol=1e-5)
+    for i, row in enumerate(rows):
+        ids = trimmed(torch.tensor(row), c.eos_token_id)
+        assert grouped[i].item() == pytest.approx(reference_score(model, features[i // 2 : i // 2 + 1], ids), abs=1e-4)
+
+
+def test_captions_must_be_a_multiple_of_the_images():
+    model, images = make_model(0)
+    with torch.inference_mode():
+        features = model.encode(images[:2])
+    with pytest.raises(ValueError, match="3 captions for 2 images"):
+        word_dropout_scores(model.decoder, features, torch.tensor([[1, 5, 2]] * 3), 0, 2)

@@ -189,8 +189,7 @@ def _reranked(model: Any, features: torch.Tensor, out: GenerationOutput, config:
             f"rerank: expected {B} x {K} = {B * K} candidate rows (images x num_beams) from the decoding "
             f"strategy, got {out.sequences.shape[0]}"
         )
-    rows_features = features.repeat_interleave(K, dim=0)
-    scores = word_dropout_scores(model.decoder, rows_features, out.sequences, config.pad_token_id, config.eos_token_id)
+    scores = word_dropout_scores(model.decoder, features, out.sequences, config.pad_token_id, config.eos_token_id)
     if out.sequence_scores is not None:  # beam slots no caption filled (score -inf) stay last
         scores = scores.masked_fill(torch.isneginf(out.sequence_scores), float("-inf"))
     order = torch.sort(scores.view(B, K), dim=1, descending=True, stable=True).indices[:, :R]

@@ -16,14 +16,17 @@ Captioning", CoNLL 2019).
 
 The score is the decoder's own, unnormalised sum: decoding options that change scores while
 generating (``guidance_scale``, ``suppress_tokens``, penalties, ``length_penalty``) do not enter it,
-and shorter captions lose fewer nats. Cost: one decoder forward per position over every candidate,
-O(T^2) tokens per caption.
+and shorter captions lose fewer nats. Cost: one cached decoder step per position over two rows per
+candidate (O(T) tokens per caption; the image's cross-attention K/V computed once), about the cost of
+the beam search itself when a step is bound by reading the weights (``benchmarks/bench_rerank.py``).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from .protocols import Decoder
 
 
 def caption_lengths(sequences: torch.Tensor, eos_token_id: int) -> torch.Tensor:
@@ -37,25 +40,48 @@ def caption_lengths(sequences: torch.Tensor, eos_token_id: int) -> torch.Tensor:
 
 @torch.no_grad()
 def word_dropout_scores(
-    decoder: torch.nn.Module,
+    decoder: Decoder,
     features: torch.Tensor,
     sequences: torch.Tensor,
     pad_token_id: int,
     eos_token_id: int,
 ) -> torch.Tensor:
     """The word-dropout log-likelihood (nats, float32, (rows,)) of each caption in ``sequences`` (rows, T:
-    ``<bos>``, words, ``<eos>``, then anything) given its image's ``features`` (rows, N, D), summed over its
-    words and ``<eos>`` (see the module docstring). ``decoder(input_ids, features) -> logits`` is any
-    ``protocols.Decoder``, in eval mode (the caller's business: dropout would make the score random)."""
+    ``<bos>``, words, ``<eos>``, then anything) given its image's ``features``, summed over its words and
+    ``<eos>`` (see the module docstring). ``features``: (rows, N, D), one per caption, or (images, N, D)
+    with rows = images x k, the captions of image i in rows ``i * k .. (i + 1) * k - 1`` (beam search's
+    order). ``decoder`` is any ``protocols.Decoder``, in eval mode (the caller's business: dropout would
+    make the score random).
+
+    Raises:
+        ValueError: when rows is not a multiple of the number of images in ``features``.
+    """
+    rows, images = sequences.shape[0], features.shape[0]
+    if images == 0 or rows % images:
+        raise ValueError(f"word_dropout_scores: {rows} captions for {images} images (need a multiple)")
     lengths = caption_lengths(sequences, eos_token_id)
-    total = torch.zeros(sequences.shape[0], dtype=torch.float32, device=sequences.device)
-    for t in range(1, sequences.shape[1]):
-        rows = (lengths > t).nonzero().squeeze(1)  # captions that have a token at position t
-        if rows.numel() == 0:
-            break
-        context = sequences[rows, :t].clone()
-        if t >= 2:  # the word before w_t is dropped; <bos> always stays
-            context[:, t - 1] = pad_token_id
-        logits = decoder(context, features[rows])[:, -1].float()
-        total[rows] += F.log_softmax(logits, dim=-1).gather(1, sequences[rows, t : t + 1]).squeeze(1)
+    last = int(lengths.max()) - 1  # the last position scored
+    total = torch.zeros(rows, dtype=torch.float32, device=sequences.device)
+    if last < 1:
+        return total
+    # Two cache rows per caption, interleaved: 2j reads the caption itself, 2j + 1 the same prefix with
+    # <pad> at the newest position, whose logits score the next word. Before each step the odd rows get
+    # the even rows' K/V again, so every position is one step over all rows.
+    cache = decoder.init_cache(features, last)
+    cache.expand(2 * rows // images)
+    pairs = torch.arange(rows, device=sequences.device).repeat_interleave(2) * 2  # 0, 0, 2, 2, ...
+    pad = torch.full_like(sequences[:, :1], pad_token_id)
+    for t in range(1, last + 1):
+        if t == 1:  # w_1 is scored after <bos> alone
+            ids = sequences[:, :1].repeat_interleave(2, dim=0)
+        else:
+            if t >= 3:  # rows 2j + 1 hold <pad> at t - 2: take row 2j's prefix instead
+                if hasattr(cache, "reorder_groups"):  # the pairs stay with their image: no copy of its K/V
+                    cache.reorder_groups(pairs)
+                else:
+                    cache.reorder(pairs)
+            ids = torch.stack([sequences[:, t - 1 : t], pad], dim=1).view(2 * rows, 1)
+        logits = decoder.step(ids, cache)[1::2].float()
+        word = F.log_softmax(logits, dim=-1).gather(1, sequences[:, t : t + 1]).squeeze(1)
+        total += word.masked_fill(lengths <= t, 0.0)
     return total
