@@ -36,6 +36,7 @@ from geometry_os.systems.pixel_llm.generation_config import GenerationConfig
 from geometry_os.systems.pixel_llm.metrics import normalize
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "shapes_small.toml"
+DEFAULT_BUDGET_S = 600.0
 DEFAULT_HOLD_OUT = "red circle,green square,blue triangle,yellow diamond,purple circle,white square"
 
 
@@ -107,10 +108,12 @@ def curve(run_dir: Path, n: int, seed: int, pairs: list[str], generation: dict[s
 
 
 def _setting(result: dict[str, Any]) -> str:
-    """The run's own settings: ``--set`` items past the hold-out (and the curve's checkpointing), and
-    decoding options."""
+    """The run's own settings: a training budget other than the default 600 s, ``--set`` items past the
+    hold-out (and the curve's checkpointing), and decoding options."""
     sets = result["set"] if isinstance(result["set"], list) else []
-    items = [s.split(".", 1)[-1] for s in sets[1:] if "checkpoint_interval" not in s and "save_total_limit" not in s]
+    budget = result.get("budget_s", DEFAULT_BUDGET_S)
+    items = [f"--budget-s {budget:g}"] if budget != DEFAULT_BUDGET_S else []
+    items += [s.split(".", 1)[-1] for s in sets[1:] if "checkpoint_interval" not in s and "save_total_limit" not in s]
     items += [f"{k}={v}" for k, v in result.get("generation", {}).items()]
     return ", ".join(f"`{item}`" for item in items) or "the recipe"
 
@@ -174,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         help="'COLOUR KIND,...' pairs kept out of training (default: six, one kind per colour; with --eval-only: "
         "the run's own)",
     )
-    parser.add_argument("--budget-s", type=float, default=600, help="training time (trainer.max_time_s)")
+    parser.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S, help="training time (trainer.max_time_s)")
     parser.add_argument("--config", default=str(RECIPE), help="the recipe (train --config)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to train --set")
     parser.add_argument("--num-scenes", type=int, default=30_000, help="training scenes")

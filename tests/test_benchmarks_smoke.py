@@ -178,7 +178,9 @@ def test_compositional_benchmark_reports_each_held_out_pair(tmp_path):
         assert decoded["test_latest"] == decoded["test_best"]
     rows = run("compositional.py", "--table", str(out), str(again)).stdout.splitlines()
     assert rows[0].startswith("| setting | seed |") and "blue square | red circle |" in rows[0] and len(rows) == 4
-    assert rows[2].startswith("| the recipe | 42 |") and rows[3].startswith("| `guidance_scale=2` |")
+    # a budget other than the default 600 s is part of the setting
+    assert rows[2].startswith("| `--budget-s 3` | 42 |")
+    assert rows[3].startswith("| `--budget-s 3`, `guidance_scale=2` |")
     pytest.importorskip("matplotlib")
     run("compositional.py", "--plot", str(out), "--plot-out", str(tmp_path / "curve.png"))
     assert (tmp_path / "curve.png").stat().st_size > 1000
@@ -217,3 +219,14 @@ def test_bench_caption_folder_quick(tmp_path):
     # imported weights, tokenizer and preprocessing: ours captions as HF does (JPEG draft decoding aside)
     assert r["same_captions"] >= 0.9, r["examples"]
     assert r["meta"]["kind"] and "torch threads 1" in r["meta"]["machine"]
+
+
+def test_bench_rerank_quick(tmp_path):
+    out = tmp_path / "rerank.json"
+    proc = run("bench_rerank.py", "--quick", "--threads", "1", "--out", str(out))
+    r = json.loads(out.read_text())
+    (case,) = r["results"]
+    assert (case["preset"], case["images"], case["beams"]) == ("tiny", 2, 4)
+    assert all(case["ms"][k]["median"] > 0 for k in ("cached", "per_position", "beam_search"))
+    assert case["max_score_difference_nats"] < 1e-3  # both algorithms score the same candidates alike
+    assert "| tiny | 2 x 4 | 8 |" in proc.stdout and "torch threads 1" in r["meta"]["machine"]
