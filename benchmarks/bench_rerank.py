@@ -10,7 +10,8 @@ to ``--length`` tokens, ``--beams`` per image), checks that they agree, and time
 candidates would come from (``num_beams`` = ``--beams``, ``--length`` tokens, no early end), so that
 the re-ranking's share of a re-ranked caption shows::
 
-    python benchmarks/bench_rerank.py --threads 1 --out benchmarks/results/rerank/avx2_t1.json
+    python benchmarks/bench_rerank.py --presets small --images 1 8 --repeats 5 --threads 1 --out benchmarks/results/rerank/avx2_small_t1.json
+    python benchmarks/bench_rerank.py --presets base --images 1 --repeats 3 --threads 1 --out benchmarks/results/rerank/avx2_base_t1.json
     python benchmarks/bench_rerank.py --quick         # tiny preset, one repeat (a smoke test)
 """
 

@@ -112,7 +112,7 @@ def _setting(result: dict[str, Any]) -> str:
     hold-out (and the curve's checkpointing), and decoding options."""
     sets = result["set"] if isinstance(result["set"], list) else []
     budget = result.get("budget_s", DEFAULT_BUDGET_S)
-    items = [f"--budget-s {budget:g}"] if budget != DEFAULT_BUDGET_S else []
+    items = [] if budget == DEFAULT_BUDGET_S else [f"--budget-s {budget:g}" if budget else "no time budget"]
     items += [s.split(".", 1)[-1] for s in sets[1:] if "checkpoint_interval" not in s and "save_total_limit" not in s]
     items += [f"{k}={v}" for k, v in result.get("generation", {}).items()]
     return ", ".join(f"`{item}`" for item in items) or "the recipe"

@@ -230,3 +230,13 @@ def test_bench_rerank_quick(tmp_path):
     assert all(case["ms"][k]["median"] > 0 for k in ("cached", "per_position", "beam_search"))
     assert case["max_score_difference_nats"] < 1e-3  # both algorithms score the same candidates alike
     assert "| tiny | 2 x 4 | 8 |" in proc.stdout and "torch threads 1" in r["meta"]["machine"]
+
+
+def test_compositional_table_names_the_budget(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import compositional
+
+    base = {"set": ["trainer.synthetic_hold_out=[]", "trainer.batch_size=16"]}
+    assert compositional._setting({**base, "budget_s": 600.0}) == "`batch_size=16`"
+    assert compositional._setting({**base, "budget_s": 1200.0}) == "`--budget-s 1200`, `batch_size=16`"
+    assert compositional._setting({**base, "budget_s": None}) == "`no time budget`, `batch_size=16`"  # trained by steps

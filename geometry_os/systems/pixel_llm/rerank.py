@@ -57,6 +57,8 @@ def word_dropout_scores(
         ValueError: when rows is not a multiple of the number of images in ``features``.
     """
     rows, images = sequences.shape[0], features.shape[0]
+    if rows == 0:
+        return torch.zeros(0, dtype=torch.float32, device=sequences.device)
     if images == 0 or rows % images:
         raise ValueError(f"word_dropout_scores: {rows} captions for {images} images (need a multiple)")
     lengths = caption_lengths(sequences, eos_token_id)
