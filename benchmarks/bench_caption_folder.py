@@ -34,7 +34,6 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import machine_description  # noqa: E402
+from common import machine_description, timed  # noqa: E402
 from hf_reference import build_hf_model  # noqa: E402
 
 from geometry_os.fileio import write_json_atomic  # noqa: E402
@@ -124,12 +123,6 @@ def write_images(folder: Path, n: int, seed: int, render: int, file_size: int, f
         image.save(path, **({"quality": 90} if fmt == "jpeg" else {}))
         paths.append(path)
     return paths
-
-
-def timed(fn: Callable[[], list[str]]) -> tuple[float, list[str]]:
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
 
 
 def main(argv: list[str] | None = None) -> int:

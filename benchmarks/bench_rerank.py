@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_description
+from common import machine_description, timed
 
 from geometry_os.fileio import write_json_atomic
 from geometry_os.systems.pixel_llm import create_pixel_llm
@@ -67,12 +66,6 @@ def candidates(images: int, beams: int, length: int, vocab: int, seed: int) -> t
             ids[r, end] = 2
             ids[r, end + 1 :] = 0
     return ids
-
-
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    start = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - start, result
 
 
 def run_case(preset: str, images: int, beams: int, length: int, repeats: int, seed: int = 0) -> dict[str, Any]:

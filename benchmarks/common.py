@@ -5,10 +5,20 @@ from __future__ import annotations
 import os
 import platform
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 SamplerT = TypeVar("SamplerT", bound="PeriodicSampler")
+ResultT = TypeVar("ResultT")
+
+
+def timed(fn: Callable[[], ResultT]) -> tuple[float, ResultT]:
+    """``fn()``'s wall-clock seconds (``time.perf_counter``) and its result."""
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
 
 
 class PeriodicSampler:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from geometry_os.systems.pixel_llm.plugin_api import GenerationConfig, GenerationOutput
+from geometry_os.systems.pixel_llm.plugin_api import GenerationConfig, GenerationOutput, reorder_cache
 
 from .common import NEG_INF, assemble_output, generation_length, log_softmax, needs_prefix, process_logits, survivors
 from .guidance import guided
@@ -185,10 +185,7 @@ class BeamSearchDecoding:
                     images, beam_scores = images[kept], beam_scores[kept]
                     kept_rows = (kept[:, None] * K + torch.arange(K, device=device)).view(-1)  # K beams each
                     rows, running = rows[kept_rows], running.take(kept_rows)
-            if hasattr(cache, "reorder_groups"):  # K rows per image, each from its own image's rows
-                cache.reorder_groups(rows, kept)
-            else:
-                cache.reorder(rows)
+            reorder_cache(cache, rows, kept)  # K rows per image, each from its own image's rows
 
     @staticmethod
     def _is_done(

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from geometry_os.systems.pixel_llm.plugin_api import reorder_cache
+
 
 class GuidedCache:
     """The image branch's cache and the null branch's, with the same rows (``protocols.DecoderCache``)."""
@@ -48,10 +50,7 @@ class GuidedCache:
     def reorder_groups(self, index: torch.Tensor, images: torch.Tensor | None = None) -> None:
         """Beam search's grouped reorder in both branches (a plain ``reorder`` where a cache lacks it)."""
         for cache in (self.cond, self.uncond):
-            if hasattr(cache, "reorder_groups"):
-                cache.reorder_groups(index, images)
-            else:
-                cache.reorder(index)
+            reorder_cache(cache, index, images)
 
     def expand(self, n: int) -> None:
         """Repeat every row ``n`` times in both branches."""

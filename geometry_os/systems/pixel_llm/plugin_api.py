@@ -10,7 +10,8 @@ listed in ``__all__`` is what a plugin author may rely on, by group:
   ``DecoderCache``, ``Tokenizer``, ``DecodingStrategy``, ``DatasetReader`` and the ``CaptionItem`` /
   ``CaptionBatch`` a data set yields, ``Trainer`` / ``TrainingWorld``, ``Importer``; the special ids of the
   tokenizers trained here (``PAD_ID`` ... ``SPECIAL_TOKENS``); ``SYNTHETIC_DATA``, what the data set a
-  run trains on without caption data serves.
+  run trains on without caption data serves; ``reorder_cache`` (a beam reorder through the cache's optional
+  ``reorder_groups``, else ``reorder``).
 - **Errors**: the project's one-line errors (``GeometryOSError`` and its subclasses, ``DataError``) and
   ``format_validation_error`` / ``one_line`` to word them. Raise these for anything a user can fix.
 - **Config**: the pydantic base of every options model (``StrictModel``: unknown fields are errors), the model,
@@ -172,6 +173,7 @@ if TYPE_CHECKING:  # pragma: no cover - what the table gives, for type checkers
     from geometry_os.systems.pixel_llm.protocols import Tokenizer as Tokenizer
     from geometry_os.systems.pixel_llm.protocols import Trainer as Trainer
     from geometry_os.systems.pixel_llm.protocols import TrainingWorld as TrainingWorld
+    from geometry_os.systems.pixel_llm.protocols import reorder_cache as reorder_cache
     from geometry_os.systems.pixel_llm.records import CaptionRecord as CaptionRecord
     from geometry_os.systems.pixel_llm.records import Read as Read
     from geometry_os.systems.pixel_llm.records import Records as Records
@@ -217,7 +219,7 @@ _HOMES: dict[str, str] = {
     "geometry_os.systems.pixel_llm.protocols": (
         "Encoder Decoder DecoderCache Tokenizer DecodingStrategy DatasetReader CaptionItem "
         "CaptionBatch Trainer TrainingWorld Importer PAD_ID BOS_ID EOS_ID UNK_ID SPECIAL_TOKENS "
-        "SYNTHETIC_DATA"
+        "SYNTHETIC_DATA reorder_cache"
     ),
     # Errors
     "geometry_os.errors": (
@@ -320,6 +322,7 @@ __all__ = [
     "UNK_ID",
     "SPECIAL_TOKENS",
     "SYNTHETIC_DATA",
+    "reorder_cache",
     "GeometryOSError",
     "ComponentError",
     "ConfigError",

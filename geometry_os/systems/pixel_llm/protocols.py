@@ -77,6 +77,17 @@ class DecoderCache(Protocol):
         """Repeat every row ``n`` times (``repeat_interleave``), in place."""
 
 
+def reorder_cache(cache: DecoderCache, index: torch.Tensor, images: torch.Tensor | None = None) -> None:
+    """Keep rows ``index`` of ``cache`` where every new row comes from its own image's rows (beam search,
+    re-ranking): the cache's optional ``reorder_groups(index, images)`` then narrows the images'
+    cross-attention K/V instead of copying them per row; a cache without it gets ``reorder(index)``.
+    ``images``: the kept images' positions (None: all of them)."""
+    if hasattr(cache, "reorder_groups"):
+        cache.reorder_groups(index, images)
+    else:
+        cache.reorder(index)
+
+
 @runtime_checkable
 class Decoder(Protocol):
     """``nn.Module``: causal text decoder with cross-attention to encoder features.

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .protocols import Decoder
+from .protocols import Decoder, reorder_cache
 
 
 def caption_lengths(sequences: torch.Tensor, eos_token_id: int) -> torch.Tensor:
@@ -78,10 +78,7 @@ def word_dropout_scores(
             ids = sequences[:, :1].repeat_interleave(2, dim=0)
         else:
             if t >= 3:  # rows 2j + 1 hold <pad> at t - 2: take row 2j's prefix instead
-                if hasattr(cache, "reorder_groups"):  # the pairs stay with their image: no copy of its K/V
-                    cache.reorder_groups(pairs)
-                else:
-                    cache.reorder(pairs)
+                reorder_cache(cache, pairs)  # the pairs stay with their image: no copy of its K/V
             ids = torch.stack([sequences[:, t - 1 : t], pad], dim=1).view(2 * rows, 1)
         logits = decoder.step(ids, cache)[1::2].float()
         word = F.log_softmax(logits, dim=-1).gather(1, sequences[:, t : t + 1]).squeeze(1)
