@@ -15,6 +15,9 @@ import torch
 
 from . import run_state as ckpt
 
+# optimizer.pt entries of a run with ema_decay: the weights the optimizer trains, and the average's update count
+TRAINED_WEIGHTS, EMA_UPDATES = "trained_weights", "ema_updates"
+
 
 class CheckpointMixin:
     """``save_checkpoint`` / ``load_checkpoint`` / ``resume`` of ``PixelLLMTrainer`` (which defines the attributes)."""
@@ -30,17 +33,17 @@ class CheckpointMixin:
         best_checkpoint = name if best else self.best_checkpoint
         self.world.barrier()
         if self.world.is_main:
+            tensors = {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": rng_tensors,
+            }
+            if self.eval_model is not self.model:  # model.safetensors holds the average: the trained weights here
+                tensors[TRAINED_WEIGHTS] = self.model.state_dict()
+                tensors[EMA_UPDATES] = int(self.ema.n_averaged)
             ckpt.write_checkpoint(
-                folder,
-                self.model,
-                self.tokenizer,
-                self._state(rng_json, best_checkpoint),
-                {
-                    "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(),
-                    "scaler": self.scaler.state_dict(),
-                    "rng": rng_tensors,
-                },
+                folder, self.eval_model, self.tokenizer, self._state(rng_json, best_checkpoint), tensors
             )
             ckpt.point_latest(self.checkpoint_dir, name, self.global_step)
             if best:
@@ -96,6 +99,7 @@ class CheckpointMixin:
             self.scheduler.load_state_dict(tensors["scheduler"])
             if tensors.get("scaler") and self.scaler.is_enabled():  # {}: saved by a run without fp16
                 self.scaler.load_state_dict(tensors["scaler"])
+            self._restore_average(tensors)
         except (ValueError, KeyError, RuntimeError, TypeError) as exc:
             reason = " ".join(str(exc).split())[:200]
             raise ckpt.CheckpointError(
@@ -115,6 +119,19 @@ class CheckpointMixin:
         if self.world.is_main:
             self.log.resume_at(self.global_step)
         return state
+
+    def _restore_average(self, tensors: dict[str, Any]) -> None:
+        """After ``model.safetensors`` went into the model: with ``ema_decay`` it is the average's starting
+        point; a checkpoint of a run with ``ema_decay`` also holds the trained weights, which the model then
+        continues from (also when this run has no ``ema_decay``)."""
+        if self.ema is not None:
+            self.ema.module.load_state_dict(self.model.state_dict())
+            updates = tensors.get(EMA_UPDATES, 0) if TRAINED_WEIGHTS in tensors else 0
+            if not isinstance(updates, int) or isinstance(updates, bool) or updates < 0:
+                raise TypeError(f"{EMA_UPDATES} must be a non-negative integer, got {updates!r:.40}")
+            self.ema.n_averaged.fill_(updates)  # 0: the next update starts the average from the trained weights
+        if TRAINED_WEIGHTS in tensors:
+            self.model.load_state_dict(tensors[TRAINED_WEIGHTS])
 
     def _apply_optimizer_settings(self) -> None:
         """The loaded optimizer and schedule carry the saved run's learning rate, betas and weight decay;

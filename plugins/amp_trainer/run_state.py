@@ -2,7 +2,8 @@
 
 A step folder is a ``save_pretrained`` folder (model.safetensors, config.json, tokenizer.json) plus
 ``trainer_state.json`` (counters, data position, best metric, Python/NumPy RNG state as JSON) and
-``optimizer.pt`` (optimizer, scheduler, GradScaler and torch RNG tensors), which is only ever read
+``optimizer.pt`` (optimizer, scheduler, GradScaler and torch RNG tensors; with ``ema_decay`` the trained
+weights, ``model.safetensors`` holding their average), which is only ever read
 with ``torch.load(weights_only=True)``: a forged file cannot run code. Every folder is written by
 ``AtomicFolder``, and ``latest`` is replaced only once its folder is complete, so a crash at any
 moment leaves ``latest`` naming a loadable checkpoint.
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 
 from geometry_os.errors import CheckpointError
-from geometry_os.systems.pixel_llm.plugin_api import (  # noqa: F401 - the run layout is the core's, re-exported  # noqa: F401 - the run layout is the core's, re-exported
+from geometry_os.systems.pixel_llm.plugin_api import (  # noqa: F401 - the run layout is the core's, re-exported
     BEST,
     CONFIG,
     LATEST,

@@ -26,6 +26,7 @@ from geometry_os.systems.pixel_llm.plugin_api import PixelLLMConfig, TrainerConf
 
 from . import run_state as ckpt
 from .distributed import init_world, wrap_ddp
+from .ema import ema_model
 from .feedback import CURVES_FILE, METRICS_FILE, TENSORBOARD_DIR, MetricsLog, Progress, plot_curves
 from .finetune import EarlyStopping, parameter_counts, prepare_model
 from .fit import check_images, estimate_line, fit_dataset, fitted_warmup
@@ -90,6 +91,8 @@ class PixelLLMTrainer(CheckpointMixin):
             self.device = torch.device("cuda", self.world.local_rank)
         self.model = model.to(self.device)
         prepare_model(self.model, cfg)  # LoRA adapters, frozen parameters, gradient checkpointing
+        # the averaged weights, which validation, `best` and the saved model.safetensors use (None: off)
+        self.ema = ema_model(self.model, cfg.ema_decay) if cfg.ema_decay else None
         model_config = getattr(model, "config", None)
         self.image_size = getattr(model_config, "image_size", None)
         self._notices = [
@@ -363,6 +366,8 @@ class PixelLLMTrainer(CheckpointMixin):
         self.optimizer.zero_grad(set_to_none=True)
         if scale is not None and self.scaler.get_scale() < scale:  # fp16 overflow: the scaler skipped the step
             return self._overflowed()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         self.scheduler.step()
         self.nonfinite_streak = self.overflow_streak = 0
         self.global_step += 1
@@ -505,12 +510,20 @@ class PixelLLMTrainer(CheckpointMixin):
 
     # ---- validation --------------------------------------------------------------------------------------
 
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights validation measures and checkpoints save: the moving average when ``ema_decay`` is set
+        (once it has averaged a step), else the trained model."""
+        if self.ema is None or int(self.ema.n_averaged) == 0:
+            return self.model
+        return self.ema.module
+
     def validate(self) -> dict[str, float]:
         """Validation loss and, when a tokenizer and the greedy decoder are available, caption metrics."""
         if self.val_dataloader is None:
             return {}
         return evaluate(
-            self.model,
+            self.eval_model,
             self.val_dataloader,
             to_device=self._to_device,
             autocast=self._autocast,

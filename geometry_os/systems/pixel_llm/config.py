@@ -45,6 +45,14 @@ class TrainerConfig(StrictModel):
     )
     gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
     max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping (None: off)")
+    ema_decay: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="exponential moving average of the weights (Polyak averaging; 0: off), e.g. 0.999: validation, "
+        "`best` and every saved model.safetensors use the average, the optimizer keeps training the weights "
+        "(saved in optimizer.pt for resume); a warm-up caps the decay at (1 + n) / (10 + n) after n steps",
+    )
     warmup_steps: int = Field(100, ge=0, description="linear warm-up steps")
     lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="decay after warm-up")
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="final LR as a fraction of the peak")
