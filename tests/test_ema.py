@@ -54,9 +54,13 @@ def test_validation_and_checkpoints_use_the_average(tmp_path):
     assert max_diff(load_file(str(tmp_path / "ckpt" / "best" / "model.safetensors")), average) == 0
     tensors = torch.load(folder / "optimizer.pt", weights_only=True)
     assert max_diff(tensors[TRAINED_WEIGHTS], trained) == 0 and tensors[EMA_UPDATES] == 4
-    # the validation loss is the average's: a second evaluation of the same weights gives the same figure
+    # the logged validation loss is the average's, not the trained weights'
     logged = [r for r in trainer.log.history if "val_loss" in r][-1]["val_loss"]
+    trainer.ema = None  # eval_model is now the trained weights
+    of_trained = trainer.validate()["val_loss"]
+    trainer.model.load_state_dict(average)
     assert trainer.validate()["val_loss"] == pytest.approx(logged, abs=1e-9)
+    assert abs(of_trained - logged) > 1e-6
 
 
 def test_resume_continues_weights_and_average_exactly(tmp_path):
@@ -87,7 +91,8 @@ def test_a_forged_update_count_is_refused(tmp_path):
     make_trainer(tmp_path, max_steps=2, ema_decay=0.9).train()
     step = tmp_path / "ckpt" / ckpt.step_name(2)
     tensors = torch.load(step / "optimizer.pt", weights_only=True)
-    tensors[EMA_UPDATES] = "many"
-    torch.save(tensors, step / "optimizer.pt")
-    with pytest.raises(CheckpointError, match="ema_updates must be a non-negative integer"):
-        make_trainer(tmp_path / "b", max_steps=3, ema_decay=0.9).load_checkpoint(step)
+    for bad in ("many", -3, 2**70):
+        tensors[EMA_UPDATES] = bad
+        torch.save(tensors, step / "optimizer.pt")
+        with pytest.raises(CheckpointError, match="ema_updates must be a non-negative integer"):
+            make_trainer(tmp_path / f"b{bad}", max_steps=3, ema_decay=0.9).load_checkpoint(step)

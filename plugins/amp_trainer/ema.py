@@ -1,9 +1,11 @@
 """An exponential moving average of the weights (Polyak averaging), with the warm-up of TensorFlow's
 ``ExponentialMovingAverage(num_updates=...)``: the first update copies the weights, and each later one,
 after ``n`` updates, uses the decay ``min(ema_decay, (1 + n) / (10 + n))``, so that the average of a short
-run is not dominated by its first, barely trained weights. Built on ``torch.optim.swa_utils.AveragedModel`` (a copy of the model whose
-parameters are ``torch._foreach_lerp_``-ed towards the trained ones after every optimizer step;
-buffers are copied, not averaged).
+run is not dominated by its first, barely trained weights. Built on
+``torch.optim.swa_utils.AveragedModel``: a copy of the model (one more copy of the parameters in memory)
+whose parameters are ``torch._foreach_lerp_``-ed towards the trained ones after every optimizer step;
+buffers are copied, not averaged. With LoRA the adapter matrices are averaged one by one, so the merged
+average is the product of averages, close to but not exactly the average of the merged weights.
 
 The trainer validates, picks ``best`` with and saves (``model.safetensors``) the averaged weights; the
 trained weights, which the optimizer keeps updating, go into ``optimizer.pt`` so that a resume continues
@@ -33,7 +35,7 @@ def ema_model(model: torch.nn.Module, decay: float) -> AveragedModel:
         if not torch.is_floating_point(ema[0]):  # grouped by dtype: integer parameters are copied
             torch._foreach_copy_(ema, current)
             return
-        # n_averaged itself, not the device copy passed in: reading it costs no GPU sync
+        # the update count as AveragedModel keeps it (a CPU tensor; the argument is its copy on the device)
         torch._foreach_lerp_(ema, current, 1.0 - warmed_decay(decay, int(averaged.n_averaged)))
 
     averaged = AveragedModel(model, multi_avg_fn=update, use_buffers=False)

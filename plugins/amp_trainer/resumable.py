@@ -127,7 +127,7 @@ class CheckpointMixin:
         if self.ema is not None:
             self.ema.module.load_state_dict(self.model.state_dict())
             updates = tensors.get(EMA_UPDATES, 0) if TRAINED_WEIGHTS in tensors else 0
-            if not isinstance(updates, int) or isinstance(updates, bool) or updates < 0:
+            if not isinstance(updates, int) or isinstance(updates, bool) or not 0 <= updates < 2**63:
                 raise TypeError(f"{EMA_UPDATES} must be a non-negative integer, got {updates!r:.40}")
             self.ema.n_averaged.fill_(updates)  # 0: the next update starts the average from the trained weights
         if TRAINED_WEIGHTS in tensors:
