@@ -182,7 +182,17 @@ def test_encoder_outputs_and_every_step_logits_within_1e_4(loaded, images, batch
 
 def test_caption_onnx_command_prints_what_caption_prints(checkpoint, exported, images):
     onnx_run = run("caption-onnx", str(exported), *map(str, images[:6]), "--batch-size", "4", "--json")
-    torch_run = run("caption", *map(str, images[:6]), "--checkpoint", str(checkpoint), "--batch-size", "4", "--json")
+    torch_run = run(  # the exported graphs are fp32; --dtype auto would pick bf16 where it is native
+        "caption",
+        *map(str, images[:6]),
+        "--checkpoint",
+        str(checkpoint),
+        "--batch-size",
+        "4",
+        "--json",
+        "--dtype",
+        "float32",
+    )
     assert onnx_run.exit_code == 0 and torch_run.exit_code == 0, onnx_run.output + torch_run.output
     ours, theirs = json.loads(onnx_run.stdout), json.loads(torch_run.stdout)
     assert [(r["image"], r["caption"]) for r in ours] == [(r["image"], r["caption"]) for r in theirs]

@@ -91,7 +91,7 @@ def test_caption_command_prints_hf_text(ved, tmp_path):
     expected = hf_tok.decode(ref[0], skip_special_tokens=True)
     result = CliRunner().invoke(main, ["pixel-llm", "caption", str(path), "--checkpoint", str(out)])
     assert result.exit_code == 0, result.output
-    assert result.output.rstrip("\n") == f"{path}\t{expected}"
+    assert result.stdout.rstrip("\n") == f"{path}\t{expected}"
 
 
 def test_unknown_architecture_and_missing_tensor_are_one_line(tmp_path, ved):
@@ -138,7 +138,7 @@ def test_caption_images_one_liner_matches_the_command(ved, tmp_path):
     assert [r["image"] for r in results] == [str(path), None]
     assert all(isinstance(r["caption"], str) and r["score"] <= 0 for r in results)
     command = CliRunner().invoke(main, ["pixel-llm", "caption", str(path), "--checkpoint", str(out), "--json"])
-    assert json.loads(command.output)[0]["caption"] == results[0]["caption"]
+    assert json.loads(command.stdout)[0]["caption"] == results[0]["caption"]
     # the PIL image goes through the same preprocessing as HF's processor would give it
     from transformers import ViTImageProcessor
 

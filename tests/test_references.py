@@ -193,7 +193,7 @@ def test_eval_command_uses_every_reference(folder, checkpoint, fixed_captions, o
         cli, ["pixel-llm", "eval", "--checkpoint", str(checkpoint), "--data", str(data), "--batch-size", "1", "--json"]
     )
     assert result.exit_code == 0, result.output
-    metrics = json.loads(result.output)
+    metrics = json.loads(result.stdout)
     assert sorted(fixed_captions) == sorted(CAPTIONS)
     assert metrics["exact_match"] == 1.0 and metrics["bleu_1"] == pytest.approx(expected(ANSWER)["bleu_1"])
 

@@ -241,7 +241,7 @@ def test_strategy_options_from_the_command_line(strategy_plugin, tmp_path):
     args = ["pixel-llm", "caption", str(image), "--checkpoint", str(tmp_path / "ck"), "--json", "--strategy", "repeat"]
     result = CliRunner().invoke(cli, [*args, "--strategy-option", f"token={red}", "--strategy-option", "length=2"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)[0]["caption"] == "red red"
+    assert json.loads(result.stdout)[0]["caption"] == "red red"
     result = CliRunner().invoke(cli, [*args, "--strategy-option", "speed=3"])
     assert (
         result.exit_code != 0 and "decoding_strategy 'repeat': speed: Extra inputs are not permitted" in result.output

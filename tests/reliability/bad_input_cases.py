@@ -34,6 +34,7 @@ from reliability_support import (
     make_checkpoint,
     nonblank_lines,
     png_header_only,
+    problem_lines,
     truncated_copy,
     write_exif_rotated,
     write_scene,
@@ -855,8 +856,8 @@ class Outcome:
     @property
     def message(self) -> str:
         """The line the docs show: the error line, the report's error line, or the first output line."""
-        if self.exit_code != 0 or nonblank_lines(self.stderr):  # an error, or a notice beside the output
-            lines = nonblank_lines(self.stderr) or [ln.strip() for ln in nonblank_lines(self.stdout) if "error:" in ln]
+        if self.exit_code != 0 or problem_lines(self.stderr):  # an error, or a notice beside the output
+            lines = problem_lines(self.stderr) or [ln.strip() for ln in nonblank_lines(self.stdout) if "error:" in ln]
         else:
             lines = nonblank_lines(self.stdout)
         return lines[0].strip() if lines else ""
@@ -906,7 +907,7 @@ def check(case: Case, outcome: Outcome) -> None:
         return
     if case.outcome == "notice":
         assert outcome.exit_code == 0, f"{case.id}: exit {outcome.exit_code}\n{outcome.stderr}"
-        notices = nonblank_lines(outcome.stderr)
+        notices = problem_lines(outcome.stderr)
         assert len(notices) == 1 and notices[0].startswith("Warning: "), f"{case.id}: stderr {outcome.stderr!r}"
         assert case.expect in notices[0], f"{case.id}: {case.expect!r} not in {notices[0]!r}"
         assert nonblank_lines(outcome.stdout), f"{case.id}: nothing on stdout"
@@ -914,10 +915,10 @@ def check(case: Case, outcome: Outcome) -> None:
     assert outcome.exit_code != 0, f"{case.id}: exit 0\n{outcome.stdout}"
     if case.outcome == "report":
         errors = [ln for ln in nonblank_lines(outcome.stdout) if "error:" in ln]
-        assert outcome.stderr.strip() == "", f"{case.id}: stderr {outcome.stderr!r}"
+        assert problem_lines(outcome.stderr) == [], f"{case.id}: stderr {outcome.stderr!r}"
         assert len(errors) == 1 and case.expect in errors[0], f"{case.id}: report errors {errors}"
         return
-    lines = nonblank_lines(outcome.stderr)
+    lines = problem_lines(outcome.stderr)
     assert len(lines) == 1, f"{case.id}: {len(lines)} lines on stderr:\n{outcome.stderr}"
     assert case.expect in lines[0], f"{case.id}: {case.expect!r} not in {lines[0]!r}"
     kept = nonblank_lines(outcome.stdout)

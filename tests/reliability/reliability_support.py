@@ -8,6 +8,7 @@ import io
 import json
 import os
 import pickle
+import re
 import shutil
 import struct
 import subprocess
@@ -126,9 +127,19 @@ def nonblank_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
 
+# the one informational line ``--dtype auto`` prints where it picks bf16 (CPUs with native bf16, GPUs)
+DTYPE_NOTE = re.compile(r"^dtype: \w+ \(--dtype auto on \w+\)$")
+
+
+def problem_lines(stderr: str) -> list[str]:
+    """The non-blank lines of ``stderr`` other than the ``--dtype auto`` note."""
+    return [line for line in nonblank_lines(stderr) if not DTYPE_NOTE.match(line)]
+
+
 def assert_one_line(stderr: str, *needles: str) -> str:
-    """``stderr`` is exactly one line, with no traceback, containing every needle; returns the line."""
-    lines = nonblank_lines(stderr)
+    """``stderr`` is exactly one line (besides the ``--dtype auto`` note), with no traceback, containing
+    every needle; returns the line."""
+    lines = problem_lines(stderr)
     assert "Traceback" not in stderr, stderr
     assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{stderr}"
     for needle in needles:
