@@ -277,3 +277,20 @@ def test_tiny_encoder_decoder_overfits_four_pairs():
             tokens = torch.cat([tokens, dec.step(tokens[:, -1:], cache).argmax(-1, keepdim=True)], dim=1)
     real = captions != 0
     assert torch.equal(tokens[real], captions[real])
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_embedding_gradient_is_dense_and_exact(tied):
+    """With a tied head on a CPU the lookup's gradient is sparse inside autograd (no zero-filled
+    (vocab, D) tensor); the weight's gradient must still be the dense sum of both uses."""
+    dec = make(tie_word_embeddings=tied).train()
+    ids, feats = data()
+    F.cross_entropy(dec(ids, feats).flatten(0, 1), ids.flatten()).backward()
+    grad = dec.wte.weight.grad
+    assert grad.layout == torch.strided
+    dense = make(tie_word_embeddings=tied).train()
+    dense.load_state_dict(dec.state_dict())
+    dense._embed = lambda input_ids: F.embedding(input_ids, dense.wte.weight)  # the plain dense lookup
+    F.cross_entropy(dense(ids, feats).flatten(0, 1), ids.flatten()).backward()
+    torch.testing.assert_close(grad, dense.wte.weight.grad, atol=1e-7, rtol=1e-5)
+    torch.optim.AdamW(dec.parameters(), fused=True).step()  # the trainer's optimizer takes it

@@ -351,6 +351,23 @@ class LanguageDecoder(nn.Module):
             return linear(x, self.wte.weight)
         return linear(x, self.lm_head.weight, self.lm_head.bias)
 
+    def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings (B, T, D). With a tied head, training on a CPU, the lookup's gradient is
+        sparse: autograd adds its rows into the head's dense gradient of the same weight, instead of
+        zero-filling a second (vocab, D) tensor and adding the two (base: 2 x 154 MB a step, ~7 % of a bf16
+        step, docs/performance.md). ``wte.weight.grad`` stays dense, as the optimizers need."""
+        if type(self.wte) is not nn.Embedding:  # wrapped (e.g. an adapter): its own forward
+            return self.wte(input_ids)
+        w = self.wte.weight
+        sparse = (
+            self.lm_head is None
+            and w.requires_grad
+            and torch.is_grad_enabled()
+            and w.device.type == "cpu"
+            and not torch.compiler.is_compiling()
+        )
+        return F.embedding(input_ids, w, sparse=sparse)
+
     @staticmethod
     def _self_attention_mask(attention_mask: torch.Tensor | None, T: int) -> torch.Tensor | None:
         """None when causal masking alone is exact (no mask, or only right padding: a real token
@@ -380,7 +397,7 @@ class LanguageDecoder(nn.Module):
         if T > self.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds max_seq_len={self.max_seq_len}")
         mask = self._self_attention_mask(attention_mask, T)
-        x = self.drop(self.wte(input_ids) + self.wpe.weight[:T])
+        x = self.drop(self._embed(input_ids) + self.wpe.weight[:T])
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             if recompute:  # activations recomputed in backward; non-reentrant, RNG (dropout) preserved

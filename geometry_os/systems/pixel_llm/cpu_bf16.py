@@ -1,9 +1,11 @@
-"""bf16 autocast on CPUs that only emulate bf16 (no AVX512-BF16/AMX, e.g. AVX2).
+"""bf16 on CPUs: the matmul and attention helpers model plugins use.
 
-There, bf16 GEMMs, attention and convolutions are ~6-7x slower than fp32 ones (measured, see
-docs/performance.md). Under bf16 autocast the helpers below compute the same product -- operands rounded
-to bf16 as autocast would, fp32 accumulation, a bf16 result -- with the fp32 kernels instead. On GPUs
-and CPUs with native bf16 they are the plain functional ops. Model plugins use them for their matmuls.
+On CPUs that only emulate bf16 (no AVX512-BF16/AMX, e.g. AVX2), bf16 GEMMs, attention and convolutions
+are ~6-7x slower than fp32 ones (measured, see docs/performance.md). Under bf16 autocast the helpers below
+compute the same product -- operands rounded to bf16 as autocast would, fp32 accumulation, a bf16
+result -- with the fp32 kernels instead. On CPUs with native bf16, attention in bf16 runs as explicit
+matmuls (``explicit_attention``), 4-5x faster than the fused CPU kernel at the model's sequence lengths.
+Everything else (fp32, GPUs) is the plain functional op.
 """
 
 from __future__ import annotations
@@ -54,8 +56,56 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         return F.linear(x, weight, None if bias is None else bf16(bias)).to(torch.bfloat16)
 
 
+def native_bf16_cpu(x: torch.Tensor) -> bool:
+    """Whether ``x``'s attention would run in bf16 on a CPU that computes bf16 natively: ``x`` is bf16,
+    or bf16 autocast is on."""
+    return (
+        not EMULATED_BF16
+        and x.device.type == "cpu"
+        and (
+            x.dtype == torch.bfloat16
+            or (torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        )
+    )
+
+
+def explicit_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """``softmax(q k^T * scale + mask) v`` as matmuls and an fp32 softmax: the definition of
+    ``F.scaled_dot_product_attention`` (its documented reference implementation; same arguments, a
+    bool ``attn_mask`` True where a query may attend, a causal mask aligned top-left), q (..., L, E),
+    k (..., S, E), v (..., S, Ev) -> (..., L, Ev).
+
+    Used for bf16 on CPUs with native bf16, where the fused CPU kernel is 4-5x slower than this at the
+    model's sequence lengths (forward + backward, docs/performance.md). The probabilities are
+    computed in fp32 and rounded to ``v``'s dtype for the product, and kept for backward (B x heads
+    x L x S values per layer).
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    s = torch.matmul(q * scale, k.transpose(-2, -1))
+    if is_causal:
+        L, S = q.shape[-2], k.shape[-2]
+        s = s.masked_fill(torch.ones(L, S, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+    if attn_mask is not None:
+        s = s.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else s + attn_mask
+    p = torch.softmax(s, -1, dtype=torch.float32).to(v.dtype)
+    if dropout_p > 0.0:
+        p = F.dropout(p, dropout_p)
+    return torch.matmul(p, v)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-    """``F.scaled_dot_product_attention``, with the emulated-bf16 treatment above."""
+    """``F.scaled_dot_product_attention``; bf16 on a CPU: with the emulated-bf16 treatment above, or
+    ``explicit_attention`` where bf16 is native."""
+    if native_bf16_cpu(q):
+        return explicit_attention(q, k, v, **kwargs)
     if not upcast_bf16(q):
         return F.scaled_dot_product_attention(q, k, v, **kwargs)
     with torch.autocast("cpu", enabled=False):
