@@ -14,13 +14,15 @@ measures the code paths only:
    are larger than the model's input;
 4. ours: ``caption_images`` (what ``geo-os pixel-llm caption FOLDER`` runs) at ``--batch-size``;
    HF: the loop its documentation shows (``PIL.Image.open``, the image processor, ``generate``,
-   ``batch_decode``), at the same batch size and ``max_new_tokens``.
+   ``batch_decode``), at the same batch size and ``max_new_tokens``; ``--dtype bfloat16`` puts both
+   models' weights and inputs in bf16 (HF: ``from_pretrained(..., dtype=torch.bfloat16)``).
 
 Both run alternately in one process, ``--repeats`` times, with a third run of ours that reads each
 batch's files only when it is reached (``threads=0``: the read-ahead A/B); the table gives median
 images/s (min-max) and ours/HF, and the fraction of images whose two captions are the same words::
 
     python benchmarks/bench_caption_folder.py --threads 1
+    python benchmarks/bench_caption_folder.py --threads 1 --dtype bfloat16   # where bf16 is native
     python benchmarks/bench_caption_folder.py --quick          # tiny preset, a smoke test
 """
 
@@ -137,6 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-steps", type=int, default=300, help="HF training steps before the timing")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="both models' weights and inputs (bfloat16: fast where the CPU computes it natively)",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="keep the model and images here (reused if there)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
@@ -166,11 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:  # for the timing; the HF training above uses every core
         torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()  # the unused ViT pooler "MISSING", the pad = eos notice
-    hf = VisionEncoderDecoderModel.from_pretrained(str(hf_dir)).eval()
+    dtype = getattr(torch, args.dtype)
+    hf = VisionEncoderDecoderModel.from_pretrained(str(hf_dir), dtype=dtype).eval()
     processor = ViTImageProcessor.from_pretrained(str(hf_dir))
     tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
     ours, ours_tokenizer = PixelLLM.from_pretrained(ours_dir)
-    ours.eval()
+    ours.to(dtype).eval()
     batch, new = args.batch_size, args.max_new_tokens
     generation = GenerationConfig(max_new_tokens=new)
 
@@ -188,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         with torch.inference_mode():
             for start in range(0, len(paths), batch):
                 images = [Image.open(p).convert("RGB") for p in paths[start : start + batch]]
-                pixel_values = processor(images=images, return_tensors="pt").pixel_values
+                pixel_values = processor(images=images, return_tensors="pt").pixel_values.to(dtype)
                 out = hf.generate(pixel_values=pixel_values, max_new_tokens=new, do_sample=False, num_beams=1)
                 captions += [c.strip() for c in tokenizer.batch_decode(out, skip_special_tokens=True)]
         return captions
@@ -218,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         "file_size": args.file_size,
         "batch_size": batch,
         "max_new_tokens": new,
+        "dtype": args.dtype,
         "train_steps": args.train_steps,
         "loader_threads": loader_threads("cpu"),
         "caption_words": {"min": min(words), "median": statistics.median(words), "max": max(words)},
@@ -231,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     result["ratio"] = result["ours"]["images_per_s"] / result["hf"]["images_per_s"]
     print(
         f"\n{result['meta']['machine']}; {len(paths)} {args.format} files of {args.file_size} px, preset "
-        f"{args.preset}, batch {batch}, greedy, <= {new} new tokens; captions of {words and min(words)}-"
+        f"{args.preset}, batch {batch}, {args.dtype}, greedy, <= {new} new tokens; captions of {words and min(words)}-"
         f"{max(words)} words; same captions {100 * same:.1f} %"
     )
     cell = "{0[images_per_s]:.1f} ({0[min]:.1f}-{0[max]:.1f})".format

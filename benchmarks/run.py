@@ -8,7 +8,7 @@ min-max spread and ours/HF. Sections:
   HF Trainer's default on torch >= 2.8), fp32 and bf16 autocast, 24-token captions; FLOPs per step
   counted with ``torch.utils.flop_counter`` and MFU against this machine's measured matmul peak.
 - ``generate``: captions/s, exactly 24 new tokens (``<eos>`` banned in both), greedy and beam-5
-  (``bench_generate.run_case``).
+  (``bench_generate.run_case``); fp32, and also bf16 weights on CPUs that compute bf16 natively.
 - ``memory``: peak RSS of a training run, each model in its own subprocess.
 
     python benchmarks/run.py                                  # small + base, everything (~15 min, 2 CPU cores)
@@ -50,15 +50,15 @@ from geometry_os.systems.pixel_llm.cpu_bf16 import EMULATED_BF16  # noqa: E402
 
 CAPTION_TOKENS = 24
 TRAIN_BATCH = {"tiny": 8, "small": 32, "base": 8}
-# (steps per timed repeat, repeats) per (preset, dtype): base bf16 is emulated on CPUs without
-# AVX512-BF16/AMX and runs many times slower than fp32, so it gets the fewest iterations.
+# steps per timed repeat, per (preset, dtype): on CPUs without AVX512-BF16/AMX bf16 is emulated and
+# HF's runs many times slower than fp32, so bf16 gets the fewest iterations there (base bf16: one step).
 TRAIN_STEPS = {
     ("tiny", "fp32"): 3,
-    ("tiny", "bf16"): 2,
+    ("tiny", "bf16"): 2 if EMULATED_BF16 else 3,
     ("small", "fp32"): 6,
-    ("small", "bf16"): 1,
+    ("small", "bf16"): 1 if EMULATED_BF16 else 6,
     ("base", "fp32"): 1,
-    ("base", "bf16"): 1,
+    ("base", "bf16"): 1 if EMULATED_BF16 else 2,
 }
 MARKER = "benchmarks/run.py"
 DOC = HERE.parent / "docs" / "performance.md"
@@ -159,7 +159,7 @@ def bench_train(preset: str, dtype: str, repeats: int, quick: bool, peaks: dict[
         flops[name] = count_flops(fn)
         if repeats == 0:  # slowest cases (emulated bf16 at base): the counted step is the only one
             rates[name].append(batch / (time.perf_counter() - t))
-    if preset != "base" and dtype == "fp32":  # one more warm-up where steps are short
+    if repeats:  # one more warm-up: the first steps after the counted one still allocate (page faults)
         for fn in steps.values():
             fn()
     for _ in range(repeats):  # alternate, so drifts hit both alike
@@ -185,17 +185,22 @@ def bench_train(preset: str, dtype: str, repeats: int, quick: bool, peaks: dict[
 # ---- generation ------------------------------------------------------------------------------------
 
 
-def bench_generate(preset: str, repeats: int, min_seconds: float) -> list[dict]:
+def bench_generate(preset: str, repeats: int, min_seconds: float, dtype: torch.dtype = torch.float32) -> list[dict]:
+    """Every generation case of ``preset`` with both models' weights and images in ``dtype``."""
     ours, hf = build_models(preset)
-    ours, hf = ours.eval(), hf.eval()
+    ours, hf = ours.to(dtype).eval(), hf.to(dtype).eval()
     results = []
+    name = str(dtype).removeprefix("torch.").replace("float32", "fp32").replace("bfloat16", "bf16")
     for decoding, batch in GENERATE_CASES[preset]:
         results.append(
-            run_case(ours, hf, preset, decoding, batch, repeats, torch.device("cpu"), torch.float32, min_seconds)
+            {
+                **run_case(ours, hf, preset, decoding, batch, repeats, torch.device("cpu"), dtype, min_seconds),
+                "dtype": name,
+            }
         )
         r = results[-1]
         print(
-            f"  generate {preset:5s} {decoding:6s} b{batch:<2d} ours {r['ours']['captions_per_s']:8.1f} "
+            f"  generate {preset:5s} {name} {decoding:6s} b{batch:<2d} ours {r['ours']['captions_per_s']:8.1f} "
             f"hf {r['hf']['captions_per_s']:8.1f} captions/s  ours/HF {r['ratio']:.2f}",
             flush=True,
         )
@@ -277,7 +282,7 @@ def markdown(results: dict) -> str:
         bf16 = meta.get("bf16", "emulated")
         lines += [
             f"Measured matmul peak: fp32 (2048^3) {p['fp32'] / 1e9:.0f} GFLOP/s, "
-            f"bf16 (1024^3, {bf16}) {p['bf16'] / 1e9:.1f} GFLOP/s.",
+            f"bf16 ({1024 if bf16 == 'emulated' else 2048}^3, {bf16}) {p['bf16'] / 1e9:.1f} GFLOP/s.",
             "",
         ]
 
@@ -307,20 +312,24 @@ def markdown(results: dict) -> str:
             for r in results.get("train", [])
         ],
     )
-    lines += table(
-        ["generation (24 new tokens, fp32)", "batch", "runs", "ours captions/s", "HF captions/s", "ours/HF"],
-        [
+    for dtype in ("fp32", "bf16"):  # bf16 generation only where the CPU computes it natively
+        rows = [r for r in results.get("generate", []) if r.get("dtype", "fp32") == dtype]
+        if not rows:
+            continue
+        lines += table(
+            [f"generation (24 new tokens, {dtype})", "batch", "runs", "ours captions/s", "HF captions/s", "ours/HF"],
             [
-                f"{r['preset']} {r['decoding']}",
-                r["batch"],
-                r.get("repeats", meta["repeats"]),
-                spread(r["ours"], "captions_per_s"),
-                spread(r["hf"], "captions_per_s"),
-                ratio(r),
-            ]
-            for r in results.get("generate", [])
-        ],
-    )
+                [
+                    f"{r['preset']} {r['decoding']}",
+                    r["batch"],
+                    r.get("repeats", meta["repeats"]),
+                    spread(r["ours"], "captions_per_s"),
+                    spread(r["hf"], "captions_per_s"),
+                    ratio(r),
+                ]
+                for r in rows
+            ],
+        )
     lines += table(
         ["peak RSS, fp32 training (own process)", "batch", "ours MiB", "HF MiB", "ours/HF"],
         [
@@ -387,7 +396,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     if "train" in sections:
         n = 512 if args.quick else 2048
-        results["peaks"] = {"fp32": matmul_peak(torch.float32, n), "bf16": matmul_peak(torch.bfloat16, n // 2, 0.0)}
+        results["peaks"] = {  # emulated bf16 is too slow for a 2048^3 matmul to be timed for long
+            "fp32": matmul_peak(torch.float32, n),
+            "bf16": matmul_peak(torch.bfloat16, n // 2, 0.0) if EMULATED_BF16 else matmul_peak(torch.bfloat16, n),
+        }
         print(
             f"matmul peak: fp32 {results['peaks']['fp32'] / 1e9:.0f} GFLOP/s, "
             f"bf16 {results['peaks']['bf16'] / 1e9:.0f} GFLOP/s",
@@ -395,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         for preset in presets:
             for dtype in ("fp32", "bf16"):
-                reps = 0 if preset == "base" and dtype == "bf16" and not args.quick else repeats
+                slow = preset == "base" and dtype == "bf16" and EMULATED_BF16 and not args.quick
+                reps = 0 if slow else repeats
                 r = bench_train(preset, dtype, reps, args.quick, results["peaks"])
                 results["train"].append(r)
                 print(
@@ -407,13 +420,17 @@ def main(argv: list[str] | None = None) -> int:
     if "train" in sections:  # a busy machine can depress one measurement: peak = the better of two
         n = 512 if args.quick else 2048
         results["peaks"]["fp32"] = max(results["peaks"]["fp32"], matmul_peak(torch.float32, n))
+        if not EMULATED_BF16:
+            results["peaks"]["bf16"] = max(results["peaks"]["bf16"], matmul_peak(torch.bfloat16, n))
         for r in results["train"]:
             for name in ("ours", "hf"):
                 r[name]["mfu"] = r[name]["achieved_flops"] / results["peaks"][r["dtype"]]
     min_seconds = 0.0 if args.quick else MIN_SECONDS
     if "generate" in sections:
-        for preset in presets:
-            results["generate"] += bench_generate(preset, 2 if args.quick else repeats, min_seconds)
+        dtypes = [torch.float32] if EMULATED_BF16 else [torch.float32, torch.bfloat16]
+        for dtype in dtypes:
+            for preset in presets:
+                results["generate"] += bench_generate(preset, 2 if args.quick else repeats, min_seconds, dtype)
     if "memory" in sections:
         for preset in presets:
             r = bench_memory(preset, 2 if args.quick or preset == "base" else 5)

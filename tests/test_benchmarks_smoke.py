@@ -49,6 +49,8 @@ def test_run_quick_writes_json_and_doc_table(tmp_path, run_module):
     assert {r["dtype"] for r in results["train"]} == {"fp32", "bf16"}
     assert all(r["ours"]["images_per_s"] > 0 and r["hf"]["images_per_s"] > 0 for r in results["train"])
     assert {(r["decoding"], r["batch"]) for r in results["generate"]} >= {("greedy", 1), ("beam5", 1)}
+    # bf16 generation where it is native (both models' weights in bf16), never where it is emulated
+    assert {r["dtype"] for r in results["generate"]} == ({"fp32"} if EMULATED_BF16 else {"fp32", "bf16"})
     assert all(r["ours"]["peak_rss_mib"] > 0 for r in results["memory"])
     text = doc.read_text()
     assert "prose before" in text and "prose after" in text and "old" not in text
@@ -219,6 +221,15 @@ def test_bench_caption_folder_quick(tmp_path):
     # imported weights, tokenizer and preprocessing: ours captions as HF does (JPEG draft decoding aside)
     assert r["same_captions"] >= 0.9, r["examples"]
     assert r["meta"]["kind"] and "torch threads 1" in r["meta"]["machine"]
+
+
+def test_bench_caption_folder_quick_in_bf16(tmp_path):
+    out = tmp_path / "folder.json"
+    run("bench_caption_folder.py", "--quick", "--threads", "1", "--dtype", "bfloat16", "--out", str(out))
+    r = json.loads(out.read_text())
+    assert r["dtype"] == "bfloat16" and all(r[k]["images_per_s"] > 0 for k in ("ours", "hf"))
+    # the same weights rounded to bf16 on both sides: greedy ties may break differently, most agree
+    assert r["same_captions"] >= 0.5, r["examples"]
 
 
 def test_bench_rerank_quick(tmp_path):

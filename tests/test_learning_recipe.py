@@ -71,7 +71,7 @@ def test_recommended_config_loads_on_the_small_preset():
     config = load_config(ROOT / "configs" / "shapes_small.toml", (), "small")
     t = config.trainer
     assert config.vision_pos_embed == "sincos" and t.lr_decay_over == "time" and t.max_time_s == 600
-    assert t.use_amp is False or t.amp_dtype == "auto"
+    assert t.use_amp and t.amp_dtype == "auto"  # bf16 where the hardware computes it natively, else fp32
 
 
 def test_cli_uses_the_mix_for_training_scenes_only(tmp_path):
