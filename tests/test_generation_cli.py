@@ -43,8 +43,12 @@ def caption(ws: Path, *args: str):
 
 
 def lines(text: str) -> list[str]:
-    """Non-blank lines, without the ``--dtype auto`` note (stderr, where bf16 is native)."""
-    return [line for line in without_dtype_note(text).splitlines() if line.strip()]
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def err_lines(stderr: str) -> list[str]:
+    """Non-blank lines of stderr, without the ``--dtype auto`` note (printed where bf16 is native)."""
+    return lines(without_dtype_note(stderr))
 
 
 # ---- --max-length 1, sampling flags, lengths beyond the model --------------------------------------------
@@ -85,8 +89,8 @@ def test_a_sampling_flag_selects_sampling(ws):
 )
 def test_sampling_flags_with_greedy_or_beam_are_one_line_usage_errors(ws, flags, message):
     result = caption(ws, *flags)
-    assert result.exit_code == 2 and lines(result.stderr) == [lines(result.stderr)[0]], result.output
-    assert lines(result.stderr)[0].startswith(message) and not result.stdout
+    assert result.exit_code == 2 and err_lines(result.stderr) == [err_lines(result.stderr)[0]], result.output
+    assert err_lines(result.stderr)[0].startswith(message) and not result.stdout
 
 
 def test_eval_sweep_refuses_the_flags_it_would_ignore(ws):
@@ -104,7 +108,7 @@ def test_eval_sweep_refuses_the_flags_it_would_ignore(ws):
         "2",
     )
     assert result.exit_code == 2
-    assert lines(result.stderr) == [
+    assert err_lines(result.stderr) == [
         "Error: --sweep compares its own decoding settings; --num-beams, --temperature would be ignored (only "
         "--max-length and --seed apply to it) (see 'geo-os pixel-llm eval -h')"
     ]
@@ -113,10 +117,10 @@ def test_eval_sweep_refuses_the_flags_it_would_ignore(ws):
 def test_a_length_beyond_max_seq_len_is_one_warning_line(ws):
     result = caption(ws, "--max-length", "1000")
     assert result.exit_code == 0 and len(lines(result.stdout)) == 2
-    assert lines(result.stderr) == [
+    assert err_lines(result.stderr) == [
         "Warning: max_length=1000 is beyond the model's max_seq_len=32: captions stop at 32 tokens (<bos> included)"
     ]
-    assert lines(caption(ws, "--max-length", "32").stderr) == []
+    assert err_lines(caption(ws, "--max-length", "32").stderr) == []
 
 
 # ---- folders -------------------------------------------------------------------------------------------
@@ -142,12 +146,12 @@ def test_a_folder_skips_dot_files_and_names_the_sub_folders_it_did_not_search(ws
     result = invoke("pixel-llm", "caption", folder, "--checkpoint", ws / "ckpt")
     assert result.exit_code == 0, result.output
     assert captioned(result) == [str(folder / "a.png")]
-    assert lines(result.stderr) == [f"Warning: {folder}: 1 sub-folder(s) not searched (sub; use --recursive)"]
+    assert err_lines(result.stderr) == [f"Warning: {folder}: 1 sub-folder(s) not searched (sub; use --recursive)"]
 
 
 def test_recursive_captions_the_sub_folders_too(ws, folder):
     result = invoke("pixel-llm", "caption", folder, "-r", "--checkpoint", ws / "ckpt")
-    assert result.exit_code == 0 and lines(result.stderr) == [], result.output
+    assert result.exit_code == 0 and err_lines(result.stderr) == [], result.output
     assert captioned(result) == [str(folder / p) for p in ("a.png", "sub/b.png", "sub/deeper/c.png")]
     named = invoke("pixel-llm", "caption", folder / ".hidden.png", "--checkpoint", ws / "ckpt")
     assert captioned(named) == [str(folder / ".hidden.png")]  # named explicitly: captioned
@@ -158,9 +162,9 @@ def test_a_folder_whose_images_are_all_in_sub_folders(ws, folder):
     assert result.exit_code == 0
     (folder / "a.png").unlink()
     result = invoke("pixel-llm", "caption", folder, "--checkpoint", ws / "ckpt")
-    assert result.exit_code == 1 and len(lines(result.stderr)) == 1
-    assert lines(result.stderr)[0].startswith(f"Error: {folder}: no images in this folder")
-    assert lines(result.stderr)[0].endswith("; 1 sub-folder(s) not searched (sub; use --recursive)")
+    assert result.exit_code == 1 and len(err_lines(result.stderr)) == 1
+    assert err_lines(result.stderr)[0].startswith(f"Error: {folder}: no images in this folder")
+    assert err_lines(result.stderr)[0].endswith("; 1 sub-folder(s) not searched (sub; use --recursive)")
 
 
 def test_the_caption_system_call_takes_recursive(ws, folder):
@@ -195,7 +199,7 @@ def test_per_image_errors_and_the_hosts_plugin_warnings_use_the_same_prefixes(ws
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
     result = invoke("pixel-llm", "caption", ws / "0.png", broken, "--checkpoint", ws / "ckpt")
-    assert result.exit_code == 1 and lines(result.stderr) == [
+    assert result.exit_code == 1 and err_lines(result.stderr) == [
         f"Error: {broken}: cannot identify image file (not an image, or a format Pillow cannot read)"
     ]
     root = make_plugin_dist(
@@ -204,7 +208,7 @@ def test_per_image_errors_and_the_hosts_plugin_warnings_use_the_same_prefixes(ws
     monkeypatch.syspath_prepend(str(root))
     result = invoke("pixel-llm", "components")
     assert result.exit_code == 0
-    assert [line for line in lines(result.stderr)] == [
+    assert [line for line in err_lines(result.stderr)] == [
         "Warning: plugin 'broken' (geo-broken 0.1) failed to load: ImportError: no lib"
     ]
 
@@ -287,14 +291,14 @@ def test_a_closed_stdout_ends_the_command_quietly(ws, args, monkeypatch, capsys)
         monkeypatch.undo()
         stdout.close()
     assert exit_info.value.code == SIGPIPE_STATUS
-    assert lines(capsys.readouterr().err) == []
+    assert err_lines(capsys.readouterr().err) == []
 
 
 def test_a_pattern_matching_folders_names_them_or_searches_them_with_recursive(ws, folder):
     pattern = str(folder / "[as]*")  # a.png and sub/ (a pattern's files are taken as named, notes.txt too)
     plain = invoke("pixel-llm", "caption", pattern, "--checkpoint", ws / "ckpt")
     assert plain.exit_code == 0 and captioned(plain) == [str(folder / "a.png")], plain.output
-    assert lines(plain.stderr) == [f"Warning: {pattern}: 1 matching folder(s) not searched (sub; use --recursive)"]
+    assert err_lines(plain.stderr) == [f"Warning: {pattern}: 1 matching folder(s) not searched (sub; use --recursive)"]
     deep = invoke("pixel-llm", "caption", pattern, "-r", "--checkpoint", ws / "ckpt")
     assert captioned(deep) == [str(folder / p) for p in ("a.png", "sub/b.png", "sub/deeper/c.png")]
 

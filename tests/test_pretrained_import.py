@@ -89,7 +89,9 @@ def test_caption_command_prints_hf_text(ved, tmp_path):
             pixel_values=pixels, max_new_tokens=20
         )  # transformers 5 defaults: greedy, 20 new tokens
     expected = hf_tok.decode(ref[0], skip_special_tokens=True)
-    result = CliRunner().invoke(main, ["pixel-llm", "caption", str(path), "--checkpoint", str(out)])
+    result = CliRunner().invoke(  # HF's fp32 captions: --dtype auto would pick bf16 where it is native
+        main, ["pixel-llm", "caption", str(path), "--checkpoint", str(out), "--dtype", "float32"]
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.rstrip("\n") == f"{path}\t{expected}"
 
@@ -137,7 +139,9 @@ def test_caption_images_one_liner_matches_the_command(ved, tmp_path):
     results = caption_images([str(path), pil], checkpoint=out)
     assert [r["image"] for r in results] == [str(path), None]
     assert all(isinstance(r["caption"], str) and r["score"] <= 0 for r in results)
-    command = CliRunner().invoke(main, ["pixel-llm", "caption", str(path), "--checkpoint", str(out), "--json"])
+    command = CliRunner().invoke(  # caption_images captions in fp32 by default
+        main, ["pixel-llm", "caption", str(path), "--checkpoint", str(out), "--json", "--dtype", "float32"]
+    )
     assert json.loads(command.stdout)[0]["caption"] == results[0]["caption"]
     # the PIL image goes through the same preprocessing as HF's processor would give it
     from transformers import ViTImageProcessor

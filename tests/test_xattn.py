@@ -280,12 +280,19 @@ def test_tiny_encoder_decoder_overfits_four_pairs():
 
 
 @pytest.mark.parametrize("tied", [True, False])
-def test_embedding_gradient_is_dense_and_exact(tied):
+def test_embedding_gradient_is_dense_and_exact(tied, monkeypatch):
     """With a tied head on a CPU the lookup's gradient is sparse inside autograd (no zero-filled
     (vocab, D) tensor); the weight's gradient must still be the dense sum of both uses."""
+    from geometry_os.plugins.xattn import model as xattn_model
+
+    lookups: list[bool] = []
+    embedding = F.embedding
+    monkeypatch.setattr(xattn_model.F, "embedding", lambda *a: lookups.append(a[-1]) or embedding(*a))
     dec = make(tie_word_embeddings=tied).train()
     ids, feats = data()
     F.cross_entropy(dec(ids, feats).flatten(0, 1), ids.flatten()).backward()
+    monkeypatch.undo()
+    assert lookups == [tied]  # the sparse lookup only where the head adds its dense gradient
     grad = dec.wte.weight.grad
     assert grad.layout == torch.strided
     dense = make(tie_word_embeddings=tied).train()

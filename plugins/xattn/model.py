@@ -366,7 +366,8 @@ class LanguageDecoder(nn.Module):
             and w.device.type == "cpu"
             and not torch.compiler.is_compiling()
         )
-        return F.embedding(input_ids, w, sparse=sparse)
+        e = self.wte
+        return F.embedding(input_ids, w, e.padding_idx, e.max_norm, e.norm_type, e.scale_grad_by_freq, sparse)
 
     @staticmethod
     def _self_attention_mask(attention_mask: torch.Tensor | None, T: int) -> torch.Tensor | None:

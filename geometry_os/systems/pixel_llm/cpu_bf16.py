@@ -4,7 +4,7 @@ On CPUs that only emulate bf16 (no AVX512-BF16/AMX, e.g. AVX2), bf16 GEMMs, atte
 are ~6-7x slower than fp32 ones (measured, see docs/performance.md). Under bf16 autocast the helpers below
 compute the same product -- operands rounded to bf16 as autocast would, fp32 accumulation, a bf16
 result -- with the fp32 kernels instead. On CPUs with native bf16, attention in bf16 runs as explicit
-matmuls (``explicit_attention``), 4-5x faster than the fused CPU kernel at the model's sequence lengths.
+matmuls (``explicit_attention``), 1.3-5x faster than the fused CPU kernel at the model's sequence lengths.
 Everything else (fp32, GPUs) is the plain functional op.
 """
 
@@ -69,6 +69,11 @@ def native_bf16_cpu(x: torch.Tensor) -> bool:
     )
 
 
+# Above this many scores per head (L x S) attention keeps the fused kernel: the explicit path keeps the
+# probabilities for backward (6 bytes per score) and was measured faster only up to 196 x 196 (base).
+EXPLICIT_MAX_SCORES = 256 * 256
+
+
 def explicit_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -77,25 +82,39 @@ def explicit_attention(
     dropout_p: float = 0.0,
     is_causal: bool = False,
     scale: float | None = None,
+    enable_gqa: bool = False,
 ) -> torch.Tensor:
-    """``softmax(q k^T * scale + mask) v`` as matmuls and an fp32 softmax: the definition of
-    ``F.scaled_dot_product_attention`` (its documented reference implementation; same arguments, a
-    bool ``attn_mask`` True where a query may attend, a causal mask aligned top-left), q (..., L, E),
-    k (..., S, E), v (..., S, Ev) -> (..., L, Ev).
+    """``softmax(q k^T * scale + mask) v`` as matmuls and an fp32 softmax: the reference implementation
+    that ``F.scaled_dot_product_attention`` documents, with its arguments and conventions (a bool
+    ``attn_mask`` is True where a query may attend; the causal mask is aligned top-left; a query that may
+    attend to no key gets zeros, as SDPA gives), q (..., L, E), k (..., S, E), v (..., S, Ev) -> (..., L, Ev).
 
-    Used for bf16 on CPUs with native bf16, where the fused CPU kernel is 4-5x slower than this at the
-    model's sequence lengths (forward + backward, docs/performance.md). The probabilities are
-    computed in fp32 and rounded to ``v``'s dtype for the product, and kept for backward (B x heads
-    x L x S values per layer).
+    Used for bf16 on CPUs with native bf16, where the fused CPU kernel is 1.3-5x slower than this at the
+    model's sequence lengths (forward + backward, docs/performance.md). The probabilities are computed in
+    fp32 and rounded to ``v``'s dtype for the product; both are kept for backward (6 bytes per score,
+    B x heads x L x S per layer).
+
+    Raises:
+        ValueError: for ``is_causal`` together with ``attn_mask`` (as SDPA).
     """
+    if is_causal and attn_mask is not None:
+        raise ValueError("explicit_attention: is_causal and attn_mask are exclusive (as in SDPA)")
+    if enable_gqa and k.shape[-3] != q.shape[-3]:
+        k = k.repeat_interleave(q.shape[-3] // k.shape[-3], -3)
+        v = v.repeat_interleave(q.shape[-3] // v.shape[-3], -3)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     s = torch.matmul(q * scale, k.transpose(-2, -1))
     if is_causal:
         L, S = q.shape[-2], k.shape[-2]
         s = s.masked_fill(torch.ones(L, S, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
-    if attn_mask is not None:
+    if attn_mask is None:
+        p = torch.softmax(s, -1, dtype=torch.float32)
+    else:
         s = s.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else s + attn_mask
-    p = torch.softmax(s, -1, dtype=torch.float32).to(v.dtype)
+        # rows with no key: zeros, not NaN; filled before the softmax so that their gradient is 0 too
+        empty = torch.isneginf(s).all(-1, keepdim=True)
+        p = torch.softmax(s.masked_fill(empty, 0.0), -1, dtype=torch.float32).masked_fill(empty, 0.0)
+    p = p.to(v.dtype)
     if dropout_p > 0.0:
         p = F.dropout(p, dropout_p)
     return torch.matmul(p, v)
@@ -103,8 +122,8 @@ def explicit_attention(
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) -> torch.Tensor:
     """``F.scaled_dot_product_attention``; bf16 on a CPU: with the emulated-bf16 treatment above, or
-    ``explicit_attention`` where bf16 is native."""
-    if native_bf16_cpu(q):
+    ``explicit_attention`` where bf16 is native (up to ``EXPLICIT_MAX_SCORES`` scores per head)."""
+    if native_bf16_cpu(q) and q.shape[-2] * k.shape[-2] <= EXPLICIT_MAX_SCORES:
         return explicit_attention(q, k, v, **kwargs)
     if not upcast_bf16(q):
         return F.scaled_dot_product_attention(q, k, v, **kwargs)
