@@ -358,16 +358,15 @@ class LanguageDecoder(nn.Module):
         step, docs/performance.md). ``wte.weight.grad`` stays dense, as the optimizers need."""
         if type(self.wte) is not nn.Embedding:  # wrapped (e.g. an adapter): its own forward
             return self.wte(input_ids)
-        w = self.wte.weight
+        e = self.wte
         sparse = (
             self.lm_head is None
-            and w.requires_grad
+            and e.weight.requires_grad
             and torch.is_grad_enabled()
-            and w.device.type == "cpu"
+            and e.weight.device.type == "cpu"
             and not torch.compiler.is_compiling()
         )
-        e = self.wte
-        return F.embedding(input_ids, w, e.padding_idx, e.max_norm, e.norm_type, e.scale_grad_by_freq, sparse)
+        return F.embedding(input_ids, e.weight, e.padding_idx, e.max_norm, e.norm_type, e.scale_grad_by_freq, sparse)
 
     @staticmethod
     def _self_attention_mask(attention_mask: torch.Tensor | None, T: int) -> torch.Tensor | None:
