@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine_description
 from learn_shapes import _threads, evaluate_checkpoint, run_checkpoints, run_ours, training_summary
 from pydantic import ValidationError
 
@@ -161,7 +162,7 @@ def plot(results: list[str], out: str, labels: list[str] | None = None) -> None:
     ax.set_title("held-out pairs (solid) and in distribution (dashed)", fontsize=9)
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="center right")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
@@ -252,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         "set": args.set,
         "run_dir": str(run_dir),
         "cpu_threads": _threads(),
+        "meta": machine_description(),
         "generation": args.generation,
     }
     if not args.eval_only:

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import PeriodicSampler
+from common import PeriodicSampler, machine_description
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -372,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": args.config,
         "run_dir": str(run_dir),
         "cpu_threads": _threads(),
+        "meta": machine_description(),
     }
     result.update(run_ours(args, run_dir) if args.reference == "ours" else run_hf(args, run_dir))
     text = json.dumps(result, indent=2)

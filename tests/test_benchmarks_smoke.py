@@ -119,6 +119,27 @@ def test_bench_data_tiny(tmp_path):
 
 
 @pytest.mark.slow
+def test_learn_shapes_records_the_run_and_the_machine(tmp_path):
+    out = tmp_path / "learn.json"
+    run(
+        "learn_shapes.py",
+        "--budget-s",
+        "3",
+        "--num-scenes",
+        "64",
+        "--eval-n",
+        "8",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--out",
+        str(out),
+    )
+    result = json.loads(out.read_text())
+    assert result["steps"] > 0 and result["test_best"]["n"] == 8 and 0 <= result["test_best"]["exact_match"] <= 1
+    assert result["meta"]["kind"].endswith(("bf16 native", "bf16 emulated"))  # the machine it ran on
+
+
+@pytest.mark.slow
 def test_compositional_benchmark_reports_each_held_out_pair(tmp_path):
     out = tmp_path / "comp.json"
     run(
@@ -142,6 +163,7 @@ def test_compositional_benchmark_reports_each_held_out_pair(tmp_path):
     )
     result = json.loads(out.read_text())
     assert result["hold_out"] == ["blue square", "red circle"]
+    assert result["meta"]["kind"].endswith(("bf16 native", "bf16 emulated"))  # the machine it ran on
     for name in ("best", "latest"):
         comp = result[f"compositional_{name}"]
         assert comp["n"] == 24 and set(comp["per_pair"]) == {"blue square", "red circle"}
