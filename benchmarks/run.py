@@ -185,22 +185,23 @@ def bench_train(preset: str, dtype: str, repeats: int, quick: bool, peaks: dict[
 # ---- generation ------------------------------------------------------------------------------------
 
 
-def bench_generate(preset: str, repeats: int, min_seconds: float, dtype: torch.dtype = torch.float32) -> list[dict]:
-    """Every generation case of ``preset`` with both models' weights and images in ``dtype``."""
+def bench_generate(preset: str, repeats: int, min_seconds: float, dtype: str = "fp32") -> list[dict]:
+    """Every generation case of ``preset`` with both models' weights and images in ``dtype`` ("fp32" or
+    "bf16", as ``bench_train``)."""
+    weights = torch.bfloat16 if dtype == "bf16" else torch.float32
     ours, hf = build_models(preset)
-    ours, hf = ours.to(dtype).eval(), hf.to(dtype).eval()
+    ours, hf = ours.to(weights).eval(), hf.to(weights).eval()
     results = []
-    name = str(dtype).removeprefix("torch.").replace("float32", "fp32").replace("bfloat16", "bf16")
     for decoding, batch in GENERATE_CASES[preset]:
         results.append(
             {
-                **run_case(ours, hf, preset, decoding, batch, repeats, torch.device("cpu"), dtype, min_seconds),
-                "dtype": name,
+                **run_case(ours, hf, preset, decoding, batch, repeats, torch.device("cpu"), weights, min_seconds),
+                "dtype": dtype,
             }
         )
         r = results[-1]
         print(
-            f"  generate {preset:5s} {name} {decoding:6s} b{batch:<2d} ours {r['ours']['captions_per_s']:8.1f} "
+            f"  generate {preset:5s} {dtype} {decoding:6s} b{batch:<2d} ours {r['ours']['captions_per_s']:8.1f} "
             f"hf {r['hf']['captions_per_s']:8.1f} captions/s  ours/HF {r['ratio']:.2f}",
             flush=True,
         )
@@ -430,8 +431,7 @@ def main(argv: list[str] | None = None) -> int:
                 r[name]["mfu"] = r[name]["achieved_flops"] / results["peaks"][r["dtype"]]
     min_seconds = 0.0 if args.quick else MIN_SECONDS
     if "generate" in sections:
-        dtypes = [torch.float32] if EMULATED_BF16 else [torch.float32, torch.bfloat16]
-        for dtype in dtypes:
+        for dtype in ["fp32"] if EMULATED_BF16 else ["fp32", "bf16"]:
             for preset in presets:
                 results["generate"] += bench_generate(preset, 2 if args.quick else repeats, min_seconds, dtype)
     if "memory" in sections:
